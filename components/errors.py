@@ -1,0 +1,33 @@
+"""The errors flywheel raises on bad input or an unreachable service.
+
+Each message says what went wrong and what to do about it; the CLI prints it as one line, without a
+traceback.
+"""
+
+
+class FlywheelError(Exception):
+    """A failure with a message a user can act on."""
+
+
+class SettingsError(FlywheelError):
+    """A setting, params.yaml or the workspace is unusable."""
+
+
+class LabelConfigError(FlywheelError):
+    """A labeling config is missing, malformed, or does not match the project."""
+
+
+class LabelStudioError(FlywheelError):
+    """Label Studio is unreachable, refused the token, or answered something unexpected."""
+
+
+class AnnotationError(FlywheelError):
+    """An annotation cannot be turned into a training label (unknown label, empty result, ...)."""
+
+    def __init__(self, message: str, task_ids: list[int]):
+        super().__init__(message)
+        self.task_ids = task_ids
+
+
+class StackError(FlywheelError):
+    """A server of the embedded stack would not start or stop."""

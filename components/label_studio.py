@@ -1,0 +1,348 @@
+"""The Label Studio adapter: the only module that imports `label_studio_sdk`.
+
+A narrow API over Label Studio's HTTP interface:
+
+- `ensure_project(title, config)`: idempotent; a project whose label set differs is an error.
+- `import_images(project, paths)`: tasks deduplicated by content hash.
+- `fetch_changed(project, cursor)`: annotations created, updated or deleted since the cursor, at a
+  cost proportional to what changed (a Data Manager filter on the task's `updated_at`).
+- `write_predictions(project, predictions, model_version)`: bulk; rewriting a version replaces it.
+
+It writes tasks and predictions only: no method here changes or deletes an annotation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from label_studio_sdk import LabelStudio as SDKClient
+from label_studio_sdk.core.api_error import ApiError
+
+from components.conversions import LabeledTask, Prediction, format_cursor, prediction_to_ls, task_from_json
+from components.errors import LabelConfigError, LabelStudioError
+from components.labeling_config import LabelingConfig, parse_labeling_config
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+OBJECTS_DIR = "objects"  # under the image root: Label Studio refuses a storage at the root itself
+BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Project:
+    """A Label Studio project and the labeling config it was created from."""
+
+    id: int
+    title: str
+    config: LabelingConfig
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What `import_images` did: task ids created, and files skipped as already imported."""
+
+    created: tuple[int, ...]
+    skipped: int
+
+
+@dataclass(frozen=True)
+class ChangeSet:
+    """The tasks whose annotations changed since a cursor, and the cursor to use next time.
+
+    Attributes:
+        tasks: Each changed task with its *current* annotations; a task with none had its
+            annotations deleted.
+        cursor: The latest `updated_at` seen, or the old cursor when nothing changed.
+    """
+
+    tasks: tuple[LabeledTask, ...]
+    cursor: str | None
+
+
+def content_hash(path: Path) -> str:
+    """SHA-256 of a file's bytes, the identity of an image across imports."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Every image file under `folder`, in a stable order."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+class LabelStudio:
+    """Talks to one Label Studio server.
+
+    Args:
+        url: Base URL, e.g. http://127.0.0.1:8080.
+        api_key: A legacy token or a personal access token (never logged).
+        image_root: The server's LOCAL_FILES_DOCUMENT_ROOT; imported images are copied under it.
+        timeout_s: Per-request timeout.
+    """
+
+    def __init__(self, url: str, api_key: str, image_root: Path, timeout_s: float = 60.0):
+        self.url = url.rstrip("/")
+        self._api_key = api_key
+        self.image_root = Path(image_root)
+        self._timeout_s = timeout_s
+        self._sdk: SDKClient | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> LabelStudio:
+        """Build from `components.settings.Settings`."""
+        return cls(settings.label_studio_url, settings.label_studio_api_key, settings.image_root)
+
+    def __repr__(self) -> str:
+        return f"LabelStudio(url={self.url!r})"
+
+    @property
+    def sdk(self) -> SDKClient:
+        """The SDK client, created on first use (never at import)."""
+        if self._sdk is None:
+            if not self._api_key:
+                raise LabelStudioError(
+                    f"No API key for Label Studio at {self.url}. Run `flywheel stack up` (it creates one), "
+                    "or set LABEL_STUDIO_API_KEY (Label Studio: Account & Settings > Access Token)."
+                )
+            with self._calling("connect"):
+                self._sdk = SDKClient(base_url=self.url, api_key=self._api_key, timeout=self._timeout_s)
+        return self._sdk
+
+    @contextmanager
+    def _calling(self, what: str) -> Iterator[None]:
+        """Turn transport and HTTP failures into one message that says what to do."""
+        try:
+            yield
+        except httpx.TransportError as e:
+            raise LabelStudioError(
+                f"Label Studio at {self.url} is unreachable while trying to {what} ({e.__class__.__name__}). "
+                "Start it with `flywheel stack up`, or set LABEL_STUDIO_URL to your server."
+            ) from e
+        except ApiError as e:
+            if e.status_code in (401, 403):
+                raise LabelStudioError(
+                    f"Label Studio at {self.url} refused the API key ({e.status_code}) while trying to {what}. "
+                    "Set LABEL_STUDIO_API_KEY to a valid token (Label Studio: Account & Settings > "
+                    "Access Token); with the embedded stack, the workspace's credentials.env holds it."
+                ) from e
+            raise LabelStudioError(
+                f"Label Studio at {self.url} answered {e.status_code} while trying to {what}: {_short(e.body)}"
+            ) from e
+
+    def check(self) -> str:
+        """Verify the server answers and accepts the token. Returns the user's email."""
+        with self._calling("check the connection"):
+            return self.sdk.users.whoami().email or ""
+
+    # --- projects -------------------------------------------------------------------------------
+
+    def ensure_project(self, title: str, config: LabelingConfig) -> Project:
+        """Find the project with this title, or create it from `config`.
+
+        Raises:
+            LabelConfigError: A project with this title exists but its tags or label set differ.
+        """
+        with self._calling(f"find project {title!r}"):
+            existing = [p for p in self.sdk.projects.list(title=title) if p.title == title]
+        if not existing:
+            with self._calling(f"create project {title!r}"):
+                created = self.sdk.projects.create(title=title, label_config=config.xml)
+            return Project(id=created.id, title=title, config=config)
+        project = min(existing, key=lambda p: p.id)
+        with self._calling(f"read project {project.id}"):
+            xml = self.sdk.projects.get(id=project.id).label_config or ""
+        current = parse_labeling_config(xml, source=f"project {title!r} (id {project.id})")
+        if (current.from_name, current.to_name, current.data_key, current.labels) != (
+            config.from_name, config.to_name, config.data_key, config.labels,
+        ):
+            raise LabelConfigError(
+                f"Project {title!r} (id {project.id}) labels {list(current.labels)} with tags "
+                f"{current.from_name}->{current.to_name}, but the config labels {list(config.labels)} with "
+                f"{config.from_name}->{config.to_name}. Use another project title, or make the config "
+                "match the project (Label Studio: Settings > Labeling Interface)."
+            )
+        return Project(id=project.id, title=title, config=current)
+
+    def project(self, project_id: int) -> Project:
+        """Read an existing project and its labeling config."""
+        with self._calling(f"read project {project_id}"):
+            p = self.sdk.projects.get(id=project_id)
+        return Project(
+            id=p.id, title=p.title or "", config=parse_labeling_config(p.label_config or "", f"project {p.id}")
+        )
+
+    # --- tasks ----------------------------------------------------------------------------------
+
+    def _ensure_local_storage(self, project_id: int) -> None:
+        objects = (self.image_root / OBJECTS_DIR).resolve()
+        objects.mkdir(parents=True, exist_ok=True)
+        with self._calling(f"list the storages of project {project_id}"):
+            storages = self.sdk.import_storage.local.list(project=project_id)
+        if any(Path(s.path or "").resolve() == objects for s in storages):
+            return
+        with self._calling(f"attach local storage {objects} to project {project_id}"):
+            self.sdk.import_storage.local.create(
+                project=project_id, path=str(objects), title="flywheel images", use_blob_urls=False
+            )
+
+    def task_hashes(self, project_id: int) -> dict[str, int]:
+        """Content hash -> task id for every task of the project that flywheel imported."""
+        with self._calling(f"list the tasks of project {project_id}"):
+            tasks = self.sdk.tasks.list(project=project_id, fields="task_only", page_size=BATCH)
+            return {t.data["sha256"]: t.id for t in tasks if t.data and "sha256" in t.data}
+
+    def import_images(
+        self,
+        project: Project,
+        paths: Iterable[Path],
+        progress: Callable[[Iterable[Path]], Iterable[Path]] = lambda it: it,
+    ) -> ImportResult:
+        """Copy images under the image root (content-addressed) and create one task per new image.
+
+        Importing the same files again adds nothing. Task data holds the image URL under the
+        config's data key, the content hash (`sha256`) and the original file name.
+
+        Args:
+            project: The target project.
+            paths: Image files.
+            progress: Wraps the iteration over files (e.g. a progress bar).
+        """
+        self._ensure_local_storage(project.id)
+        known = self.task_hashes(project.id)
+        objects = self.image_root / OBJECTS_DIR
+        new: dict[str, dict[str, str]] = {}
+        skipped = 0
+        for path in progress(list(paths)):
+            digest = content_hash(path)
+            if digest in known or digest in new:
+                skipped += 1
+                continue
+            target = objects / digest[:2] / f"{digest}{path.suffix.lower()}"
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+            relative = target.relative_to(self.image_root).as_posix()
+            new[digest] = {
+                project.config.data_key: f"/data/local-files/?d={relative}",
+                "sha256": digest,
+                "filename": path.name,
+            }
+        created: list[int] = []
+        items = list(new.values())
+        for start in range(0, len(items), BATCH):
+            with self._calling(f"import tasks into project {project.id}"):
+                response = self.sdk.projects.import_tasks(
+                    id=project.id, request=items[start : start + BATCH], return_task_ids=True
+                )
+            created.extend(response.task_ids or [])
+        return ImportResult(created=tuple(created), skipped=skipped)
+
+    def image_path(self, task_data: dict[str, Any], config: LabelingConfig) -> Path:
+        """The local file behind a task's image URL (for tasks flywheel imported)."""
+        url = str(task_data.get(config.data_key, ""))
+        prefix = "/data/local-files/?d="
+        if not url.startswith(prefix):
+            raise LabelStudioError(
+                f"Task image {url!r} is not a local file served by Label Studio; flywheel reads images "
+                "imported with `flywheel import` (local-files URLs)."
+            )
+        return self.image_root / url.removeprefix(prefix)
+
+    def fetch_changed(self, project_id: int, cursor: str | None) -> ChangeSet:
+        """The tasks whose annotations were created, updated or deleted after `cursor`.
+
+        Uses the Data Manager filter on the task's `updated_at` (which moves on every annotation
+        change but not on bulk prediction imports), ordered oldest first, so the cost follows the
+        number of changed tasks rather than the project size. With no cursor, every task that has
+        an annotation.
+
+        Args:
+            project_id: The project.
+            cursor: `updated_at` of the last change already consumed (from a previous ChangeSet).
+        """
+        if cursor is None:
+            item = {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}
+        else:
+            item = {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": cursor}
+        query = json.dumps({"filters": {"conjunction": "and", "items": [item]}, "ordering": ["tasks:updated_at"]})
+        with self._calling(f"fetch changed tasks of project {project_id}"):
+            pages = self.sdk.tasks.list(project=project_id, fields="all", query=query, page_size=BATCH)
+            tasks = tuple(task_from_json(t.model_dump()) for t in pages)
+        latest = max((t.updated_at for t in tasks), default=None)
+        return ChangeSet(tasks=tasks, cursor=format_cursor(latest) if latest else cursor)
+
+    # --- predictions ----------------------------------------------------------------------------
+
+    def model_versions(self, project_id: int) -> dict[str, int]:
+        """Model version -> number of predictions it has in the project."""
+        return self._raw("GET", f"api/projects/{project_id}/model-versions/", f"list model versions of {project_id}")
+
+    def delete_model_version(self, project_id: int, model_version: str) -> int:
+        """Delete every prediction of one model version (annotations are untouched). Returns the count."""
+        body = self._raw(
+            "DELETE",
+            f"api/projects/{project_id}/model-versions/",
+            f"delete predictions of model version {model_version!r}",
+            json={"model_version": model_version},
+        )
+        return int(body.get("deleted_predictions", 0))
+
+    def _raw(self, method: str, path: str, what: str, **kwargs: Any) -> dict[str, Any]:
+        """An endpoint the SDK has no method for, through the SDK's own authenticated HTTP client."""
+        with self._calling(what):
+            response = self.sdk._client_wrapper.httpx_client.request(path, method=method, **kwargs)
+            if response.status_code >= 400:
+                raise ApiError(status_code=response.status_code, headers=dict(response.headers), body=response.text)
+            return response.json() if response.content else {}
+
+    def write_predictions(
+        self, project: Project, predictions: Iterable[Prediction], model_version: str
+    ) -> int:
+        """Write one model version's predictions in bulk, replacing any earlier write of that version.
+
+        Label Studio duplicates a re-imported version, so the version is deleted first: running
+        the same write twice (or again after a crash) leaves exactly one set.
+
+        Returns:
+            The number of predictions written.
+        """
+        items = [prediction_to_ls(p, project.config, model_version) for p in predictions]
+        self.delete_model_version(project.id, model_version)
+        for start in range(0, len(items), BATCH):
+            with self._calling(f"import predictions of {model_version!r} into project {project.id}"):
+                self.sdk.projects.import_predictions(id=project.id, request=items[start : start + BATCH])
+        return len(items)
+
+    def show_model_version(self, project_id: int, model_version: str) -> None:
+        """Make `model_version` the one Label Studio shows people as pre-annotations."""
+        with self._calling(f"set project {project_id}'s model version"):
+            self.sdk.projects.update(id=project_id, model_version=model_version)
+
+    def task(self, task_id: int) -> dict[str, Any]:
+        """One task with its annotations and predictions, as Label Studio returns it."""
+        with self._calling(f"read task {task_id}"):
+            return self.sdk.tasks.get(id=task_id).model_dump()
+
+    def annotate(self, task_id: int, result: list[dict[str, Any]], parent_prediction: int | None = None) -> int:
+        """Create an annotation as the token's user, as a person would in the UI. Returns its id.
+
+        flywheel's own loop never calls this; the simulator and the tests play the person with it.
+        """
+        with self._calling(f"annotate task {task_id}"):
+            extra = {"parent_prediction": parent_prediction} if parent_prediction else {}
+            return self.sdk.annotations.create(id=task_id, result=result, **extra).id
+
+
+def _short(body: Any, limit: int = 300) -> str:
+    text = body if isinstance(body, str) else json.dumps(body, default=str)
+    return text[:limit]

@@ -1,0 +1,123 @@
+"""Where flywheel finds its services: read once, from the environment, a `.env` file and the workspace.
+
+With nothing set, every service is the embedded one started by `flywheel stack up` on 127.0.0.1.
+A team points at its own servers by setting `LABEL_STUDIO_URL` / `LABEL_STUDIO_API_KEY`,
+`MLFLOW_TRACKING_URI` and `PREFECT_API_URL` (in the environment or in `.env`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from components.errors import SettingsError
+
+DEFAULT_WORKSPACE = ".flywheel"
+CREDENTIALS_FILE = "credentials.env"
+
+# Every phone-home of the stack, off: there may be no network, and they only slow things down.
+NO_PHONE_HOME = {
+    "DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
+    "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
+    "SENTRY_DSN": "",
+    "FRONTEND_SENTRY_DSN": "",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved locations and credentials of the services.
+
+    Attributes:
+        workspace: Folder for everything the embedded stack writes (git-ignored).
+        label_studio_url: Base URL of Label Studio.
+        label_studio_api_key: Its API token (legacy token or personal access token); never logged.
+        mlflow_tracking_uri: MLflow tracking server.
+        prefect_api_url: Prefect API.
+        external: Which of "label_studio", "mlflow", "prefect" the user points at their own server;
+            `stack up` leaves those alone.
+        label_studio_port, mlflow_port, prefect_port: Ports of the embedded servers.
+        label_studio_bin: The `label-studio` executable (it lives in its own virtual environment).
+    """
+
+    workspace: Path
+    label_studio_url: str
+    label_studio_api_key: str = field(repr=False)
+    mlflow_tracking_uri: str
+    prefect_api_url: str
+    external: frozenset[str]
+    label_studio_port: int
+    mlflow_port: int
+    prefect_port: int
+    label_studio_bin: Path
+
+    @property
+    def image_root(self) -> Path:
+        """Folder Label Studio serves local images from; imported images are copied here."""
+        return self.workspace / "images"
+
+    @property
+    def credentials_path(self) -> Path:
+        """Where `stack up` keeps the embedded Label Studio's admin login and token (mode 0600)."""
+        return self.workspace / CREDENTIALS_FILE
+
+
+def _port(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key) or str(default)
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise SettingsError(f"{key}={raw!r} is not a port number; set it to an integer in 1-65535.")
+    return int(raw)
+
+
+def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
+    """Resolve the settings: the environment wins over `.env`, which wins over the workspace defaults.
+
+    Args:
+        environ: The environment to read (default: `os.environ`).
+        cwd: The project folder holding `.env` and the workspace (default: the current directory).
+
+    Returns:
+        The settings; the embedded Label Studio's token comes from the workspace's credentials file.
+    """
+    cwd = cwd or Path.cwd()
+    environ = os.environ if environ is None else environ
+    env = {k: v for k, v in dotenv_values(cwd / ".env").items() if v is not None}
+    env.update(environ)
+    workspace = Path(env.get("FLYWHEEL_WORKSPACE") or cwd / DEFAULT_WORKSPACE).resolve()
+    credentials = {
+        k: v for k, v in dotenv_values(workspace / CREDENTIALS_FILE).items() if v is not None
+    }
+
+    ls_port = _port(env, "FLYWHEEL_LABEL_STUDIO_PORT", 8080)
+    mlflow_port = _port(env, "FLYWHEEL_MLFLOW_PORT", 5000)
+    prefect_port = _port(env, "FLYWHEEL_PREFECT_PORT", 4200)
+    external = frozenset(
+        name
+        for name, key in (
+            ("label_studio", "LABEL_STUDIO_URL"),
+            ("mlflow", "MLFLOW_TRACKING_URI"),
+            ("prefect", "PREFECT_API_URL"),
+        )
+        if env.get(key)
+    )
+    ls_bin = env.get("FLYWHEEL_LABEL_STUDIO_BIN") or str(cwd / ".venv-ls" / "bin" / "label-studio")
+    return Settings(
+        workspace=workspace,
+        label_studio_url=(env.get("LABEL_STUDIO_URL") or f"http://127.0.0.1:{ls_port}").rstrip("/"),
+        label_studio_api_key=env.get("LABEL_STUDIO_API_KEY") or credentials.get("LABEL_STUDIO_API_KEY", ""),
+        mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"http://127.0.0.1:{mlflow_port}",
+        prefect_api_url=env.get("PREFECT_API_URL") or f"http://127.0.0.1:{prefect_port}/api",
+        external=external,
+        label_studio_port=ls_port,
+        mlflow_port=mlflow_port,
+        prefect_port=prefect_port,
+        label_studio_bin=Path(ls_bin),
+    )

@@ -1,0 +1,128 @@
+"""`flywheel`: the one entry point for everything a user does."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from components.errors import FlywheelError
+from components.settings import NO_PHONE_HOME, Settings, load_settings
+
+app = typer.Typer(
+    help="flywheel: train a vision model while people label in Label Studio.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+stack_app = typer.Typer(help="The embedded Label Studio, MLflow and Prefect servers on 127.0.0.1.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+
+
+def clear_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Print a FlywheelError as one line that says what to do, and exit 1 (no traceback)."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except FlywheelError as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from None
+
+    return run
+
+
+def _settings() -> Settings:
+    for key, value in NO_PHONE_HOME.items():
+        os.environ.setdefault(key, value)
+    return load_settings()
+
+
+@stack_app.command("up")
+@clear_errors
+def stack_up() -> None:
+    """Start the servers that are not running yet (twice is harmless) and print their URLs."""
+    from components import stack
+
+    rows = stack.up(_settings(), echo=typer.echo)
+    typer.echo(stack.describe(rows))
+    if not all(r.healthy for r in rows):
+        raise FlywheelError("An external service does not answer; check the URL you set for it.")
+
+
+@stack_app.command("down")
+@clear_errors
+def stack_down() -> None:
+    """Stop the servers `stack up` started, and nothing else."""
+    from components import stack
+
+    if not stack.down(_settings(), echo=typer.echo):
+        typer.echo("nothing to stop")
+
+
+@stack_app.command("status")
+@clear_errors
+def stack_status() -> None:
+    """Show each server's URL and health."""
+    from components import stack
+
+    typer.echo(stack.describe(stack.status(_settings())))
+
+
+@app.command("import")
+@clear_errors
+def import_folder(
+    folder: Annotated[Path, typer.Argument(help="A folder of images (searched recursively).", exists=True, file_okay=False)],
+    project: Annotated[str | None, typer.Option(help="Project title (default: params.yaml project.title).")] = None,
+    config: Annotated[Path | None, typer.Option(help="Labeling config (default: params.yaml project.config).")] = None,
+) -> None:
+    """Import a folder of images as tasks; files already imported (same content) are skipped."""
+    from components.label_studio import LabelStudio, find_images
+    from components.labeling_config import load_labeling_config
+    from components.params import load_params
+
+    params = load_params()
+    ls = LabelStudio.from_settings(_settings())
+    target = ls.ensure_project(project or params.project.title, load_labeling_config(config or params.project.config))
+    result = ls.import_images(target, find_images(folder), progress=_progress("hashing images"))
+    typer.echo(f"project {target.id}: {len(result.created)} tasks created, {result.skipped} already there")
+
+
+@app.command("demo")
+@clear_errors
+def demo() -> None:
+    """Bring up the stack and create the demo project from a dataset that ships in a package."""
+    from components import stack
+    from components.datasets import materialize
+    from components.label_studio import LabelStudio
+    from components.labeling_config import load_labeling_config
+    from components.params import load_params
+
+    params = load_params()
+    settings = _settings()
+    stack.up(settings, echo=typer.echo)
+    images = materialize(params.demo.dataset, settings.workspace / "datasets", limit=params.demo.limit)
+    ls = LabelStudio.from_settings(load_settings())  # re-read: `up` may have just created the token
+    project = ls.ensure_project(params.project.title, load_labeling_config(params.project.config))
+    result = ls.import_images(project, [i.path for i in images], progress=_progress("importing demo images"))
+    typer.echo(f"project {project.id}: {len(result.created)} tasks created, {result.skipped} already there")
+    typer.echo(stack.describe(stack.status(settings)))
+    typer.echo(
+        f"\nLabel some images: {settings.label_studio_url}/projects/{project.id}/data "
+        f"(login in {settings.credentials_path})"
+    )
+
+
+def _progress(description: str) -> Callable[[Any], Any]:
+    from tqdm import tqdm
+
+    return lambda items: tqdm(items, desc=description, unit="img", disable=not sys.stderr.isatty())
+
+
+if __name__ == "__main__":
+    app()
