@@ -277,7 +277,7 @@ class LabelStudio:
         query = json.dumps({"filters": {"conjunction": "and", "items": [item]}, "ordering": ["tasks:updated_at"]})
         with self._calling(f"fetch changed tasks of project {project_id}"):
             pages = self.sdk.tasks.list(project=project_id, fields="all", query=query, page_size=BATCH)
-            tasks = tuple(task_from_json(t.model_dump()) for t in pages)
+            tasks = tuple(task_from_json(t.model_dump(mode="json")) for t in pages)
         latest = max((t.updated_at for t in tasks), default=None)
         return ChangeSet(tasks=tasks, cursor=format_cursor(latest) if latest else cursor)
 
@@ -331,7 +331,7 @@ class LabelStudio:
     def task(self, task_id: int) -> dict[str, Any]:
         """One task with its annotations and predictions, as Label Studio returns it."""
         with self._calling(f"read task {task_id}"):
-            return self.sdk.tasks.get(id=task_id).model_dump()
+            return self.sdk.tasks.get(id=task_id).model_dump(mode="json")
 
     def annotate(self, task_id: int, result: list[dict[str, Any]], parent_prediction: int | None = None) -> int:
         """Create an annotation as the token's user, as a person would in the UI. Returns its id.

@@ -1,0 +1,30 @@
+# Two virtual environments: .venv (the project) and .venv-ls (the Label Studio server, whose pins
+# clash with ours; the project only talks to it over HTTP). Both install from lock files.
+PYTHON ?= python3
+
+.PHONY: install demo test bench stack-down
+
+install: .venv/.installed .venv-ls/.installed
+
+.venv/.installed: requirements.lock pyproject.toml
+	$(PYTHON) -m venv .venv
+	.venv/bin/pip install --quiet -r requirements.lock
+	.venv/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+.venv-ls/.installed: requirements-ls.lock
+	$(PYTHON) -m venv .venv-ls
+	.venv-ls/bin/pip install --quiet -r requirements-ls.lock
+	touch $@
+
+demo: install
+	.venv/bin/flywheel demo
+
+test: install
+	.venv/bin/pytest
+
+bench: install
+	.venv/bin/python bench/micro.py
+
+stack-down:
+	.venv/bin/flywheel stack down

@@ -1,0 +1,64 @@
+"""Shared fixtures. `stack` starts the real embedded servers once per test session."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from components import stack as embedded
+from components.label_studio import LabelStudio
+from components.labeling_config import LabelingConfig, load_labeling_config
+from components.settings import NO_PHONE_HOME, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def free_port() -> int:
+    """A port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_phone_home() -> None:
+    for key, value in NO_PHONE_HOME.items():
+        os.environ.setdefault(key, value)
+
+
+@pytest.fixture(scope="session")
+def classification_config() -> LabelingConfig:
+    return load_labeling_config(ROOT / "label_studio_config" / "classification.xml")
+
+
+def stack_environ(workspace: Path) -> dict[str, str]:
+    """Settings for a throwaway embedded stack on free ports (never the user's own)."""
+    return {
+        "FLYWHEEL_WORKSPACE": str(workspace),
+        "FLYWHEEL_LABEL_STUDIO_PORT": str(free_port()),
+        "FLYWHEEL_MLFLOW_PORT": str(free_port()),
+        "FLYWHEEL_PREFECT_PORT": str(free_port()),
+        "FLYWHEEL_LABEL_STUDIO_BIN": str(ROOT / ".venv-ls" / "bin" / "label-studio"),
+    }
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """The real embedded stack (Label Studio, MLflow, Prefect) in a temporary workspace."""
+    environ = stack_environ(tmp_path_factory.mktemp("workspace"))
+    settings = load_settings(environ=environ, cwd=ROOT)
+    embedded.up(settings, echo=lambda _: None)
+    try:
+        yield load_settings(environ=environ, cwd=ROOT)  # now with the token `up` created
+    finally:
+        embedded.down(settings, echo=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def label_studio(stack: Settings) -> LabelStudio:
+    return LabelStudio.from_settings(stack)

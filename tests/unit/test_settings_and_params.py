@@ -1,0 +1,64 @@
+import pytest
+
+from components.errors import SettingsError
+from components.params import load_params
+from components.settings import load_settings
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.unit
+
+
+def test_defaults_are_the_embedded_stack(tmp_path):
+    settings = load_settings(environ={}, cwd=tmp_path)
+    assert settings.workspace == (tmp_path / ".flywheel").resolve()
+    assert settings.label_studio_url == "http://127.0.0.1:8080"
+    assert settings.mlflow_tracking_uri == "http://127.0.0.1:5000"
+    assert settings.prefect_api_url == "http://127.0.0.1:4200/api"
+    assert settings.external == frozenset()
+    assert settings.label_studio_api_key == ""
+
+
+def test_env_beats_dotenv_beats_workspace_credentials(tmp_path):
+    (tmp_path / ".env").write_text("LABEL_STUDIO_URL=http://ls.team:8080/\nMLFLOW_TRACKING_URI=http://from-dotenv\n")
+    (tmp_path / ".flywheel").mkdir()
+    (tmp_path / ".flywheel" / "credentials.env").write_text("LABEL_STUDIO_API_KEY=from-workspace\n")
+    settings = load_settings(environ={"MLFLOW_TRACKING_URI": "http://from-env"}, cwd=tmp_path)
+    assert settings.label_studio_url == "http://ls.team:8080"
+    assert settings.mlflow_tracking_uri == "http://from-env"
+    assert settings.label_studio_api_key == "from-workspace"
+    assert settings.external == {"label_studio", "mlflow"}
+
+
+def test_api_key_never_shows_in_repr(tmp_path):
+    settings = load_settings(environ={"LABEL_STUDIO_API_KEY": "s3cret-token"}, cwd=tmp_path)
+    assert "s3cret-token" not in repr(settings)
+
+
+def test_bad_port_says_which_key(tmp_path):
+    with pytest.raises(SettingsError, match="FLYWHEEL_MLFLOW_PORT='abc'"):
+        load_settings(environ={"FLYWHEEL_MLFLOW_PORT": "abc"}, cwd=tmp_path)
+
+
+def test_project_params_parse():
+    params = load_params(ROOT / "params.yaml")
+    assert params.project.config.name == "classification.xml"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("project: [unclosed", "not valid YAML"),
+        ("project:\n  title: x\n  config: c.xml\n  colour: red\n", "project.colour"),
+        ("project:\n  title: x\n  config: c.xml\ndemo:\n  limit: -1\n", "demo.limit"),
+        ("demo:\n  limit: 5\n", "project: Field required"),
+    ],
+)
+def test_broken_params_name_the_key(tmp_path, text, message):
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(SettingsError, match=message):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(SettingsError, match="No .*params.yaml"):
+        load_params(tmp_path / "params.yaml")
