@@ -24,7 +24,7 @@ test: install
 	.venv/bin/pytest
 
 bench: install
-	.venv/bin/python bench/micro.py
+	.venv/bin/python -m bench.micro
 
 stack-down:
 	.venv/bin/flywheel stack down

@@ -21,12 +21,16 @@ class LabelStudioError(FlywheelError):
     """Label Studio is unreachable, refused the token, or answered something unexpected."""
 
 
-class AnnotationError(FlywheelError):
-    """An annotation cannot be turned into a training label (unknown label, empty result, ...)."""
+class DataError(FlywheelError):
+    """Labeled data breaks the data contract; `task_ids` names the Label Studio tasks at fault."""
 
     def __init__(self, message: str, task_ids: list[int]):
         super().__init__(message)
         self.task_ids = task_ids
+
+
+class AnnotationError(DataError):
+    """An annotation cannot be turned into a training label (unknown label, empty result, ...)."""
 
 
 class StackError(FlywheelError):

@@ -281,6 +281,14 @@ class LabelStudio:
         latest = max((t.updated_at for t in tasks), default=None)
         return ChangeSet(tasks=tasks, cursor=format_cursor(latest) if latest else cursor)
 
+    def export_all(self, project_id: int) -> list[dict[str, Any]]:
+        """Every task with its annotations, by a full JSON export (the slow way to find changes)."""
+        with self._calling(f"export project {project_id}"):
+            body = b"".join(
+                self.sdk.projects.exports.download_sync(project_id, export_type="JSON", download_all_tasks=True)
+            )
+        return json.loads(body)
+
     # --- predictions ----------------------------------------------------------------------------
 
     def model_versions(self, project_id: int) -> dict[str, int]:

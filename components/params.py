@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from components.errors import SettingsError
 
@@ -28,11 +29,64 @@ class DemoParams(_Section):
     limit: int = Field(default=1000, gt=0)
 
 
+class PollParams(_Section):
+    interval_s: float = Field(default=10, gt=0)
+    min_new_annotations: int = Field(default=10, ge=1)
+
+
+class SnapshotParams(_Section):
+    val_percent: int = Field(default=20, ge=1, le=50)
+
+
+class ValidateParams(_Section):
+    min_per_class: int = Field(default=2, ge=1)
+
+
+class TrainParams(_Section):
+    architecture: str = "small_cnn"
+    image_size: int = Field(default=28, ge=8)
+    batch_size: int = Field(default=64, ge=1)
+    max_epochs: int = Field(default=15, ge=1)
+    patience: int = Field(default=3, ge=1)
+    lr: float = Field(default=3e-3, gt=0)
+    augment: bool = True
+    seed: int = 0
+
+
+class RegistryParams(_Section):
+    model_name: str = "flywheel-classifier"
+    experiment: str = "flywheel"
+
+
+class PredictParams(_Section):
+    batch_size: int = Field(default=256, ge=1)
+
+
+class RetrainParams(_Section):
+    cron: str = "0 3 * * *"
+
+
 class Params(_Section):
     """All of params.yaml."""
 
     project: ProjectParams
     demo: DemoParams = DemoParams()
+    poll: PollParams = PollParams()
+    snapshot: SnapshotParams = SnapshotParams()
+    validate_: ValidateParams = Field(default=ValidateParams(), alias="validate")
+    train: TrainParams = TrainParams()
+    architectures: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"small_cnn": {}})
+    registry: RegistryParams = RegistryParams()
+    predict: PredictParams = PredictParams()
+    retrain: RetrainParams = RetrainParams()
+
+    @model_validator(mode="after")
+    def _known_architecture(self) -> Params:
+        if self.train.architecture not in self.architectures:
+            raise ValueError(
+                f"train.architecture {self.train.architecture!r} is not one of architectures {sorted(self.architectures)}"
+            )
+        return self
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -52,5 +106,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     try:
         return Params.model_validate(raw or {})
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or 'params'}: {err['msg']}" for err in e.errors()
+        )
         raise SettingsError(f"{path} is invalid: {problems}. Fix these keys and run again.") from e

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from components import stack as embedded
+from components.stack import free_port
 from components.label_studio import LabelStudio
 from components.labeling_config import LabelingConfig, load_labeling_config
 from components.settings import NO_PHONE_HOME, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def free_port() -> int:
-    """A port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,0 +1,159 @@
+"""Micro-benchmarks of the Label Studio adapter, side by side in one run against a real server.
+
+- Poll: fetch 10 changed annotations from a 1,000- and a 10,000-task project, incrementally
+  (`fetch_changed`) vs by a full JSON export.
+- Write-back: replace the 1,000 predictions of an existing model version, by the adapter's bulk
+  path vs one delete and one create call per prediction (the baseline).
+
+Run: `make bench` or `.venv/bin/python -m bench.micro`. Writes bench/results.json and RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from bench.results import record
+from components import stack
+from components.conversions import Prediction, choice_result, format_cursor
+from components.label_studio import LabelStudio, Project
+from components.labeling_config import load_labeling_config
+from components.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+REPEATS = 5
+
+
+def timed(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall seconds of `repeats` calls."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def make_project(ls: LabelStudio, title: str, size: int, folder: Path) -> Project:
+    config = load_labeling_config(ROOT / "label_studio_config" / "classification.xml")
+    project = ls.ensure_project(title, config)
+    rng = np.random.default_rng(size)
+    folder.mkdir(parents=True)
+    paths = []
+    for i in range(size):
+        path = folder / f"{i:05d}.png"
+        Image.fromarray(rng.integers(0, 256, size=(8, 8), dtype=np.uint8)).save(path)
+        paths.append(path)
+    ls.import_images(project, paths, progress=lambda it: tqdm(it, desc=f"import {size} tasks", leave=False))
+    return project
+
+
+def measure_poll(ls: LabelStudio, project: Project, changes: int) -> tuple[float, float]:
+    """(incremental seconds, full-export seconds) to see `changes` fresh annotations."""
+    ids = sorted(ls.task_hashes(project.id).values())
+    cursor = format_cursor(datetime.now(UTC))
+    for i, task_id in enumerate(ids[:: len(ids) // changes][:changes]):
+        ls.annotate(task_id, choice_result(str(i % 10), project.config))
+    found = ls.fetch_changed(project.id, cursor)
+    assert len(found.tasks) == changes, f"expected {changes} changed tasks, got {len(found.tasks)}"
+    incremental = timed(lambda: ls.fetch_changed(project.id, cursor), REPEATS)
+    full = timed(lambda: ls.export_all(project.id), 3)
+    return incremental, full
+
+
+def measure_writeback(ls: LabelStudio, project: Project) -> tuple[float, float]:
+    """Predictions per second replacing an existing version: (bulk, one call each)."""
+    ids = sorted(ls.task_hashes(project.id).values())[:1000]
+    predictions = [Prediction(task_id=t, label=str(t % 10), score=0.9) for t in ids]
+    ls.write_predictions(project, predictions, "bench-bulk")
+    bulk_s = timed(lambda: ls.write_predictions(project, predictions, "bench-bulk"), 3)
+
+    # Baseline: the same replacement, one DELETE and one POST per prediction.
+    ls.write_predictions(project, predictions, "bench-single")
+    existing = {
+        p.task: p.id
+        for p in ls.sdk.predictions.list(project=project.id)
+        if p.model_version == "bench-single"
+    }
+    start = time.perf_counter()
+    for p in tqdm(predictions, desc="one call per prediction", leave=False):
+        ls.sdk.predictions.delete(id=existing[p.task_id])
+        ls.sdk.predictions.create(
+            task=p.task_id, result=choice_result(p.label, project.config), score=p.score, model_version="bench-single"
+        )
+    single_s = time.perf_counter() - start
+    return len(ids) / bulk_s, len(ids) / single_s
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="flywheel-bench-") as tmp:
+        workspace = Path(tmp)
+        environ = {
+            "FLYWHEEL_WORKSPACE": str(workspace),
+            "FLYWHEEL_LABEL_STUDIO_PORT": str(stack.free_port()),
+            "FLYWHEEL_LABEL_STUDIO_BIN": str(ROOT / ".venv-ls" / "bin" / "label-studio"),
+            # only Label Studio is measured here: leave MLflow and Prefect alone
+            "MLFLOW_TRACKING_URI": "unused", "PREFECT_API_URL": "unused",
+        }
+        settings = load_settings(environ=environ, cwd=ROOT)
+        stack.up(settings)
+        try:
+            ls = LabelStudio.from_settings(load_settings(environ=environ, cwd=ROOT))
+            small = make_project(ls, "bench 1k", 1_000, workspace / "img1k")
+            large = make_project(ls, "bench 10k", 10_000, workspace / "img10k")
+            inc_1k, full_1k = measure_poll(ls, small, 10)
+            inc_10k, full_10k = measure_poll(ls, large, 10)
+            bulk_per_s, single_per_s = measure_writeback(ls, small)
+        finally:
+            stack.down(settings)
+
+    figures = {
+        "poll_incremental_s_1k": round(inc_1k, 4),
+        "poll_incremental_s_10k": round(inc_10k, 4),
+        "poll_full_export_s_1k": round(full_1k, 4),
+        "poll_full_export_s_10k": round(full_10k, 4),
+        "poll_speedup_10k": round(full_10k / inc_10k, 1),
+        "poll_growth_1k_to_10k": round(inc_10k / inc_1k, 2),
+        "writeback_bulk_per_s": round(bulk_per_s, 1),
+        "writeback_single_per_s": round(single_per_s, 1),
+        "writeback_speedup": round(bulk_per_s / single_per_s, 1),
+    }
+    markdown = f"""## Label Studio adapter: polling and write-back (`bench/micro.py`)
+
+Measured {datetime.now(UTC):%Y-%m-%d} on this machine (2 cores, no GPU), one run, against a fresh
+Label Studio 1.23.2 (SQLite) started by `flywheel stack up`'s code in a temporary workspace.
+
+**Poll** — 10 tasks annotated through the API after a cursor, then the time to see them
+(median of {REPEATS} incremental fetches, 3 full exports):
+
+| project | incremental `fetch_changed` | full JSON export | ratio |
+|---|---|---|---|
+| 1,000 tasks | {inc_1k:.3f} s | {full_1k:.3f} s | {full_1k / inc_1k:.1f}x |
+| 10,000 tasks | {inc_10k:.3f} s | {full_10k:.3f} s | **{full_10k / inc_10k:.1f}x** (`poll_speedup_10k`, target >= 40) |
+
+Growth of the incremental fetch from 1k to 10k tasks: **{inc_10k / inc_1k:.2f}x**
+(`poll_growth_1k_to_10k`, target <= 1.5): it costs what changed, not the project size.
+
+**Write-back** — replacing the 1,000 predictions of an existing model version:
+
+| path | predictions/s |
+|---|---|
+| adapter bulk (`write_predictions`: delete the version, bulk import) | {bulk_per_s:.0f} |
+| one `DELETE` + one `POST` per prediction | {single_per_s:.1f} |
+
+Ratio **{bulk_per_s / single_per_s:.0f}x** (`writeback_speedup`, target >= 20).
+"""
+    record(figures, "micro", markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()

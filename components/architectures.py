@@ -1,0 +1,65 @@
+"""Plain `nn.Module` architectures, built by name from params.yaml's `architectures` section.
+
+Each builder takes the number of classes plus its own options and returns a network that maps a
+batch of RGB images (N, 3, H, W) to logits (N, num_classes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from components.errors import SettingsError
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks and a linear head: trains in seconds on CPU, fine for small images."""
+
+    def __init__(self, num_classes: int, width: int = 32, dropout: float = 0.25):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(2 * width, num_classes))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate features (used later for diversity in selection)."""
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _resnet18(num_classes: int, pretrained: bool = False) -> nn.Module:
+    """torchvision's ResNet-18; `pretrained` loads ImageNet weights (needs internet the first time)."""
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    net = resnet18(weights=ResNet18_Weights.DEFAULT if pretrained else None)
+    net.fc = nn.Linear(net.fc.in_features, num_classes)
+    return net
+
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "small_cnn": SmallCNN,
+    "resnet18": _resnet18,
+}
+
+
+def build_network(name: str, num_classes: int, options: dict[str, Any] | None = None) -> nn.Module:
+    """Build the architecture `name` (a key of ARCHITECTURES) with params.yaml's options for it.
+
+    Raises:
+        SettingsError: Unknown name or option.
+    """
+    if name not in ARCHITECTURES:
+        raise SettingsError(f"Unknown architecture {name!r} in params.yaml; known: {sorted(ARCHITECTURES)}.")
+    try:
+        return ARCHITECTURES[name](num_classes=num_classes, **(options or {}))
+    except TypeError as e:
+        raise SettingsError(f"architectures.{name} in params.yaml has an option it does not take: {e}.") from e
