@@ -258,6 +258,14 @@ class LabelStudio:
             )
         return self.image_root / url.removeprefix(prefix)
 
+    def unlabeled_tasks(self, project_id: int) -> dict[int, dict[str, Any]]:
+        """Task id -> data for every task with no annotation (what pre-annotations are for)."""
+        item = {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}
+        query = json.dumps({"filters": {"conjunction": "and", "items": [item]}})
+        with self._calling(f"list the unlabeled tasks of project {project_id}"):
+            pages = self.sdk.tasks.list(project=project_id, fields="task_only", query=query, page_size=BATCH)
+            return {t.id: dict(t.data or {}) for t in pages}
+
     def fetch_changed(self, project_id: int, cursor: str | None) -> ChangeSet:
         """The tasks whose annotations were created, updated or deleted after `cursor`.
 
@@ -335,6 +343,11 @@ class LabelStudio:
         """Make `model_version` the one Label Studio shows people as pre-annotations."""
         with self._calling(f"set project {project_id}'s model version"):
             self.sdk.projects.update(id=project_id, model_version=model_version)
+
+    def shown_model_version(self, project_id: int) -> str:
+        """The model version Label Studio shows as pre-annotations ("" when none is chosen)."""
+        with self._calling(f"read project {project_id}'s model version"):
+            return self.sdk.projects.get(id=project_id).model_version or ""
 
     def task(self, task_id: int) -> dict[str, Any]:
         """One task with its annotations and predictions, as Label Studio returns it."""

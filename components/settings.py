@@ -46,6 +46,7 @@ class Settings:
             `stack up` leaves those alone.
         label_studio_port, mlflow_port, prefect_port: Ports of the embedded servers.
         label_studio_bin: The `label-studio` executable (it lives in its own virtual environment).
+        dvc_remote: The DVC remote snapshots are pushed to (a local folder, or any DVC URL).
     """
 
     workspace: Path
@@ -58,6 +59,7 @@ class Settings:
     mlflow_port: int
     prefect_port: int
     label_studio_bin: Path
+    dvc_remote: str
 
     @property
     def image_root(self) -> Path:
@@ -120,4 +122,5 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
         mlflow_port=mlflow_port,
         prefect_port=prefect_port,
         label_studio_bin=Path(ls_bin),
+        dvc_remote=env.get("FLYWHEEL_DVC_REMOTE") or str(workspace / "dvc-remote"),
     )

@@ -31,6 +31,12 @@ class ValidationReport:
     failures: tuple[str, ...] = ()
     task_ids: tuple[int, ...] = ()
     statistics: dict[str, float] = field(default_factory=dict)
+    too_few: tuple[str, ...] = ()
+
+    @property
+    def only_too_few(self) -> bool:
+        """True when the data is sound and only some classes lack labels yet: wait, don't fail."""
+        return not self.success and not self.task_ids and bool(self.too_few)
 
     def describe(self) -> str:
         """One readable paragraph: what failed and which tasks to look at."""
@@ -107,12 +113,13 @@ def validate_snapshot(
     counts = frame["label"].value_counts().reindex(list(labels), fill_value=0)
     count_frame = pd.DataFrame({"label": counts.index, "count": counts.to_numpy()})
 
-    failures, task_ids = [], []
+    failures, task_ids, too_few = [], [], []
     for name, keys in _run("manifest", manifest_suite(labels), frame, "task_id"):
         task_ids.extend(int(k) for k in keys)
         shown = ", ".join(map(str, keys[:20])) + (" ..." if len(keys) > 20 else "")
         failures.append(f"{name}: tasks {shown}" if keys else name)
     for _, keys in _run("class_counts", class_counts_suite(min_per_class), count_frame, "label"):
+        too_few.extend(keys)
         few = ", ".join(f"{label!r}: {counts[label]}" for label in keys)
         failures.append(
             f"classes below {min_per_class} labeled images ({few}); label more of them "
@@ -122,5 +129,6 @@ def validate_snapshot(
         success=not failures,
         failures=tuple(failures),
         task_ids=tuple(sorted(set(task_ids))),
+        too_few=tuple(too_few),
         statistics={"rows": len(frame), "classes_present": int((counts > 0).sum())},
     )

@@ -119,7 +119,7 @@ class DataRegistry:
         rev = f"snapshot-{number:04d}"
         try:
             with Repo(str(self.root)) as repo:
-                repo.add(SNAPSHOT)
+                repo.add(str(self.snapshot_dir))
                 repo.push()
         except (DvcException, OSError) as e:
             raise VersioningError(

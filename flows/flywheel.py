@@ -1,0 +1,41 @@
+"""One iteration of the flywheel: poll -> snapshot -> validate -> version -> train -> register -> predict -> write back."""
+
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.cache_policies import NONE
+
+from components import iteration
+from flows.common import connect, one_at_a_time
+
+poll = task(iteration.poll, retries=3, retry_delay_seconds=5, cache_policy=NONE)
+snapshot = task(iteration.snapshot, cache_policy=NONE)
+validate = task(iteration.validate, cache_policy=NONE)
+version = task(iteration.version, retries=2, retry_delay_seconds=5, cache_policy=NONE)
+trained_run = task(iteration.trained_run, retries=3, retry_delay_seconds=5, cache_policy=NONE)
+train = task(iteration.train, cache_policy=NONE)
+register = task(iteration.register, retries=2, retry_delay_seconds=5, cache_policy=NONE)
+predictions_stale = task(iteration.predictions_stale, retries=3, retry_delay_seconds=5, cache_policy=NONE)
+write_back = task(iteration.write_back, retries=3, retry_delay_seconds=5, cache_policy=NONE)
+
+
+@flow(name="flywheel-iteration", log_prints=True)
+def flywheel_iteration(params_path: str = "params.yaml") -> dict[str, object]:
+    """Turn fresh Label Studio annotations into a new model and refreshed pre-annotations."""
+    ws = connect(params_path)
+    summary: dict[str, object] = {"changed_tasks": 0, "snapshot": None, "trained": False, "written": 0}
+    with one_at_a_time():
+        changes = poll(ws)
+        summary["changed_tasks"] = len(changes.tasks)
+        if len(changes.tasks) >= ws.params.poll.min_new_annotations and validate(ws, snapshot(ws, changes)):
+            summary["snapshot"] = version(ws, changes).rev
+        latest = ws.data.latest()
+        if latest is not None and trained_run(ws, latest) is None:
+            promotion = register(ws, train(ws, latest, ws.params.train.architecture))
+            summary.update(trained=True, promoted=promotion.promoted, accuracy=promotion.candidate_accuracy)
+        champion = ws.models.champion()
+        if champion is not None and predictions_stale(ws, champion):
+            summary["written"] = write_back(ws, champion)
+        summary["champion"] = champion.model_version if champion else None
+    print(summary)
+    return summary
