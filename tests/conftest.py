@@ -41,9 +41,21 @@ def stack_environ(workspace: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+def stack_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment that selects the test stack (flows read their settings from it)."""
+    return stack_environ(tmp_path_factory.mktemp("workspace"))
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture(scope="session")
+def stack(stack_env: dict[str, str]) -> Iterator[Settings]:
     """The real embedded stack (Label Studio, MLflow, Prefect) in a temporary workspace."""
-    environ = stack_environ(tmp_path_factory.mktemp("workspace"))
+    environ = stack_env
     settings = load_settings(environ=environ, cwd=ROOT)
     embedded.up(settings, echo=lambda _: None)
     try:

@@ -1,0 +1,30 @@
+"""The scheduled full retrain: every architecture in params.yaml on the latest snapshot, best to champion."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.common import connect, one_at_a_time
+from flows.flywheel import predictions_stale, register, train, write_back
+
+
+@flow(name="flywheel-retrain", log_prints=True)
+def retrain(params_path: str = "params.yaml") -> dict[str, object]:
+    """Compare every architecture on the latest snapshot in one MLflow experiment; refresh pre-annotations."""
+    ws = connect(params_path)
+    summary: dict[str, object] = {"snapshot": None, "accuracy": {}, "written": 0}
+    with one_at_a_time():
+        latest = ws.data.latest()
+        if latest is None:
+            print("No versioned snapshot yet: label some tasks and let the loop run first.")
+            return summary
+        summary["snapshot"] = latest.rev
+        for architecture in ws.params.architectures:
+            promotion = register(ws, train(ws, latest, architecture))
+            summary["accuracy"][architecture] = promotion.candidate_accuracy  # type: ignore[index]
+        champion = ws.models.champion()
+        if champion is not None and predictions_stale(ws, champion):
+            summary["written"] = write_back(ws, champion)
+        summary["champion"] = champion.model_version if champion else None
+    print(summary)
+    return summary

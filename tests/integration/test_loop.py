@@ -1,0 +1,211 @@
+"""The flywheel loop end to end: real Label Studio, MLflow, Prefect and DVC.
+
+A person is played through Label Studio's API; everything else is the real flow.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import random
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from prefect import task
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from components.conversions import choice_result
+from components.datasets import materialize
+from components.errors import DataError
+from components.iteration import TAG_MD5, open_workspace
+from components.label_studio import LabelStudio, Project
+from components.labeling_config import load_labeling_config
+from components.params import load_params
+from components.settings import Settings, load_settings
+from components.versioning import DataRegistry
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def write_params(folder: Path, title: str, min_new_annotations: int = 10) -> Path:
+    """A params.yaml for a small, fast project on scikit-learn's 8x8 digits."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["project"] = {"title": title, "config": str(ROOT / "label_studio_config" / "classification.xml")}
+    params["poll"]["min_new_annotations"] = min_new_annotations
+    params["train"].update({"image_size": 16, "max_epochs": 6, "patience": 2})
+    params["registry"] = {"model_name": f"test-{title}", "experiment": f"test-{title}"}
+    params["architectures"] = {"small_cnn": {"width": 8}, "resnet18": {"pretrained": False}}
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.fixture(scope="module")
+def loop_env(stack: Settings, stack_env: dict[str, str], monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """Flows read their settings from the environment: point it at the test stack."""
+    for key, value in stack_env.items():
+        monkeypatch_module.setenv(key, value)
+    monkeypatch_module.setenv("MLFLOW_TRACKING_URI", stack.mlflow_tracking_uri)
+    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}):
+        yield stack
+
+
+class Person:
+    """Plays an annotator who knows the ground truth of each image."""
+
+    def __init__(self, label_studio: LabelStudio, project: Project, truth: dict[str, str]):
+        self.ls, self.project, self.truth = label_studio, project, truth
+
+    def label(self, count: int, seed: int = 0) -> list[int]:
+        """Label `count` unlabeled tasks, round-robin over classes so every class gets some."""
+        tasks = list(self.ls.unlabeled_tasks(self.project.id).items())
+        random.Random(seed).shuffle(tasks)
+        by_class: dict[str, list[int]] = {}
+        for task_id, data in tasks:
+            by_class.setdefault(self.truth[data["filename"]], []).append(task_id)
+        order = [ids[i] for i in range(max(map(len, by_class.values()))) for ids in by_class.values() if i < len(ids)]
+        for task_id in order[:count]:
+            data = dict(tasks)[task_id]
+            self.ls.annotate(task_id, choice_result(self.truth[data["filename"]], self.project.config))
+        return order[:count]
+
+
+@pytest.fixture(scope="module")
+def digits_project(loop_env: Settings, label_studio: LabelStudio, tmp_path_factory) -> tuple[Path, Project, Person]:
+    folder = tmp_path_factory.mktemp("loop")
+    params_path = write_params(folder, f"loop-{uuid.uuid4().hex[:6]}")
+    params = load_params(params_path)
+    images = materialize("digits", folder / "datasets", limit=240)
+    project = label_studio.ensure_project(params.project.title, load_labeling_config(params.project.config))
+    label_studio.import_images(project, [i.path for i in images])
+    return params_path, project, Person(label_studio, project, {i.path.name: i.label for i in images})
+
+
+def test_crash_before_write_back_then_rerun_gives_one_set_of_predictions(
+    digits_project, label_studio, loop_env, monkeypatch
+):
+    from flows import flywheel
+
+    params_path, project, person = digits_project
+    person.label(60)
+
+    @task
+    def crash(*args: object) -> int:  # a fake fault: the process dies right before write-back
+        raise RuntimeError("simulated crash before write-back")
+
+    monkeypatch.setattr(flywheel, "write_back", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        flywheel.flywheel_iteration(str(params_path))
+    assert label_studio.model_versions(project.id) == {}
+    monkeypatch.undo()
+
+    summary = flywheel.flywheel_iteration(str(params_path))
+    assert summary["changed_tasks"] == 0 and summary["snapshot"] is None  # already versioned
+    assert summary["trained"] is False  # already trained and registered before the crash
+
+    ws = open_workspace(load_settings(), load_params(params_path))
+    champion = ws.models.champion()
+    assert champion is not None and summary["champion"] == champion.model_version
+    unlabeled = label_studio.unlabeled_tasks(project.id)
+    assert len(unlabeled) == 240 - 60
+    assert label_studio.model_versions(project.id) == {champion.model_version: len(unlabeled)}
+    assert label_studio.shown_model_version(project.id) == champion.model_version
+    some = label_studio.task(next(iter(unlabeled)))
+    assert [p["model_version"] for p in some["predictions"]] == [champion.model_version]
+    assert 0 < some["predictions"][0]["score"] <= 1
+
+
+def test_the_model_links_to_its_data(digits_project, loop_env, tmp_path):
+    params_path, project, _ = digits_project
+    ws = open_workspace(load_settings(), load_params(params_path))
+    latest = ws.data.latest()
+    assert latest is not None and latest.rev == "snapshot-0001" and latest.md5.endswith(".dir")
+    assert latest.cursor is not None and latest.project_id == project.id
+
+    champion = ws.models.champion()
+    client = MlflowClient(loop_env.mlflow_tracking_uri)
+    run = client.get_run(champion.run_id)
+    assert run.data.tags[TAG_MD5] == latest.md5
+    assert run.data.tags["flywheel.label_studio_project"] == str(project.id)
+    assert run.data.tags["flywheel.cursor"] == latest.cursor
+    assert {"best_val_accuracy", "best_val_f1_macro", "best_val_f1_0", "val_loss"} <= set(run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(champion.run_id)}
+    assert "confusion_matrix.png" in artifacts
+    assert {a.path for a in client.list_artifacts(champion.run_id, "export")} == {
+        "export/model.torchscript.pt", "export/labels.json",
+    }
+    assert loop_env.label_studio_api_key not in str(run.data.params) + str(run.data.tags)
+
+    restored = DataRegistry(Path(run.data.tags["flywheel.data_registry"]), loop_env.dvc_remote).restore(
+        run.data.tags["flywheel.dvc_rev"], tmp_path / "restored"
+    )
+    comparison = filecmp.dircmp(restored, ws.data.snapshot_dir)
+    assert not comparison.left_only and not comparison.right_only
+    names = ["manifest.parquet"] + [f"images/{p.name}" for p in (restored / "images").iterdir()]
+    match, mismatch, errors = filecmp.cmpfiles(restored, ws.data.snapshot_dir, names, shallow=False)
+    assert len(match) == len(names) and not mismatch and not errors
+
+
+def test_a_second_run_with_nothing_new_does_nothing(digits_project, label_studio, loop_env):
+    from flows import flywheel
+
+    params_path, project, _ = digits_project
+    before = label_studio.model_versions(project.id)
+    summary = flywheel.flywheel_iteration(str(params_path))
+    assert summary == {**summary, "changed_tasks": 0, "snapshot": None, "trained": False, "written": 0}
+    assert label_studio.model_versions(project.id) == before
+
+
+def test_too_few_new_annotations_wait_for_more(digits_project, loop_env):
+    from flows import flywheel
+
+    params_path, _, person = digits_project
+    person.label(3, seed=1)
+    summary = flywheel.flywheel_iteration(str(params_path))
+    assert summary["changed_tasks"] == 3 and summary["snapshot"] is None and not summary["trained"]
+
+
+def test_retrain_compares_every_architecture_in_one_experiment(digits_project, loop_env):
+    from flows.retrain import retrain
+
+    params_path, _, _ = digits_project
+    params = load_params(params_path)
+    summary = retrain(str(params_path))
+    assert set(summary["accuracy"]) == {"small_cnn", "resnet18"}
+    client = MlflowClient(loop_env.mlflow_tracking_uri)
+    experiment = client.get_experiment_by_name(params.registry.experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    assert {r.data.tags["flywheel.architecture"] for r in runs} == {"small_cnn", "resnet18"}
+    champion = client.get_model_version_by_alias(params.registry.model_name, "champion")
+    best = max(float(v.tags["val_accuracy"]) for v in client.search_model_versions(f"name='{params.registry.model_name}'"))
+    assert float(champion.tags["val_accuracy"]) == best
+
+
+def test_malformed_annotations_stop_the_iteration_and_keep_the_cursor(loop_env, label_studio, tmp_path):
+    from flows import flywheel
+
+    params_path = write_params(tmp_path, f"bad-{uuid.uuid4().hex[:6]}", min_new_annotations=2)
+    params = load_params(params_path)
+    images = materialize("digits", tmp_path / "datasets", limit=30)
+    project = label_studio.ensure_project(params.project.title, load_labeling_config(params.project.config))
+    label_studio.import_images(project, [i.path for i in images])
+    ids = sorted(label_studio.unlabeled_tasks(project.id))
+    label_studio.annotate(ids[0], choice_result("cat", project.config))  # a label the config does not have
+    label_studio.annotate(ids[1], [])  # an empty result
+    label_studio.annotate(ids[2], choice_result("3", project.config))
+
+    with pytest.raises(DataError) as failure:
+        flywheel.flywheel_iteration(str(params_path))
+    message = str(failure.value)
+    assert f"Task {ids[0]}" in message and "'cat'" in message
+    assert f"Task {ids[1]}" in message and "empty result" in message
+    assert sorted(failure.value.task_ids) == ids[:2]
+
+    ws = open_workspace(load_settings(), load_params(params_path))
+    assert ws.data.latest() is None  # nothing versioned, so the cursor did not move
+    assert len(label_studio.fetch_changed(project.id, None).tasks) == 3  # the annotations are intact
+    assert label_studio.task(ids[0])["annotations"][0]["result"] == choice_result("cat", project.config)
