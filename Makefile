@@ -2,7 +2,7 @@
 # clash with ours; the project only talks to it over HTTP). Both install from lock files.
 PYTHON ?= python3
 
-.PHONY: install demo test bench stack-down
+.PHONY: install demo test bench stack-down repro
 
 install: .venv/.installed .venv-ls/.installed
 
@@ -28,3 +28,6 @@ bench: install
 
 stack-down:
 	.venv/bin/flywheel stack down
+
+repro: install   # dvc.yaml over the latest snapshot (needs `make demo` or `flywheel stack up` and a snapshot)
+	PATH="$(CURDIR)/.venv/bin:$$PATH" .venv/bin/dvc repro

@@ -110,7 +110,7 @@ def validate(ws: Workspace, manifest: pd.DataFrame) -> bool:
 
 def version(ws: Workspace, changes: ChangeSet) -> SnapshotVersion:
     """Version the snapshot with DVC, push it, and advance the cursor in the same commit."""
-    return ws.data.commit(ws.project.id, changes.cursor)
+    return ws.data.commit(ws.project.id, changes.cursor, ws.project.title)
 
 
 def trained_run(ws: Workspace, snapshot_version: SnapshotVersion) -> str | None:

@@ -34,6 +34,10 @@ class PollParams(_Section):
     min_new_annotations: int = Field(default=10, ge=1)
 
 
+class DataParams(_Section):
+    rev: str = "latest"
+
+
 class SnapshotParams(_Section):
     val_percent: int = Field(default=20, ge=1, le=50)
 
@@ -72,6 +76,7 @@ class Params(_Section):
     project: ProjectParams
     demo: DemoParams = DemoParams()
     poll: PollParams = PollParams()
+    data: DataParams = DataParams()
     snapshot: SnapshotParams = SnapshotParams()
     validate_: ValidateParams = Field(default=ValidateParams(), alias="validate")
     train: TrainParams = TrainParams()

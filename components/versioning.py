@@ -109,7 +109,7 @@ class DataRegistry:
             registry=self.root,
         )
 
-    def commit(self, project_id: int, cursor: str | None) -> SnapshotVersion:
+    def commit(self, project_id: int, cursor: str | None, title: str = "") -> SnapshotVersion:
         """Version the snapshot folder: `dvc add`, git commit and tag, `dvc push`.
 
         The cursor is written in the same commit, so it only advances once the snapshot is safe.
@@ -126,11 +126,17 @@ class DataRegistry:
                 f"DVC could not version {self.snapshot_dir} or push it to {self.remote}: {e}. "
                 "Check the remote (FLYWHEEL_DVC_REMOTE) and disk space; the cursor did not move."
             ) from e
-        (self.root / STATE).write_text(json.dumps({"rev": rev, "project_id": project_id, "cursor": cursor}, indent=2))
+        state = {"rev": rev, "project_id": project_id, "project_title": title, "cursor": cursor}
+        (self.root / STATE).write_text(json.dumps(state, indent=2))
         _git(self.root, "add", f"{SNAPSHOT}.dvc", ".gitignore", STATE)
         _git(self.root, "commit", "--quiet", "-m", f"{rev}: project {project_id}, cursor {cursor}")
         _git(self.root, "tag", rev)
         return self.latest()  # type: ignore[return-value]
+
+    def title(self) -> str:
+        """The Label Studio project title recorded with the last snapshot ("" before the first)."""
+        state = self.root / STATE
+        return json.loads(state.read_text()).get("project_title", "") if state.exists() else ""
 
     def restore(self, rev: str, dest: Path) -> Path:
         """Restore snapshot `rev` from the DVC remote into `dest` (a fresh clone, empty cache).
@@ -145,3 +151,18 @@ class DataRegistry:
         with Repo(str(dest)) as repo:
             repo.pull()
         return dest / SNAPSHOT
+
+
+def find_registry(workspace: Path, title: str) -> DataRegistry:
+    """The data registry of the project titled `title` under a workspace (no Label Studio needed).
+
+    Raises:
+        VersioningError: No snapshot of that project was versioned yet.
+    """
+    for state in sorted((workspace / "registry").glob(f"*/{STATE}")):
+        if json.loads(state.read_text()).get("project_title") == title:
+            return DataRegistry(state.parent, remote="")
+    raise VersioningError(
+        f"No versioned snapshot of project {title!r} under {workspace / 'registry'}. Label some tasks and "
+        "run `flywheel run` (or `flywheel serve`) first."
+    )

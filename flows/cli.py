@@ -166,6 +166,70 @@ def serve(params: ParamsOption = Path("params.yaml")) -> None:
     serve_deployments(loaded, params)
 
 
+pipeline_app = typer.Typer(help="The dvc.yaml stages (run them with `dvc repro`).", no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+
+
+@pipeline_app.command("fetch")
+@clear_errors
+def pipeline_fetch(
+    out: Annotated[Path, typer.Option(help="Where to restore the snapshot.")],
+    rev: Annotated[str, typer.Option(help="A snapshot tag (snapshot-0003) or 'latest'.")] = "latest",
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Restore a versioned snapshot from the DVC remote."""
+    from components.params import load_params
+    from components.pipeline import fetch_snapshot
+
+    restored = fetch_snapshot(_settings().workspace, load_params(params).project.title, rev, out)
+    typer.echo(f"restored {restored} into {out}")
+
+
+@pipeline_app.command("validate")
+@clear_errors
+def pipeline_validate(
+    snapshot: Path, report: Annotated[Path, typer.Option()], params: ParamsOption = Path("params.yaml")
+) -> None:
+    """Check a snapshot folder against the data contract."""
+    from components.labeling_config import load_labeling_config
+    from components.params import load_params
+    from components.pipeline import validate_folder
+
+    loaded = load_params(params)
+    labels = load_labeling_config(loaded.project.config).labels
+    validate_folder(snapshot, labels, loaded.validate_.min_per_class, report)
+    typer.echo(f"{snapshot} meets the data contract")
+
+
+@pipeline_app.command("train")
+@clear_errors
+def pipeline_train(snapshot: Path, out: Annotated[Path, typer.Option()], params: ParamsOption = Path("params.yaml")) -> None:
+    """Train params.yaml's architecture on a snapshot folder (tracked in MLflow)."""
+    from components import stack
+    from components.labeling_config import load_labeling_config
+    from components.params import load_params
+    from components.pipeline import train_folder
+
+    settings = _settings()
+    if settings.mlflow_tracking_uri.startswith("http") and not stack.is_healthy(f"{settings.mlflow_tracking_uri}/health"):
+        raise FlywheelError(f"MLflow at {settings.mlflow_tracking_uri} does not answer: run `flywheel stack up` or set MLFLOW_TRACKING_URI.")
+    loaded = load_params(params)
+    metrics = train_folder(snapshot, load_labeling_config(loaded.project.config).labels, loaded, settings.mlflow_tracking_uri, out)
+    typer.echo(f"trained {loaded.train.architecture}: val accuracy {metrics['best_val_accuracy']:.3f}")
+
+
+@pipeline_app.command("evaluate")
+@clear_errors
+def pipeline_evaluate(
+    snapshot: Path, model: Path, metrics: Annotated[Path, typer.Option()], plot: Annotated[Path, typer.Option()]
+) -> None:
+    """Evaluate a trained model on the snapshot's validation split."""
+    from components.pipeline import evaluate_folder
+
+    values = evaluate_folder(snapshot, model, metrics, plot)
+    typer.echo(f"accuracy {values['accuracy']:.3f}, macro-F1 {values['f1_macro']:.3f}")
+
+
 def _progress(description: str) -> Callable[[Any], Any]:
     from tqdm import tqdm
 

@@ -1,0 +1,80 @@
+"""The steps of `dvc.yaml`: the same training over any versioned snapshot, reproducible with `dvc repro`.
+
+These run without Label Studio: a snapshot is restored from the data registry and its DVC remote.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from components.errors import DataError
+from components.params import Params
+from components.snapshot import read_manifest
+from components.training import InferenceModel, SnapshotDataModule, confusion_figure, evaluate, fit
+from components.validation import validate_snapshot
+from components.versioning import find_registry
+
+
+def fetch_snapshot(workspace: Path, title: str, rev: str, out: Path) -> str:
+    """Restore snapshot `rev` ("latest" = the newest) of project `title` from the DVC remote into `out`.
+
+    Returns:
+        The rev restored.
+    """
+    registry = find_registry(workspace, title)
+    if rev == "latest":
+        rev = registry.latest().rev  # type: ignore[union-attr]
+    with tempfile.TemporaryDirectory(prefix="flywheel-restore-") as tmp:
+        restored = registry.restore(rev, Path(tmp) / "registry")
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(restored, out)
+    return rev
+
+
+def validate_folder(snapshot: Path, labels: tuple[str, ...], min_per_class: int, report: Path) -> None:
+    """Run the data contract on a snapshot folder; write the report as JSON.
+
+    Raises:
+        DataError: The snapshot breaks the contract.
+    """
+    result = validate_snapshot(read_manifest(snapshot), snapshot, labels, min_per_class)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps({"success": result.success, "failures": list(result.failures), **result.statistics}, indent=2))
+    if not result.success:
+        raise DataError(f"{snapshot}: {result.describe()}", list(result.task_ids))
+
+
+def train_folder(snapshot: Path, labels: tuple[str, ...], params: Params, tracking_uri: str, out: Path) -> dict[str, Any]:
+    """Train params.yaml's architecture on a snapshot folder; save the inference model to `out`."""
+    p = params.train
+    trained = fit(
+        snapshot, read_manifest(snapshot), labels, p.architecture, params.architectures.get(p.architecture, {}),
+        image_size=p.image_size, batch_size=p.batch_size, max_epochs=p.max_epochs, patience=p.patience,
+        lr=p.lr, augment=p.augment, seed=p.seed, tracking_uri=tracking_uri,
+        experiment=f"{params.registry.experiment}-dvc", run_tags={"flywheel.snapshot_path": str(snapshot)},
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(trained.model, out)
+    return trained.metrics
+
+
+def evaluate_folder(snapshot: Path, model_path: Path, metrics: Path, plot: Path) -> dict[str, float]:
+    """Evaluate a saved model on the snapshot's validation split: metrics JSON and a confusion plot."""
+    model: InferenceModel = torch.load(model_path, weights_only=False)
+    data = SnapshotDataModule(snapshot, read_manifest(snapshot), model.labels, model.image_size, 1, augment=False)
+    data.setup()
+    images, targets = data.val_set.tensors
+    result = evaluate(model, images, targets, len(model.labels))
+    values = {"accuracy": result["accuracy"], "f1_macro": result["f1_macro"], "val_images": len(images)}
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    metrics.write_text(json.dumps(values, indent=2))
+    confusion_figure(result["confusion"], model.labels, "validation confusion").savefig(plot)
+    return values
