@@ -1,0 +1,47 @@
+"""Every architecture in params.yaml builds, and one training step runs on CPU (Lightning fast_dev_run)."""
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from components.architectures import build_network
+from components.errors import SettingsError
+from components.params import load_params
+from components.training import Classifier, InferenceModel, SnapshotDataModule
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.model
+PARAMS = load_params(ROOT / "params.yaml")
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS.architectures))
+def test_every_architecture_in_params_builds_and_maps_images_to_logits(name):
+    net = build_network(name, num_classes=10, options=PARAMS.architectures[name])
+    size = PARAMS.train.image_size
+    assert net.eval()(torch.rand(2, 3, size, size)).shape == (2, 10)
+
+
+def test_unknown_architecture_and_option_say_what_to_fix():
+    with pytest.raises(SettingsError, match="Unknown architecture 'vit'"):
+        build_network("vit", 3)
+    with pytest.raises(SettingsError, match="architectures.small_cnn .* option"):
+        build_network("small_cnn", 3, {"depth": 9})
+
+
+def test_fast_dev_run_on_cpu(tmp_path):
+    (tmp_path / "images").mkdir()
+    rows = []
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (12, 12), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.png")
+        rows.append({"task_id": i, "image": f"images/{i}.png", "label": str(i % 2), "split": "val" if i < 2 else "train"})
+    data = SnapshotDataModule(tmp_path, pd.DataFrame(rows), ["0", "1"], image_size=16, batch_size=4, augment=True)
+    module = Classifier(build_network("small_cnn", 2, {"width": 4}), 2, lr=1e-3, augment=True, architecture="small_cnn")
+    trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer.fit(module, datamodule=data)
+    probabilities = InferenceModel(module.net, ["0", "1"], 16).eval()(data.val_set.tensors[0])
+    assert probabilities.shape == (2, 2)
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(2))
