@@ -157,6 +157,7 @@ def train(ws: Workspace, snapshot_version: SnapshotVersion, architecture: str, p
         image_size=p.image_size,
         batch_size=p.batch_size,
         max_epochs=p.max_epochs,
+        min_steps=p.min_steps,
         patience=p.patience,
         lr=p.lr,
         augment=p.augment,

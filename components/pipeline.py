@@ -57,7 +57,7 @@ def train_folder(snapshot: Path, labels: tuple[str, ...], params: Params, tracki
     p = params.train
     trained = fit(
         snapshot, read_manifest(snapshot), labels, p.architecture, params.architectures.get(p.architecture, {}),
-        image_size=p.image_size, batch_size=p.batch_size, max_epochs=p.max_epochs, patience=p.patience,
+        image_size=p.image_size, batch_size=p.batch_size, max_epochs=p.max_epochs, min_steps=p.min_steps, patience=p.patience,
         lr=p.lr, augment=p.augment, seed=p.seed, tracking_uri=tracking_uri,
         experiment=f"{params.registry.experiment}-dvc", run_tags={"flywheel.snapshot_path": str(snapshot)},
     )

@@ -195,6 +195,7 @@ def fit(
     image_size: int,
     batch_size: int,
     max_epochs: int,
+    min_steps: int,
     patience: int,
     lr: float,
     augment: bool,
@@ -219,6 +220,7 @@ def fit(
         best = ModelCheckpoint(dirpath=checkpoints, monitor="val_loss", mode="min", save_weights_only=True)
         trainer = L.Trainer(
             max_epochs=max_epochs,
+            min_steps=min_steps,
             deterministic=True,
             logger=logger,
             callbacks=[EarlyStopping(monitor="val_loss", patience=patience), best],

@@ -36,7 +36,7 @@ def write_params(folder: Path, title: str, min_new_annotations: int = 10) -> Pat
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["project"] = {"title": title, "config": str(ROOT / "label_studio_config" / "classification.xml")}
     params["poll"]["min_new_annotations"] = min_new_annotations
-    params["train"].update({"image_size": 16, "max_epochs": 6, "patience": 2})
+    params["train"].update({"image_size": 16, "max_epochs": 6, "min_steps": 0, "patience": 2})
     params["registry"] = {"model_name": f"test-{title}", "experiment": f"test-{title}"}
     params["architectures"] = {"small_cnn": {"width": 8}, "resnet18": {"pretrained": False}}
     path = folder / "params.yaml"
