@@ -25,6 +25,7 @@ test: install
 
 bench: install
 	.venv/bin/python -m bench.micro
+	.venv/bin/python -m bench.latency
 
 stack-down:
 	.venv/bin/flywheel stack down

@@ -7,6 +7,7 @@ Logs and PID files live under `<workspace>/logs` and `<workspace>/run`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -267,10 +268,8 @@ def _stop(settings: Settings, name: str, timeout_s: float = 20.0) -> bool:
     if pid is None:
         _pid_path(settings, name).unlink(missing_ok=True)
         return False
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and _read_pid(settings, name) is not None:
         _reap(pid)
@@ -284,10 +283,8 @@ def _stop(settings: Settings, name: str, timeout_s: float = 20.0) -> bool:
 
 def _reap(pid: int) -> None:
     """Collect a child we started in this process, so it does not linger as a zombie."""
-    try:
+    with contextlib.suppress(ChildProcessError):  # not our child: its own parent reaps it
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def down(settings: Settings, echo: Callable[[str], None] = print) -> list[str]:
