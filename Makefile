@@ -8,13 +8,13 @@ install: .venv/.installed .venv-ls/.installed
 
 .venv/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv .venv
-	.venv/bin/pip install --quiet -r requirements.lock
-	.venv/bin/pip install --quiet --no-deps -e .
+	.venv/bin/pip install -qq -r requirements.lock
+	.venv/bin/pip install -qq --no-deps -e .
 	touch $@
 
 .venv-ls/.installed: requirements-ls.lock
 	$(PYTHON) -m venv .venv-ls
-	.venv-ls/bin/pip install --quiet -r requirements-ls.lock
+	.venv-ls/bin/pip install -qq -r requirements-ls.lock
 	touch $@
 
 demo: install
@@ -23,9 +23,8 @@ demo: install
 test: install
 	.venv/bin/pytest
 
-bench: install
-	.venv/bin/python -m bench.micro
-	.venv/bin/python -m bench.latency
+bench: install   # every benchmark with its defaults, ~15 minutes on 2 cores
+	.venv/bin/flywheel bench all
 
 stack-down:
 	.venv/bin/flywheel stack down

@@ -21,7 +21,6 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -32,28 +31,14 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from bench.results import record
-from components import iteration, stack
-from components.conversions import choice_result
+from bench.stack import ROOT, throwaway_stack
+from components import iteration
 from components.datasets import materialize
-from components.label_studio import LabelStudio, Project
 from components.params import load_params
-from components.settings import NO_PHONE_HOME, load_settings
+from components.simulator import label_balanced
 
-ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = 5
 TASKS = 1000
-
-
-def label(ls: LabelStudio, project: Project, truth: dict[str, str], count: int, rng: random.Random) -> None:
-    """A person labels `count` unlabeled tasks correctly, cycling over classes."""
-    tasks = list(ls.unlabeled_tasks(project.id).items())
-    rng.shuffle(tasks)
-    by_class: dict[str, list[int]] = {}
-    for task_id, data in tasks:
-        by_class.setdefault(truth[data["filename"]], []).append(task_id)
-    order = [ids[i] for i in range(max(map(len, by_class.values()))) for ids in by_class.values() if i < len(ids)]
-    for task_id in order[:count]:
-        ls.annotate(task_id, choice_result(truth[dict(tasks)[task_id]["filename"]], project.config))
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
@@ -104,20 +89,7 @@ def stage_breakdown(ws: iteration.Workspace) -> dict[str, float]:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="flywheel-latency-") as tmp:
-        workspace = Path(tmp)
-        env = {
-            "FLYWHEEL_WORKSPACE": str(workspace / "ws"),
-            "FLYWHEEL_LABEL_STUDIO_PORT": str(stack.free_port()),
-            "FLYWHEEL_MLFLOW_PORT": str(stack.free_port()),
-            "FLYWHEEL_PREFECT_PORT": str(stack.free_port()),
-            "FLYWHEEL_LABEL_STUDIO_BIN": str(ROOT / ".venv-ls" / "bin" / "label-studio"),
-        }
-        os.environ.update({**NO_PHONE_HOME, **env})
-        settings = load_settings(cwd=ROOT)
-        os.environ["PREFECT_API_URL"] = settings.prefect_api_url
-        os.environ["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
-        stack.up(settings)
+    with throwaway_stack() as (settings, workspace):
         serving = None
         try:
             params_path = workspace / "params.yaml"
@@ -125,14 +97,13 @@ def main() -> None:
             raw["project"] = {"title": "latency bench", "config": str(ROOT / raw["project"]["config"])}
             params_path.write_text(yaml.safe_dump(raw))
             params = load_params(params_path)
-            settings = load_settings(cwd=ROOT)
             images = materialize("mnist", workspace / "datasets", limit=TASKS)
             truth = {i.path.name: i.label for i in images}
             ws = iteration.open_workspace(settings, params)
             ws.label_studio.import_images(ws.project, [i.path for i in images])
             rng = random.Random(0)
 
-            label(ws.label_studio, ws.project, truth, 100, rng)
+            label_balanced(ws.label_studio, ws.project, truth, 100, rng)
             from flows.flywheel import flywheel_iteration
 
             flywheel_iteration(str(params_path))  # warm-up: the first champion
@@ -145,7 +116,7 @@ def main() -> None:
             latencies = []
             for round_ in range(ROUNDS):
                 before = len(client.search_model_versions(f"name='{params.registry.model_name}'"))
-                label(ws.label_studio, ws.project, truth, params.poll.min_new_annotations, rng)
+                label_balanced(ws.label_studio, ws.project, truth, params.poll.min_new_annotations, rng)
                 saved = time.perf_counter()
                 done = wait_until(refreshed(ws, before), 180, f"round {round_ + 1}: refreshed pre-annotations")
                 latencies.append(done - saved)
@@ -154,12 +125,11 @@ def main() -> None:
             serving.wait(timeout=30)
             serving = None
 
-            label(ws.label_studio, ws.project, truth, params.poll.min_new_annotations, rng)
+            label_balanced(ws.label_studio, ws.project, truth, params.poll.min_new_annotations, rng)
             stages = stage_breakdown(ws)
         finally:
             if serving is not None:
                 serving.kill()
-            stack.down(settings)
 
     median = statistics.median(latencies)
     figures = {"flywheel_latency_s": round(median, 1), **{f"flywheel_stage_s_{k}": v for k, v in stages.items()}}

@@ -4,6 +4,7 @@
   (`fetch_changed`) vs by a full JSON export.
 - Write-back: replace the 1,000 predictions of an existing model version, by the adapter's bulk
   path vs one delete and one create call per prediction (the baseline).
+- Training throughput (images/s) of every architecture in params.yaml.
 
 Run: `make bench` or `.venv/bin/python -m bench.micro`. Writes bench/results.json and RESULTS.md.
 """
@@ -11,7 +12,6 @@ Run: `make bench` or `.venv/bin/python -m bench.micro`. Writes bench/results.jso
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,11 +22,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from bench.results import record
-from components import stack
+from bench.stack import throwaway_stack
 from components.conversions import Prediction, choice_result, format_cursor
 from components.label_studio import LabelStudio, Project
 from components.labeling_config import load_labeling_config
-from components.settings import load_settings
+from components.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 REPEATS = 5
@@ -93,27 +93,38 @@ def measure_writeback(ls: LabelStudio, project: Project) -> tuple[float, float]:
     return len(ids) / bulk_s, len(ids) / single_s
 
 
+def measure_training(image_size: int, batch_size: int, images: int = 512, epochs: int = 2) -> dict[str, float]:
+    """Training images per second of each architecture in params.yaml (CPU here; Lightning picks the device)."""
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from components.architectures import build_network
+    from components.training import Classifier
+
+    params = load_params(ROOT / "params.yaml")  # the architectures to compare
+    data = TensorDataset(torch.rand(images, 3, image_size, image_size), torch.randint(0, 10, (images,)))
+    rates = {}
+    for name, options in params.architectures.items():
+        module = Classifier(build_network(name, 10, options), 10, lr=1e-3, augment=True, architecture=name)
+        trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False)
+        start = time.perf_counter()
+        trainer.fit(module, DataLoader(data, batch_size=batch_size, shuffle=True))
+        rates[name] = images * epochs / (time.perf_counter() - start)
+    return rates
+
+
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="flywheel-bench-") as tmp:
-        workspace = Path(tmp)
-        environ = {
-            "FLYWHEEL_WORKSPACE": str(workspace),
-            "FLYWHEEL_LABEL_STUDIO_PORT": str(stack.free_port()),
-            "FLYWHEEL_LABEL_STUDIO_BIN": str(ROOT / ".venv-ls" / "bin" / "label-studio"),
-            # only Label Studio is measured here: leave MLflow and Prefect alone
-            "MLFLOW_TRACKING_URI": "unused", "PREFECT_API_URL": "unused",
-        }
-        settings = load_settings(environ=environ, cwd=ROOT)
-        stack.up(settings)
-        try:
-            ls = LabelStudio.from_settings(load_settings(environ=environ, cwd=ROOT))
-            small = make_project(ls, "bench 1k", 1_000, workspace / "img1k")
-            large = make_project(ls, "bench 10k", 10_000, workspace / "img10k")
-            inc_1k, full_1k = measure_poll(ls, small, 10)
-            inc_10k, full_10k = measure_poll(ls, large, 10)
-            bulk_per_s, single_per_s = measure_writeback(ls, small)
-        finally:
-            stack.down(settings)
+    with throwaway_stack(label_studio_only=True) as (settings, scratch):
+        ls = LabelStudio.from_settings(settings)
+        small = make_project(ls, "bench 1k", 1_000, scratch / "img1k")
+        large = make_project(ls, "bench 10k", 10_000, scratch / "img10k")
+        inc_1k, full_1k = measure_poll(ls, small, 10)
+        inc_10k, full_10k = measure_poll(ls, large, 10)
+        bulk_per_s, single_per_s = measure_writeback(ls, small)
+    params = load_params(ROOT / "params.yaml")
+    training = measure_training(params.train.image_size, params.train.batch_size)
 
     figures = {
         "poll_incremental_s_1k": round(inc_1k, 4),
@@ -125,7 +136,9 @@ def main() -> None:
         "writeback_bulk_per_s": round(bulk_per_s, 1),
         "writeback_single_per_s": round(single_per_s, 1),
         "writeback_speedup": round(bulk_per_s / single_per_s, 1),
+        **{f"train_images_per_s_{name}": round(rate, 1) for name, rate in training.items()},
     }
+    training_rows = "\n".join(f"| {name} | {rate:.0f} |" for name, rate in training.items())
     markdown = f"""## Label Studio adapter: polling and write-back (`bench/micro.py`)
 
 Measured {datetime.now(UTC):%Y-%m-%d} on this machine (2 cores, no GPU), one run, against a fresh
@@ -150,6 +163,14 @@ Growth of the incremental fetch from 1k to 10k tasks: **{inc_10k / inc_1k:.2f}x*
 | one `DELETE` + one `POST` per prediction | {single_per_s:.1f} |
 
 Ratio **{bulk_per_s / single_per_s:.0f}x** (`writeback_speedup`, target >= 20).
+
+**Training throughput** — images/s through a full training step (forward, backward, AdamW,
+augmentation), {params.train.image_size}x{params.train.image_size} RGB, batch {params.train.batch_size},
+on this CPU (`train_images_per_s_<architecture>`):
+
+| architecture | images/s |
+|---|---|
+{training_rows}
 """
     record(figures, "micro", markdown)
     print(markdown)

@@ -230,6 +230,57 @@ def pipeline_evaluate(
     typer.echo(f"accuracy {values['accuracy']:.3f}, macro-F1 {values['f1_macro']:.3f}")
 
 
+bench_app = typer.Typer(help="Benchmarks; each writes bench/results.json and bench/RESULTS.md.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("simulate")
+@clear_errors
+def bench_simulate(
+    dataset: Annotated[str, typer.Option(help="mnist | digits | a folder laid out class_name/image.png")] = "mnist",
+    order: Annotated[list[str], typer.Option(help="random and/or suggested (repeat the option for both)")] = ["random"],  # noqa: B006
+    budget: Annotated[int, typer.Option(help="Labels the simulated person makes.")] = 300,
+    every: Annotated[int, typer.Option(help="Labels between flywheel iterations (K).")] = 20,
+    pool: Annotated[int, typer.Option(help="Images imported as tasks.")] = 1000,
+    held_out: Annotated[int, typer.Option(help="Images kept aside, never labeled, to score each champion.")] = 500,
+    seed: int = 0,
+) -> None:
+    """Play a person labeling a real dataset with flywheel's pre-annotations, on a throwaway stack."""
+    from bench.simulate import SimulationConfig, main
+
+    _settings()
+    main(SimulationConfig(dataset, tuple(order), pool, held_out, budget, every, seed), echo=typer.echo)
+
+
+@bench_app.command("micro")
+@clear_errors
+def bench_micro() -> None:
+    """Incremental poll vs full export, bulk vs one-call write-back, training throughput."""
+    from bench.micro import main
+
+    _settings()
+    main()
+
+
+@bench_app.command("latency")
+@clear_errors
+def bench_latency() -> None:
+    """Seconds from an annotation saved to refreshed pre-annotations, with a stage breakdown."""
+    from bench.latency import main
+
+    _settings()
+    main()
+
+
+@bench_app.command("all")
+@clear_errors
+def bench_all() -> None:
+    """Every benchmark with its defaults (about 15 minutes on a 2-core CPU)."""
+    bench_micro()
+    bench_latency()
+    bench_simulate()
+
+
 def _progress(description: str) -> Callable[[Any], Any]:
     from tqdm import tqdm
 

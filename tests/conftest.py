@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from components import stack as embedded
 from components.stack import free_port
@@ -67,3 +68,13 @@ def stack(stack_env: dict[str, str]) -> Iterator[Settings]:
 @pytest.fixture(scope="session")
 def label_studio(stack: Settings) -> LabelStudio:
     return LabelStudio.from_settings(stack)
+
+
+@pytest.fixture(scope="module")
+def loop_env(stack: Settings, stack_env: dict[str, str], monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """Flows read their settings from the environment: point it at the test stack."""
+    for key, value in stack_env.items():
+        monkeypatch_module.setenv(key, value)
+    monkeypatch_module.setenv("MLFLOW_TRACKING_URI", stack.mlflow_tracking_uri)
+    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}):
+        yield stack

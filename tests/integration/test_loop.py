@@ -8,14 +8,12 @@ from __future__ import annotations
 import filecmp
 import random
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from prefect import task
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from components.conversions import choice_result
 from components.datasets import materialize
@@ -25,6 +23,7 @@ from components.label_studio import LabelStudio, Project
 from components.labeling_config import load_labeling_config
 from components.params import load_params
 from components.settings import Settings, load_settings
+from components.simulator import label_balanced
 from components.versioning import DataRegistry
 from tests.conftest import ROOT
 
@@ -44,16 +43,6 @@ def write_params(folder: Path, title: str, min_new_annotations: int = 10) -> Pat
     return path
 
 
-@pytest.fixture(scope="module")
-def loop_env(stack: Settings, stack_env: dict[str, str], monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """Flows read their settings from the environment: point it at the test stack."""
-    for key, value in stack_env.items():
-        monkeypatch_module.setenv(key, value)
-    monkeypatch_module.setenv("MLFLOW_TRACKING_URI", stack.mlflow_tracking_uri)
-    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}):
-        yield stack
-
-
 class Person:
     """Plays an annotator who knows the ground truth of each image."""
 
@@ -62,16 +51,7 @@ class Person:
 
     def label(self, count: int, seed: int = 0) -> list[int]:
         """Label `count` unlabeled tasks, round-robin over classes so every class gets some."""
-        tasks = list(self.ls.unlabeled_tasks(self.project.id).items())
-        random.Random(seed).shuffle(tasks)
-        by_class: dict[str, list[int]] = {}
-        for task_id, data in tasks:
-            by_class.setdefault(self.truth[data["filename"]], []).append(task_id)
-        order = [ids[i] for i in range(max(map(len, by_class.values()))) for ids in by_class.values() if i < len(ids)]
-        for task_id in order[:count]:
-            data = dict(tasks)[task_id]
-            self.ls.annotate(task_id, choice_result(self.truth[data["filename"]], self.project.config))
-        return order[:count]
+        return label_balanced(self.ls, self.project, self.truth, count, random.Random(seed))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,245 @@
+"""A simulated annotator against a real Label Studio: does flywheel turn labeling into correcting?
+
+The simulator knows the ground truth; Label Studio and the loop do not. It takes the next task in
+the chosen order, reads the pre-annotation shown on it (if any), accepts it when it equals the
+truth and corrects it otherwise, and every K labels runs a real flywheel iteration. After each
+iteration it scores the champion on a fixed held-out set that is never imported, let alone labeled.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from components.conversions import choice_result
+from components.datasets import LabeledImage
+from components.label_studio import LabelStudio, Project
+from components.registry import ModelRegistry, RegisteredModel
+from components.training import evaluate, load_images
+
+ORDERS = ("random", "suggested")
+
+
+@dataclass(frozen=True)
+class Step:
+    """The state after one block of K labels and the iteration that followed."""
+
+    labels: int
+    fraction_labeled: float
+    accuracy: float | None
+    f1_macro: float | None
+    shown: int
+    accepted: int
+    acceptance: float | None
+    iteration_s: float
+    champion: str | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A whole simulation: its steps and the figures derived from them."""
+
+    steps: tuple[Step, ...]
+    pool: int
+    order: str
+
+    def acceptance_between(self, low: float, high: float) -> float | None:
+        """Suggestions accepted unchanged / suggestions shown, over labels made while the labeled
+        fraction was in [low, high)."""
+        shown = accepted = 0
+        previous = 0.0
+        for step in self.steps:
+            if low <= previous < high:
+                shown += step.shown
+                accepted += step.accepted
+            previous = step.fraction_labeled
+        return accepted / shown if shown else None
+
+    @property
+    def final_accuracy(self) -> float | None:
+        scored = [s.accuracy for s in self.steps if s.accuracy is not None]
+        return scored[-1] if scored else None
+
+    def labels_to_reach(self, accuracy: float) -> int | None:
+        """Labels done when held-out accuracy first reached `accuracy`."""
+        return next((s.labels for s in self.steps if s.accuracy is not None and s.accuracy >= accuracy), None)
+
+
+def split_pool(images: Sequence[LabeledImage], held_out: int, seed: int) -> tuple[list[LabeledImage], list[LabeledImage]]:
+    """(pool to import and label, fixed held-out set), drawn once with `seed`."""
+    shuffled = list(images)
+    random.Random(seed).shuffle(shuffled)
+    return shuffled[held_out:], shuffled[:held_out]
+
+
+class HeldOut:
+    """The held-out images as tensors, scored against each champion once."""
+
+    def __init__(self, images: Sequence[LabeledImage], labels: Sequence[str], image_size: int):
+        self.images = load_images([i.path for i in images], image_size)
+        self.targets = torch.tensor([list(labels).index(i.label) for i in images])
+        self.num_classes = len(labels)
+        self._scores: dict[str, dict[str, Any]] = {}
+
+    def score(self, registry: ModelRegistry, champion: RegisteredModel) -> dict[str, Any]:
+        if champion.model_version not in self._scores:
+            self._scores[champion.model_version] = evaluate(
+                registry.load(champion), self.images, self.targets, self.num_classes
+            )
+        return self._scores[champion.model_version]
+
+
+def label_balanced(
+    ls: LabelStudio, project: Project, truth: dict[str, str], count: int, rng: random.Random
+) -> list[int]:
+    """A person labels `count` unlabeled tasks correctly, cycling over classes (so every class gets
+    labels early). Used to set up benchmarks and tests. Returns the task ids labeled."""
+    tasks = list(ls.unlabeled_tasks(project.id).items())
+    rng.shuffle(tasks)
+    by_class: dict[str, list[int]] = {}
+    for task_id, data in tasks:
+        by_class.setdefault(truth[data["filename"]], []).append(task_id)
+    depth = max(map(len, by_class.values()), default=0)
+    order = [ids[i] for i in range(depth) for ids in by_class.values() if i < len(ids)][:count]
+    data_of = dict(tasks)
+    for task_id in order:
+        ls.annotate(task_id, choice_result(truth[data_of[task_id]["filename"]], project.config))
+    return order
+
+
+def shown_prediction(task: dict[str, Any], model_version: str) -> dict[str, Any] | None:
+    """The pre-annotation a person sees on a task: the prediction of the project's model version."""
+    return next((p for p in task.get("predictions") or [] if p.get("model_version") == model_version), None)
+
+
+def simulate(
+    ls: LabelStudio,
+    project: Project,
+    truth: dict[str, str],
+    held_out: HeldOut,
+    registry: ModelRegistry,
+    run_iteration: Callable[[], Any],
+    order: str,
+    budget: int,
+    every: int,
+    seed: int = 0,
+    next_tasks: Callable[[], list[int]] | None = None,
+    on_step: Callable[[Step], None] = lambda step: None,
+) -> Outcome:
+    """Play the annotator for `budget` labels, running an iteration every `every` labels.
+
+    Args:
+        ls: Label Studio.
+        project: A fresh project whose tasks carry `filename` (the key into `truth`).
+        truth: File name -> true label; known only here.
+        held_out: The never-labeled evaluation set.
+        registry: Where the champion lives.
+        run_iteration: Runs one real flywheel iteration.
+        order: "random", or "suggested" (flywheel's recommended order via `next_tasks`; the same
+            as random while no recommendation exists).
+        budget: How many labels to make.
+        every: Labels between iterations (K).
+        seed: For the random order.
+        next_tasks: Task ids in flywheel's recommended order (for "suggested").
+        on_step: Called after each step (progress display).
+    """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, not {order!r}")
+    unlabeled = ls.unlabeled_tasks(project.id)
+    pool = len(unlabeled)
+    random_order = sorted(unlabeled)
+    random.Random(seed).shuffle(random_order)
+    done: set[int] = set()
+    steps: list[Step] = []
+    labels = 0
+    while labels < budget and len(done) < pool:
+        recommended = (next_tasks() if order == "suggested" and next_tasks else []) or random_order
+        queue = [t for t in recommended if t not in done][: min(every, budget - labels)]
+        shown = accepted = 0
+        model_version = ls.shown_model_version(project.id)
+        for task_id in queue:
+            task = ls.task(task_id)
+            answer = truth[task["data"]["filename"]]
+            suggestion = shown_prediction(task, model_version) if model_version else None
+            result = choice_result(answer, project.config)
+            if suggestion is not None:
+                shown += 1
+                suggested = suggestion["result"][0]["value"][project.config.result_type]
+                if suggested == [answer]:
+                    accepted += 1
+                    result = suggestion["result"]  # accepted unchanged
+            ls.annotate(task_id, result, parent_prediction=suggestion["id"] if suggestion else None)
+            done.add(task_id)
+        labels += len(queue)
+        start = time.perf_counter()
+        run_iteration()
+        elapsed = time.perf_counter() - start
+        champion = registry.champion()
+        scores = held_out.score(registry, champion) if champion else None
+        step = Step(
+            labels=labels,
+            fraction_labeled=labels / pool,
+            accuracy=scores["accuracy"] if scores else None,
+            f1_macro=scores["f1_macro"] if scores else None,
+            shown=shown,
+            accepted=accepted,
+            acceptance=accepted / shown if shown else None,
+            iteration_s=round(elapsed, 2),
+            champion=champion.model_version if champion else None,
+        )
+        steps.append(step)
+        on_step(step)
+    return Outcome(steps=tuple(steps), pool=pool, order=order)
+
+
+def write_csv(outcome: Outcome, path: Path) -> None:
+    """One row per step."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(Step.__dataclass_fields__))
+        writer.writeheader()
+        writer.writerows(asdict(s) for s in outcome.steps)
+
+
+def plot_curves(outcomes: Sequence[Outcome], learning_png: Path, acceptance_png: Path, title: str) -> None:
+    """Learning curve (held-out accuracy and macro-F1 vs labels) and acceptance curve, per order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for outcome in outcomes:
+        scored = [s for s in outcome.steps if s.accuracy is not None]
+        ax.plot([s.labels for s in scored], [s.accuracy for s in scored], marker="o", label=f"accuracy ({outcome.order})")
+        ax.plot([s.labels for s in scored], [s.f1_macro for s in scored], linestyle="--", label=f"macro-F1 ({outcome.order})")
+    ax.set_xlabel("labels done")
+    ax.set_ylabel("held-out score")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"Learning curve: {title}")
+    fig.tight_layout()
+    fig.savefig(learning_png, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for outcome in outcomes:
+        rated = [s for s in outcome.steps if s.acceptance is not None]
+        ax.plot([s.labels for s in rated], [s.acceptance for s in rated], marker="o", label=outcome.order)
+    ax.set_xlabel("labels done")
+    ax.set_ylabel("pre-annotations accepted unchanged")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"Acceptance of pre-annotations: {title}")
+    fig.tight_layout()
+    fig.savefig(acceptance_png, dpi=110)
+    plt.close(fig)
