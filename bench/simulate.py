@@ -143,7 +143,7 @@ def main(config: SimulationConfig, echo=print) -> None:
     from bench.stack import throwaway_stack
 
     with throwaway_stack() as (settings, scratch):
-        outcomes = run_simulation(settings, scratch, config, echo)
+        outcomes = run_simulation(settings, scratch, config, echo=echo)
     figures, markdown = summarize(config, outcomes)
     record(figures, f"simulate-{config.dataset_name}", markdown)
     echo(markdown)

@@ -51,7 +51,7 @@ class TrainParams(_Section):
     image_size: int = Field(default=28, ge=8)
     batch_size: int = Field(default=64, ge=1)
     max_epochs: int = Field(default=100, ge=1)
-    min_steps: int = Field(default=150, ge=0)
+    min_steps: int = Field(default=400, ge=0)
     patience: int = Field(default=3, ge=1)
     lr: float = Field(default=3e-3, gt=0)
     augment: bool = True
