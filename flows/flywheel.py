@@ -6,6 +6,7 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 
 from components import iteration
+from components.iteration import Workspace
 from flows.common import connect, one_at_a_time
 
 poll = task(iteration.poll, retries=3, retry_delay_seconds=5, cache_policy=NONE)
@@ -17,6 +18,15 @@ train = task(iteration.train, cache_policy=NONE)
 register = task(iteration.register, retries=2, retry_delay_seconds=5, cache_policy=NONE)
 predictions_stale = task(iteration.predictions_stale, retries=3, retry_delay_seconds=5, cache_policy=NONE)
 write_back = task(iteration.write_back, retries=3, retry_delay_seconds=5, cache_policy=NONE)
+
+
+def refresh_preannotations(ws: Workspace) -> tuple[str | None, int]:
+    """Write the champion's predictions when Label Studio does not show them yet: (champion, written)."""
+    champion = ws.models.champion()
+    if champion is None:
+        return None, 0
+    written = write_back(ws, champion) if predictions_stale(ws, champion) else 0
+    return champion.model_version, written
 
 
 @flow(name="flywheel-iteration", log_prints=True)
@@ -33,9 +43,6 @@ def flywheel_iteration(params_path: str = "params.yaml") -> dict[str, object]:
         if latest is not None and trained_run(ws, latest) is None:
             promotion = register(ws, train(ws, latest, ws.params.train.architecture))
             summary.update(trained=True, promoted=promotion.promoted, accuracy=promotion.candidate_accuracy)
-        champion = ws.models.champion()
-        if champion is not None and predictions_stale(ws, champion):
-            summary["written"] = write_back(ws, champion)
-        summary["champion"] = champion.model_version if champion else None
+        summary["champion"], summary["written"] = refresh_preannotations(ws)
     print(summary)
     return summary

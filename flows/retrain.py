@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.common import connect, one_at_a_time
-from flows.flywheel import predictions_stale, register, train, write_back
+from flows.flywheel import refresh_preannotations, register, train
 
 
 @flow(name="flywheel-retrain", log_prints=True)
@@ -22,9 +22,6 @@ def retrain(params_path: str = "params.yaml") -> dict[str, object]:
         for architecture in ws.params.architectures:
             promotion = register(ws, train(ws, latest, architecture))
             summary["accuracy"][architecture] = promotion.candidate_accuracy  # type: ignore[index]
-        champion = ws.models.champion()
-        if champion is not None and predictions_stale(ws, champion):
-            summary["written"] = write_back(ws, champion)
-        summary["champion"] = champion.model_version if champion else None
+        summary["champion"], summary["written"] = refresh_preannotations(ws)
     print(summary)
     return summary

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
 
 from components import stack as embedded
 from components.stack import free_port
@@ -76,5 +76,6 @@ def loop_env(stack: Settings, stack_env: dict[str, str], monkeypatch_module: pyt
     for key, value in stack_env.items():
         monkeypatch_module.setenv(key, value)
     monkeypatch_module.setenv("MLFLOW_TRACKING_URI", stack.mlflow_tracking_uri)
-    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}):
+    # Flow logs stay local: the stack stops at the session's end, before a log worker could flush.
+    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url, PREFECT_LOGGING_TO_API_ENABLED: False}):
         yield stack
