@@ -26,7 +26,7 @@ from components.prediction import predict_images
 from components.registry import ModelRegistry, Promotion, RegisteredModel
 from components.settings import Settings
 from components.snapshot import apply_changes, read_manifest, write_snapshot
-from components.training import SnapshotDataModule, TrainedModel, fit
+from components.training import TrainedModel, fit
 from components.validation import validate_snapshot
 from components.versioning import DataRegistry, SnapshotVersion
 
@@ -174,13 +174,7 @@ def register(ws: Workspace, trained: TrainedModel) -> Promotion:
     registered = ws.models.register(trained.model, trained.run_id)
     client = MlflowClient(ws.settings.mlflow_tracking_uri)
     client.set_tag(trained.run_id, "flywheel.registered_version", str(registered.version))
-    data = SnapshotDataModule(
-        ws.data.snapshot_dir, read_manifest(ws.data.snapshot_dir), ws.project.config.labels,
-        trained.model.image_size, batch_size=1, augment=False,
-    )
-    data.setup()
-    images, targets = data.val_set.tensors
-    promotion = ws.models.promote_if_better(registered, trained.model, images, targets)
+    promotion = ws.models.promote_if_better(registered, trained.model, trained.val_images, trained.val_targets)
     client.set_tag(trained.run_id, "flywheel.promoted", str(promotion.promoted).lower())
     return promotion
 

@@ -147,6 +147,8 @@ class TrainedModel:
     architecture: str
     metrics: dict[str, float]
     confusion: np.ndarray
+    val_images: torch.Tensor
+    val_targets: torch.Tensor
 
 
 def evaluate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, Any]:
@@ -247,5 +249,5 @@ def fit(
     plt.close(fig)
     return TrainedModel(
         model=inference.eval(), run_id=logger.run_id, architecture=architecture,
-        metrics=metrics, confusion=result["confusion"],
+        metrics=metrics, confusion=result["confusion"], val_images=images, val_targets=targets,
     )
