@@ -50,11 +50,21 @@ class LabeledTask:
 
 @dataclass(frozen=True)
 class Prediction:
-    """A model's suggestion for one task."""
+    """A model's suggestion for one task.
+
+    Attributes:
+        task_id: The task.
+        label: The suggested class.
+        score: What Label Studio sorts by: on an unlabeled task the label-next priority, on a
+            suspected label error how suspect it is.
+        region_id: Written as the result item's `id`; marks a kind of prediction so a Data
+            Manager filter on prediction results can find it.
+    """
 
     task_id: int
     label: str
     score: float
+    region_id: str | None = None
 
 
 def parse_timestamp(value: str) -> datetime:
@@ -138,12 +148,21 @@ def current_annotation(task: LabeledTask) -> Annotation | None:
 
 def prediction_to_ls(prediction: Prediction, config: LabelingConfig, model_version: str) -> dict[str, Any]:
     """A model's suggestion -> one item of Label Studio's bulk prediction import."""
-    return {
-        "task": prediction.task_id,
-        "model_version": model_version,
-        "score": float(prediction.score),
-        "result": choice_result(prediction.label, config),
-    }
+    result = choice_result(prediction.label, config)
+    if prediction.region_id:
+        result[0]["id"] = prediction.region_id
+    return {"task": prediction.task_id, "model_version": model_version, "score": float(prediction.score), "result": result}
+
+
+def predicted_label(prediction: Mapping[str, Any], config: LabelingConfig) -> str | None:
+    """The class a Label Studio prediction (JSON) suggests, or None when it holds no single choice."""
+    picked = [
+        c
+        for r in prediction.get("result") or ()
+        if r.get("from_name") == config.from_name
+        for c in r.get("value", {}).get(config.result_type, [])
+    ]
+    return picked[0] if len(picked) == 1 else None
 
 
 def choice_result(label: str, config: LabelingConfig) -> list[dict[str, Any]]:

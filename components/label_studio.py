@@ -8,7 +8,9 @@ A narrow API over Label Studio's HTTP interface:
   cost proportional to what changed (a Data Manager filter on the task's `updated_at`).
 - `write_predictions(project, predictions, model_version)`: bulk; rewriting a version replaces it.
 
-It writes tasks and predictions only: no method here changes or deletes an annotation.
+- `ensure_view(project, title, filters, ordering)`: a Data Manager tab people open.
+
+It writes tasks, predictions and views only: no method here changes or deletes an annotation.
 """
 
 from __future__ import annotations
@@ -348,6 +350,44 @@ class LabelStudio:
         """The model version Label Studio shows as pre-annotations ("" when none is chosen)."""
         with self._calling(f"read project {project_id}'s model version"):
             return self.sdk.projects.get(id=project_id).model_version or ""
+
+    def labeled_tasks(self, project_id: int) -> list[dict[str, Any]]:
+        """Every task with an annotation, with its annotations and predictions (Label Studio's JSON).
+
+        Costs in proportion to the labeled tasks, not the project."""
+        item = {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}
+        query = json.dumps({"filters": {"conjunction": "and", "items": [item]}})
+        with self._calling(f"list the labeled tasks of project {project_id}"):
+            pages = self.sdk.tasks.list(project=project_id, fields="all", query=query, page_size=BATCH)
+            return [t.model_dump(mode="json") for t in pages]
+
+    # --- views ----------------------------------------------------------------------------------
+
+    def ensure_view(
+        self, project_id: int, title: str, filters: list[dict[str, Any]], ordering: list[str]
+    ) -> int:
+        """Create or update the Data Manager tab `title` (filters joined by "and"). Returns its id."""
+        data = {"title": title, "filters": {"conjunction": "and", "items": filters}, "ordering": ordering}
+        with self._calling(f"list the views of project {project_id}"):
+            views = [v for v in self.sdk.views.list(project=project_id) if (v.data or {}).get("title") == title]
+        with self._calling(f"save view {title!r} of project {project_id}"):
+            if views:
+                view = min(views, key=lambda v: v.id)
+                self.sdk.views.update(str(view.id), project=project_id, data=data)
+                return int(view.id)
+            return int(self.sdk.views.create(project=project_id, data=data).id)
+
+    def view_id(self, project_id: int, title: str) -> int | None:
+        """The id of the Data Manager tab `title`, if it exists."""
+        with self._calling(f"list the views of project {project_id}"):
+            views = [v for v in self.sdk.views.list(project=project_id) if (v.data or {}).get("title") == title]
+        return min(v.id for v in views) if views else None
+
+    def view_tasks(self, project_id: int, view_id: int) -> list[dict[str, Any]]:
+        """The tasks a Data Manager tab shows, in its order, with their annotations and predictions."""
+        with self._calling(f"read view {view_id} of project {project_id}"):
+            pages = self.sdk.tasks.list(project=project_id, view=view_id, fields="all", page_size=BATCH)
+            return [t.model_dump(mode="json") for t in pages]
 
     def task(self, task_id: int) -> dict[str, Any]:
         """One task with its annotations and predictions, as Label Studio returns it."""

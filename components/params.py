@@ -71,6 +71,27 @@ class RetrainParams(_Section):
     cron: str = "0 3 * * *"
 
 
+class ErrorsParams(_Section):
+    """The label error finder: k-fold out-of-fold probabilities ranked by cleanlab."""
+
+    folds: int = Field(default=5, ge=2)
+    steps: int = Field(default=400, ge=1)
+    interval_s: float = Field(default=600, gt=0)
+
+
+class SelectParams(_Section):
+    """Which unlabeled tasks people should label next."""
+
+    batch: int = Field(default=50, ge=1)
+    candidates: int = Field(default=4, ge=1)
+
+
+class ReportParams(_Section):
+    """The annotation-strategy report."""
+
+    target_accuracy: float = Field(default=0.9, gt=0, le=1)
+
+
 class Params(_Section):
     """All of params.yaml."""
 
@@ -85,6 +106,9 @@ class Params(_Section):
     registry: RegistryParams = RegistryParams()
     predict: PredictParams = PredictParams()
     retrain: RetrainParams = RetrainParams()
+    errors: ErrorsParams = ErrorsParams()
+    select: SelectParams = SelectParams()
+    report: ReportParams = ReportParams()
 
     @model_validator(mode="after")
     def _known_architecture(self) -> Params:

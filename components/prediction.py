@@ -1,23 +1,46 @@
-"""Batch inference of a model on tasks' images -> Label Studio predictions with a score."""
+"""Batch inference of a model on tasks' images: class probabilities and embeddings per task."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from components.conversions import Prediction
 from components.training import InferenceModel, load_images
 
 
-def predict_images(
+@dataclass(frozen=True)
+class ModelOutputs:
+    """What a model says about a set of tasks, row i belonging to `task_ids[i]`.
+
+    Attributes:
+        task_ids: The tasks whose image could be read, in order.
+        probabilities: (N, classes) softmax outputs.
+        embeddings: (N, D) penultimate features.
+        labels: The class names, column j of `probabilities` being `labels[j]`.
+    """
+
+    task_ids: tuple[int, ...]
+    probabilities: np.ndarray
+    embeddings: np.ndarray
+    labels: tuple[str, ...]
+
+    @property
+    def predicted(self) -> list[str]:
+        """The top class of each task."""
+        return [self.labels[int(j)] for j in self.probabilities.argmax(axis=1)] if len(self.task_ids) else []
+
+
+def infer_images(
     model: InferenceModel,
     images: Mapping[int, Path],
     batch_size: int,
     progress: Callable[[Iterable[int]], Iterable[int]] = lambda it: it,
-) -> list[Prediction]:
-    """Predict the class of each task's image.
+) -> ModelOutputs:
+    """Run `model` over each task's image.
 
     Args:
         model: Outputs probabilities over `model.labels`.
@@ -25,21 +48,20 @@ def predict_images(
             the caller), never guessed.
         batch_size: Images per forward pass.
         progress: Wraps the iteration over batches.
-
-    Returns:
-        One prediction per task with a readable image; score = the top class's probability.
     """
     readable = [(task_id, path) for task_id, path in images.items() if Path(path).is_file()]
-    predictions: list[Prediction] = []
+    probabilities, embeddings = [], []
     model.eval()
-    starts = range(0, len(readable), batch_size)
     with torch.no_grad():
-        for start in progress(starts):
+        for start in progress(range(0, len(readable), batch_size)):
             chunk = readable[start : start + batch_size]
-            probabilities = model(load_images([path for _, path in chunk], model.image_size))
-            scores, classes = probabilities.max(dim=1)
-            predictions.extend(
-                Prediction(task_id=task_id, label=model.labels[int(c)], score=round(float(s), 4))
-                for (task_id, _), s, c in zip(chunk, scores, classes, strict=True)
-            )
-    return predictions
+            p, e = model.probabilities_and_embeddings(load_images([path for _, path in chunk], model.image_size))
+            probabilities.append(p.numpy())
+            embeddings.append(e.numpy())
+    classes = len(model.labels)
+    return ModelOutputs(
+        task_ids=tuple(task_id for task_id, _ in readable),
+        probabilities=np.concatenate(probabilities) if probabilities else np.empty((0, classes)),
+        embeddings=np.concatenate(embeddings) if embeddings else np.empty((0, 0)),
+        labels=tuple(model.labels),
+    )

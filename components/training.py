@@ -54,6 +54,18 @@ class InferenceModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.net((images - MEAN) / STD), dim=1)
 
+    def probabilities_and_embeddings(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class probabilities and the network's penultimate features (the input of its last linear
+        layer), from one forward pass. The features give selection its sense of "near-duplicate"."""
+        last_linear = [m for m in self.net.modules() if isinstance(m, nn.Linear)][-1]
+        captured: list[torch.Tensor] = []
+        handle = last_linear.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+        try:
+            probabilities = self(images)
+        finally:
+            handle.remove()
+        return probabilities, captured[0].flatten(1)
+
 
 class SnapshotDataModule(L.LightningDataModule):
     """A snapshot's train and validation splits, held in memory (images are small).
@@ -185,6 +197,33 @@ def confusion_figure(confusion: np.ndarray, labels: Sequence[str], title: str) -
                     color="white" if count > confusion.max() / 2 else "black")
     fig.tight_layout()
     return fig
+
+
+def fit_steps(
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    labels: Sequence[str],
+    architecture: str,
+    architecture_options: dict[str, Any],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    augment: bool,
+    seed: int,
+) -> InferenceModel:
+    """Train for a fixed number of steps, without validation or tracking (one fold of a cross-validation)."""
+    L.seed_everything(seed, workers=True, verbose=False)
+    module = Classifier(build_network(architecture, len(labels), architecture_options), len(labels), lr=lr,
+                        augment=augment, architecture=architecture)
+    loader = DataLoader(TensorDataset(images, targets), batch_size=batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))
+    trainer = L.Trainer(
+        max_steps=steps, max_epochs=-1, deterministic=True, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )
+    trainer.fit(module, train_dataloaders=loader)
+    return InferenceModel(module.net, labels, int(images.shape[-1])).eval()
 
 
 def fit(

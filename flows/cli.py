@@ -150,6 +150,42 @@ def retrain_now(params: ParamsOption = Path("params.yaml")) -> None:
     retrain(str(params))
 
 
+@app.command("errors")
+@clear_errors
+def errors_now(
+    params: ParamsOption = Path("params.yaml"),
+    force: Annotated[bool, typer.Option(help="Check again even if this snapshot was checked.")] = False,
+) -> None:
+    """Find the labels most likely wrong in the latest snapshot (k-fold + cleanlab) and flag them in
+    Label Studio's "Suspected label errors" tab."""
+    _settings()
+    from flows.label_errors import find_label_errors
+
+    find_label_errors(str(params), force=force)
+
+
+@app.command("report")
+@clear_errors
+def report_now(params: ParamsOption = Path("params.yaml")) -> None:
+    """Is the annotation strategy working? Learning curve, classes needing labels, confused pairs,
+    acceptance of suggestions; writes the HTML report into the workspace and prints its summary."""
+    settings = _settings()
+    from components import iteration
+    from components.params import load_params
+    from components.report import summary_lines
+
+    ws = iteration.open_workspace(settings, load_params(params), project_root=params.parent)
+    champion = ws.models.champion()
+    if champion is None or ws.data.latest() is None:
+        raise FlywheelError("No model yet: label some tasks and run `flywheel run` (or `flywheel serve`) first.")
+    result, path = iteration.report(ws, champion)
+    typer.echo("\n".join(summary_lines(result)))
+    suspects = ws.label_studio.view_id(ws.project.id, iteration.SUSPECTS_VIEW)
+    typer.echo(f"Report: {path}")
+    if suspects:
+        typer.echo(f"Suspected label errors: {settings.label_studio_url}/projects/{ws.project.id}/data?tab={suspects}")
+
+
 @app.command("serve")
 @clear_errors
 def serve(params: ParamsOption = Path("params.yaml")) -> None:
@@ -160,7 +196,8 @@ def serve(params: ParamsOption = Path("params.yaml")) -> None:
 
     loaded = load_params(params)
     typer.echo(
-        f"Serving: poll every {loaded.poll.interval_s:g}s, retrain on '{loaded.retrain.cron}'. "
+        f"Serving: poll every {loaded.poll.interval_s:g}s, retrain on '{loaded.retrain.cron}', check labels "
+        f"every {loaded.errors.interval_s:g}s. "
         f"Runs: {settings.prefect_api_url.removesuffix('/api')}/runs"
     )
     serve_deployments(loaded, params)

@@ -1,0 +1,306 @@
+"""Is the annotation strategy working? The learning curve, the classes that need labels, the confused
+pairs, and how often people accept the model's suggestions, measured in Label Studio itself.
+
+`build_report` computes it from plain inputs; `write_report` renders it as HTML with PNG plots and a
+JSON summary (what `flywheel report` prints).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.optimize import curve_fit
+
+from components.conversions import current_annotation, label_of, predicted_label, task_from_json
+from components.errors import AnnotationError
+from components.labeling_config import LabelingConfig
+
+
+@dataclass(frozen=True)
+class LearningPoint:
+    """One trained model: how many labels it saw and how it scored on its validation split."""
+
+    labels: int
+    accuracy: float
+    snapshot: str
+
+
+@dataclass(frozen=True)
+class CurveFit:
+    """accuracy(n) = ceiling - scale * n ** -exponent, fitted by least squares."""
+
+    ceiling: float
+    scale: float
+    exponent: float
+
+    def accuracy_at(self, labels: float) -> float:
+        return self.ceiling - self.scale * labels ** -self.exponent
+
+    def labels_for(self, accuracy: float) -> float | None:
+        """Labels at which the fitted curve reaches `accuracy`; None if it levels off below it."""
+        if accuracy >= self.ceiling or self.scale <= 0:
+            return None
+        return (self.scale / (self.ceiling - accuracy)) ** (1 / self.exponent)
+
+
+@dataclass(frozen=True)
+class ClassRow:
+    label: str
+    labeled: int
+    precision: float
+    recall: float
+    f1: float
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """Annotations made from a suggestion, and how many kept the suggested label."""
+
+    shown: int
+    accepted: int
+    by_model_version: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float | None:
+        return self.accepted / self.shown if self.shown else None
+
+
+@dataclass(frozen=True)
+class Report:
+    labeled: int
+    target_accuracy: float
+    points: tuple[LearningPoint, ...]
+    fit: CurveFit | None
+    classes: tuple[ClassRow, ...]
+    confused_pairs: tuple[tuple[str, str, int], ...]
+    acceptance: Acceptance
+    confusion: list[list[int]]
+
+    @property
+    def labels_to_target(self) -> int | None:
+        """Labels still needed to reach the target accuracy by the fitted curve (0 if reached)."""
+        if self.points and self.points[-1].accuracy >= self.target_accuracy:
+            return 0
+        needed = self.fit.labels_for(self.target_accuracy) if self.fit else None
+        return None if needed is None else max(0, math.ceil(needed) - self.labeled)
+
+    @property
+    def classes_needing_labels(self) -> list[str]:
+        """Worst F1 first (fewest labels breaking ties): where the next labels help most."""
+        return [c.label for c in sorted(self.classes, key=lambda c: (c.f1, c.labeled))]
+
+
+def fit_learning_curve(points: Sequence[LearningPoint]) -> CurveFit | None:
+    """Fit an inverse power law through the points; None with fewer than 3 distinct label counts."""
+    if len({p.labels for p in points}) < 3:
+        return None
+    n = np.array([p.labels for p in points], dtype=float)
+    y = np.array([p.accuracy for p in points], dtype=float)
+    try:
+        (ceiling, scale, exponent), _ = curve_fit(
+            lambda x, a, b, c: a - b * x ** -c, n, y, p0=(min(1.0, y.max() + 0.02), 1.0, 0.5),
+            bounds=([0.0, 0.0, 0.05], [1.0, 1e4, 3.0]), maxfev=20000,
+        )
+    except (RuntimeError, ValueError):
+        return None
+    return CurveFit(float(ceiling), float(scale), float(exponent))
+
+
+def measure_acceptance(tasks: Iterable[Mapping[str, Any]], config: LabelingConfig) -> Acceptance:
+    """Compare each task's current annotation with the prediction it was started from.
+
+    Args:
+        tasks: Label Studio task JSON with annotations and predictions.
+        config: The labeling config.
+    """
+    by_version: dict[str, list[int]] = {}
+    for raw in tasks:
+        predictions = {p.get("id"): p for p in raw.get("predictions") or ()}
+        task = task_from_json(raw)
+        annotation = current_annotation(task)
+        if annotation is None or annotation.parent_prediction not in predictions:
+            continue
+        try:
+            label = label_of(annotation, config, task.id)
+        except AnnotationError:
+            continue
+        prediction = predictions[annotation.parent_prediction]
+        counts = by_version.setdefault(str(prediction.get("model_version") or ""), [0, 0])
+        counts[0] += 1
+        counts[1] += int(predicted_label(prediction, config) == label)
+    return Acceptance(
+        shown=sum(c[0] for c in by_version.values()),
+        accepted=sum(c[1] for c in by_version.values()),
+        by_model_version={v: (c[0], c[1]) for v, c in by_version.items()},
+    )
+
+
+def build_report(
+    points: Sequence[LearningPoint],
+    labels: Sequence[str],
+    class_counts: Mapping[str, int],
+    confusion: np.ndarray,
+    acceptance: Acceptance,
+    target_accuracy: float,
+) -> Report:
+    """Assemble the report.
+
+    Args:
+        points: One per trained snapshot, any order.
+        labels: Class names (the order of `confusion`'s rows and columns).
+        class_counts: Labeled images per class in the latest snapshot.
+        confusion: The champion's confusion matrix on the latest validation split (rows = labeled).
+        acceptance: From `measure_acceptance`.
+        target_accuracy: params.yaml report.target_accuracy.
+    """
+    points = tuple(sorted(points, key=lambda p: p.labels))
+    rows = []
+    for i, label in enumerate(labels):
+        tp = float(confusion[i, i])
+        precision = tp / confusion[:, i].sum() if confusion[:, i].sum() else 0.0
+        recall = tp / confusion[i, :].sum() if confusion[i, :].sum() else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append(ClassRow(label, int(class_counts.get(label, 0)), round(precision, 4), round(recall, 4), round(f1, 4)))
+    off_diagonal = [
+        (labels[i], labels[j], int(confusion[i, j]) + int(confusion[j, i]))
+        for i in range(len(labels)) for j in range(i + 1, len(labels))
+        if confusion[i, j] + confusion[j, i] > 0
+    ]
+    pairs = tuple(sorted(off_diagonal, key=lambda p: -p[2])[:5])
+    return Report(
+        labeled=int(sum(class_counts.values())),
+        target_accuracy=target_accuracy,
+        points=points,
+        fit=fit_learning_curve(points),
+        classes=tuple(rows),
+        confused_pairs=pairs,
+        acceptance=acceptance,
+        confusion=confusion.astype(int).tolist(),
+    )
+
+
+def summary_lines(report: Report) -> list[str]:
+    """The report in a few lines of text (the terminal summary)."""
+    latest = report.points[-1] if report.points else None
+    lines = [f"Labeled images: {report.labeled}"]
+    if latest:
+        lines.append(f"Latest model: validation accuracy {latest.accuracy:.3f} on {latest.snapshot}")
+    to_target = report.labels_to_target
+    if to_target == 0:
+        lines.append(f"Target accuracy {report.target_accuracy:.2f}: reached")
+    elif to_target is not None:
+        lines.append(f"Target accuracy {report.target_accuracy:.2f}: about {to_target} more labels (fitted learning curve)")
+    elif report.fit is not None:
+        lines.append(f"Target accuracy {report.target_accuracy:.2f}: the curve levels off at {report.fit.ceiling:.3f}, "
+                     "below target: fix label errors, add data variety or try another architecture")
+    else:
+        lines.append(f"Target accuracy {report.target_accuracy:.2f}: not enough iterations yet to fit a curve (need 3)")
+    if report.classes:
+        weakest = [c for c in sorted(report.classes, key=lambda c: (c.f1, c.labeled))][:3]
+        lines.append("Classes that most need labels: " + ", ".join(f"{c.label} (F1 {c.f1:.2f}, {c.labeled} labeled)" for c in weakest))
+    if report.confused_pairs:
+        lines.append("Most confused: " + ", ".join(f"{a}<->{b} ({n})" for a, b, n in report.confused_pairs[:3]))
+    rate = report.acceptance.rate
+    lines.append(
+        "Suggestions accepted unchanged: "
+        + (f"{rate:.1%} ({report.acceptance.accepted}/{report.acceptance.shown})" if rate is not None else "none made from a suggestion yet")
+    )
+    return lines
+
+
+def _plots(report: Report, labels: Sequence[str], folder: Path) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from components.training import confusion_figure
+
+    files = {}
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    if report.points:
+        ax.plot([p.labels for p in report.points], [p.accuracy for p in report.points], "o", label="validation accuracy")
+    if report.fit and report.points:
+        top = max(report.points[-1].labels * 3, (report.fit.labels_for(report.target_accuracy) or 0) * 1.1)
+        xs = np.linspace(min(p.labels for p in report.points), top, 200)
+        ax.plot(xs, [report.fit.accuracy_at(x) for x in xs], "-", label=f"fit (levels off at {report.fit.ceiling:.3f})")
+    ax.axhline(report.target_accuracy, color="gray", linestyle=":", label=f"target {report.target_accuracy:.2f}")
+    ax.set_xlabel("labeled images")
+    ax.set_ylabel("validation accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title("Learning curve")
+    fig.tight_layout()
+    files["learning_curve"] = "learning_curve.png"
+    fig.savefig(folder / files["learning_curve"], dpi=100)
+    plt.close(fig)
+
+    fig, ax1 = plt.subplots(figsize=(7, 4.2))
+    x = np.arange(len(report.classes))
+    ax1.bar(x, [c.f1 for c in report.classes], color="tab:blue", label="F1")
+    ax1.set_ylim(0, 1.05)
+    ax1.set_ylabel("F1 (validation)")
+    ax1.set_xticks(x, [c.label for c in report.classes], rotation=45, ha="right")
+    ax2 = ax1.twinx()
+    ax2.plot(x, [c.labeled for c in report.classes], "o-", color="tab:orange", label="labeled")
+    ax2.set_ylabel("labeled images")
+    ax1.set_title("Per class: F1 (bars) and labeled images (line)")
+    fig.tight_layout()
+    files["per_class"] = "per_class.png"
+    fig.savefig(folder / files["per_class"], dpi=100)
+    plt.close(fig)
+
+    fig = confusion_figure(np.array(report.confusion), labels, "Champion on the latest validation split")
+    files["confusion"] = "confusion.png"
+    fig.savefig(folder / files["confusion"], dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    versions = sorted(report.acceptance.by_model_version, key=lambda v: (len(v), v))
+    rates = [report.acceptance.by_model_version[v][1] / report.acceptance.by_model_version[v][0] for v in versions]
+    ax.bar(range(len(versions)), rates, color="tab:green")
+    ax.set_xticks(range(len(versions)), versions, rotation=45, ha="right")
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("suggestions accepted unchanged")
+    ax.set_title("Acceptance by the model version that made the suggestion")
+    fig.tight_layout()
+    files["acceptance"] = "acceptance.png"
+    fig.savefig(folder / files["acceptance"], dpi=100)
+    plt.close(fig)
+    return files
+
+
+def write_report(report: Report, labels: Sequence[str], folder: Path, title: str) -> Path:
+    """Write report.html, its PNG plots and report.json into `folder`. Returns the HTML's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    plots = _plots(report, labels, folder)
+    summary = {**asdict(report), "labels_to_target": report.labels_to_target, "acceptance_rate": report.acceptance.rate,
+               "classes_needing_labels": report.classes_needing_labels, "summary": summary_lines(report)}
+    (folder / "report.json").write_text(json.dumps(summary, indent=2, default=str))
+    rows = "".join(
+        f"<tr><td>{html.escape(c.label)}</td><td>{c.labeled}</td><td>{c.precision:.3f}</td><td>{c.recall:.3f}</td><td>{c.f1:.3f}</td></tr>"
+        for c in sorted(report.classes, key=lambda c: (c.f1, c.labeled))
+    )
+    pairs = "".join(f"<li>{html.escape(a)} &harr; {html.escape(b)}: {n}</li>" for a, b, n in report.confused_pairs)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:.2em .8em;text-align:right}}</style></head>
+<body><h1>{html.escape(title)}</h1>
+<ul>{''.join(f'<li>{html.escape(line)}</li>' for line in summary_lines(report))}</ul>
+<h2>Learning curve</h2><img src="{plots['learning_curve']}" alt="learning curve">
+<h2>Per class (worst first: label these next)</h2>
+<table><tr><th>class</th><th>labeled</th><th>precision</th><th>recall</th><th>F1</th></tr>{rows}</table>
+<img src="{plots['per_class']}" alt="per class">
+<h2>Most confused pairs</h2><ul>{pairs or '<li>none</li>'}</ul><img src="{plots['confusion']}" alt="confusion">
+<h2>Suggestions accepted</h2><img src="{plots['acceptance']}" alt="acceptance">
+</body></html>"""
+    path = folder / "report.html"
+    path.write_text(page)
+    return path
