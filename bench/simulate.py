@@ -17,7 +17,7 @@ import yaml
 
 from bench.results import BENCH, record
 from components.datasets import PACKAGED, materialize
-from components.iteration import open_workspace
+from components.iteration import label_next, open_workspace
 from components.labeling_config import load_labeling_config, with_labels
 from components.params import load_params
 from components.settings import Settings
@@ -31,7 +31,7 @@ class SimulationConfig:
     """What to simulate (defaults sized for `make bench` on a 2-core CPU)."""
 
     dataset: str = "mnist"
-    orders: tuple[str, ...] = ("random",)
+    orders: tuple[str, ...] = ("random", "suggested")
     pool: int = 1000
     held_out: int = 500
     budget: int = 300
@@ -44,7 +44,7 @@ class SimulationConfig:
         return self.dataset if self.dataset in PACKAGED else Path(self.dataset).name
 
 
-def _params_for(run: str, scratch: Path, labels: Sequence[str]) -> Path:
+def scratch_params(run: str, scratch: Path, labels: Sequence[str]) -> Path:
     """params.yaml with a fresh project, model name and experiment; every block of K labels trains."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     config = load_labeling_config(ROOT / raw["project"]["config"])
@@ -70,7 +70,7 @@ def run_simulation(
     outcomes = []
     for order in config.orders:
         run = f"sim-{config.dataset_name}-{order}-{uuid.uuid4().hex[:6]}"
-        params_path = _params_for(run, scratch, labels)
+        params_path = scratch_params(run, scratch, labels)
         ws = open_workspace(settings, load_params(params_path))
         ws.label_studio.import_images(ws.project, [i.path for i in pool])
         truth = {i.path.name: i.label for i in pool}
@@ -84,7 +84,8 @@ def run_simulation(
         outcome = simulate(
             ws.label_studio, ws.project, truth, evaluation, ws.models,
             run_iteration=lambda: flywheel_iteration(str(params_path)),
-            order=order, budget=config.budget, every=config.every, seed=config.seed, on_step=show,
+            order=order, budget=config.budget, every=config.every, seed=config.seed,
+            next_tasks=lambda: label_next(ws), on_step=show,
         )
         write_csv(outcome, out_dir / f"simulate_{config.dataset_name}_{order}.csv")
         outcomes.append(outcome)
@@ -118,6 +119,20 @@ def summarize(
                 labels_to_90pct_of_final_acc=round(reach / outcome.pool, 4) if reach else None,
                 acceptance_at_10pct=round(at_10, 4) if at_10 is not None else None,
             )
+    by_order = {o.order: o for o in outcomes}
+    savings_line = ""
+    if {"random", "suggested"} <= by_order.keys() and by_order["random"].final_accuracy is not None:
+        target = by_order["random"].final_accuracy
+        random_needs = by_order["random"].labels_to_reach(target)
+        suggested_needs = by_order["suggested"].labels_to_reach(target)
+        if random_needs and suggested_needs:
+            figures["active_label_savings"] = round(1 - suggested_needs / random_needs, 4)
+        savings_line = (
+            f"\n`active_label_savings` = 1 - labels the suggested order needed / labels the random order needed to "
+            f"reach the random order's final held-out accuracy ({target:.3f}): suggested "
+            f"{suggested_needs if suggested_needs else 'did not reach it within the budget'}, random {random_needs}"
+            + (f" -> **{figures['active_label_savings']:.2f}** (target >= 0.3).\n" if "active_label_savings" in figures else ".\n")
+        )
     markdown = f"""## Simulated annotator (`flywheel bench simulate`)
 
 Measured {datetime.now(UTC):%Y-%m-%d} on this machine (2 cores, no GPU), one run against a fresh
@@ -131,7 +146,11 @@ person accepts a pre-annotation when it equals the ground truth and corrects it 
 {chr(10).join(lines)}
 
 `acceptance_at_10pct` (target >= 0.8; Hasty reports 70%) is the share of pre-annotations accepted
-unchanged among those shown while 10-20% of the pool was labeled. Plots:
+unchanged among those shown while 10-20% of the pool was labeled. The suggested order labels the
+tasks of flywheel's "Label next" tab (margin uncertainty x k-center greedy diversity on the
+champion's embeddings) first, exactly as a person working from that tab would.
+{savings_line}
+Plots:
 ![learning curve]({learning.name}) ![acceptance curve]({acceptance.name})
 CSV per order: `bench/simulate_{name}_<order>.csv` (one row per block of K labels).
 """

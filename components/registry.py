@@ -131,17 +131,24 @@ class ModelRegistry:
         """Move `champion` to `candidate` if it beats the current champion on this validation set.
 
         The champion is re-evaluated on the candidate's validation set, so both are judged on the
-        same images. A champion trained for another label set is replaced.
+        same images: higher accuracy wins, and on equal accuracy lower log-loss. A champion trained
+        for another label set is replaced.
         """
         num_classes = len(candidate_model.labels)
-        accuracy = evaluate(candidate_model, val_images, val_targets, num_classes)["accuracy"]
+        scores = evaluate(candidate_model, val_images, val_targets, num_classes)
+        accuracy = scores["accuracy"]
         current = self.champion()
         champion_accuracy = None
+        champion_scores: dict[str, float] | None = None
         if current is not None:
             champion_model = self.load(current)
             if list(champion_model.labels) == list(candidate_model.labels):
-                champion_accuracy = evaluate(champion_model, val_images, val_targets, num_classes)["accuracy"]
-        promoted = current is None or champion_accuracy is None or accuracy > champion_accuracy
+                champion_scores = evaluate(champion_model, val_images, val_targets, num_classes)
+                champion_accuracy = champion_scores["accuracy"]
+        # Small validation sets tie often on accuracy; a tie goes to the better log-loss (a proper score)
+        promoted = champion_scores is None or (accuracy, -scores["log_loss"]) > (
+            champion_scores["accuracy"], -champion_scores["log_loss"]
+        )
         if promoted:
             self.client.set_registered_model_alias(self.name, CHAMPION, str(candidate.version))
         self.client.set_model_version_tag(self.name, str(candidate.version), "val_accuracy", f"{accuracy:.4f}")

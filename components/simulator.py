@@ -142,8 +142,9 @@ def simulate(
         held_out: The never-labeled evaluation set.
         registry: Where the champion lives.
         run_iteration: Runs one real flywheel iteration.
-        order: "random", or "suggested" (flywheel's recommended order via `next_tasks`; the same
-            as random while no recommendation exists).
+        order: "random", or "suggested": the tasks of flywheel's "Label next" tab first, in its
+            order (`next_tasks`), then random ones when it holds fewer than a block (before the
+            first model, or when the tab is short).
         budget: How many labels to make.
         every: Labels between iterations (K).
         seed: For the random order.
@@ -160,8 +161,8 @@ def simulate(
     steps: list[Step] = []
     labels = 0
     while labels < budget and len(done) < pool:
-        recommended = (next_tasks() if order == "suggested" and next_tasks else []) or random_order
-        queue = [t for t in recommended if t not in done][: min(every, budget - labels)]
+        recommended = (next_tasks() if order == "suggested" and next_tasks else []) + random_order
+        queue = list(dict.fromkeys(t for t in recommended if t not in done))[: min(every, budget - labels)]
         shown = accepted = 0
         model_version = ls.shown_model_version(project.id)
         for task_id in queue:

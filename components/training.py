@@ -164,12 +164,14 @@ class TrainedModel:
 
 
 def evaluate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, Any]:
-    """Accuracy, macro-F1, per-class F1 and the confusion matrix of probabilities-producing `model`."""
+    """Accuracy, log-loss, macro-F1, per-class F1 and the confusion matrix of probabilities-producing `model`."""
     model.eval()
     with torch.no_grad():
         probabilities = torch.cat([model(chunk) for chunk in images.split(512)]) if len(images) else torch.empty(0, num_classes)
     per_class = MulticlassF1Score(num_classes=num_classes, average=None)(probabilities, targets)
+    picked = probabilities[torch.arange(len(targets)), targets] if len(targets) else torch.ones(0)
     return {
+        "log_loss": float(-torch.log(picked.clamp_min(1e-7)).mean()) if len(targets) else 0.0,
         "accuracy": float(MulticlassAccuracy(num_classes=num_classes, average="micro")(probabilities, targets)),
         "f1_macro": float(MulticlassF1Score(num_classes=num_classes, average="macro")(probabilities, targets)),
         "f1_per_class": per_class.tolist(),
