@@ -189,7 +189,7 @@ def train(ws: Workspace, snapshot_version: SnapshotVersion, architecture: str, p
 
 
 def register(ws: Workspace, trained: TrainedModel) -> Promotion:
-    """Log and register the model; move `champion` if it beats the champion on the same val set."""
+    """Log and register the model; move `champion` if it does better on the same val set."""
     registered = ws.models.register(trained.model, trained.run_id)
     client = MlflowClient(ws.settings.mlflow_tracking_uri)
     client.set_tag(trained.run_id, "flywheel.registered_version", str(registered.version))

@@ -2,16 +2,18 @@
 
 A model is logged with MLflow's pytorch flavor (pickle serialization, so it loads back as the same
 class), a signature and an input example, and registered under one name. The `champion` alias
-moves only when the new model beats the current champion on the *same* validation set. A
-TorchScript export is logged beside each model.
+moves when the new model does better than the current champion on the *same* validation set (see
+`promote_if_better`). A TorchScript export is logged beside each model.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import mlflow.pytorch
@@ -121,6 +123,9 @@ class ModelRegistry:
         mlflow.set_registry_uri(self.tracking_uri)
         return mlflow.pytorch.load_model(model.uri, map_location="cpu").eval()
 
+    def _trained_images(self, run_id: str) -> float:
+        return self.client.get_run(run_id).data.metrics.get("train_images", 0.0)
+
     def promote_if_better(
         self,
         candidate: RegisteredModel,
@@ -128,27 +133,36 @@ class ModelRegistry:
         val_images: torch.Tensor,
         val_targets: torch.Tensor,
     ) -> Promotion:
-        """Move `champion` to `candidate` if it beats the current champion on this validation set.
+        """Move `champion` to `candidate` if it does better than the current champion on this validation set.
 
         The champion is re-evaluated on the candidate's validation set, so both are judged on the
-        same images: higher accuracy wins, and on equal accuracy lower log-loss. A champion trained
-        for another label set is replaced.
+        same images. A candidate trained on more labeled images than the champion (the loop's next
+        model) replaces it unless it is clearly worse: it gets more of these images wrong that the
+        champion gets right by more than two standard deviations of that paired difference
+        (McNemar). Tiny early validation sets would otherwise keep a stale champion for many
+        iterations. A candidate trained on no more data (another architecture on the same
+        snapshot) must beat it: higher accuracy, or equal accuracy and lower log-loss. A champion
+        trained for another label set is replaced.
         """
         num_classes = len(candidate_model.labels)
         scores = evaluate(candidate_model, val_images, val_targets, num_classes)
         accuracy = scores["accuracy"]
         current = self.champion()
         champion_accuracy = None
-        champion_scores: dict[str, float] | None = None
+        champion_scores: dict[str, Any] | None = None
         if current is not None:
             champion_model = self.load(current)
             if list(champion_model.labels) == list(candidate_model.labels):
                 champion_scores = evaluate(champion_model, val_images, val_targets, num_classes)
                 champion_accuracy = champion_scores["accuracy"]
-        # Small validation sets tie often on accuracy; a tie goes to the better log-loss (a proper score)
-        promoted = champion_scores is None or (accuracy, -scores["log_loss"]) > (
-            champion_scores["accuracy"], -champion_scores["log_loss"]
-        )
+        if champion_scores is None:
+            promoted = True
+        elif self._trained_images(candidate.run_id) > self._trained_images(current.run_id):
+            champion_only = int(((champion_scores["predicted"] == val_targets) & (scores["predicted"] != val_targets)).sum())
+            candidate_only = int(((scores["predicted"] == val_targets) & (champion_scores["predicted"] != val_targets)).sum())
+            promoted = champion_only - candidate_only <= 2 * math.sqrt(champion_only + candidate_only)
+        else:
+            promoted = (accuracy, -scores["log_loss"]) > (champion_scores["accuracy"], -champion_scores["log_loss"])
         if promoted:
             self.client.set_registered_model_alias(self.name, CHAMPION, str(candidate.version))
         self.client.set_model_version_tag(self.name, str(candidate.version), "val_accuracy", f"{accuracy:.4f}")

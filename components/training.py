@@ -172,6 +172,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, num_
     picked = probabilities[torch.arange(len(targets)), targets] if len(targets) else torch.ones(0)
     return {
         "log_loss": float(-torch.log(picked.clamp_min(1e-7)).mean()) if len(targets) else 0.0,
+        "predicted": probabilities.argmax(dim=1),
         "accuracy": float(MulticlassAccuracy(num_classes=num_classes, average="micro")(probabilities, targets)),
         "f1_macro": float(MulticlassF1Score(num_classes=num_classes, average="macro")(probabilities, targets)),
         "f1_per_class": per_class.tolist(),
