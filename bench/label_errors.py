@@ -91,7 +91,7 @@ def summarize(results: Sequence[NoiseResult], dataset: str, size: int, folds: in
     figures: dict[str, float] = {}
     rows = []
     for r in results:
-        pct = int(round(r.rate * 100))
+        pct = round(r.rate * 100)
         figures[f"errors_precision_{pct}pct"] = round(r.precision, 4)
         figures[f"errors_recall_{pct}pct"] = round(r.recall, 4)
         rows.append(

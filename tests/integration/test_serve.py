@@ -1,4 +1,4 @@
-"""`flywheel serve` registers both deployments, with their schedules, on the real Prefect server."""
+"""`flywheel serve` registers its deployments, with their schedules, on the real Prefect server."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from tests.integration.test_loop import write_params
 pytestmark = pytest.mark.integration
 
 
-def test_serve_registers_polling_and_retrain_deployments(stack, stack_env, tmp_path):
+def test_serve_registers_polling_retrain_and_label_error_deployments(stack, stack_env, tmp_path):
     params_path = write_params(tmp_path, f"serve-{uuid.uuid4().hex[:6]}")
     params = load_params(params_path)
     env = {**os.environ, **stack_env, "PREFECT_API_URL": stack.prefect_api_url, "MLFLOW_TRACKING_URI": stack.mlflow_tracking_uri}
@@ -35,15 +35,17 @@ def test_serve_registers_polling_and_retrain_deployments(stack, stack_env, tmp_p
         with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}), get_client(sync_client=True) as client:
             deadline = time.monotonic() + 120
             found = {}
-            while time.monotonic() < deadline and len(found) < 2:
+            names = ("poll", "retrain", "label-errors")
+            while time.monotonic() < deadline and len(found) < len(names):
                 assert serving.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
-                found = {d.name: d for d in client.read_deployments() if d.name in ("poll", "retrain")}
+                found = {d.name: d for d in client.read_deployments() if d.name in names}
                 time.sleep(0.5)
-            assert set(found) == {"poll", "retrain"}, (tmp_path / "serve.log").read_text()[-2000:]
+            assert set(found) == set(names), (tmp_path / "serve.log").read_text()[-2000:]
             poll_schedule = found["poll"].schedules[0].schedule
             retrain_schedule = found["retrain"].schedules[0].schedule
             assert poll_schedule.interval == timedelta(seconds=params.poll.interval_s)
             assert retrain_schedule.cron == params.retrain.cron
+            assert found["label-errors"].schedules[0].schedule.interval == timedelta(seconds=params.errors.interval_s)
     finally:
         serving.terminate()
         serving.wait(timeout=30)

@@ -18,7 +18,13 @@ from mlflow.tracking import MlflowClient
 
 from components.conversions import choice_result
 from components.datasets import materialize
-from components.iteration import LABEL_NEXT_VIEW, SUSPECTS_VIEW, label_next, open_workspace, reports_dir
+from components.iteration import (
+    LABEL_NEXT_VIEW,
+    SUSPECTS_VIEW,
+    label_next,
+    open_workspace,
+    reports_dir,
+)
 from components.labeling_config import load_labeling_config
 from components.params import load_params
 from components.settings import load_settings
@@ -64,7 +70,7 @@ def noisy_project(loop_env, label_studio, tmp_path_factory):
 
 
 def test_flipped_labels_rank_at_the_top_of_the_suspects_tab(noisy_project, label_studio, loop_env):
-    params_path, project, truth, flipped, _ = noisy_project
+    params_path, project, _, flipped, _ = noisy_project
     view = label_studio.view_id(project.id, SUSPECTS_VIEW)
     assert view is not None
     shown = label_studio.view_tasks(project.id, view)

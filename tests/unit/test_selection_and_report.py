@@ -8,7 +8,12 @@ import pytest
 
 from components.conversions import Prediction, choice_result, prediction_to_ls
 from components.label_errors import rank_label_errors
-from components.report import LearningPoint, build_report, fit_learning_curve, measure_acceptance
+from components.report import (
+    LearningPoint,
+    build_report,
+    fit_learning_curve,
+    measure_acceptance,
+)
 from components.selection import margin_uncertainty, priorities, rank_for_labeling
 
 pytestmark = pytest.mark.unit
@@ -53,7 +58,7 @@ def test_rank_label_errors_puts_the_doubtful_label_first():
 
 
 def test_learning_curve_fit_estimates_labels_to_target():
-    truth = lambda n: 0.95 - 2.0 * n ** -0.6  # noqa: E731
+    truth = lambda n: 0.95 - 2.0 * n ** -0.6
     points = [LearningPoint(n, truth(n), f"s{n}") for n in (50, 100, 200, 400)]
     fit = fit_learning_curve(points)
     assert fit is not None and fit.ceiling == pytest.approx(0.95, abs=0.02)
