@@ -14,11 +14,11 @@ version. So a rerun after a crash at any point finishes the job without duplicat
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import torch
@@ -303,6 +303,22 @@ def _kind_run(ws: Workspace, kind: str, snapshot_version: SnapshotVersion) -> st
     return runs[0].info.run_id if runs else None
 
 
+@contextmanager
+def _tracked_run(ws: Workspace, tags: dict[str, str]) -> Iterator[tuple[MlflowClient, str]]:
+    """A run in the loop's experiment through the client: no process-wide active experiment or run
+    is set (the fluent API's global state would trip the next `start_run(run_id=...)`)."""
+    client = MlflowClient(ws.settings.mlflow_tracking_uri)
+    experiment = client.get_experiment_by_name(ws.params.registry.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(ws.params.registry.experiment)
+    run_id = client.create_run(experiment_id, tags=tags).info.run_id
+    try:
+        yield client, run_id
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id)
+
+
 def labels_checked(ws: Workspace, snapshot_version: SnapshotVersion) -> bool:
     """True when the label error check already ran on this snapshot."""
     return _kind_run(ws, "label-errors", snapshot_version) is not None
@@ -323,14 +339,14 @@ def check_labels(
     folder = reports_dir(ws)
     folder.mkdir(parents=True, exist_ok=True)
     table.to_parquet(folder / "label_errors.parquet", index=False)
-    mlflow.set_tracking_uri(ws.settings.mlflow_tracking_uri)
-    mlflow.set_experiment(ws.params.registry.experiment)
     tags = {**run_tags(ws, snapshot_version, p.architecture), TAG_KIND: "label-errors",
             "mlflow.runName": f"label-errors@{snapshot_version.rev}"}
-    with mlflow.start_run(tags=tags):
-        mlflow.log_params({"folds": e.folds, "steps": e.steps})
-        mlflow.log_metrics({"labeled": len(table), "suspected": int(table["suspected"].sum()), "out_of_fold_accuracy": accuracy})
-        mlflow.log_table(table.drop(columns=["image"]), artifact_file="label_errors.json")
+    with _tracked_run(ws, tags) as (client, run_id):
+        client.log_param(run_id, "folds", e.folds)
+        client.log_param(run_id, "steps", e.steps)
+        for key, value in {"labeled": len(table), "suspected": int(table["suspected"].sum()), "out_of_fold_accuracy": accuracy}.items():
+            client.log_metric(run_id, key, float(value))
+        client.log_table(run_id, table.drop(columns=["image"]), artifact_file="label_errors.json")
     return table
 
 
@@ -372,17 +388,16 @@ def report(ws: Workspace, champion: RegisteredModel) -> tuple[Report, Path]:
     folder = reports_dir(ws) / "report"
     path = write_report(result, labels, folder, f"flywheel report: {ws.project.title}")
     latest = ws.data.latest()
-    mlflow.set_tracking_uri(ws.settings.mlflow_tracking_uri)
-    mlflow.set_experiment(ws.params.registry.experiment)
     tags = {TAG_KIND: "report", "flywheel.label_studio_project": str(ws.project.id), "flywheel.champion": champion.model_version}
     if latest is not None:
         tags.update({TAG_MD5: latest.md5, "flywheel.dvc_rev": latest.rev, "mlflow.runName": f"report@{latest.rev}"})
-    with mlflow.start_run(tags=tags):
+    with _tracked_run(ws, tags) as (client, run_id):
         metrics = {"labeled": float(result.labeled)}
         if acceptance.rate is not None:
             metrics["acceptance_rate"] = acceptance.rate
         if result.labels_to_target is not None:
             metrics["labels_to_target"] = float(result.labels_to_target)
-        mlflow.log_metrics(metrics)
-        mlflow.log_artifacts(str(folder), artifact_path="report")
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, value)
+        client.log_artifacts(run_id, str(folder), artifact_path="report")
     return result, path
