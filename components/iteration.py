@@ -278,7 +278,8 @@ def write_back(ws: Workspace, champion: RegisteredModel) -> int:
         for task_id, label, score in zip(outputs.task_ids, outputs.predicted, scores, strict=True)
     ]
     written = ws.label_studio.write_predictions(ws.project, predictions + suspect_predictions(ws), champion.model_version)
-    ws.label_studio.show_model_version(ws.project.id, champion.model_version)
+    if written:  # Label Studio refuses to show a version with no predictions (every task labeled, no suspect)
+        ws.label_studio.show_model_version(ws.project.id, champion.model_version)
     cutoff = 1.0 - (select.batch - 0.5) / max(len(predictions), 1)
     publish_views(ws, cutoff)
     return written

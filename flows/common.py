@@ -29,5 +29,7 @@ def one_at_a_time(name: str = LOOP_LOCK) -> Iterator[None]:
     """Hold a Prefect global concurrency limit of 1, so two loop runs (poll or retrain) never overlap."""
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(name=name, limit=1)
-    with concurrency(name, occupy=1, strict=True):
+    # A short lease (Prefect's minimum): the holder renews it while alive, and a killed holder's
+    # slot is reclaimed by the server within about a minute instead of five.
+    with concurrency(name, occupy=1, strict=True, lease_duration=60):
         yield

@@ -46,6 +46,15 @@ def test_serve_registers_polling_retrain_and_label_error_deployments(stack, stac
             assert poll_schedule.interval == timedelta(seconds=params.poll.interval_s)
             assert retrain_schedule.cron == params.retrain.cron
             assert found["label-errors"].schedules[0].schedule.interval == timedelta(seconds=params.errors.interval_s)
+            # the schedules fire at once: let those runs finish (their project is empty) before stopping,
+            # so no run is killed while it holds the loop's lock
+            interval_ids = {found["poll"].id, found["label-errors"].id}
+            while time.monotonic() < deadline:
+                runs = [r for r in client.read_flow_runs(limit=50) if r.deployment_id in interval_ids]
+                started = {r.deployment_id for r in runs}
+                if started == interval_ids and all(r.state is not None and r.state.is_final() for r in runs):
+                    break
+                time.sleep(1)
     finally:
         serving.terminate()
         serving.wait(timeout=30)
