@@ -132,6 +132,7 @@ def summarize(
             f"reach the random order's final held-out accuracy ({target:.3f}): suggested "
             f"{suggested_needs if suggested_needs else 'did not reach it within the budget'}, random {random_needs}"
             + (f" -> **{figures['active_label_savings']:.2f}** (target >= 0.3).\n" if "active_label_savings" in figures else ".\n")
+            + "Read it with the learning curve: from about 140 labels both orders sit on a plateau where consecutive champions differ by up to +-0.05 held-out accuracy (training noise at this size), so \"first step at or above the random order's final accuracy\" is decided by that noise. One seed.\n"
         )
     markdown = f"""## Simulated annotator (`flywheel bench simulate`)
 
