@@ -106,8 +106,8 @@ person who gets a random share wrong on purpose (another class drawn uniformly).
 iteration versions the snapshot; the label error flow then trains {folds} folds x {steps} steps
 (params.yaml `errors`) for out-of-fold probabilities and ranks every label with cleanlab's label
 quality score. Precision and recall take the top-ranked as many labels as were flipped (so they
-are equal); "flagged" is cleanlab's own `find_label_issues` verdict, which is what the
-"Suspected label errors" tab holds; "tab top" is the share of flipped tasks among the first
+are equal); "flagged" are the suspects, the lowest-quality labels, as many as cleanlab's
+`num_label_issues` estimates are wrong, which is what the "Suspected label errors" tab holds; "tab top" is the share of flipped tasks among the first
 as-many-as-flipped tasks of that tab, read back from Label Studio.
 
 | noise | labeled | flipped | precision | recall | flagged | flagged precision | flagged recall | tab top precision | check |

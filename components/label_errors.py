@@ -1,8 +1,9 @@
 """The label error finder: out-of-fold probabilities from k-fold training, ranked by cleanlab.
 
 Every labeled image of a snapshot gets class probabilities from a model that never saw it (k-fold
-cross-validation over the whole snapshot); cleanlab's confident learning then says which labels are
-probably wrong (`find_label_issues`) and scores every label's quality (`get_label_quality_scores`).
+cross-validation over the whole snapshot); cleanlab's confident learning then estimates how many
+labels are wrong (`num_label_issues`) and scores every label's quality (`get_label_quality_scores`);
+the lowest-quality labels, that many, are the suspects.
 Nothing here touches Label Studio: the result is a table, written back as predictions elsewhere.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from cleanlab.filter import find_label_issues
+from cleanlab.count import num_label_issues
 from cleanlab.rank import get_label_quality_scores
 from sklearn.model_selection import StratifiedKFold
 
@@ -66,13 +67,19 @@ def rank_label_errors(
     """Every labeled row with its label quality, lowest (most suspect) first.
 
     Returns:
-        Columns `TABLE_COLUMNS`: `suspected` is cleanlab's `find_label_issues` verdict,
-        `quality` its self-confidence label quality score (0 = surely wrong, 1 = surely right),
-        `suggested` the out-of-fold model's top class.
+        Columns `TABLE_COLUMNS`: `quality` is cleanlab's self-confidence label quality score
+        (0 = surely wrong, 1 = surely right), `suggested` the out-of-fold model's top class, and
+        `suspected` marks the lowest-quality labels, as many as cleanlab estimates are wrong
+        (`num_label_issues`, confident learning) and whose suggested class differs from the label:
+        cleanlab's recommended "count, then rank" use, so the suspects are exactly the top of the
+        ranking.
     """
     given = np.array([list(labels).index(label) for label in manifest["label"]])
     quality = get_label_quality_scores(given, probabilities, method="self_confidence")
-    issues = find_label_issues(given, probabilities, filter_by="prune_by_noise_rate")
+    count = num_label_issues(given, probabilities) if len(given) else 0
+    lowest = np.zeros(len(given), dtype=bool)
+    lowest[np.argsort(quality, kind="stable")[:count]] = True
+    issues = lowest & (probabilities.argmax(axis=1) != given)
     table = pd.DataFrame(
         {
             "task_id": manifest["task_id"].to_numpy(),
