@@ -320,6 +320,26 @@ def _tracked_run(ws: Workspace, tags: dict[str, str]) -> Iterator[tuple[MlflowCl
     client.set_terminated(run_id)
 
 
+def reported(ws: Workspace, champion: RegisteredModel) -> bool:
+    """True when the strategy report for the latest snapshot and this champion exists."""
+    latest = ws.data.latest()
+    if latest is None:
+        return True
+    client = MlflowClient(ws.settings.mlflow_tracking_uri)
+    experiment = client.get_experiment_by_name(ws.params.registry.experiment)
+    if experiment is None:
+        return False
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=(
+            f"tags.`{TAG_KIND}` = 'report' and tags.`{TAG_MD5}` = '{latest.md5}' and "
+            f"tags.`flywheel.champion` = '{champion.model_version}'"
+        ),
+        max_results=1,
+    )
+    return bool(runs)
+
+
 def labels_checked(ws: Workspace, snapshot_version: SnapshotVersion) -> bool:
     """True when the label error check already ran on this snapshot."""
     return _kind_run(ws, "label-errors", snapshot_version) is not None

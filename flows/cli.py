@@ -133,11 +133,14 @@ def demo(
 @app.command("run")
 @clear_errors
 def run_once(params: ParamsOption = Path("params.yaml")) -> None:
-    """Run one flywheel iteration now: poll, and if enough changed, snapshot -> ... -> write back."""
+    """Run one flywheel iteration now: poll, and if enough changed, snapshot -> ... -> write back;
+    then the strategy report when the iteration left it out of date."""
     _settings()
     from flows.flywheel import flywheel_iteration
 
-    flywheel_iteration(str(params))
+    summary = flywheel_iteration(str(params))
+    if summary["trained"] or summary["snapshot"]:
+        flywheel_iteration(str(params))  # an idle pass: the strategy report for the new model
 
 
 @app.command("retrain")

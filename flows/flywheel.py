@@ -18,6 +18,7 @@ train = task(iteration.train, cache_policy=NONE)
 register = task(iteration.register, retries=2, retry_delay_seconds=5, cache_policy=NONE)
 predictions_stale = task(iteration.predictions_stale, retries=3, retry_delay_seconds=5, cache_policy=NONE)
 write_back = task(iteration.write_back, retries=3, retry_delay_seconds=5, cache_policy=NONE)
+reported = task(iteration.reported, retries=3, retry_delay_seconds=5, cache_policy=NONE)
 report = task(iteration.report, retries=2, retry_delay_seconds=5, cache_policy=NONE)
 
 
@@ -47,7 +48,8 @@ def flywheel_iteration(params_path: str = "params.yaml") -> dict[str, object]:
             summary.update(trained=True, promoted=promotion.promoted, accuracy=promotion.candidate_accuracy)
         summary["champion"], summary["written"] = refresh_preannotations(ws, summary["snapshot"] is not None)
         champion = ws.models.champion()
-        if champion is not None and (summary["trained"] or summary["written"]):
+        idle = summary["snapshot"] is None and not summary["trained"]  # never delays fresh pre-annotations
+        if champion is not None and idle and not reported(ws, champion):
             summary["report"] = str(report(ws, champion)[1])
     print(summary)
     return summary

@@ -138,8 +138,11 @@ def test_report_measures_acceptance_from_label_studio(noisy_project, label_studi
             corrected += 1
             result = choice_result(answer, project.config)
         label_studio.annotate(task_id, result, parent_prediction=suggestion["id"])
-    summary = flywheel_iteration(str(params_path))
-    assert summary["trained"] and "report" in summary
+    busy = flywheel_iteration(str(params_path))
+    assert busy["trained"] and "report" not in busy  # the report never delays fresh pre-annotations
+    summary = flywheel_iteration(str(params_path))  # the next, idle poll writes it
+    assert not summary["trained"] and "report" in summary
+    assert "report" not in flywheel_iteration(str(params_path))  # once per snapshot and champion
 
     folder = Path(summary["report"]).parent
     for name in ("report.html", "learning_curve.png", "per_class.png", "confusion.png", "acceptance.png"):
