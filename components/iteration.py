@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from components.conversions import Prediction
@@ -132,19 +133,21 @@ def version(ws: Workspace, changes: ChangeSet) -> SnapshotVersion:
     return ws.data.commit(ws.project.id, changes.cursor, ws.project.title)
 
 
-def trained_run(ws: Workspace, snapshot_version: SnapshotVersion) -> str | None:
-    """The run id of a registered model trained on this snapshot by the loop's architecture, if any."""
+def _search_runs(ws: Workspace, filter_string: str, max_results: int = 1) -> list[Run]:
+    """Runs of the loop's experiment matching an MLflow filter (none while the experiment does not exist)."""
     client = MlflowClient(ws.settings.mlflow_tracking_uri)
     experiment = client.get_experiment_by_name(ws.params.registry.experiment)
     if experiment is None:
-        return None
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=(
-            f"tags.`{TAG_MD5}` = '{snapshot_version.md5}' and tags.`flywheel.architecture` = "
-            f"'{ws.params.train.architecture}' and tags.`flywheel.registered_version` != ''"
-        ),
-        max_results=1,
+        return []
+    return client.search_runs([experiment.experiment_id], filter_string=filter_string, max_results=max_results)
+
+
+def trained_run(ws: Workspace, snapshot_version: SnapshotVersion) -> str | None:
+    """The run id of a registered model trained on this snapshot by the loop's architecture, if any."""
+    runs = _search_runs(
+        ws,
+        f"tags.`{TAG_MD5}` = '{snapshot_version.md5}' and tags.`flywheel.architecture` = "
+        f"'{ws.params.train.architecture}' and tags.`flywheel.registered_version` != ''",
     )
     return runs[0].info.run_id if runs else None
 
@@ -291,17 +294,9 @@ def label_next(ws: Workspace) -> list[int]:
     return [int(t["id"]) for t in ws.label_studio.view_tasks(ws.project.id, view)] if view else []
 
 
-def _kind_run(ws: Workspace, kind: str, snapshot_version: SnapshotVersion) -> str | None:
-    client = MlflowClient(ws.settings.mlflow_tracking_uri)
-    experiment = client.get_experiment_by_name(ws.params.registry.experiment)
-    if experiment is None:
-        return None
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`{TAG_KIND}` = '{kind}' and tags.`{TAG_MD5}` = '{snapshot_version.md5}'",
-        max_results=1,
-    )
-    return runs[0].info.run_id if runs else None
+def labels_checked(ws: Workspace, snapshot_version: SnapshotVersion) -> bool:
+    """True when the label error check already ran on this snapshot."""
+    return bool(_search_runs(ws, f"tags.`{TAG_KIND}` = 'label-errors' and tags.`{TAG_MD5}` = '{snapshot_version.md5}'"))
 
 
 @contextmanager
@@ -323,26 +318,11 @@ def _tracked_run(ws: Workspace, tags: dict[str, str]) -> Iterator[tuple[MlflowCl
 def reported(ws: Workspace, champion: RegisteredModel) -> bool:
     """True when the strategy report for the latest snapshot and this champion exists."""
     latest = ws.data.latest()
-    if latest is None:
-        return True
-    client = MlflowClient(ws.settings.mlflow_tracking_uri)
-    experiment = client.get_experiment_by_name(ws.params.registry.experiment)
-    if experiment is None:
-        return False
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=(
-            f"tags.`{TAG_KIND}` = 'report' and tags.`{TAG_MD5}` = '{latest.md5}' and "
-            f"tags.`flywheel.champion` = '{champion.model_version}'"
-        ),
-        max_results=1,
-    )
-    return bool(runs)
-
-
-def labels_checked(ws: Workspace, snapshot_version: SnapshotVersion) -> bool:
-    """True when the label error check already ran on this snapshot."""
-    return _kind_run(ws, "label-errors", snapshot_version) is not None
+    return latest is None or bool(_search_runs(
+        ws,
+        f"tags.`{TAG_KIND}` = 'report' and tags.`{TAG_MD5}` = '{latest.md5}' and "
+        f"tags.`flywheel.champion` = '{champion.model_version}'",
+    ))
 
 
 def check_labels(
@@ -373,16 +353,9 @@ def check_labels(
 
 def learning_points(ws: Workspace) -> list[LearningPoint]:
     """(labels, validation accuracy) of every registered model of the loop's architecture."""
-    client = MlflowClient(ws.settings.mlflow_tracking_uri)
-    experiment = client.get_experiment_by_name(ws.params.registry.experiment)
-    if experiment is None:
-        return []
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=(
-            f"tags.`flywheel.architecture` = '{ws.params.train.architecture}' and "
-            "tags.`flywheel.registered_version` != ''"
-        ),
+    runs = _search_runs(
+        ws,
+        f"tags.`flywheel.architecture` = '{ws.params.train.architecture}' and tags.`flywheel.registered_version` != ''",
         max_results=1000,
     )
     points = {}
