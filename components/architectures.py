@@ -28,10 +28,6 @@ class SmallCNN(nn.Module):
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(2 * width, num_classes))
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The penultimate features (used later for diversity in selection)."""
-        return self.features(x).flatten(1)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 

@@ -133,13 +133,19 @@ def version(ws: Workspace, changes: ChangeSet) -> SnapshotVersion:
     return ws.data.commit(ws.project.id, changes.cursor, ws.project.title)
 
 
+def _experiment_id(client: MlflowClient, ws: Workspace) -> str | None:
+    """The id of the loop's MLflow experiment (params.yaml registry.experiment), None before it exists."""
+    experiment = client.get_experiment_by_name(ws.params.registry.experiment)
+    return experiment.experiment_id if experiment else None
+
+
 def _search_runs(ws: Workspace, filter_string: str, max_results: int = 1) -> list[Run]:
     """Runs of the loop's experiment matching an MLflow filter (none while the experiment does not exist)."""
     client = MlflowClient(ws.settings.mlflow_tracking_uri)
-    experiment = client.get_experiment_by_name(ws.params.registry.experiment)
-    if experiment is None:
+    experiment_id = _experiment_id(client, ws)
+    if experiment_id is None:
         return []
-    return client.search_runs([experiment.experiment_id], filter_string=filter_string, max_results=max_results)
+    return client.search_runs([experiment_id], filter_string=filter_string, max_results=max_results)
 
 
 def trained_run(ws: Workspace, snapshot_version: SnapshotVersion) -> str | None:
@@ -304,8 +310,7 @@ def _tracked_run(ws: Workspace, tags: dict[str, str]) -> Iterator[tuple[MlflowCl
     """A run in the loop's experiment through the client: no process-wide active experiment or run
     is set (the fluent API's global state would trip the next `start_run(run_id=...)`)."""
     client = MlflowClient(ws.settings.mlflow_tracking_uri)
-    experiment = client.get_experiment_by_name(ws.params.registry.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(ws.params.registry.experiment)
+    experiment_id = _experiment_id(client, ws) or client.create_experiment(ws.params.registry.experiment)
     run_id = client.create_run(experiment_id, tags=tags).info.run_id
     try:
         yield client, run_id

@@ -368,20 +368,18 @@ class LabelStudio:
     ) -> int:
         """Create or update the Data Manager tab `title` (filters joined by "and"). Returns its id."""
         data = {"title": title, "filters": {"conjunction": "and", "items": filters}, "ordering": ordering}
-        with self._calling(f"list the views of project {project_id}"):
-            views = [v for v in self.sdk.views.list(project=project_id) if (v.data or {}).get("title") == title]
+        view = self.view_id(project_id, title)
         with self._calling(f"save view {title!r} of project {project_id}"):
-            if views:
-                view = min(views, key=lambda v: v.id)
-                self.sdk.views.update(str(view.id), project=project_id, data=data)
-                return int(view.id)
+            if view is not None:
+                self.sdk.views.update(str(view), project=project_id, data=data)
+                return view
             return int(self.sdk.views.create(project=project_id, data=data).id)
 
     def view_id(self, project_id: int, title: str) -> int | None:
-        """The id of the Data Manager tab `title`, if it exists."""
+        """The id of the Data Manager tab `title` (the oldest, if several), if it exists."""
         with self._calling(f"list the views of project {project_id}"):
             views = [v for v in self.sdk.views.list(project=project_id) if (v.data or {}).get("title") == title]
-        return min(v.id for v in views) if views else None
+        return int(min(v.id for v in views)) if views else None
 
     def view_tasks(self, project_id: int, view_id: int) -> list[dict[str, Any]]:
         """The tasks a Data Manager tab shows, in its order, with their annotations and predictions."""
