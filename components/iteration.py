@@ -208,10 +208,13 @@ def register(ws: Workspace, trained: TrainedModel) -> Promotion:
 
 
 def predictions_stale(ws: Workspace, champion: RegisteredModel) -> bool:
-    """True when Label Studio does not show the champion's predictions yet."""
+    """True when Label Studio does not show the champion's predictions yet, and there is something to
+    predict (an unlabeled task or a suspect): a fully labeled project is not rewritten every poll."""
     shown = ws.label_studio.shown_model_version(ws.project.id)
     written = ws.label_studio.model_versions(ws.project.id).get(champion.model_version, 0)
-    return shown != champion.model_version or written == 0
+    if shown == champion.model_version and written > 0:
+        return False
+    return bool(ws.label_studio.unlabeled_tasks(ws.project.id)) or bool(suspect_predictions(ws))
 
 
 def _embed_labeled(ws: Workspace, model: InferenceModel) -> np.ndarray:

@@ -154,3 +154,23 @@ def test_report_measures_acceptance_from_label_studio(noisy_project, label_studi
     assert sorted(report["classes_needing_labels"]) == sorted(project.config.labels)
     html = (folder / "report.html").read_text()
     assert "learning_curve.png" in html and "Suggestions accepted unchanged" in html
+
+
+def test_a_fully_labeled_project_is_not_rewritten_every_poll(loop_env, label_studio, tmp_path):
+    from flows.flywheel import flywheel_iteration
+
+    params_path = write_params(tmp_path, f"full-{uuid.uuid4().hex[:6]}")
+    params = load_params(params_path)
+    images = materialize("digits", tmp_path / "datasets", limit=80)
+    truth = {i.path.name: i.label for i in images}
+    project = label_studio.ensure_project(params.project.title, load_labeling_config(params.project.config))
+    label_studio.import_images(project, [i.path for i in images])
+    for task_id, data in label_studio.unlabeled_tasks(project.id).items():
+        label_studio.annotate(task_id, choice_result(truth[data["filename"]], project.config))
+    assert flywheel_iteration(str(params_path))["trained"]
+
+    from components.iteration import predictions_stale
+
+    ws = open_workspace(load_settings(), params)
+    assert label_studio.model_versions(project.id) == {}  # nothing to predict, nothing written
+    assert not predictions_stale(ws, ws.models.champion())
