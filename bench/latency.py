@@ -79,9 +79,10 @@ def stage_breakdown(ws: iteration.Workspace) -> dict[str, float]:
         return result
 
     changes = timed("poll", iteration.poll, ws)
-    manifest = timed("snapshot", iteration.snapshot, ws, changes)
-    assert timed("validate", iteration.validate, ws, manifest)
-    version = timed("version", iteration.version, ws, changes)
+    with ws.data.stage() as folder:
+        staged = timed("snapshot", iteration.snapshot, ws, changes, folder)
+        checked = timed("validate", iteration.validate, ws, staged)
+        version = timed("version", iteration.version, ws, staged, changes, checked)
     trained = timed("train", iteration.train, ws, version, ws.params.train.architecture, False)
     promotion = timed("register", iteration.register, ws, trained)
     timed("predict_and_write_back", iteration.write_back, ws, promotion.champion)

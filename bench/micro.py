@@ -70,14 +70,14 @@ def measure_poll(ls: LabelStudio, project: Project, changes: int) -> tuple[float
 
 
 def measure_writeback(ls: LabelStudio, project: Project) -> tuple[float, float]:
-    """Predictions per second replacing an existing version: (bulk, one call each)."""
-    ids = sorted(ls.task_hashes(project.id).values())[:1000]
+    """Predictions per second replacing the pre-annotations of 1,000 unlabeled tasks: (bulk, one call each)."""
+    ids = sorted(ls.unlabeled_tasks(project.id))[:1000]
     predictions = [Prediction(task_id=t, label=str(t % 10), score=0.9) for t in ids]
-    ls.write_predictions(project, predictions, "bench-bulk")
-    bulk_s = timed(lambda: ls.write_predictions(project, predictions, "bench-bulk"), 3)
+    ls.replace_predictions(project, predictions, "bench-bulk", keep=set())
+    bulk_s = timed(lambda: ls.replace_predictions(project, predictions, "bench-bulk", keep=set()), 3)
 
     # Baseline: the same replacement, one DELETE and one POST per prediction.
-    ls.write_predictions(project, predictions, "bench-single")
+    ls.replace_predictions(project, predictions, "bench-single", keep=set())
     existing = {
         p.task: p.id
         for p in ls.sdk.predictions.list(project=project.id)
@@ -159,7 +159,7 @@ Growth of the incremental fetch from 1k to 10k tasks: **{inc_10k / inc_1k:.2f}x*
 
 | path | predictions/s |
 |---|---|
-| adapter bulk (`write_predictions`: delete the version, bulk import) | {bulk_per_s:.0f} |
+| adapter bulk (`replace_predictions`: one delete action over the unlabeled tasks, bulk import) | {bulk_per_s:.0f} |
 | one `DELETE` + one `POST` per prediction | {single_per_s:.1f} |
 
 Ratio **{bulk_per_s / single_per_s:.0f}x** (`writeback_speedup`, target >= 20).

@@ -1,12 +1,17 @@
 """The errors flywheel raises on bad input or an unreachable service.
 
 Each message says what went wrong and what to do about it; the CLI prints it as one line, without a
-traceback.
+traceback. `retryable` marks what may pass by itself (a server restarting, a 5xx); the flows retry
+only those, never a refused token, a 4xx or bad data.
 """
 
 
 class FlywheelError(Exception):
     """A failure with a message a user can act on."""
+
+    def __init__(self, message: str, *, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class SettingsError(FlywheelError):
@@ -19,6 +24,10 @@ class LabelConfigError(FlywheelError):
 
 class LabelStudioError(FlywheelError):
     """Label Studio is unreachable, refused the token, or answered something unexpected."""
+
+
+class TrackingError(FlywheelError):
+    """MLflow is unreachable or refused a call."""
 
 
 class DataError(FlywheelError):

@@ -2,52 +2,64 @@
 
 The flows in `flows/` wire these in order; a notebook or a test can call them directly:
 
-    poll -> snapshot -> validate -> version -> train -> register -> predict + rank -> write back -> report
+    poll -> snapshot (aside) -> validate -> version -> train -> register -> predict + rank -> write back -> report
 
 and, on its own schedule, `check_labels` (k-fold error finding) followed by another write back.
 
 Every step is safe to repeat: the cursor lives in the snapshot's registry commit, training is
 skipped for a snapshot that already has a registered model, and write-back replaces its model
 version. So a rerun after a crash at any point finishes the job without duplicating anything.
+A task whose annotation or image is unusable is left out and listed in the "Needs attention" tab;
+it never stops the rest. Every step after `version` reads the snapshot by its revision.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from mlflow.entities import Run
-from mlflow.tracking import MlflowClient
 
-from components.conversions import Prediction
-from components.errors import DataError
+from components.conversions import Prediction, current_annotation
+from components.errors import DataError, LabelStudioError
+from components.faults import pause_point
+from components.images import ImageError, ImageStore, StoredImage
 from components.label_errors import find_label_errors
-from components.label_studio import ChangeSet, LabelStudio, Project
+from components.label_studio import ChangeSet, LabelStudio, Project, task_ids_filter
 from components.labeling_config import load_labeling_config
 from components.params import Params
 from components.prediction import infer_images
-from components.registry import ModelRegistry, Promotion, RegisteredModel
+from components.registry import TAG_KIND, TAG_OWNER, TAG_PROJECT, ModelRegistry, Promotion, RegisteredModel
 from components.report import LearningPoint, Report, build_report, measure_acceptance, write_report
 from components.selection import priorities, rank_for_labeling
 from components.settings import Settings
-from components.snapshot import apply_changes, read_manifest, write_snapshot
+from components.snapshot import (
+    apply_changes,
+    duplicates,
+    empty_manifest,
+    read_manifest,
+    real_changes,
+    training_rows,
+    write_snapshot,
+)
 from components.training import InferenceModel, TrainedModel, evaluate, fit, load_images
-from components.validation import validate_snapshot
+from components.validation import ValidationReport, validate_snapshot
 from components.versioning import DataRegistry, SnapshotVersion
 
 log = logging.getLogger(__name__)
 
 TAG_MD5 = "flywheel.dvc_md5"
-TAG_KIND = "flywheel.kind"
 LABEL_NEXT_VIEW = "Label next"
 SUSPECTS_VIEW = "Suspected label errors"
-SUSPECT_MARK = "flywheel-label-error"  # the result id of a suspect's prediction, what its view filters on
+ATTENTION_VIEW = "Needs attention"
+SUSPECT_MARK = "flywheel-label-error"  # the result id of a suspect's prediction
+ATTENTION_FILE = "needs_attention.json"
 
 
 @dataclass(frozen=True)
@@ -60,180 +72,243 @@ class Workspace:
     project: Project
     data: DataRegistry
     models: ModelRegistry
+    images: ImageStore
 
 
 def open_workspace(settings: Settings, params: Params, project_root: Path = Path(".")) -> Workspace:
-    """Connect to Label Studio, find (or create) the project, open its data registry."""
+    """Connect to Label Studio, find the project, open its data registry.
+
+    Raises:
+        LabelStudioError: Label Studio is unreachable or refuses the token, or the project does not
+            exist (it is created by `flywheel import` or `flywheel demo`, never silently here).
+        LabelConfigError: The project's labeling config does not match params.yaml's.
+    """
+    settings.ensure_workspace()
     label_studio = LabelStudio.from_settings(settings)
     config = load_labeling_config(project_root / params.project.config)
-    project = label_studio.ensure_project(params.project.title, config)
+    project = label_studio.ensure_project(params.project.title, config, create=False)
+    if project is None:
+        raise LabelStudioError(
+            f"Label Studio at {settings.label_studio_url} has no project {params.project.title!r}. Create it with "
+            "`flywheel import FOLDER` (or `flywheel demo`), or set project.title in params.yaml. A project "
+            f"deleted in Label Studio is gone there; its versioned snapshots stay under {settings.workspace / 'registry'}."
+        )
     data = DataRegistry(settings.workspace / "registry" / f"project-{project.id}", settings.dvc_remote).open()
+    i = params.images
     return Workspace(
         settings=settings,
         params=params,
         label_studio=label_studio,
         project=project,
         data=data,
-        models=ModelRegistry(settings.mlflow_tracking_uri, params.registry.model_name),
+        models=ModelRegistry(settings.mlflow_tracking_uri, params.registry.model_name, params.registry.experiment),
+        images=ImageStore(
+            settings.workspace / "cache" / "images", settings.image_root, label_studio,
+            fetch_timeout_s=i.fetch_timeout_s, max_bytes=i.max_bytes, max_pixels=i.max_pixels,
+            retry_failed_s=i.retry_failed_s,
+        ),
     )
 
 
 def reports_dir(ws: Workspace) -> Path:
-    """Where the project's label-error table and strategy report live in the workspace."""
+    """Where the project's label-error table, needs-attention list and strategy report live."""
     return ws.settings.workspace / "reports" / f"project-{ws.project.id}"
 
 
-def poll(ws: Workspace) -> ChangeSet:
-    """Annotations changed since the cursor of the last versioned snapshot."""
+def latest_snapshot(ws: Workspace) -> tuple[SnapshotVersion | None, Path | None]:
+    """The last versioned snapshot and its folder, read by revision (None, None before the first)."""
     latest = ws.data.latest()
-    return ws.label_studio.fetch_changed(ws.project.id, latest.cursor if latest else None)
+    return (latest, ws.data.checkout(latest)) if latest else (None, None)
 
 
-def snapshot(ws: Workspace, changes: ChangeSet) -> pd.DataFrame:
-    """Apply the changes to the last snapshot and write the new one into the registry's working copy.
+def poll(ws: Workspace) -> ChangeSet:
+    """Annotations changed since the cursor of the last versioned snapshot (really changed: a task
+    touched only by a prediction edit is not counted)."""
+    latest, folder = latest_snapshot(ws)
+    changes = ws.label_studio.fetch_changed(ws.project.id, latest.cursor if latest else None)
+    previous = read_manifest(folder)
+    return ChangeSet(real_changes(previous, latest.quarantine if latest else {}, changes.tasks), changes.cursor)
 
-    Raises:
-        AnnotationError: Some annotations cannot be trained on; the message names every such task.
+
+@dataclass(frozen=True)
+class StagedSnapshot:
+    """A snapshot built aside, not versioned yet."""
+
+    folder: Path
+    manifest: pd.DataFrame
+    quarantine: dict[int, dict[str, str]]
+    duplicates: dict[int, str]
+
+
+def resolve_image(ws: Workspace, task_id: int, data: Mapping[str, Any]) -> StoredImage | ImageError:
+    """A task's image fetched and decoded once as the model will see it, or why it cannot be."""
+    try:
+        image = ws.images.resolve(task_id, data, ws.project.config.data_key)
+        ws.images.check(task_id, image, ws.params.train.image_size)
+        return image
+    except ImageError as e:
+        return e
+
+
+def snapshot(ws: Workspace, changes: ChangeSet, folder: Path) -> StagedSnapshot:
+    """Apply the changes to the last snapshot and write the next one into `folder` (a staging folder).
+
+    A changed task whose annotation or image cannot be used is left out and quarantined with the
+    reason; the rest goes on.
     """
-    manifest = apply_changes(
-        read_manifest(ws.data.snapshot_dir), changes.tasks, ws.project.config, ws.params.snapshot.val_percent
-    )
-    sources = {
-        str(t.data["sha256"]): ws.label_studio.image_path(t.data, ws.project.config)
-        for t in changes.tasks
-        if "sha256" in t.data
+    latest, previous_folder = latest_snapshot(ws)
+    images = {
+        task.id: resolve_image(ws, task.id, task.data) for task in changes.tasks if current_annotation(task) is not None
     }
-    write_snapshot(manifest, sources, ws.data.snapshot_dir)
-    return manifest
+    update = apply_changes(
+        read_manifest(previous_folder) if previous_folder else empty_manifest(),
+        latest.quarantine if latest else {},
+        changes.tasks,
+        ws.project.config,
+        ws.params.snapshot.val_percent,
+        images,
+    )
+    sources = {image.sha256: image.path for image in images.values() if isinstance(image, StoredImage)}
+    write_snapshot(update.manifest, sources, folder, previous_folder)
+    return StagedSnapshot(folder, update.manifest, update.quarantine, duplicates(update.manifest))
 
 
-def validate(ws: Workspace, manifest: pd.DataFrame) -> bool:
-    """Gate the snapshot on the data contract.
+def validate(ws: Workspace, staged: StagedSnapshot) -> ValidationReport:
+    """Gate the staged snapshot on the data contract.
 
     Returns:
-        True when it may be trained on; False when the data is sound but some classes do not have
-        `validate.min_per_class` labels yet (the iteration waits for more, nothing is lost).
+        The report; `too_few` names the classes below `validate.min_per_class` (the snapshot is
+        versioned, training waits for more labels).
 
     Raises:
-        DataError: The contract is broken; the message lists the failures and the tasks at fault.
+        DataError: The contract is broken (a bug, since bad input is quarantined before); nothing is
+            versioned and the cursor does not move.
     """
-    report = validate_snapshot(
-        manifest, ws.data.snapshot_dir, ws.project.config.labels, ws.params.validate_.min_per_class
+    report = validate_snapshot(staged.manifest, staged.folder, ws.project.config.labels, ws.params.validate_.min_per_class)
+    if report.task_ids or (not report.success and not report.too_few):
+        raise DataError(f"Not versioning: {report.describe()}", list(report.task_ids))
+    if report.too_few:
+        log.warning("Waiting for labels before training: %s", "; ".join(f for f in report.failures))
+    return report
+
+
+def version(ws: Workspace, staged: StagedSnapshot, changes: ChangeSet, report: ValidationReport) -> SnapshotVersion:
+    """Version the staged snapshot with DVC, push it, and advance the cursor in the same commit."""
+    return ws.data.commit(
+        staged.folder, ws.project.id, changes.cursor, ws.project.title,
+        quarantine=staged.quarantine, duplicates=staged.duplicates, too_few=list(report.too_few),
     )
-    if report.only_too_few:
-        log.warning("Waiting for labels before training: %s", "; ".join(report.failures))
-        return False
-    if not report.success:
-        raise DataError(f"Not training: {report.describe()}", list(report.task_ids))
-    return True
 
 
-def version(ws: Workspace, changes: ChangeSet) -> SnapshotVersion:
-    """Version the snapshot with DVC, push it, and advance the cursor in the same commit."""
-    return ws.data.commit(ws.project.id, changes.cursor, ws.project.title)
-
-
-def _experiment_id(client: MlflowClient, ws: Workspace) -> str | None:
-    """The id of the loop's MLflow experiment (params.yaml registry.experiment), None before it exists."""
-    experiment = client.get_experiment_by_name(ws.params.registry.experiment)
-    return experiment.experiment_id if experiment else None
-
-
-def _search_runs(ws: Workspace, filter_string: str, max_results: int = 1) -> list[Run]:
-    """Runs of the loop's experiment matching an MLflow filter (none while the experiment does not exist)."""
-    client = MlflowClient(ws.settings.mlflow_tracking_uri)
-    experiment_id = _experiment_id(client, ws)
-    if experiment_id is None:
-        return []
-    return client.search_runs([experiment_id], filter_string=filter_string, max_results=max_results)
+def ready_to_train(ws: Workspace, snapshot_version: SnapshotVersion) -> bool:
+    """True when the snapshot has enough labels per class and no model was trained on it yet."""
+    return not snapshot_version.too_few and trained_run(ws, snapshot_version) is None
 
 
 def trained_run(ws: Workspace, snapshot_version: SnapshotVersion) -> str | None:
     """The run id of a registered model trained on this snapshot by the loop's architecture, if any."""
-    runs = _search_runs(
-        ws,
+    runs = ws.models.search_runs(
         f"tags.`{TAG_MD5}` = '{snapshot_version.md5}' and tags.`flywheel.architecture` = "
         f"'{ws.params.train.architecture}' and tags.`flywheel.registered_version` != ''",
     )
     return runs[0].info.run_id if runs else None
 
 
-def run_tags(ws: Workspace, snapshot_version: SnapshotVersion, architecture: str) -> dict[str, str]:
+def run_tags(ws: Workspace, snapshot_version: SnapshotVersion, architecture: str, owner: str = "") -> dict[str, str]:
     """What links a model to its data: DVC hash and rev, registry, Label Studio project, cursor."""
     return {
         TAG_MD5: snapshot_version.md5,
         "flywheel.dvc_rev": snapshot_version.rev,
         "flywheel.dvc_commit": snapshot_version.commit,
         "flywheel.data_registry": str(snapshot_version.registry),
-        "flywheel.label_studio_project": str(ws.project.id),
+        TAG_PROJECT: str(ws.project.id),
         "flywheel.label_studio_url": ws.settings.label_studio_url,
         "flywheel.cursor": snapshot_version.cursor or "",
         "flywheel.architecture": architecture,
+        TAG_OWNER: owner,
         "mlflow.runName": f"{architecture}@{snapshot_version.rev}",
     }
 
 
-def train(ws: Workspace, snapshot_version: SnapshotVersion, architecture: str, progress: bool = True) -> TrainedModel:
-    """Train one architecture on the snapshot in the registry's working copy."""
+def close_abandoned_runs(ws: Workspace, closed_by: str) -> list[str]:
+    """Mark FAILED the MLflow runs a killed loop run left RUNNING (call while holding the loop lock)."""
+    closed = ws.models.close_abandoned_runs(ws.project.id, closed_by)
+    if closed:
+        log.warning("Closed %d MLflow run(s) left running by a killed run as FAILED: %s", len(closed), ", ".join(closed))
+    return closed
+
+
+def train(
+    ws: Workspace, snapshot_version: SnapshotVersion, architecture: str, progress: bool = True, owner: str = ""
+) -> TrainedModel:
+    """Train one architecture on the snapshot of `snapshot_version`, read by its revision."""
     p = ws.params.train
-    return fit(
-        ws.data.snapshot_dir,
-        read_manifest(ws.data.snapshot_dir),
-        ws.project.config.labels,
-        architecture,
-        ws.params.architectures.get(architecture, {}),
-        image_size=p.image_size,
-        batch_size=p.batch_size,
-        max_epochs=p.max_epochs,
-        min_steps=p.min_steps,
-        patience=p.patience,
-        lr=p.lr,
-        augment=p.augment,
-        seed=p.seed,
-        tracking_uri=ws.settings.mlflow_tracking_uri,
-        experiment=ws.params.registry.experiment,
-        run_tags=run_tags(ws, snapshot_version, architecture),
-        progress=progress,
-    )
+    folder = ws.data.checkout(snapshot_version)
+    with ws.models.calling(f"track the training of {architecture}"):
+        return fit(
+            folder,
+            training_rows(read_manifest(folder)),
+            ws.project.config.labels,
+            architecture,
+            ws.params.architectures.get(architecture, {}),
+            image_size=p.image_size,
+            batch_size=p.batch_size,
+            max_epochs=p.max_epochs,
+            min_steps=p.min_steps,
+            patience=p.patience,
+            lr=p.lr,
+            augment=p.augment,
+            seed=p.seed,
+            tracking_uri=ws.settings.mlflow_tracking_uri,
+            experiment=ws.params.registry.experiment,
+            run_tags=run_tags(ws, snapshot_version, architecture, owner),
+            progress=progress,
+        )
 
 
 def register(ws: Workspace, trained: TrainedModel) -> Promotion:
     """Log and register the model; move `champion` if it does better on the same val set."""
     registered = ws.models.register(trained.model, trained.run_id)
-    client = MlflowClient(ws.settings.mlflow_tracking_uri)
-    client.set_tag(trained.run_id, "flywheel.registered_version", str(registered.version))
+    ws.models.set_tags(trained.run_id, {"flywheel.registered_version": str(registered.version)})
     promotion = ws.models.promote_if_better(registered, trained.model, trained.val_images, trained.val_targets)
-    client.set_tag(trained.run_id, "flywheel.promoted", str(promotion.promoted).lower())
+    ws.models.set_tags(trained.run_id, {"flywheel.promoted": str(promotion.promoted).lower()})
     return promotion
 
 
+def _unreadable_unlabeled(ws: Workspace) -> set[int]:
+    """Unlabeled tasks the last write-back could not read an image of (they never get a prediction)."""
+    return {int(t) for t in _attention(ws).get("unlabeled", {})}
+
+
 def predictions_stale(ws: Workspace, champion: RegisteredModel) -> bool:
-    """True when Label Studio does not show the champion's predictions yet, and there is something to
-    predict (an unlabeled task or a suspect): a fully labeled project is not rewritten every poll."""
-    shown = ws.label_studio.shown_model_version(ws.project.id)
-    written = ws.label_studio.model_versions(ws.project.id).get(champion.model_version, 0)
-    if shown == champion.model_version and written > 0:
-        return False
+    """True when Label Studio does not show a complete set of the champion's predictions and there is
+    something to predict: the champion is not the version shown, or an unlabeled task (other than
+    one with an unreadable image) has no prediction: new, or left out by a write-back cut short."""
+    if ws.label_studio.shown_model_version(ws.project.id) == champion.model_version:
+        return bool(ws.label_studio.unlabeled_without_predictions(ws.project.id) - _unreadable_unlabeled(ws))
     return bool(ws.label_studio.unlabeled_tasks(ws.project.id)) or bool(suspect_predictions(ws))
 
 
-def _embed_labeled(ws: Workspace, model: InferenceModel) -> np.ndarray:
+def _embed_labeled(model: InferenceModel, folder: Path | None) -> np.ndarray:
     """Embeddings of the latest snapshot's images: what selection keeps its distance from."""
-    manifest = read_manifest(ws.data.snapshot_dir)
-    images = load_images([ws.data.snapshot_dir / p for p in manifest["image"]], model.image_size)
+    manifest = read_manifest(folder)
+    if folder is None or manifest.empty:
+        return np.empty((0, 0))
+    images = load_images([folder / p for p in manifest["image"]], model.image_size)
     with torch.no_grad():
         chunks = [model.probabilities_and_embeddings(chunk)[1] for chunk in images.split(512)]
-    return torch.cat(chunks).numpy() if chunks else np.empty((0, 0))
+    return torch.cat(chunks).numpy()
 
 
 def suspect_predictions(ws: Workspace) -> list[Prediction]:
     """The last error check's suspects whose label is still the one it doubted, as predictions of the
     label the out-of-fold model suggests, scored by how suspect they are (1 - label quality)."""
     path = reports_dir(ws) / "label_errors.parquet"
-    if not path.is_file():
+    _, folder = latest_snapshot(ws)
+    if not path.is_file() or folder is None:
         return []
     table = pd.read_parquet(path)
-    current = read_manifest(ws.data.snapshot_dir)
+    current = read_manifest(folder)
     still = table[table["suspected"]].merge(current[["task_id", "label"]], on=["task_id", "label"])
     return [
         Prediction(task_id=int(r.task_id), label=str(r.suggested), score=round(1.0 - float(r.quality), 4), region_id=SUSPECT_MARK)
@@ -241,27 +316,66 @@ def suspect_predictions(ws: Workspace) -> list[Prediction]:
     ]
 
 
-def publish_views(ws: Workspace, label_next_cutoff: float) -> dict[str, int]:
-    """The two Data Manager tabs people work from. Returns title -> view id."""
-    labeled = {"filter": "filter:tasks:total_annotations", "type": "Number"}
-    score = {"filter": "filter:tasks:predictions_score", "type": "Number"}
+def publish_views(ws: Workspace, label_next_cutoff: float, suspects: list[int]) -> dict[str, int]:
+    """The Data Manager tabs people work from. Returns title -> view id."""
+    untouched = [
+        {"filter": "filter:tasks:total_annotations", "type": "Number", "operator": "equal", "value": 0},
+        {"filter": "filter:tasks:cancelled_annotations", "type": "Number", "operator": "equal", "value": 0},
+    ]
+    score = {"filter": "filter:tasks:predictions_score", "type": "Number", "operator": "greater_or_equal", "value": label_next_cutoff}
     by_score = ["-tasks:predictions_score"]
     return {
-        LABEL_NEXT_VIEW: ws.label_studio.ensure_view(
-            ws.project.id, LABEL_NEXT_VIEW,
-            [{**labeled, "operator": "equal", "value": 0}, {**score, "operator": "greater_or_equal", "value": label_next_cutoff}],
-            by_score,
-        ),
-        SUSPECTS_VIEW: ws.label_studio.ensure_view(
-            ws.project.id, SUSPECTS_VIEW,
-            [
-                {**labeled, "operator": "greater", "value": 0},
-                {"filter": "filter:tasks:predictions_results", "type": "String", "operator": "contains", "value": SUSPECT_MARK},
-                {**score, "operator": "greater", "value": 0},
-            ],
-            by_score,
-        ),
+        LABEL_NEXT_VIEW: ws.label_studio.ensure_view(ws.project.id, LABEL_NEXT_VIEW, [*untouched, score], by_score),
+        SUSPECTS_VIEW: ws.label_studio.ensure_view(ws.project.id, SUSPECTS_VIEW, task_ids_filter(suspects), by_score, "or"),
     }
+
+
+def _attention(ws: Workspace) -> dict[str, dict[str, str]]:
+    path = reports_dir(ws) / ATTENTION_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def publish_needs_attention(ws: Workspace, unlabeled: Mapping[int, str] | None = None) -> dict[int, str]:
+    """List every task a person should look at in the "Needs attention" tab, and report each new one once.
+
+    Two sources: the latest snapshot's (annotations and images left out, duplicated images), and,
+    when given, the unlabeled tasks whose image the last write-back could not read.
+
+    Returns:
+        Task id -> the reason, for every task the tab holds.
+    """
+    previous = _attention(ws)
+    latest = ws.data.latest()
+    current = {
+        "snapshot": {str(t): r for t, r in (latest.needs_attention if latest else {}).items()},
+        "unlabeled": {str(t): r for t, r in unlabeled.items()} if unlabeled is not None else previous.get("unlabeled", {}),
+    }
+    seen = {**previous.get("snapshot", {}), **previous.get("unlabeled", {})}
+    everything = {**current["snapshot"], **current["unlabeled"]}
+    new = {t: r for t, r in everything.items() if seen.get(t) != r}
+    for reason in new.values():
+        log.warning("Needs attention: %s", reason)
+    if current != previous or ws.label_studio.view_id(ws.project.id, ATTENTION_VIEW) is None:
+        view = ws.label_studio.ensure_view(ws.project.id, ATTENTION_VIEW, task_ids_filter(map(int, everything)), ["tasks:id"], "or")
+        if new:
+            log.warning(
+                "%d task(s) need attention, %d new: %s/projects/%d/data?tab=%d (reasons in %s)",
+                len(everything), len(new), ws.settings.label_studio_url, ws.project.id, view, reports_dir(ws) / ATTENTION_FILE,
+            )
+        folder = reports_dir(ws)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / ATTENTION_FILE).write_text(json.dumps(current, indent=2))
+    return {int(t): r for t, r in everything.items()}
+
+
+def _keep_versions(ws: Workspace, champion: RegisteredModel) -> set[str]:
+    """The model versions whose predictions stay on unlabeled tasks besides the champion's: the
+    `predict.keep_versions - 1` newest other flywheel versions, and every other tool's."""
+    prefix = f"{ws.params.registry.model_name}-v"
+    versions = set(ws.label_studio.model_versions(ws.project.id)) - {champion.model_version}
+    ours = sorted((v for v in versions if v.startswith(prefix) and v[len(prefix):].isdigit()), key=lambda v: int(v[len(prefix):]))
+    keep_ours = ours[len(ours) - (ws.params.predict.keep_versions - 1):] if ws.params.predict.keep_versions > 1 else []
+    return (versions - set(ours)) | set(keep_ours)
 
 
 def write_back(ws: Workspace, champion: RegisteredModel) -> int:
@@ -271,29 +385,39 @@ def write_back(ws: Workspace, champion: RegisteredModel) -> int:
     first: uncertain, and unlike what is labeled or picked already). Each suspected label error
     of the last error check gets the out-of-fold model's label, scored by how suspect it is. Label
     Studio shows that version, and the "Label next" and "Suspected label errors" tabs sort by score.
+    An unlabeled task whose image cannot be read gets no prediction and goes to "Needs attention".
 
     Returns:
         The number of predictions written.
     """
     model = ws.models.load(champion)
-    tasks = ws.label_studio.unlabeled_tasks(ws.project.id)
-    images = {task_id: ws.label_studio.image_path(data, ws.project.config) for task_id, data in tasks.items()}
-    outputs = infer_images(model, images, ws.params.predict.batch_size)
-    missing = sorted(set(images) - set(outputs.task_ids))
-    if missing:
-        log.warning("%d tasks have no readable image and got no prediction: %s", len(missing), missing[:20])
+    paths, problems = {}, {}
+    for task_id, data in ws.label_studio.unlabeled_tasks(ws.project.id).items():
+        try:
+            paths[task_id] = ws.images.resolve(task_id, data, ws.project.config.data_key).path
+        except ImageError as e:
+            problems[task_id] = str(e)
+    outputs, unreadable = infer_images(model, paths, ws.params.predict.batch_size, ws.params.images.max_pixels)
+    problems.update(unreadable)
     select = ws.params.select
-    order = rank_for_labeling(outputs.probabilities, outputs.embeddings, _embed_labeled(ws, model), select.batch, select.candidates)
+    _, folder = latest_snapshot(ws)
+    order = rank_for_labeling(outputs.probabilities, outputs.embeddings, _embed_labeled(model, folder), select.batch, select.candidates)
     scores = priorities(order)
     predictions = [
         Prediction(task_id=task_id, label=label, score=round(float(score), 6))
         for task_id, label, score in zip(outputs.task_ids, outputs.predicted, scores, strict=True)
     ]
-    written = ws.label_studio.write_predictions(ws.project, predictions + suspect_predictions(ws), champion.model_version)
-    if written:  # Label Studio refuses to show a version with no predictions (every task labeled, no suspect)
+    keep = _keep_versions(ws, champion)
+    written = ws.label_studio.replace_predictions(
+        ws.project, predictions, champion.model_version, keep, after_batch=lambda: pause_point("write-back")
+    )
+    suspects = suspect_predictions(ws)
+    written += ws.label_studio.sync_marked_predictions(ws.project, suspects, champion.model_version, SUSPECT_MARK)
+    if predictions or suspects:  # Label Studio refuses to show a version with no predictions
         ws.label_studio.show_model_version(ws.project.id, champion.model_version)
     cutoff = 1.0 - (select.batch - 0.5) / max(len(predictions), 1)
-    publish_views(ws, cutoff)
+    publish_views(ws, cutoff, [p.task_id for p in suspects])
+    publish_needs_attention(ws, problems)
     return written
 
 
@@ -305,29 +429,13 @@ def label_next(ws: Workspace) -> list[int]:
 
 def labels_checked(ws: Workspace, snapshot_version: SnapshotVersion) -> bool:
     """True when the label error check already ran on this snapshot."""
-    return bool(_search_runs(ws, f"tags.`{TAG_KIND}` = 'label-errors' and tags.`{TAG_MD5}` = '{snapshot_version.md5}'"))
-
-
-@contextmanager
-def _tracked_run(ws: Workspace, tags: dict[str, str]) -> Iterator[tuple[MlflowClient, str]]:
-    """A run in the loop's experiment through the client: no process-wide active experiment or run
-    is set (the fluent API's global state would trip the next `start_run(run_id=...)`)."""
-    client = MlflowClient(ws.settings.mlflow_tracking_uri)
-    experiment_id = _experiment_id(client, ws) or client.create_experiment(ws.params.registry.experiment)
-    run_id = client.create_run(experiment_id, tags=tags).info.run_id
-    try:
-        yield client, run_id
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    client.set_terminated(run_id)
+    return bool(ws.models.search_runs(f"tags.`{TAG_KIND}` = 'label-errors' and tags.`{TAG_MD5}` = '{snapshot_version.md5}'"))
 
 
 def reported(ws: Workspace, champion: RegisteredModel) -> bool:
     """True when the strategy report for the latest snapshot and this champion exists."""
     latest = ws.data.latest()
-    return latest is None or bool(_search_runs(
-        ws,
+    return latest is None or bool(ws.models.search_runs(
         f"tags.`{TAG_KIND}` = 'report' and tags.`{TAG_MD5}` = '{latest.md5}' and "
         f"tags.`flywheel.champion` = '{champion.model_version}'",
     ))
@@ -339,18 +447,19 @@ def check_labels(
     """Rank every label of the snapshot by how likely it is wrong (k-fold + cleanlab), keep the table in
     the workspace for write-back, and log it to MLflow as a table with its summary metrics."""
     p, e = ws.params.train, ws.params.errors
-    manifest = read_manifest(ws.data.snapshot_dir)
+    folder = ws.data.checkout(snapshot_version)
+    manifest = training_rows(read_manifest(folder))
     table, accuracy = find_label_errors(
-        ws.data.snapshot_dir, manifest, ws.project.config.labels, p.architecture,
+        folder, manifest, ws.project.config.labels, p.architecture,
         ws.params.architectures.get(p.architecture, {}), folds=e.folds, steps=e.steps, image_size=p.image_size,
         batch_size=p.batch_size, lr=p.lr, augment=p.augment, seed=p.seed, progress=progress,
     )
-    folder = reports_dir(ws)
-    folder.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(folder / "label_errors.parquet", index=False)
+    out = reports_dir(ws)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(out / "label_errors.parquet", index=False)
     tags = {**run_tags(ws, snapshot_version, p.architecture), TAG_KIND: "label-errors",
             "mlflow.runName": f"label-errors@{snapshot_version.rev}"}
-    with _tracked_run(ws, tags) as (client, run_id):
+    with ws.models.tracked_run(tags) as (client, run_id):
         client.log_param(run_id, "folds", e.folds)
         client.log_param(run_id, "steps", e.steps)
         for key, value in {"labeled": len(table), "suspected": int(table["suspected"].sum()), "out_of_fold_accuracy": accuracy}.items():
@@ -361,8 +470,7 @@ def check_labels(
 
 def learning_points(ws: Workspace) -> list[LearningPoint]:
     """(labels, validation accuracy) of every registered model of the loop's architecture."""
-    runs = _search_runs(
-        ws,
+    runs = ws.models.search_runs(
         f"tags.`flywheel.architecture` = '{ws.params.train.architecture}' and tags.`flywheel.registered_version` != ''",
         max_results=1000,
     )
@@ -378,22 +486,22 @@ def learning_points(ws: Workspace) -> list[LearningPoint]:
 def report(ws: Workspace, champion: RegisteredModel) -> tuple[Report, Path]:
     """Build the strategy report, write it into the workspace (HTML + PNGs + JSON), log it to MLflow."""
     labels = list(ws.project.config.labels)
-    manifest = read_manifest(ws.data.snapshot_dir)
+    latest, folder = latest_snapshot(ws)
+    manifest = training_rows(read_manifest(folder))
     val = manifest[manifest["split"] == "val"]
     model = ws.models.load(champion)
-    images = load_images([ws.data.snapshot_dir / p for p in val["image"]], model.image_size)
+    images = load_images([folder / p for p in val["image"]], model.image_size) if folder else load_images([], model.image_size)
     targets = torch.tensor([labels.index(label) for label in val["label"]], dtype=torch.long)
     confusion = evaluate(model, images, targets, len(labels))["confusion"]
     acceptance = measure_acceptance(ws.label_studio.labeled_tasks(ws.project.id), ws.project.config)
     counts = manifest["label"].value_counts().to_dict()
     result = build_report(learning_points(ws), labels, counts, confusion, acceptance, ws.params.report.target_accuracy)
-    folder = reports_dir(ws) / "report"
-    path = write_report(result, labels, folder, f"flywheel report: {ws.project.title}")
-    latest = ws.data.latest()
-    tags = {TAG_KIND: "report", "flywheel.label_studio_project": str(ws.project.id), "flywheel.champion": champion.model_version}
+    out = reports_dir(ws) / "report"
+    path = write_report(result, labels, out, f"flywheel report: {ws.project.title}")
+    tags = {TAG_KIND: "report", TAG_PROJECT: str(ws.project.id), "flywheel.champion": champion.model_version}
     if latest is not None:
         tags.update({TAG_MD5: latest.md5, "flywheel.dvc_rev": latest.rev, "mlflow.runName": f"report@{latest.rev}"})
-    with _tracked_run(ws, tags) as (client, run_id):
+    with ws.models.tracked_run(tags) as (client, run_id):
         metrics = {"labeled": float(result.labeled)}
         if acceptance.rate is not None:
             metrics["acceptance_rate"] = acceptance.rate
@@ -401,5 +509,5 @@ def report(ws: Workspace, champion: RegisteredModel) -> tuple[Report, Path]:
             metrics["labels_to_target"] = float(result.labels_to_target)
         for key, value in metrics.items():
             client.log_metric(run_id, key, value)
-        client.log_artifacts(run_id, str(folder), artifact_path="report")
+        client.log_artifacts(run_id, str(out), artifact_path="report")
     return result, path

@@ -6,23 +6,30 @@ A narrow API over Label Studio's HTTP interface:
 - `import_images(project, paths)`: tasks deduplicated by content hash.
 - `fetch_changed(project, cursor)`: annotations created, updated or deleted since the cursor, at a
   cost proportional to what changed (a Data Manager filter on the task's `updated_at`).
-- `write_predictions(project, predictions, model_version)`: bulk; rewriting a version replaces it.
-
+- `replace_predictions(project, predictions, model_version, keep)`: the pre-annotations of every
+  unlabeled task, in bulk, keeping the model versions `keep` says to keep.
+- `sync_marked_predictions(project, predictions, model_version, mark)`: marked predictions on
+  labeled tasks (suspected label errors), rewritten only where they changed.
 - `ensure_view(project, title, filters, ordering)`: a Data Manager tab people open.
+- `download(url, task_id)`: a file Label Studio serves (uploads, local files, cloud storages).
 
-It writes tasks, predictions and views only: no method here changes or deletes an annotation.
+It writes tasks, predictions and views only: no method here changes or deletes an annotation, and
+no prediction that an annotation was started from is ever deleted (Label Studio would clear the
+annotation's `parent_prediction`).
 """
 
 from __future__ import annotations
 
-import hashlib
+import base64
 import json
 import shutil
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from label_studio_sdk import LabelStudio as SDKClient
@@ -30,11 +37,33 @@ from label_studio_sdk.core.api_error import ApiError
 
 from components.conversions import LabeledTask, Prediction, format_cursor, prediction_to_ls, task_from_json
 from components.errors import LabelConfigError, LabelStudioError
+from components.images import STORAGE_SCHEMES, file_sha256, read_capped
 from components.labeling_config import LabelingConfig, parse_labeling_config
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 OBJECTS_DIR = "objects"  # under the image root: Label Studio refuses a storage at the root itself
 BATCH = 1000
+# Tasks nobody has touched: no annotation, not even a skip. Pre-annotations are written (and
+# replaced) on these only, so no prediction an annotation started from is ever deleted.
+UNTOUCHED = [
+    {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0},
+    {"filter": "filter:tasks:cancelled_annotations", "operator": "equal", "type": "Number", "value": 0},
+]
+LABELED = [{"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}]
+
+
+def _query(items: list[dict[str, Any]], conjunction: str = "and", ordering: list[str] | None = None) -> str:
+    """A Data Manager query (filters joined by `conjunction`, optional ordering) as the API takes it."""
+    body: dict[str, Any] = {"filters": {"conjunction": conjunction, "items": items}}
+    if ordering:
+        body["ordering"] = ordering
+    return json.dumps(body)
+
+
+def task_ids_filter(task_ids: Iterable[int]) -> list[dict[str, Any]]:
+    """Filter items matching exactly these tasks (join them with "or"); none matches no task."""
+    ids = sorted(set(task_ids)) or [0]
+    return [{"filter": "filter:tasks:id", "operator": "equal", "type": "Number", "value": int(i)} for i in ids]
 
 
 @dataclass(frozen=True)
@@ -68,15 +97,6 @@ class ChangeSet:
     cursor: str | None
 
 
-def content_hash(path: Path) -> str:
-    """SHA-256 of a file's bytes, the identity of an image across imports."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def find_images(folder: Path) -> list[Path]:
     """Every image file under `folder`, in a stable order."""
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -89,10 +109,10 @@ class LabelStudio:
         url: Base URL, e.g. http://127.0.0.1:8080.
         api_key: A legacy token or a personal access token (never logged).
         image_root: The server's LOCAL_FILES_DOCUMENT_ROOT; imported images are copied under it.
-        timeout_s: Per-request timeout.
+        timeout_s: Per-request timeout: a server that stops answering is reported, not waited for.
     """
 
-    def __init__(self, url: str, api_key: str, image_root: Path, timeout_s: float = 60.0):
+    def __init__(self, url: str, api_key: str, image_root: Path, timeout_s: float = 20.0):
         self.url = url.rstrip("/")
         self._api_key = api_key
         self.image_root = Path(image_root)
@@ -128,7 +148,8 @@ class LabelStudio:
         except httpx.TransportError as e:
             raise LabelStudioError(
                 f"Label Studio at {self.url} is unreachable while trying to {what} ({e.__class__.__name__}). "
-                "Start it with `flywheel stack up`, or set LABEL_STUDIO_URL to your server."
+                "Start it with `flywheel stack up`, or set LABEL_STUDIO_URL to your server.",
+                retryable=True,
             ) from e
         except ApiError as e:
             if e.status_code in (401, 403):
@@ -138,7 +159,8 @@ class LabelStudio:
                     "Access Token); with the embedded stack, the workspace's credentials.env holds it."
                 ) from e
             raise LabelStudioError(
-                f"Label Studio at {self.url} answered {e.status_code} while trying to {what}: {_short(e.body)}"
+                f"Label Studio at {self.url} answered {e.status_code} while trying to {what}: {_short(e.body)}",
+                retryable=e.status_code is not None and e.status_code >= 500,
             ) from e
 
     def check(self) -> str:
@@ -148,14 +170,16 @@ class LabelStudio:
 
     # --- projects -------------------------------------------------------------------------------
 
-    def ensure_project(self, title: str, config: LabelingConfig) -> Project:
-        """Find the project with this title, or create it from `config`.
+    def ensure_project(self, title: str, config: LabelingConfig, create: bool = True) -> Project | None:
+        """Find the project with this title, or create it from `config` (None when `create` is False).
 
         Raises:
             LabelConfigError: A project with this title exists but its tags or label set differ.
         """
         with self._calling(f"find project {title!r}"):
             existing = [p for p in self.sdk.projects.list(title=title) if p.title == title]
+        if not existing and not create:
+            return None
         if not existing:
             with self._calling(f"create project {title!r}"):
                 created = self.sdk.projects.create(title=title, label_config=config.xml)
@@ -225,7 +249,7 @@ class LabelStudio:
         new: dict[str, dict[str, str]] = {}
         skipped = 0
         for path in progress(list(paths)):
-            digest = content_hash(path)
+            digest = file_sha256(path)
             if digest in known or digest in new:
                 skipped += 1
                 continue
@@ -237,7 +261,7 @@ class LabelStudio:
             new[digest] = {
                 project.config.data_key: f"/data/local-files/?d={relative}",
                 "sha256": digest,
-                "filename": path.name,
+                "filename": printable_name(path),
             }
         created: list[int] = []
         items = list(new.values())
@@ -249,24 +273,43 @@ class LabelStudio:
             created.extend(response.task_ids or [])
         return ImportResult(created=tuple(created), skipped=skipped)
 
-    def image_path(self, task_data: dict[str, Any], config: LabelingConfig) -> Path:
-        """The local file behind a task's image URL (for tasks flywheel imported)."""
-        url = str(task_data.get(config.data_key, ""))
-        prefix = "/data/local-files/?d="
-        if not url.startswith(prefix):
-            raise LabelStudioError(
-                f"Task image {url!r} is not a local file served by Label Studio; flywheel reads images "
-                "imported with `flywheel import` (local-files URLs)."
-            )
-        return self.image_root / url.removeprefix(prefix)
+    def download(self, url: str, task_id: int, *, max_bytes: int, timeout_s: float) -> bytes:
+        """A file Label Studio serves: a path on the server (`/data/upload/...`, `/data/local-files/...`),
+        a URL on it, or a cloud storage URI (`s3://...`) resolved through the task's storage.
+
+        Raises:
+            FetchError: Not found, refused or too big: a problem of this task's image.
+            LabelStudioError: The server is unreachable or failing (retryable): not the image's fault.
+        """
+        if urlsplit(url).scheme.lower() in STORAGE_SCHEMES:
+            encoded = base64.urlsafe_b64encode(url.encode()).decode()
+            path, params = f"tasks/{task_id}/resolve/", {"fileuri": encoded}
+        else:
+            path, params = url.removeprefix(self.url).lstrip("/"), None
+        options = {"timeout_in_seconds": max(1, int(timeout_s)), "max_retries": 0}
+        with self._calling(f"download the image of task {task_id}"):
+            client = self.sdk._client_wrapper.httpx_client
+            with client.stream(path, method="GET", params=params, request_options=options) as response:
+                if response.status_code >= 500:
+                    raise LabelStudioError(
+                        f"Label Studio at {self.url} answered {response.status_code} for the image of task {task_id}; "
+                        "check its log.", retryable=True,
+                    )
+                return read_capped(response, max_bytes)
 
     def unlabeled_tasks(self, project_id: int) -> dict[int, dict[str, Any]]:
-        """Task id -> data for every task with no annotation (what pre-annotations are for)."""
-        item = {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}
-        query = json.dumps({"filters": {"conjunction": "and", "items": [item]}})
+        """Task id -> data for every task nobody has touched (no annotation, no skip): what
+        pre-annotations are for."""
         with self._calling(f"list the unlabeled tasks of project {project_id}"):
-            pages = self.sdk.tasks.list(project=project_id, fields="task_only", query=query, page_size=BATCH)
+            pages = self.sdk.tasks.list(project=project_id, fields="task_only", query=_query(UNTOUCHED), page_size=BATCH)
             return {t.id: dict(t.data or {}) for t in pages}
+
+    def unlabeled_without_predictions(self, project_id: int) -> set[int]:
+        """Untouched tasks that carry no prediction at all (new tasks, or a write-back cut short)."""
+        none = {"filter": "filter:tasks:total_predictions", "operator": "equal", "type": "Number", "value": 0}
+        with self._calling(f"list the tasks of project {project_id} without predictions"):
+            pages = self.sdk.tasks.list(project=project_id, fields="task_only", query=_query([*UNTOUCHED, none]), page_size=BATCH)
+            return {t.id for t in pages}
 
     def fetch_changed(self, project_id: int, cursor: str | None) -> ChangeSet:
         """The tasks whose annotations were created, updated or deleted after `cursor`.
@@ -281,12 +324,11 @@ class LabelStudio:
             cursor: `updated_at` of the last change already consumed (from a previous ChangeSet).
         """
         if cursor is None:
-            item = {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}
+            items = LABELED
         else:
-            item = {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": cursor}
-        query = json.dumps({"filters": {"conjunction": "and", "items": [item]}, "ordering": ["tasks:updated_at"]})
+            items = [{"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": cursor}]
         with self._calling(f"fetch changed tasks of project {project_id}"):
-            pages = self.sdk.tasks.list(project=project_id, fields="all", query=query, page_size=BATCH)
+            pages = self.sdk.tasks.list(project=project_id, fields="all", query=_query(items, ordering=["tasks:updated_at"]), page_size=BATCH)
             tasks = tuple(task_from_json(t.model_dump(mode="json")) for t in pages)
         latest = max((t.updated_at for t in tasks), default=None)
         return ChangeSet(tasks=tasks, cursor=format_cursor(latest) if latest else cursor)
@@ -323,23 +365,94 @@ class LabelStudio:
                 raise ApiError(status_code=response.status_code, headers=dict(response.headers), body=response.text)
             return response.json() if response.content else {}
 
-    def write_predictions(
-        self, project: Project, predictions: Iterable[Prediction], model_version: str
-    ) -> int:
-        """Write one model version's predictions in bulk, replacing any earlier write of that version.
+    def delete_prediction(self, prediction_id: int) -> None:
+        """Delete one prediction (never one an annotation started from: callers check)."""
+        self._raw("DELETE", f"api/predictions/{prediction_id}/", f"delete prediction {prediction_id}")
 
-        Label Studio duplicates a re-imported version, so the version is deleted first: running
-        the same write twice (or again after a crash) leaves exactly one set.
+    def _import(self, project_id: int, items: list[dict[str, Any]], what: str, after_batch: Callable[[], None]) -> None:
+        for start in range(0, len(items), BATCH):
+            with self._calling(f"import {what} into project {project_id}"):
+                self.sdk.projects.import_predictions(id=project_id, request=items[start : start + BATCH])
+            after_batch()
+
+    def replace_predictions(
+        self,
+        project: Project,
+        predictions: Iterable[Prediction],
+        model_version: str,
+        keep: set[str],
+        after_batch: Callable[[], None] = lambda: None,
+    ) -> int:
+        """Make `predictions` the pre-annotations of every untouched task, in bulk.
+
+        Every prediction on untouched tasks is deleted in one call and written again: these, under
+        `model_version`, then the earlier ones whose model version is in `keep` (other tools'
+        predictions, the last few flywheel versions). Labeled and skipped tasks are never touched, so
+        the predictions people started their annotations from stay. A write cut short leaves some
+        untouched tasks with no prediction at all, which `unlabeled_without_predictions` finds.
+
+        Args:
+            project: The project.
+            predictions: One per untouched task (others are written too, but not replaced).
+            model_version: Their version.
+            keep: The other model versions whose predictions survive the rewrite.
+            after_batch: Called after each batch is written (a test pauses there).
+
+        Returns:
+            The number of `model_version` predictions written.
+        """
+        items = [prediction_to_ls(p, project.config, model_version) for p in predictions]
+        kept: list[dict[str, Any]] = []
+        if keep - {model_version}:
+            with self._calling(f"read the predictions of project {project.id}'s unlabeled tasks"):
+                pages = self.sdk.tasks.list(project=project.id, fields="all", query=_query(UNTOUCHED), page_size=BATCH)
+                kept = [
+                    {"task": t.id, "model_version": p.model_version, "score": p.score, "result": p.result}
+                    for t in pages for p in (t.predictions or []) if p.model_version != model_version and p.model_version in keep
+                ]
+        self._raw(
+            "POST", f"api/dm/actions?id=delete_tasks_predictions&project={project.id}",
+            f"clear the pre-annotations of project {project.id}'s unlabeled tasks",
+            json={"selectedItems": {"all": True, "excluded": []}, "filters": {"conjunction": "and", "items": UNTOUCHED}},
+        )
+        after_batch()
+        self._import(project.id, items, f"predictions of {model_version!r}", after_batch)
+        self._import(project.id, kept, "the kept predictions of earlier model versions", lambda: None)
+        return len(items)
+
+    def sync_marked_predictions(
+        self, project: Project, predictions: Iterable[Prediction], model_version: str, mark: str
+    ) -> int:
+        """Make `predictions` (each carrying result id `mark`) the marked predictions on labeled tasks.
+
+        Marked predictions already there and equal to a wanted one are left as they are; the others
+        are deleted one by one, except those an annotation was started from (they are its history).
 
         Returns:
             The number of predictions written.
         """
-        items = [prediction_to_ls(p, project.config, model_version) for p in predictions]
-        self.delete_model_version(project.id, model_version)
-        for start in range(0, len(items), BATCH):
-            with self._calling(f"import predictions of {model_version!r} into project {project.id}"):
-                self.sdk.projects.import_predictions(id=project.id, request=items[start : start + BATCH])
-        return len(items)
+        wanted = {self._key(item): item for item in (prediction_to_ls(p, project.config, model_version) for p in predictions)}
+        marked = {"filter": "filter:tasks:predictions_results", "operator": "contains", "type": "String", "value": mark}
+        with self._calling(f"list the marked predictions of project {project.id}"):
+            tasks = list(self.sdk.tasks.list(project=project.id, fields="all", query=_query([*LABELED, marked]), page_size=BATCH))
+        stale = []
+        for task in tasks:
+            started_from = {a.get("parent_prediction") for a in task.annotations or []}
+            for p in task.predictions or []:
+                if not any(r.get("id") == mark for r in p.result or []):
+                    continue
+                key = self._key({"task": task.id, "model_version": p.model_version, "score": p.score, "result": p.result})
+                if wanted.pop(key, None) is None and p.id not in started_from:
+                    stale.append(int(p.id))
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(self.delete_prediction, stale))
+        self._import(project.id, list(wanted.values()), f"marked predictions of {model_version!r}", lambda: None)
+        return len(wanted)
+
+    @staticmethod
+    def _key(item: dict[str, Any]) -> str:
+        values = [{k: r.get(k) for k in ("id", "from_name", "to_name", "type", "value")} for r in item["result"]]
+        return json.dumps([item["task"], item["model_version"], round(float(item["score"] or 0), 4), values], sort_keys=True)
 
     def show_model_version(self, project_id: int, model_version: str) -> None:
         """Make `model_version` the one Label Studio shows people as pre-annotations."""
@@ -355,19 +468,17 @@ class LabelStudio:
         """Every task with an annotation, with its annotations and predictions (Label Studio's JSON).
 
         Costs in proportion to the labeled tasks, not the project."""
-        item = {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}
-        query = json.dumps({"filters": {"conjunction": "and", "items": [item]}})
         with self._calling(f"list the labeled tasks of project {project_id}"):
-            pages = self.sdk.tasks.list(project=project_id, fields="all", query=query, page_size=BATCH)
+            pages = self.sdk.tasks.list(project=project_id, fields="all", query=_query(LABELED), page_size=BATCH)
             return [t.model_dump(mode="json") for t in pages]
 
     # --- views ----------------------------------------------------------------------------------
 
     def ensure_view(
-        self, project_id: int, title: str, filters: list[dict[str, Any]], ordering: list[str]
+        self, project_id: int, title: str, filters: list[dict[str, Any]], ordering: list[str], conjunction: str = "and"
     ) -> int:
-        """Create or update the Data Manager tab `title` (filters joined by "and"). Returns its id."""
-        data = {"title": title, "filters": {"conjunction": "and", "items": filters}, "ordering": ordering}
+        """Create or update the Data Manager tab `title` (filters joined by `conjunction`). Returns its id."""
+        data = {"title": title, "filters": {"conjunction": conjunction, "items": filters}, "ordering": ordering}
         view = self.view_id(project_id, title)
         with self._calling(f"save view {title!r} of project {project_id}"):
             if view is not None:
@@ -400,6 +511,11 @@ class LabelStudio:
         with self._calling(f"annotate task {task_id}"):
             extra = {"parent_prediction": parent_prediction} if parent_prediction else {}
             return self.sdk.annotations.create(id=task_id, result=result, **extra).id
+
+
+def printable_name(path: Path) -> str:
+    """A file name as text Label Studio can store: bytes that are not UTF-8 become U+FFFD."""
+    return path.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _short(body: Any, limit: int = 300) -> str:

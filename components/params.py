@@ -1,4 +1,8 @@
-"""params.yaml, parsed once at the edge into typed models. Components take explicit arguments."""
+"""params.yaml, parsed once at the edge into typed models. Components take explicit arguments.
+
+The shipped `params.yaml` is the one source of defaults: every section and key is required here, so
+a file missing one is an error that names it, never a silent fallback to a value written twice.
+"""
 
 from __future__ import annotations
 
@@ -25,90 +29,101 @@ class ProjectParams(_Section):
 class DemoParams(_Section):
     """The demo project: a labeled dataset that ships in a package."""
 
-    dataset: str = "mnist"
-    limit: int = Field(default=1000, gt=0)
+    dataset: str
+    limit: int = Field(gt=0)
 
 
 class PollParams(_Section):
-    interval_s: float = Field(default=10, gt=0)
-    min_new_annotations: int = Field(default=10, ge=1)
+    interval_s: float = Field(gt=0)
+    min_new_annotations: int = Field(ge=1)
 
 
 class DataParams(_Section):
-    rev: str = "latest"
+    rev: str
 
 
 class SnapshotParams(_Section):
-    val_percent: int = Field(default=20, ge=1, le=50)
+    val_percent: int = Field(ge=1, le=50)
 
 
 class ValidateParams(_Section):
-    min_per_class: int = Field(default=2, ge=1)
+    min_per_class: int = Field(ge=1)
+
+
+class ImagesParams(_Section):
+    """How task images are read: remote ones are fetched with these bounds, too big ones are refused."""
+
+    fetch_timeout_s: float = Field(gt=0)
+    max_bytes: int = Field(gt=0)
+    max_pixels: int = Field(gt=0)
+    retry_failed_s: float = Field(ge=0)
 
 
 class TrainParams(_Section):
-    architecture: str = "small_cnn"
-    image_size: int = Field(default=28, ge=8)
-    batch_size: int = Field(default=64, ge=1)
-    max_epochs: int = Field(default=100, ge=1)
-    min_steps: int = Field(default=400, ge=0)
-    patience: int = Field(default=3, ge=1)
-    lr: float = Field(default=3e-3, gt=0)
-    augment: bool = True
-    seed: int = 0
+    architecture: str
+    image_size: int = Field(ge=8)
+    batch_size: int = Field(ge=1)
+    max_epochs: int = Field(ge=1)
+    min_steps: int = Field(ge=0)
+    patience: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    augment: bool
+    seed: int
 
 
 class RegistryParams(_Section):
-    model_name: str = "flywheel-classifier"
-    experiment: str = "flywheel"
+    model_name: str = Field(min_length=1)
+    experiment: str = Field(min_length=1)
 
 
 class PredictParams(_Section):
-    batch_size: int = Field(default=256, ge=1)
+    batch_size: int = Field(ge=1)
+    keep_versions: int = Field(ge=1)
 
 
 class RetrainParams(_Section):
-    cron: str = "0 3 * * *"
+    cron: str
 
 
 class ErrorsParams(_Section):
     """The label error finder: k-fold out-of-fold probabilities ranked by cleanlab."""
 
-    folds: int = Field(default=5, ge=2)
-    steps: int = Field(default=400, ge=1)
-    interval_s: float = Field(default=600, gt=0)
+    folds: int = Field(ge=2)
+    steps: int = Field(ge=1)
+    interval_s: float = Field(gt=0)
 
 
 class SelectParams(_Section):
     """Which unlabeled tasks people should label next."""
 
-    batch: int = Field(default=50, ge=1)
-    candidates: int = Field(default=4, ge=1)
+    batch: int = Field(ge=1)
+    candidates: int = Field(ge=1)
 
 
 class ReportParams(_Section):
     """The annotation-strategy report."""
 
-    target_accuracy: float = Field(default=0.9, gt=0, le=1)
+    target_accuracy: float = Field(gt=0, le=1)
 
 
 class Params(_Section):
     """All of params.yaml."""
 
     project: ProjectParams
-    demo: DemoParams = DemoParams()
-    poll: PollParams = PollParams()
-    data: DataParams = DataParams()
-    snapshot: SnapshotParams = SnapshotParams()
-    validate_: ValidateParams = Field(default=ValidateParams(), alias="validate")
-    train: TrainParams = TrainParams()
-    architectures: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"small_cnn": {}})
-    registry: RegistryParams = RegistryParams()
-    predict: PredictParams = PredictParams()
-    retrain: RetrainParams = RetrainParams()
-    errors: ErrorsParams = ErrorsParams()
-    select: SelectParams = SelectParams()
-    report: ReportParams = ReportParams()
+    demo: DemoParams
+    poll: PollParams
+    data: DataParams
+    snapshot: SnapshotParams
+    validate_: ValidateParams = Field(alias="validate")
+    images: ImagesParams
+    train: TrainParams
+    architectures: dict[str, dict[str, Any]] = Field(min_length=1)
+    registry: RegistryParams
+    predict: PredictParams
+    retrain: RetrainParams
+    errors: ErrorsParams
+    select: SelectParams
+    report: ReportParams
 
     @model_validator(mode="after")
     def _known_architecture(self) -> Params:
@@ -123,8 +138,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml.
 
     Raises:
-        SettingsError: The file is missing, is not YAML, or a key is unknown or out of range; the
-            message names the key.
+        SettingsError: The file is missing, is not YAML, or a key is missing, unknown or out of
+            range; the message names the key.
     """
     path = Path(path)
     try:
@@ -132,11 +147,20 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except FileNotFoundError as e:
         raise SettingsError(f"No {path} here; run flywheel from the project folder that holds it.") from e
     except yaml.YAMLError as e:
-        raise SettingsError(f"{path} is not valid YAML: {e}. Fix the file and run again.") from e
+        raise SettingsError(f"{path} is not valid YAML: {' '.join(str(e).split())}. Fix the file and run again.") from e
+    if raw is not None and not isinstance(raw, dict):
+        raise SettingsError(f"{path} must be a mapping of sections (project:, train:, ...), not {type(raw).__name__}.")
     try:
         return Params.model_validate(raw or {})
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or 'params'}: {err['msg']}" for err in e.errors()
-        )
-        raise SettingsError(f"{path} is invalid: {problems}. Fix these keys and run again.") from e
+        missing = [_where(err) for err in e.errors() if err["type"] == "missing"]
+        wrong = [f"{_where(err)}: {err['msg']}" for err in e.errors() if err["type"] != "missing"]
+        problems = wrong + ([f"missing {', '.join(missing)} (every section and key is required)"] if missing else [])
+        raise SettingsError(
+            f"{path} is invalid: {'; '.join(problems)}. Fix these keys (the params.yaml that ships with flywheel "
+            "has every one, with its default) and run again."
+        ) from e
+
+
+def _where(error: Any) -> str:
+    return ".".join(str(part).removesuffix("_") for part in error["loc"]) or "params"

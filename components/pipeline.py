@@ -15,7 +15,7 @@ import torch
 
 from components.errors import DataError
 from components.params import Params
-from components.snapshot import read_manifest
+from components.snapshot import read_manifest, training_rows
 from components.training import InferenceModel, SnapshotDataModule, confusion_figure, evaluate, fit
 from components.validation import validate_snapshot
 from components.versioning import find_registry
@@ -56,7 +56,7 @@ def train_folder(snapshot: Path, labels: tuple[str, ...], params: Params, tracki
     """Train params.yaml's architecture on a snapshot folder; save the inference model to `out`."""
     p = params.train
     trained = fit(
-        snapshot, read_manifest(snapshot), labels, p.architecture, params.architectures.get(p.architecture, {}),
+        snapshot, training_rows(read_manifest(snapshot)), labels, p.architecture, params.architectures.get(p.architecture, {}),
         image_size=p.image_size, batch_size=p.batch_size, max_epochs=p.max_epochs, min_steps=p.min_steps, patience=p.patience,
         lr=p.lr, augment=p.augment, seed=p.seed, tracking_uri=tracking_uri,
         experiment=f"{params.registry.experiment}-dvc", run_tags={"flywheel.snapshot_path": str(snapshot)},
@@ -69,7 +69,7 @@ def train_folder(snapshot: Path, labels: tuple[str, ...], params: Params, tracki
 def evaluate_folder(snapshot: Path, model_path: Path, metrics: Path, plot: Path) -> dict[str, float]:
     """Evaluate a saved model on the snapshot's validation split: metrics JSON and a confusion plot."""
     model: InferenceModel = torch.load(model_path, weights_only=False)
-    data = SnapshotDataModule(snapshot, read_manifest(snapshot), model.labels, model.image_size, 1, augment=False)
+    data = SnapshotDataModule(snapshot, training_rows(read_manifest(snapshot)), model.labels, model.image_size, 1, augment=False)
     data.setup()
     images, targets = data.val_set.tensors
     result = evaluate(model, images, targets, len(model.labels))

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.training import InferenceModel, load_images
+from components.images import read_image
+from components.training import InferenceModel, to_tensor
 
 
 @dataclass(frozen=True)
@@ -38,30 +39,44 @@ def infer_images(
     model: InferenceModel,
     images: Mapping[int, Path],
     batch_size: int,
+    max_pixels: int,
     progress: Callable[[Iterable[int]], Iterable[int]] = lambda it: it,
-) -> ModelOutputs:
-    """Run `model` over each task's image.
+) -> tuple[ModelOutputs, dict[int, str]]:
+    """Run `model` over each task's image; an image that cannot be decoded is left out, never guessed.
 
     Args:
         model: Outputs probabilities over `model.labels`.
-        images: Task id -> image file. Tasks whose file is missing are left out (and reported by
-            the caller), never guessed.
+        images: Task id -> image file.
         batch_size: Images per forward pass.
+        max_pixels: Images with more pixels are refused (params.yaml images.max_pixels).
         progress: Wraps the iteration over batches.
+
+    Returns:
+        The outputs for every readable image, and task id -> why its image was left out.
     """
-    readable = [(task_id, path) for task_id, path in images.items() if Path(path).is_file()]
+    items = list(images.items())
+    task_ids: list[int] = []
+    problems: dict[int, str] = {}
     probabilities, embeddings = [], []
     model.eval()
     with torch.no_grad():
-        for start in progress(range(0, len(readable), batch_size)):
-            chunk = readable[start : start + batch_size]
-            p, e = model.probabilities_and_embeddings(load_images([path for _, path in chunk], model.image_size))
-            probabilities.append(p.numpy())
-            embeddings.append(e.numpy())
+        for start in progress(range(0, len(items), batch_size)):
+            decoded = []
+            for task_id, path in items[start : start + batch_size]:
+                try:
+                    decoded.append(read_image(Path(path), model.image_size, max_pixels))
+                    task_ids.append(task_id)
+                except (OSError, ValueError) as e:
+                    problems[task_id] = f"Task {task_id}: {e}. Replace the image in the task, or delete the task."
+            if decoded:
+                p, e = model.probabilities_and_embeddings(to_tensor(decoded, model.image_size))
+                probabilities.append(p.numpy())
+                embeddings.append(e.numpy())
     classes = len(model.labels)
-    return ModelOutputs(
-        task_ids=tuple(task_id for task_id, _ in readable),
+    outputs = ModelOutputs(
+        task_ids=tuple(task_ids),
         probabilities=np.concatenate(probabilities) if probabilities else np.empty((0, classes)),
         embeddings=np.concatenate(embeddings) if embeddings else np.empty((0, 0)),
         labels=tuple(model.labels),
     )
+    return outputs, problems

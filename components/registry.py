@@ -1,30 +1,43 @@
-"""The model registry (MLflow): log every trained model, register it, and move `champion` fairly.
+"""The MLflow adapter: runs, the model registry, and the `champion` alias moved fairly.
 
 A model is logged with MLflow's pytorch flavor (pickle serialization, so it loads back as the same
 class), a signature and an input example, and registered under one name. The `champion` alias
 moves when the new model does better than the current champion on the *same* validation set (see
 `promote_if_better`). A TorchScript export is logged beside each model.
+
+This module is the only one that calls MLflow's client (Lightning's `MLFlowLogger` aside). Every
+call goes through `calling`, which turns an unreachable or failing server into one `TrackingError`
+that says what to do; the client's own retries and timeouts are bounded by `CLIENT_ENV`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import mlflow.pytorch
+import requests
 import torch
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+from components.errors import TrackingError
 from components.training import InferenceModel, evaluate
 
 CHAMPION = "champion"
+TAG_KIND = "flywheel.kind"
+TAG_PROJECT = "flywheel.label_studio_project"
+TAG_OWNER = "flywheel.owner"
 
 
 @dataclass(frozen=True)
@@ -63,16 +76,18 @@ class Promotion:
 
 
 class ModelRegistry:
-    """MLflow's model registry for one registered model name.
+    """MLflow's tracking server and model registry, for one experiment and one registered model name.
 
     Args:
         tracking_uri: The MLflow tracking server.
         name: The registered model name (params.yaml registry.model_name).
+        experiment: The loop's experiment (params.yaml registry.experiment).
     """
 
-    def __init__(self, tracking_uri: str, name: str):
+    def __init__(self, tracking_uri: str, name: str, experiment: str = "flywheel"):
         self.tracking_uri = tracking_uri
         self.name = name
+        self.experiment = experiment
         self._client: MlflowClient | None = None
 
     @property
@@ -81,8 +96,84 @@ class ModelRegistry:
             self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         return self._client
 
+    @contextmanager
+    def calling(self, what: str) -> Iterator[None]:
+        """Turn MLflow failures into one message that says what to do (retryable when the server is
+        unreachable or failing, not when it refused the request)."""
+        try:
+            yield
+        except (requests.ConnectionError, requests.Timeout, socket.timeout, ConnectionError) as e:
+            raise self._unreachable(what, e) from e
+        except MlflowException as e:
+            text = " ".join(str(e).split())
+            if "API request to" in text or "Max retries exceeded" in text or "Connection refused" in text:
+                raise self._unreachable(what, e) from e
+            status = e.get_http_status_code()
+            raise TrackingError(
+                f"MLflow at {self.tracking_uri} refused to {what}: {text[:300]}", retryable=status >= 500
+            ) from e
+
+    def _unreachable(self, what: str, error: Exception) -> TrackingError:
+        return TrackingError(
+            f"MLflow at {self.tracking_uri} does not answer (while trying to {what}). Start it with "
+            "`flywheel stack up` (or fix MLFLOW_TRACKING_URI), then run again: the rerun finishes the job.",
+            retryable=True,
+        )
+
+    def experiment_id(self) -> str | None:
+        """The id of the loop's experiment, None before it exists."""
+        with self.calling("find the experiment"):
+            experiment = self.client.get_experiment_by_name(self.experiment)
+        return experiment.experiment_id if experiment else None
+
+    def search_runs(self, filter_string: str, max_results: int = 1) -> list[Run]:
+        """Runs of the loop's experiment matching an MLflow filter (none while the experiment does not exist)."""
+        experiment_id = self.experiment_id()
+        if experiment_id is None:
+            return []
+        with self.calling("search runs"):
+            return self.client.search_runs([experiment_id], filter_string=filter_string, max_results=max_results)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        with self.calling(f"tag run {run_id}"):
+            for key, value in tags.items():
+                self.client.set_tag(run_id, key, value)
+
+    @contextmanager
+    def tracked_run(self, tags: dict[str, str]) -> Iterator[tuple[MlflowClient, str]]:
+        """A run in the loop's experiment through the client: no process-wide active experiment or run
+        is set (the fluent API's global state would trip the next `start_run(run_id=...)`)."""
+        with self.calling("start a run"):
+            experiment_id = self.experiment_id() or self.client.create_experiment(self.experiment)
+            run_id = self.client.create_run(experiment_id, tags=tags).info.run_id
+        try:
+            with self.calling("log to a run"):
+                yield self.client, run_id
+        except BaseException:
+            with self.calling("close a failed run"):
+                self.client.set_terminated(run_id, status="FAILED")
+            raise
+        with self.calling("close a run"):
+            self.client.set_terminated(run_id)
+
+    def close_abandoned_runs(self, project_id: int, closed_by: str) -> list[str]:
+        """Mark FAILED every run of this project's loop still RUNNING: called while holding the loop's
+        lock, when no other loop run can be alive, so these were killed mid-way. Returns their ids."""
+        runs = self.search_runs(
+            f"attributes.status = 'RUNNING' and tags.`{TAG_PROJECT}` = '{project_id}'", max_results=100
+        )
+        with self.calling("close abandoned runs"):
+            for run in runs:
+                self.client.set_tag(run.info.run_id, "flywheel.closed_by", closed_by)
+                self.client.set_terminated(run.info.run_id, status="FAILED")
+        return [r.info.run_id for r in runs]
+
     def register(self, model: InferenceModel, run_id: str) -> RegisteredModel:
         """Log `model` into its training run (pytorch flavor + TorchScript export) and register it."""
+        with self.calling("log and register the model"):
+            return self._register(model, run_id)
+
+    def _register(self, model: InferenceModel, run_id: str) -> RegisteredModel:
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         example = torch.rand(2, 3, model.image_size, model.image_size)
@@ -111,20 +202,25 @@ class ModelRegistry:
 
     def champion(self) -> RegisteredModel | None:
         """The model version under the `champion` alias, if any."""
-        try:
-            mv = self.client.get_model_version_by_alias(self.name, CHAMPION)
-        except MlflowException:
-            return None
+        with self.calling("read the champion"):
+            try:
+                mv = self.client.get_model_version_by_alias(self.name, CHAMPION)
+            except MlflowException as e:
+                if e.get_http_status_code() >= 500 or "API request to" in str(e):
+                    raise
+                return None  # no such model or alias yet
         return RegisteredModel(name=self.name, version=int(mv.version), run_id=mv.run_id)
 
     def load(self, model: RegisteredModel) -> InferenceModel:
         """Load a registered version back as the same `InferenceModel` class."""
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
-        return mlflow.pytorch.load_model(model.uri, map_location="cpu").eval()
+        with self.calling(f"load model {model.model_version}"):
+            mlflow.set_tracking_uri(self.tracking_uri)
+            mlflow.set_registry_uri(self.tracking_uri)
+            return mlflow.pytorch.load_model(model.uri, map_location="cpu").eval()
 
     def _trained_images(self, run_id: str) -> float:
-        return self.client.get_run(run_id).data.metrics.get("train_images", 0.0)
+        with self.calling(f"read run {run_id}"):
+            return self.client.get_run(run_id).data.metrics.get("train_images", 0.0)
 
     def promote_if_better(
         self,
@@ -163,9 +259,10 @@ class ModelRegistry:
             promoted = champion_only - candidate_only <= 2 * math.sqrt(champion_only + candidate_only)
         else:
             promoted = (accuracy, -scores["log_loss"]) > (champion_scores["accuracy"], -champion_scores["log_loss"])
-        if promoted:
-            self.client.set_registered_model_alias(self.name, CHAMPION, str(candidate.version))
-        self.client.set_model_version_tag(self.name, str(candidate.version), "val_accuracy", f"{accuracy:.4f}")
+        with self.calling("move the champion alias"):
+            if promoted:
+                self.client.set_registered_model_alias(self.name, CHAMPION, str(candidate.version))
+            self.client.set_model_version_tag(self.name, str(candidate.version), "val_accuracy", f"{accuracy:.4f}")
         return Promotion(
             candidate=candidate,
             promoted=promoted,

@@ -17,6 +17,14 @@ from dotenv import dotenv_values
 from components.errors import SettingsError
 
 DEFAULT_WORKSPACE = ".flywheel"
+# Clients give up on a dead server in seconds instead of minutes of back-off (set unless already set).
+CLIENT_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    "PREFECT_CLIENT_MAX_RETRIES": "2",
+    "PREFECT_API_REQUEST_TIMEOUT": "20",
+}
 CREDENTIALS_FILE = "credentials.env"
 
 # Every phone-home of the stack, off: there may be no network, and they only slow things down.
@@ -65,6 +73,12 @@ class Settings:
     def image_root(self) -> Path:
         """Folder Label Studio serves local images from; imported images are copied here."""
         return self.workspace / "images"
+
+    def ensure_workspace(self) -> Path:
+        """Create the workspace, private to its user (0700): it holds the token, the models and the data."""
+        self.workspace.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.workspace, 0o700)
+        return self.workspace
 
     @property
     def credentials_path(self) -> Path:

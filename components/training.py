@@ -19,27 +19,29 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 from torchvision.transforms import v2
 
 from components.architectures import build_network
+from components.images import read_image
 
 MEAN, STD = 0.5, 0.5
+UNBOUNDED = 1 << 62
 
 
-def load_images(paths: Sequence[Path], image_size: int) -> torch.Tensor:
-    """Image files -> a float tensor (N, 3, S, S) in [0, 1]: RGB, resized. The one preprocessing."""
-    arrays = []
-    for path in paths:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
-            arrays.append(np.asarray(rgb, dtype=np.uint8))
+def to_tensor(arrays: Sequence[np.ndarray], image_size: int) -> torch.Tensor:
+    """Decoded images (S, S, 3 uint8) -> a float tensor (N, 3, S, S) in [0, 1]."""
     if not arrays:
         return torch.empty(0, 3, image_size, image_size)
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255.0)
+
+
+def load_images(paths: Sequence[Path], image_size: int) -> torch.Tensor:
+    """Image files already checked readable (a snapshot's) -> a float tensor (N, 3, S, S) in [0, 1]:
+    RGB, resized. The one preprocessing (`images.read_image`)."""
+    return to_tensor([read_image(Path(p), image_size, max_pixels=UNBOUNDED) for p in paths], image_size)
 
 
 class InferenceModel(nn.Module):

@@ -1,20 +1,32 @@
 """Snapshot versioning: a data registry (git + DVC) under the workspace, pushed to a DVC remote.
 
 One registry per Label Studio project (`<workspace>/registry/project-<id>`), one git commit and tag
-per snapshot. The commit also holds `state.json` (project id, annotation cursor), so the cursor
-advances in the same commit that versions the snapshot it fed: if versioning fails, it does not move.
-The project's own git history is never written to.
+per snapshot. The commit also holds `state.json` (project id, annotation cursor, the tasks left out
+and why), so the cursor advances in the same commit that versions the snapshot it fed: if
+versioning fails, it does not move. The project's own git history is never written to.
+
+Snapshots are atomic. A new one is built aside (`stage`), validated there, and only `commit` swaps
+it into the registry; "latest" is read from the committed HEAD, never from a working copy, so a
+snapshot that failed validation or versioning is invisible and leaves nothing behind. Every step
+after reads a snapshot by its revision (`checkout`): an immutable folder named by its DVC hash,
+restored from the DVC cache or remote when it is not on this machine.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
+from dvc.api import DVCFileSystem
 from dvc.exceptions import DvcException
 from dvc.repo import Repo
 
@@ -22,6 +34,7 @@ from components.errors import FlywheelError
 
 SNAPSHOT = "snapshot"
 STATE = "state.json"
+KEEP_CHECKOUTS = 3  # materialized snapshots kept on disk; older ones come back from DVC on demand
 
 
 class VersioningError(FlywheelError):
@@ -33,12 +46,16 @@ class SnapshotVersion:
     """One versioned snapshot.
 
     Attributes:
-        rev: Its git tag in the registry (e.g. "snapshot-0003"); `restore` takes it.
+        rev: Its git tag in the registry (e.g. "snapshot-0003"); `checkout` and `restore` take it.
         commit: The git commit.
         md5: DVC's hash of the snapshot folder: the data version id.
         project_id: The Label Studio project.
         cursor: The annotation cursor the snapshot reflects.
         registry: The registry's path (a git URL for `dvc get`/`dvc import`).
+        quarantine: Task id -> why its annotation or image was left out (carried until the task
+            changes), as {"reason": ..., "annotation": ...}.
+        duplicates: Task id -> which task shows the same image (recomputed per snapshot).
+        too_few: Classes below `validate.min_per_class`: training waits while there are any.
     """
 
     rev: str
@@ -47,6 +64,14 @@ class SnapshotVersion:
     project_id: int
     cursor: str | None
     registry: Path
+    quarantine: dict[int, dict[str, str]] = field(default_factory=dict)
+    duplicates: dict[int, str] = field(default_factory=dict)
+    too_few: tuple[str, ...] = ()
+
+    @property
+    def needs_attention(self) -> dict[int, str]:
+        """Task id -> what a person should look at, for every task this snapshot leaves out or doubts."""
+        return {**{t: q["reason"] for t, q in self.quarantine.items()}, **self.duplicates}
 
 
 def _git(root: Path, *args: str) -> str:
@@ -56,21 +81,35 @@ def _git(root: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
+def link_tree(source: Path, dest: Path) -> None:
+    """Copy a folder as hard links (files are never modified in place here, only replaced)."""
+    shutil.copytree(source, dest, copy_function=_link_or_copy)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 class DataRegistry:
     """The git + DVC repository that versions one project's snapshots.
 
     Args:
         root: The registry folder (created on first use).
         remote: The DVC remote URL: a local folder by default, any DVC remote (s3://...) by config.
+        checkouts: Where snapshots are materialized by revision (default: beside the registries).
     """
 
-    def __init__(self, root: Path, remote: str):
+    def __init__(self, root: Path, remote: str, checkouts: Path | None = None):
         self.root = Path(root)
         self.remote = remote
+        self.checkouts = Path(checkouts) if checkouts else self.root.parent.parent / "snapshots" / self.root.name
 
     @property
     def snapshot_dir(self) -> Path:
-        """The working copy of the latest snapshot (what `snapshot.write_snapshot` writes into)."""
+        """The registry's working copy of the latest snapshot: only `commit` writes it, DVC reads it."""
         return self.root / SNAPSHOT
 
     def open(self) -> DataRegistry:
@@ -92,14 +131,14 @@ class DataRegistry:
         return self
 
     def latest(self) -> SnapshotVersion | None:
-        """The last versioned snapshot, or None before the first one."""
-        state = self.root / STATE
-        if not state.exists():
+        """The last versioned snapshot (from the committed HEAD), or None before the first one."""
+        if not (self.root / ".git").exists():
             return None
-        return self._version(json.loads(state.read_text()))
-
-    def _version(self, state: dict) -> SnapshotVersion:
-        dvc_file = yaml.safe_load((self.root / f"{SNAPSHOT}.dvc").read_text())
+        try:
+            state = json.loads(_git(self.root, "show", f"HEAD:{STATE}"))
+            dvc_file = yaml.safe_load(_git(self.root, "show", f"HEAD:{SNAPSHOT}.dvc"))
+        except VersioningError:
+            return None  # nothing versioned yet
         return SnapshotVersion(
             rev=state["rev"],
             commit=_git(self.root, "rev-parse", "HEAD"),
@@ -107,31 +146,127 @@ class DataRegistry:
             project_id=int(state["project_id"]),
             cursor=state.get("cursor"),
             registry=self.root,
+            quarantine={int(k): v for k, v in state.get("quarantine", {}).items()},
+            duplicates={int(k): v for k, v in state.get("duplicates", {}).items()},
+            too_few=tuple(state.get("too_few", [])),
         )
 
-    def commit(self, project_id: int, cursor: str | None, title: str = "") -> SnapshotVersion:
-        """Version the snapshot folder: `dvc add`, git commit and tag, `dvc push`.
+    @contextmanager
+    def stage(self) -> Iterator[Path]:
+        """A fresh folder to build the next snapshot in, outside the registry; removed afterwards
+        unless `commit` took it."""
+        staging = self.root.parent.parent / "staging" / f"{self.root.name}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir(parents=True)
+        try:
+            yield staging
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
-        The cursor is written in the same commit, so it only advances once the snapshot is safe.
+    def commit(
+        self,
+        staged: Path,
+        project_id: int,
+        cursor: str | None,
+        title: str = "",
+        quarantine: dict[int, dict[str, str]] | None = None,
+        duplicates: dict[int, str] | None = None,
+        too_few: list[str] | None = None,
+    ) -> SnapshotVersion:
+        """Version a staged snapshot: swap it in, `dvc add`, `dvc push`, git commit and tag.
+
+        The cursor and the tasks left out are written in the same commit, so they only advance once
+        the snapshot is safe. If any step fails, the registry is put back as it was.
+
+        Raises:
+            VersioningError: DVC or git failed; nothing was versioned and the cursor did not move.
         """
         previous = self.latest()
         number = int(previous.rev.rsplit("-", 1)[1]) + 1 if previous else 1
         rev = f"snapshot-{number:04d}"
+        state: dict[str, Any] = {
+            "rev": rev, "project_id": project_id, "project_title": title, "cursor": cursor,
+            "quarantine": {str(k): v for k, v in sorted((quarantine or {}).items())},
+            "duplicates": {str(k): v for k, v in sorted((duplicates or {}).items())},
+            "too_few": list(too_few or []),
+        }
+        head = _git(self.root, "rev-parse", "HEAD")
+        old = self.root.parent / f".{self.root.name}-replaced-{uuid.uuid4().hex[:8]}"
+        if self.snapshot_dir.exists():
+            self.snapshot_dir.rename(old)
+        staged.rename(self.snapshot_dir)
         try:
             with Repo(str(self.root)) as repo:
                 repo.add(str(self.snapshot_dir))
                 repo.push()
-        except (DvcException, OSError) as e:
+            (self.root / STATE).write_text(json.dumps(state, indent=2))
+            _git(self.root, "add", f"{SNAPSHOT}.dvc", ".gitignore", STATE)
+            _git(self.root, "commit", "--quiet", "-m", f"{rev}: project {project_id}, cursor {cursor}")
+            _git(self.root, "tag", rev)
+        except (DvcException, OSError, VersioningError) as e:
+            self._roll_back(head, rev, old)
             raise VersioningError(
-                f"DVC could not version {self.snapshot_dir} or push it to {self.remote}: {e}. "
-                "Check the remote (FLYWHEEL_DVC_REMOTE) and disk space; the cursor did not move."
+                f"DVC could not version the snapshot or push it to {self.remote}: {' '.join(str(e).split())}. "
+                "Check the remote (FLYWHEEL_DVC_REMOTE) and disk space; nothing was versioned and the cursor did not move."
             ) from e
-        state = {"rev": rev, "project_id": project_id, "project_title": title, "cursor": cursor}
-        (self.root / STATE).write_text(json.dumps(state, indent=2))
-        _git(self.root, "add", f"{SNAPSHOT}.dvc", ".gitignore", STATE)
-        _git(self.root, "commit", "--quiet", "-m", f"{rev}: project {project_id}, cursor {cursor}")
-        _git(self.root, "tag", rev)
-        return self.latest()  # type: ignore[return-value]
+        shutil.rmtree(old, ignore_errors=True)
+        version = self.latest()
+        assert version is not None and version.rev == rev
+        self._materialize(version, self.snapshot_dir)
+        return version
+
+    def _roll_back(self, head: str, rev: str, old: Path) -> None:
+        """Put the registry back to commit `head` and its working copy back after a failed commit."""
+        shutil.rmtree(self.snapshot_dir, ignore_errors=True)
+        if old.exists():
+            old.rename(self.snapshot_dir)
+        subprocess.run(["git", "-C", str(self.root), "tag", "--delete", rev], capture_output=True)
+        subprocess.run(["git", "-C", str(self.root), "reset", "--quiet", "--hard", head], capture_output=True)
+
+    def checkout(self, version: SnapshotVersion) -> Path:
+        """The snapshot of `version` as a read-only folder, named by its DVC hash (built once).
+
+        Read from the registry's DVC cache, or its remote when the cache does not hold it, so any
+        worker can read any revision while the loop versions the next one.
+        """
+        folder = self._checkout_dir(version)
+        if folder.is_dir():
+            return folder
+        tmp = self.checkouts / f".tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            fs = DVCFileSystem(str(self.root), rev=version.commit)
+            fs.get(SNAPSHOT, str(tmp), recursive=True)
+        except (DvcException, OSError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise VersioningError(
+                f"Snapshot {version.rev} ({version.md5}) could not be restored from DVC: {' '.join(str(e).split())}. "
+                f"Check the DVC remote {self.remote}."
+            ) from e
+        return self._publish(tmp, folder)
+
+    def _checkout_dir(self, version: SnapshotVersion) -> Path:
+        return self.checkouts / version.md5.removesuffix(".dir")
+
+    def _materialize(self, version: SnapshotVersion, source: Path) -> None:
+        """Publish the just-versioned working copy as the checkout of `version`, prune old checkouts."""
+        folder = self._checkout_dir(version)
+        if not folder.is_dir():
+            self.checkouts.mkdir(parents=True, exist_ok=True)
+            tmp = self.checkouts / f".tmp-{uuid.uuid4().hex[:8]}"
+            link_tree(source, tmp)
+            self._publish(tmp, folder)
+        done = sorted((p for p in self.checkouts.iterdir() if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime)
+        for stale in done[:-KEEP_CHECKOUTS]:
+            if stale != folder:
+                shutil.rmtree(stale, ignore_errors=True)
+
+    @staticmethod
+    def _publish(tmp: Path, folder: Path) -> Path:
+        try:
+            tmp.rename(folder)
+        except OSError:  # another worker published it first: same content
+            shutil.rmtree(tmp, ignore_errors=True)
+        os.utime(folder)
+        return folder
 
     def title(self) -> str:
         """The Label Studio project title recorded with the last snapshot ("" before the first)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -11,8 +12,9 @@ from typing import Annotated, Any
 
 import typer
 
-from components.errors import FlywheelError
-from components.settings import NO_PHONE_HOME, Settings, load_settings
+from components.errors import FlywheelError, SettingsError
+from components.settings import CLIENT_ENV, NO_PHONE_HOME, Settings, load_settings
+from flows import logs
 
 app = typer.Typer(
     help="flywheel: train a vision model while people label in Label Studio.",
@@ -21,30 +23,90 @@ app = typer.Typer(
 )
 stack_app = typer.Typer(help="The embedded Label Studio, MLflow and Prefect servers on 127.0.0.1.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
+log = logging.getLogger(__name__)
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every log record and traceback.")] = False,
+) -> None:
+    """flywheel: train a vision model while people label in Label Studio."""
+    if verbose:
+        os.environ[logs.VERBOSE] = "1"
 
 
 def clear_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Print a FlywheelError as one line that says what to do, and exit 1 (no traceback)."""
+    """Print a failure as one line that says what to do, and exit 1; the traceback goes to the log
+    file (and to the terminal with --verbose)."""
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except FlywheelError as e:
+            log.debug("flywheel error", exc_info=True)
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+        except Exception as e:
+            if logs.verbose():
+                raise
+            log.debug("unexpected failure", exc_info=True)
+            typer.secho(f"error: {_explain(e)}", fg=typer.colors.RED, err=True)
             raise typer.Exit(1) from None
 
     return run
 
 
+def _explain(error: Exception) -> str:
+    """An unexpected failure in one line: a server that stopped answering says so, anything else is
+    named with where its traceback is."""
+    try:
+        from components import stack
+
+        down = [row for row in stack.status(load_settings()) if not row.healthy]
+    except SettingsError:
+        down = []
+    if down:
+        names = ", ".join(f"{row.name} at {row.url}" for row in down)
+        return (
+            f"{names} stopped answering ({error.__class__.__name__}). Start it with `flywheel stack up`, "
+            "then run again: the rerun finishes the job."
+        )
+    return logs.describe(error)
+
+
 def _settings() -> Settings:
-    """Settings, with the environment prepared for Prefect and MLflow clients (before they import)."""
-    for key, value in NO_PHONE_HOME.items():
+    """Settings, with the environment prepared for Prefect and MLflow clients (before they import):
+    no phone-home, bounded retries, flywheel's logging (one line per thing; the rest to the log file)."""
+    for key, value in {**NO_PHONE_HOME, **CLIENT_ENV}.items():
         os.environ.setdefault(key, value)
     settings = load_settings()
     os.environ.setdefault("PREFECT_API_URL", settings.prefect_api_url)
     os.environ.setdefault("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_LOGGING_SETTINGS_PATH", str(logs.SETTINGS_PATH))
+    os.environ.setdefault(logs.LOG_FILE, str(settings.workspace / "logs" / "flywheel.log"))
+    if "prefect" not in sys.modules:  # Prefect configures logging when imported; before that, ours
+        logging.basicConfig(level=logging.INFO, handlers=[logs.Terminal(), logs.WorkspaceFile()], force=True)
+    return settings
+
+
+def _loop_settings() -> Settings:
+    """Settings for a command that runs the loop: every server must answer first, or one line says
+    which does not and how to start it (instead of a traceback minutes later)."""
+    from components import stack
+
+    settings = _settings()
+    down = [row for row in stack.status(settings) if not row.healthy]
+    if down:
+        raise FlywheelError(
+            "; ".join(f"{row.name} at {row.url} does not answer" for row in down)
+            + ". Start the stack with `flywheel stack up` (or point LABEL_STUDIO_URL, MLFLOW_TRACKING_URI, "
+            "PREFECT_API_URL at your servers)."
+        )
     return settings
 
 
@@ -135,19 +197,33 @@ def demo(
 def run_once(params: ParamsOption = Path("params.yaml")) -> None:
     """Run one flywheel iteration now: poll, and if enough changed, snapshot -> ... -> write back;
     then the strategy report when the iteration left it out of date."""
-    _settings()
+    _loop_settings()
     from flows.flywheel import flywheel_iteration
 
     summary = flywheel_iteration(str(params))
+    typer.echo(describe_iteration(summary))
     if summary["trained"] or summary["snapshot"]:
         flywheel_iteration(str(params))  # an idle pass: the strategy report for the new model
+
+
+def describe_iteration(summary: dict[str, Any]) -> str:
+    """One line for what an iteration did."""
+    parts = [f"{summary['changed_tasks']} changed task(s)"]
+    if summary.get("snapshot"):
+        parts.append(f"versioned {summary['snapshot']}")
+    if summary.get("trained"):
+        verdict = "now the champion" if summary.get("promoted") else "the champion stays"
+        parts.append(f"trained a model (validation accuracy {summary['accuracy']:.3f}, {verdict})")
+    if summary.get("written"):
+        parts.append(f"wrote {summary['written']} pre-annotations of {summary['champion']}")
+    return "; ".join(parts) + "."
 
 
 @app.command("retrain")
 @clear_errors
 def retrain_now(params: ParamsOption = Path("params.yaml")) -> None:
     """Train every architecture in params.yaml on the latest snapshot now; the best may become champion."""
-    _settings()
+    _loop_settings()
     from flows.retrain import retrain
 
     retrain(str(params))
@@ -161,7 +237,7 @@ def errors_now(
 ) -> None:
     """Find the labels most likely wrong in the latest snapshot (k-fold + cleanlab) and flag them in
     Label Studio's "Suspected label errors" tab."""
-    _settings()
+    _loop_settings()
     from flows.label_errors import find_label_errors
 
     find_label_errors(str(params), force=force)
@@ -172,7 +248,7 @@ def errors_now(
 def report_now(params: ParamsOption = Path("params.yaml")) -> None:
     """Is the annotation strategy working? Learning curve, classes needing labels, confused pairs,
     acceptance of suggestions; writes the HTML report into the workspace and prints its summary."""
-    settings = _settings()
+    settings = _loop_settings()
     from components import iteration
     from components.params import load_params
     from components.report import summary_lines
@@ -193,9 +269,9 @@ def report_now(params: ParamsOption = Path("params.yaml")) -> None:
 @clear_errors
 def serve(params: ParamsOption = Path("params.yaml")) -> None:
     """Serve the loop: poll every poll.interval_s and retrain on retrain.cron (Ctrl-C stops)."""
-    settings = _settings()
+    settings = _loop_settings()
     from components.params import load_params
-    from flows.serve import serve as serve_deployments
+    from flows.serve import serve as supervise
 
     loaded = load_params(params)
     typer.echo(
@@ -203,7 +279,9 @@ def serve(params: ParamsOption = Path("params.yaml")) -> None:
         f"every {loaded.errors.interval_s:g}s. "
         f"Runs: {settings.prefect_api_url.removesuffix('/api')}/runs"
     )
-    serve_deployments(loaded, params)
+    code = supervise(loaded, params, f"{settings.prefect_api_url}/health")
+    if code:
+        raise typer.Exit(code)
 
 
 pipeline_app = typer.Typer(help="The dvc.yaml stages (run them with `dvc repro`).", no_args_is_help=True)

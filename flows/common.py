@@ -1,35 +1,104 @@
-"""Prefect glue shared by the flows: the tasks that open the workspace, and the loop's lock."""
+"""Prefect glue shared by the flows: the I/O task options, the task that opens the workspace, the
+loop's lock, and the failure hook of served runs."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
+import httpx
+import requests
 from prefect import get_client, task
 from prefect.cache_policies import NONE
 from prefect.concurrency.sync import concurrency
+from prefect.runtime import deployment, flow_run
+from prefect.states import Crashed
+from prefect.variables import Variable
 
+from components import iteration
+from components.errors import FlywheelError
 from components.iteration import Workspace, open_workspace
 from components.params import load_params
 from components.settings import load_settings
+from flows.logs import describe
 
 LOOP_LOCK = "flywheel-loop"
+HOLDER = "flywheel-loop-holder"  # a Prefect Variable: the flow run holding the loop lock
+LEASE_S = 60  # Prefect's minimum: a killed holder's slot is reclaimed within about a minute
+
+log = logging.getLogger(__name__)
 
 
-@task(retries=3, retry_delay_seconds=5, cache_policy=NONE)
+def is_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry what may pass by itself (a server restarting, a 5xx), never a refused token, a 4xx or bad data."""
+    error = state.data
+    if isinstance(error, FlywheelError):
+        return error.retryable
+    return isinstance(error, (ConnectionError, TimeoutError, httpx.TransportError, requests.ConnectionError))
+
+
+# The tasks that talk to Label Studio, MLflow or the DVC remote: a short retry for a server restarting.
+io_task = partial(task, retries=2, retry_delay_seconds=3, retry_condition_fn=is_transient, cache_policy=NONE)
+step = partial(task, cache_policy=NONE)
+
+
+@io_task
 def connect(params_path: str) -> Workspace:
     """Read settings and params, reach Label Studio, open the project's data registry."""
     path = Path(params_path)
     return open_workspace(load_settings(), load_params(path), project_root=path.parent)
 
 
+def _current_run() -> str:
+    return str(flow_run.id or "")
+
+
+def _close_abandoned(ws: Workspace) -> None:
+    """The last holder of the lock is not running any more (we hold it now): if it never finished, it
+    was killed; close its Prefect flow run and its MLflow runs as crashed/failed."""
+    current = _current_run()
+    holder = Variable.get(HOLDER, default=None) or {}
+    if holder.get("flow_run_id") and holder["flow_run_id"] != current:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(UUID(holder["flow_run_id"]))
+            if run.state is not None and not run.state.is_final():
+                client.set_flow_run_state(
+                    run.id, Crashed(message=f"Killed while holding the loop lock; closed by flow run {current}."), force=True
+                )
+                log.warning("Closed flow run %r (%s), killed while it held the loop lock, as crashed.", run.name, run.id)
+    iteration.close_abandoned_runs(ws, closed_by=current or "flywheel")
+    if current:
+        Variable.set(HOLDER, {"flow_run_id": current, "flow_run_name": str(flow_run.name)}, overwrite=True)
+
+
 @contextmanager
-def one_at_a_time(name: str = LOOP_LOCK) -> Iterator[None]:
-    """Hold a Prefect global concurrency limit of 1, so two loop runs (poll or retrain) never overlap."""
+def one_at_a_time(ws: Workspace | None = None, name: str = LOOP_LOCK) -> Iterator[None]:
+    """Hold a Prefect global concurrency limit of 1, so two loop runs (poll or retrain) never overlap.
+
+    Says so when it has to wait. Once it holds the lock, whatever a killed run left open is closed.
+    """
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(name=name, limit=1)
-    # A short lease (Prefect's minimum): the holder renews it while alive, and a killed holder's
-    # slot is reclaimed by the server within about a minute instead of five.
-    with concurrency(name, occupy=1, strict=True, lease_duration=60):
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S, timeout_seconds=1))
+        except TimeoutError:
+            holder = (Variable.get(HOLDER, default=None) or {}).get("flow_run_name", "another run")
+            log.info("Waiting for the loop lock, held by %s (a killed run's hold expires within %d s)...", holder, LEASE_S)
+            stack.enter_context(concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S))
+        if ws is not None:
+            _close_abandoned(ws)
         yield
+
+
+def report_failure(flow: Any, run: Any, state: Any) -> None:
+    """on_failure hook: a served run's failure as one line on the terminal (`flywheel run` prints its own)."""
+    if deployment.id is None:
+        return
+    error = state.result(raise_on_failure=False)
+    log.error("%s (%s) failed: %s", run.name, flow.name, describe(error) if isinstance(error, BaseException) else state.message)

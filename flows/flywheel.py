@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
-from prefect import flow, task
-from prefect.cache_policies import NONE
+from prefect import flow
 
 from components import iteration
 from components.iteration import Workspace
-from flows.common import connect, one_at_a_time
+from components.label_studio import ChangeSet
+from components.versioning import SnapshotVersion
+from flows.common import connect, io_task, one_at_a_time, report_failure, step
 
-poll = task(iteration.poll, retries=3, retry_delay_seconds=5, cache_policy=NONE)
-snapshot = task(iteration.snapshot, cache_policy=NONE)
-validate = task(iteration.validate, cache_policy=NONE)
-version = task(iteration.version, retries=2, retry_delay_seconds=5, cache_policy=NONE)
-trained_run = task(iteration.trained_run, retries=3, retry_delay_seconds=5, cache_policy=NONE)
-train = task(iteration.train, cache_policy=NONE)
-register = task(iteration.register, retries=2, retry_delay_seconds=5, cache_policy=NONE)
-predictions_stale = task(iteration.predictions_stale, retries=3, retry_delay_seconds=5, cache_policy=NONE)
-write_back = task(iteration.write_back, retries=3, retry_delay_seconds=5, cache_policy=NONE)
-reported = task(iteration.reported, retries=3, retry_delay_seconds=5, cache_policy=NONE)
-report = task(iteration.report, retries=2, retry_delay_seconds=5, cache_policy=NONE)
+poll = io_task(iteration.poll)
+snapshot = io_task(iteration.snapshot)
+validate = step(iteration.validate)
+version = io_task(iteration.version)
+publish_needs_attention = io_task(iteration.publish_needs_attention)
+ready_to_train = io_task(iteration.ready_to_train)
+train = step(iteration.train)
+register = io_task(iteration.register)
+predictions_stale = io_task(iteration.predictions_stale)
+write_back = io_task(iteration.write_back)
+reported = io_task(iteration.reported)
+report = io_task(iteration.report)
+
+
+def version_changes(ws: Workspace, changes: ChangeSet) -> SnapshotVersion:
+    """Build the next snapshot aside, validate it, version it; list what needs a person's attention."""
+    with ws.data.stage() as folder:
+        staged = snapshot(ws, changes, folder)
+        versioned = version(ws, staged, changes, validate(ws, staged))
+    publish_needs_attention(ws)
+    return versioned
 
 
 def refresh_preannotations(ws: Workspace, labeled_set_changed: bool = False) -> tuple[str | None, int]:
@@ -32,18 +43,18 @@ def refresh_preannotations(ws: Workspace, labeled_set_changed: bool = False) -> 
     return champion.model_version, written
 
 
-@flow(name="flywheel-iteration", log_prints=True)
+@flow(name="flywheel-iteration", log_prints=True, on_failure=[report_failure])
 def flywheel_iteration(params_path: str = "params.yaml") -> dict[str, object]:
     """Turn fresh Label Studio annotations into a new model, refreshed pre-annotations and a report."""
     ws = connect(params_path)
     summary: dict[str, object] = {"changed_tasks": 0, "snapshot": None, "trained": False, "written": 0}
-    with one_at_a_time():
+    with one_at_a_time(ws):
         changes = poll(ws)
         summary["changed_tasks"] = len(changes.tasks)
-        if len(changes.tasks) >= ws.params.poll.min_new_annotations and validate(ws, snapshot(ws, changes)):
-            summary["snapshot"] = version(ws, changes).rev
+        if len(changes.tasks) >= ws.params.poll.min_new_annotations:
+            summary["snapshot"] = version_changes(ws, changes).rev
         latest = ws.data.latest()
-        if latest is not None and trained_run(ws, latest) is None:
+        if latest is not None and ready_to_train(ws, latest):
             promotion = register(ws, train(ws, latest, ws.params.train.architecture))
             summary.update(trained=True, promoted=promotion.promoted, accuracy=promotion.candidate_accuracy)
         summary["champion"], summary["written"] = refresh_preannotations(ws, summary["snapshot"] is not None)

@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-from prefect import flow, task
-from prefect.cache_policies import NONE
+from prefect import flow
 
 from components import iteration
-from flows.common import connect, one_at_a_time
+from flows.common import connect, io_task, one_at_a_time, report_failure, step
 from flows.flywheel import write_back
 
-labels_checked = task(iteration.labels_checked, retries=3, retry_delay_seconds=5, cache_policy=NONE)
-check_labels = task(iteration.check_labels, cache_policy=NONE)
+labels_checked = io_task(iteration.labels_checked)
+check_labels = step(iteration.check_labels)
 
 
-@flow(name="flywheel-label-errors", log_prints=True)
+@flow(name="flywheel-label-errors", log_prints=True, on_failure=[report_failure])
 def find_label_errors(params_path: str = "params.yaml", force: bool = False) -> dict[str, object]:
     """Flag the labels most likely wrong in the latest snapshot, in Label Studio's "Suspected label errors" tab."""
     ws = connect(params_path)
     summary: dict[str, object] = {"snapshot": None, "suspected": None, "written": 0}
-    with one_at_a_time():
+    with one_at_a_time(ws):
         latest = ws.data.latest()
-        if latest is None or (labels_checked(ws, latest) and not force):
-            print("Nothing to check: no snapshot yet, or the latest one was checked already.")
+        if latest is None or latest.too_few or (labels_checked(ws, latest) and not force):
+            print("Nothing to check: no trainable snapshot yet, or the latest one was checked already.")
             return summary
         table = check_labels(ws, latest, progress=print)
         summary.update(snapshot=latest.rev, suspected=int(table["suspected"].sum()))

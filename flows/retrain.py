@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.common import connect, one_at_a_time
+from flows.common import connect, one_at_a_time, report_failure
 from flows.flywheel import refresh_preannotations, register, train
 
 
-@flow(name="flywheel-retrain", log_prints=True)
+@flow(name="flywheel-retrain", log_prints=True, on_failure=[report_failure])
 def retrain(params_path: str = "params.yaml") -> dict[str, object]:
     """Compare every architecture on the latest snapshot in one MLflow experiment; refresh pre-annotations."""
     ws = connect(params_path)
     summary: dict[str, object] = {"snapshot": None, "accuracy": {}, "written": 0}
-    with one_at_a_time():
+    with one_at_a_time(ws):
         latest = ws.data.latest()
-        if latest is None:
-            print("No versioned snapshot yet: label some tasks and let the loop run first.")
+        if latest is None or latest.too_few:
+            print("No trainable snapshot yet: label some tasks of every class and let the loop run first.")
             return summary
         summary["snapshot"] = latest.rev
         for architecture in ws.params.architectures:

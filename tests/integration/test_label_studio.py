@@ -13,6 +13,7 @@ from PIL import Image
 
 from components.conversions import Prediction, choice_result, current_annotation, label_of
 from components.errors import LabelConfigError, LabelStudioError
+from components.images import ImageStore
 from components.label_studio import LabelStudio, Project, find_images
 from components.labeling_config import load_labeling_config, with_labels
 from tests.conftest import ROOT, free_port
@@ -64,11 +65,14 @@ def test_import_is_deduplicated_by_content(label_studio, project, tmp_path):
     assert len(task_ids(label_studio, project)) == 1003
 
 
-def test_imported_images_are_served_with_the_token(label_studio, project, stack):
+def test_imported_images_are_served_with_the_token(label_studio, project, stack, tmp_path):
     task = label_studio.task(task_ids(label_studio, project)[0])
     url = f"{stack.label_studio_url}{task['data']['image']}"
     assert httpx.get(url, headers={"Authorization": f"Token {stack.label_studio_api_key}"}).status_code == 200
-    assert label_studio.image_path(task["data"], project.config).is_file()
+    store = ImageStore(stack.workspace / "cache" / "adapter", tmp_path / "elsewhere", label_studio,
+                       fetch_timeout_s=10, max_bytes=10**6, max_pixels=10**8, retry_failed_s=600)
+    fetched = store.resolve(task["id"], task["data"], project.config.data_key)  # over HTTP, as from a remote server
+    assert fetched.sha256 == task["data"]["sha256"] and fetched.path.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_incremental_fetch_sees_created_updated_and_deleted_annotations(label_studio, project):
@@ -95,34 +99,53 @@ def test_incremental_fetch_sees_created_updated_and_deleted_annotations(label_st
     assert label_studio.fetch_changed(project.id, later.cursor).tasks == ()
 
 
-def annotations_of(label_studio: LabelStudio, task_id: int) -> list[dict]:
-    return [
-        {k: a[k] for k in ("id", "result", "updated_at", "was_cancelled", "completed_by")}
-        for a in label_studio.task(task_id)["annotations"]
-    ]
+def annotations_with_provenance(label_studio: LabelStudio, task_id: int) -> list[dict]:
+    keys = ("id", "result", "updated_at", "was_cancelled", "completed_by", "parent_prediction")
+    return [{k: a[k] for k in keys} for a in label_studio.task(task_id)["annotations"]]
 
 
-def test_bulk_predictions_replace_a_version_and_never_touch_annotations(label_studio, project):
-    ids = task_ids(label_studio, project)
-    predictions = [Prediction(task_id=t, label=str(t % 10), score=0.5 + (t % 5) / 10) for t in ids]
-    assert label_studio.write_predictions(project, predictions, "model-1") == len(ids)
+def test_replacing_pre_annotations_never_touches_labeled_tasks_or_their_provenance(label_studio, project):
+    ids = sorted(label_studio.unlabeled_tasks(project.id))[:40]
+    first = [Prediction(task_id=t, label=str(t % 10), score=0.5) for t in ids]
+    assert label_studio.replace_predictions(project, first, "model-1", keep=set()) == len(ids)
+    label_studio.replace_predictions(project, first[:3], "other-tool", keep={"model-1"})  # another tool's version
 
-    task = label_studio.task(ids[0])
-    assert [p["model_version"] for p in task["predictions"]] == ["model-1"]
-    assert task["predictions"][0]["result"][0]["value"]["choices"] == [str(ids[0] % 10)]
+    # A person accepts the suggestion on one task, skips another.
+    accepted = label_studio.task(ids[0])["predictions"][0]
+    label_studio.annotate(ids[0], accepted["result"], parent_prediction=accepted["id"])
+    label_studio.sdk.annotations.create(id=ids[1], result=[], was_cancelled=True)
+    human = {t: annotations_with_provenance(label_studio, t) for t in ids[:2]}
+    shown_then = {t: [p["id"] for p in label_studio.task(t)["predictions"]] for t in ids[:2]}
+    cursor = max(label_studio.task(t)["updated_at"] for t in ids[:2]).replace("+00:00", "Z")
 
-    # A person accepts the suggestion on one task; then the same version is written again.
-    suggestion = task["predictions"][0]
-    label_studio.annotate(ids[0], suggestion["result"], parent_prediction=suggestion["id"])
-    human = {t: annotations_of(label_studio, t) for t in ids[:20]}
-    cursor = label_studio.fetch_changed(project.id, None).cursor
-    label_studio.write_predictions(project, predictions, "model-1")
-    label_studio.write_predictions(project, predictions[:5], "model-2")
+    second = [Prediction(task_id=t, label="1", score=0.7) for t in ids[2:]]
+    label_studio.replace_predictions(project, second, "model-2", keep={"model-1", "other-tool"})
+    label_studio.replace_predictions(project, second, "model-2", keep={"other-tool"})  # twice: no duplicates
 
-    assert label_studio.model_versions(project.id) == {"model-1": len(ids), "model-2": 5}
-    assert [p["model_version"] for p in label_studio.task(ids[3])["predictions"]] == ["model-1", "model-2"]
-    assert {t: annotations_of(label_studio, t) for t in ids[:20]} == human
+    assert {t: annotations_with_provenance(label_studio, t) for t in ids[:2]} == human
+    assert {t: [p["id"] for p in label_studio.task(t)["predictions"]] for t in ids[:2]} == shown_then  # history stays
+    assert accepted["id"] in shown_then[ids[0]]
+    assert [p["model_version"] for p in label_studio.task(ids[2])["predictions"]] == ["model-2", "other-tool"]
+    assert [p["model_version"] for p in label_studio.task(ids[5])["predictions"]] == ["model-2"]
+    assert label_studio.unlabeled_without_predictions(project.id).isdisjoint(ids[2:])
     assert label_studio.fetch_changed(project.id, cursor).tasks == ()  # write-back is not an annotation change
+
+
+def test_marked_predictions_are_rewritten_only_where_they_changed(label_studio, project):
+    labeled = sorted(label_studio.unlabeled_tasks(project.id))[-3:]
+    for t in labeled:
+        label_studio.annotate(t, choice_result("3", project.config))
+    marked = [Prediction(task_id=t, label="8", score=0.9, region_id="mark") for t in labeled]
+    assert label_studio.sync_marked_predictions(project, marked, "model-2", "mark") == 3
+    kept = label_studio.task(labeled[0])["predictions"][0]
+    label_studio.annotate(labeled[1], label_studio.task(labeled[1])["predictions"][0]["result"],
+                          parent_prediction=label_studio.task(labeled[1])["predictions"][0]["id"])
+    started_from = label_studio.task(labeled[1])["predictions"][0]["id"]
+
+    assert label_studio.sync_marked_predictions(project, marked[:1], "model-2", "mark") == 0  # unchanged: kept as is
+    assert [p["id"] for p in label_studio.task(labeled[0])["predictions"]] == [kept["id"]]
+    assert [p["id"] for p in label_studio.task(labeled[1])["predictions"]] == [started_from]  # a person started from it
+    assert label_studio.task(labeled[2])["predictions"] == []
 
 
 def test_wrong_token_gives_one_clear_message(stack):

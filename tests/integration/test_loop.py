@@ -17,12 +17,12 @@ from prefect import task
 
 from components.conversions import choice_result
 from components.datasets import materialize
-from components.errors import DataError
 from components.iteration import TAG_KIND, TAG_MD5, open_workspace
 from components.label_studio import LabelStudio, Project
 from components.labeling_config import load_labeling_config
 from components.params import load_params
 from components.settings import Settings, load_settings
+from components.snapshot import read_manifest
 from components.simulator import label_balanced
 from components.versioning import DataRegistry
 from tests.conftest import ROOT
@@ -123,10 +123,11 @@ def test_the_model_links_to_its_data(digits_project, loop_env, tmp_path):
     restored = DataRegistry(Path(run.data.tags["flywheel.data_registry"]), loop_env.dvc_remote).restore(
         run.data.tags["flywheel.dvc_rev"], tmp_path / "restored"
     )
-    comparison = filecmp.dircmp(restored, ws.data.snapshot_dir)
+    by_rev = ws.data.checkout(latest)
+    comparison = filecmp.dircmp(restored, by_rev)
     assert not comparison.left_only and not comparison.right_only
     names = ["manifest.parquet"] + [f"images/{p.name}" for p in (restored / "images").iterdir()]
-    match, mismatch, errors = filecmp.cmpfiles(restored, ws.data.snapshot_dir, names, shallow=False)
+    match, mismatch, errors = filecmp.cmpfiles(restored, by_rev, names, shallow=False)
     assert len(match) == len(names) and not mismatch and not errors
 
 
@@ -166,7 +167,7 @@ def test_retrain_compares_every_architecture_in_one_experiment(digits_project, l
     assert float(champion.tags["val_accuracy"]) == best
 
 
-def test_malformed_annotations_stop_the_iteration_and_keep_the_cursor(loop_env, label_studio, tmp_path):
+def test_malformed_annotations_are_left_out_and_the_rest_is_versioned(loop_env, label_studio, tmp_path):
     from flows import flywheel
 
     params_path = write_params(tmp_path, f"bad-{uuid.uuid4().hex[:6]}", min_new_annotations=2)
@@ -179,14 +180,16 @@ def test_malformed_annotations_stop_the_iteration_and_keep_the_cursor(loop_env, 
     label_studio.annotate(ids[1], [])  # an empty result
     label_studio.annotate(ids[2], choice_result("3", project.config))
 
-    with pytest.raises(DataError) as failure:
-        flywheel.flywheel_iteration(str(params_path))
-    message = str(failure.value)
-    assert f"Task {ids[0]}" in message and "'cat'" in message
-    assert f"Task {ids[1]}" in message and "empty result" in message
-    assert sorted(failure.value.task_ids) == ids[:2]
+    summary = flywheel.flywheel_iteration(str(params_path))
+    assert summary["snapshot"] == "snapshot-0001" and summary["trained"] is False  # too few labels per class yet
 
     ws = open_workspace(load_settings(), load_params(params_path))
-    assert ws.data.latest() is None  # nothing versioned, so the cursor did not move
-    assert len(label_studio.fetch_changed(project.id, None).tasks) == 3  # the annotations are intact
+    latest = ws.data.latest()
+    assert sorted(latest.quarantine) == ids[:2]
+    assert f"Task {ids[0]}" in latest.quarantine[ids[0]]["reason"] and "'cat'" in latest.quarantine[ids[0]]["reason"]
+    assert "empty result" in latest.quarantine[ids[1]]["reason"]
+    assert read_manifest(ws.data.checkout(latest))["task_id"].tolist() == [ids[2]]
+    assert latest.too_few  # classes without labels yet: versioned, training waits
+    attention = label_studio.view_id(project.id, "Needs attention")
+    assert sorted(int(t["id"]) for t in label_studio.view_tasks(project.id, attention)) == ids[:2]
     assert label_studio.task(ids[0])["annotations"][0]["result"] == choice_result("cat", project.config)

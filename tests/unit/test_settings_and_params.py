@@ -50,12 +50,24 @@ def test_project_params_parse():
         ("project: [unclosed", "not valid YAML"),
         ("project:\n  title: x\n  config: c.xml\n  colour: red\n", "project.colour"),
         ("project:\n  title: x\n  config: c.xml\ndemo:\n  limit: -1\n", "demo.limit"),
-        ("demo:\n  limit: 5\n", "project: Field required"),
+        ("demo:\n  limit: 5\n", "missing project, demo.dataset, poll, "),
+        ("project:\n  title: x\n  config: c.xml\n", "missing demo, poll, data, snapshot, validate, images, train, "),
+        ("- just\n- a list\n", "must be a mapping of sections"),
     ],
 )
 def test_broken_params_name_the_key(tmp_path, text, message):
     (tmp_path / "params.yaml").write_text(text)
     with pytest.raises(SettingsError, match=message):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_a_section_left_out_is_an_error_naming_it_not_a_silent_default(tmp_path):
+    import yaml
+
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
+    del shipped["train"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(shipped))
+    with pytest.raises(SettingsError, match=r"missing train \(every section and key is required\)"):
         load_params(tmp_path / "params.yaml")
 
 

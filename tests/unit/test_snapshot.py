@@ -1,23 +1,41 @@
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from components.conversions import Annotation, LabeledTask, choice_result
-from components.errors import AnnotationError
-from components.snapshot import apply_changes, empty_manifest, read_manifest, split_of, write_snapshot
+from components.errors import DataError
+from components.images import ImageError, StoredImage
+from components.snapshot import (
+    apply_changes,
+    duplicates,
+    empty_manifest,
+    read_manifest,
+    real_changes,
+    split_of,
+    training_rows,
+    write_snapshot,
+)
 
 pytestmark = pytest.mark.unit
 
 T0 = datetime(2026, 11, 25, tzinfo=UTC)
 
 
-def task(task_id: int, label: str | None, config, sha: str | None = None, when: int = 0) -> LabeledTask:
-    annotations = () if label is None else (
-        Annotation(id=task_id * 10, result=tuple(choice_result(label, config)), annotator="a@b.c",
-                   updated_at=T0.replace(second=when)),
+def task(task_id: int, label: str | None, config, when: int = 0, result=None) -> LabeledTask:
+    annotations = () if label is None and result is None else (
+        Annotation(id=task_id * 10, result=tuple(result if result is not None else choice_result(label, config)),
+                   annotator="a@b.c", updated_at=T0.replace(second=when)),
     )
-    data = {"image": f"/data/local-files/?d=objects/x/{sha or f'{task_id:08x}'}.png", "sha256": sha or f"{task_id:08x}"}
-    return LabeledTask(id=task_id, data=data, annotations=annotations, updated_at=T0)
+    return LabeledTask(id=task_id, data={"image": f"/data/local-files/?d=x/{task_id}.png"}, annotations=annotations, updated_at=T0)
+
+
+def image(task_id: int, sha: str | None = None) -> StoredImage:
+    return StoredImage(sha or f"{task_id:064x}", Path(f"/nowhere/{task_id}.png"), ".png")
+
+
+def images(*tasks: LabeledTask) -> dict[int, StoredImage | DataError]:
+    return {t.id: image(t.id) for t in tasks}
 
 
 def test_split_is_fixed_by_content_hash():
@@ -28,30 +46,64 @@ def test_split_is_fixed_by_content_hash():
 
 
 def test_changes_replace_rows_and_deletions_drop_them(classification_config):
-    first = apply_changes(empty_manifest(), [task(1, "3", classification_config), task(2, "4", classification_config)], classification_config, 20)
+    c = classification_config
+    one, two = task(1, "3", c), task(2, "4", c)
+    first = apply_changes(empty_manifest(), {}, [one, two], c, 20, images(one, two)).manifest
     assert first[["task_id", "label"]].values.tolist() == [[1, "3"], [2, "4"]]
-    second = apply_changes(first, [task(1, "5", classification_config, when=9), task(2, None, classification_config), task(3, "0", classification_config)], classification_config, 20)
+    changed = [task(1, "5", c, when=9), task(2, None, c), task(3, "0", c)]
+    second = apply_changes(first, {}, changed, c, 20, images(*changed)).manifest
     assert second[["task_id", "label"]].values.tolist() == [[1, "5"], [3, "0"]]
     assert second.loc[0, "split"] == first.loc[0, "split"]  # same image, same side
 
 
-def test_every_bad_annotation_is_named_and_nothing_changes(classification_config):
-    bad = [task(7, "cat", classification_config), task(8, "2", classification_config)]
-    empty = LabeledTask(id=9, data={"sha256": "ff"}, updated_at=T0, annotations=(
-        Annotation(id=90, result=(), annotator="x", updated_at=T0),))
-    with pytest.raises(AnnotationError) as e:
-        apply_changes(empty_manifest(), [*bad, empty], classification_config, 20)
-    assert e.value.task_ids == [7, 9]
-    assert "Task 7" in str(e.value) and "Task 9" in str(e.value) and "cursor did not move" in str(e.value)
+def test_bad_annotations_and_images_are_quarantined_by_task_and_the_rest_goes_on(classification_config):
+    c = classification_config
+    good, unknown, empty, unreadable = task(1, "2", c), task(7, "cat", c), task(9, None, c, result=[]), task(11, "4", c)
+    found = {**images(good, unknown, empty), 11: ImageError(11, "the file is not an image PIL can read")}
+    update = apply_changes(empty_manifest(), {}, [good, unknown, empty, unreadable], c, 20, found)
+    assert update.manifest["task_id"].tolist() == [1]
+    assert sorted(update.quarantine) == [7, 9, 11] == sorted(update.new_problems)
+    assert "Task 7" in update.quarantine[7]["reason"] and "'cat'" in update.quarantine[7]["reason"]
+    assert "empty result" in update.quarantine[9]["reason"]
+    assert "Task 11" in update.quarantine[11]["reason"] and "not an image" in update.quarantine[11]["reason"]
+
+    # carried while unchanged, not reported again; a fixed task leaves the quarantine and trains
+    fixed = task(7, "3", c, when=5)
+    later = apply_changes(update.manifest, update.quarantine, [fixed], c, 20, images(fixed))
+    assert sorted(later.quarantine) == [9, 11] and later.new_problems == {}
+    assert later.manifest["task_id"].tolist() == [1, 7]
 
 
-def test_write_snapshot_copies_new_images_and_drops_stale_ones(tmp_path, classification_config):
+def test_a_change_only_to_predictions_is_not_a_change(classification_config):
+    c = classification_config
+    one, bad = task(1, "3", c), task(2, "cat", c)
+    update = apply_changes(empty_manifest(), {}, [one, bad], c, 20, images(one, bad))
+    touched = [task(1, "3", c), task(2, "cat", c), task(3, None, c)]  # same annotations, new updated_at
+    assert real_changes(update.manifest, update.quarantine, touched) == ()
+    edited = task(1, "4", c, when=3)
+    assert real_changes(update.manifest, update.quarantine, [edited]) == (edited,)
+
+
+def test_duplicated_images_train_once_on_the_latest_label_and_are_named(classification_config):
+    c = classification_config
+    first, again = task(1, "3", c), task(2, "5", c, when=4)
+    same = {1: image(1, "ab" * 32), 2: image(2, "ab" * 32)}
+    manifest = apply_changes(empty_manifest(), {}, [first, again], c, 20, same).manifest
+    assert training_rows(manifest)[["task_id", "label"]].values.tolist() == [[2, "5"]]
+    found = duplicates(manifest)
+    assert list(found) == [1] and "task 2" in found[1] and "'3'" in found[1] and "'5'" in found[1]
+
+
+def test_write_snapshot_links_known_images_and_copies_new_ones(tmp_path, classification_config):
+    c = classification_config
     source = tmp_path / "src.png"
     source.write_bytes(b"\x89PNG fake")
-    manifest = apply_changes(empty_manifest(), [task(1, "3", classification_config, sha="aa" * 32)], classification_config, 20)
-    folder = tmp_path / "snap"
-    (folder / "images").mkdir(parents=True)
-    (folder / "images" / "stale.png").write_bytes(b"old")
-    write_snapshot(manifest, {"aa" * 32: source}, folder)
-    assert sorted(p.name for p in (folder / "images").iterdir()) == [f"{'aa' * 32}.png"]
-    assert read_manifest(folder).equals(manifest)
+    one = task(1, "3", c)
+    manifest = apply_changes(empty_manifest(), {}, [one], c, 20, {1: StoredImage("aa" * 32, source, ".png")}).manifest
+    first = tmp_path / "first"
+    write_snapshot(manifest, {"aa" * 32: source}, first)
+    assert sorted(p.name for p in (first / "images").iterdir()) == [f"{'aa' * 32}.png"]
+    assert read_manifest(first).equals(manifest)
+    second = tmp_path / "second"
+    write_snapshot(manifest, {}, second, previous=first)  # no source needed: linked from the previous snapshot
+    assert (second / "images" / f"{'aa' * 32}.png").stat().st_ino == (first / "images" / f"{'aa' * 32}.png").stat().st_ino

@@ -1,0 +1,71 @@
+"""What reaches the terminal: one line per thing that matters. Everything, tracebacks included, goes
+to the workspace's log file (and Prefect's own run logs stay in the Prefect UI).
+
+Prefect reads `flows/logging.yml` (through PREFECT_LOGGING_SETTINGS_PATH, which the CLI sets before
+Prefect is imported), so the CLI and every flow-run process that `flywheel serve` starts log alike.
+`--verbose` (FLYWHEEL_VERBOSE=1) shows every record with its traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from components.errors import FlywheelError
+
+LOG_FILE = "FLYWHEEL_LOG_FILE"
+VERBOSE = "FLYWHEEL_VERBOSE"
+OURS = ("components", "flows", "bench")
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")  # their failures are reported once, by the CLI or a hook
+SETTINGS_PATH = Path(__file__).with_name("logging.yml")
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE, "") not in ("", "0", "false")
+
+
+class Terminal(logging.StreamHandler):
+    """stderr: our own messages, other libraries' warnings and errors; one line each, no traceback."""
+
+    PREFIX = {logging.WARNING: "warning: ", logging.ERROR: "error: ", logging.CRITICAL: "error: "}
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if verbose():
+            return record.levelno >= logging.INFO
+        if record.name.startswith(OURS):
+            return record.levelno >= logging.INFO
+        return record.levelno >= logging.WARNING and not record.name.startswith((*RUN_LOGGERS, "py.warnings"))
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = time.strftime("%H:%M:%S", time.localtime(record.created))
+        if verbose():
+            return f"{when} {record.levelname} {record.name}: {logging.Formatter().format(record)}"
+        text = record.getMessage()
+        if not record.name.startswith(OURS):
+            text = (text.splitlines() or [""])[0]  # a library's first line; the rest is in the log file
+        return f"{when} {self.PREFIX.get(record.levelno, '')}{text}"
+
+
+class WorkspaceFile(logging.FileHandler):
+    """The workspace's log file (FLYWHEEL_LOG_FILE), every record with its traceback; nothing when unset."""
+
+    def __init__(self) -> None:
+        path = os.environ.get(LOG_FILE)
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(path or os.devnull, delay=True)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"))
+
+
+def describe(error: BaseException) -> str:
+    """One line for a flow failure: a flywheel error's message, or the exception and where its traceback is."""
+    if isinstance(error, FlywheelError):
+        return str(error)
+    where = os.environ.get(LOG_FILE, "the Prefect UI")
+    return f"{error.__class__.__name__}: {' '.join(str(error).split())} (traceback in {where}; --verbose shows it here)"
