@@ -25,6 +25,7 @@ from components.errors import StackError
 from components.settings import NO_PHONE_HOME, Settings
 
 LABEL_STUDIO_ADMIN = "admin@flywheel.local"
+TITLES = {"label_studio": "Label Studio", "mlflow": "MLflow", "prefect": "Prefect"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,11 @@ class ServiceStatus:
     managed: bool
     pid: int | None
     healthy: bool
+
+    @property
+    def title(self) -> str:
+        """The server's name as people write it."""
+        return TITLES[self.name]
 
 
 def _bin(name: str) -> str:

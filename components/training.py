@@ -25,6 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from torchvision.transforms import v2
 
 from components.architectures import build_network
+from components.faults import pause_point
 from components.images import read_image
 
 MEAN, STD = 0.5, 0.5
@@ -152,6 +153,14 @@ class Classifier(L.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
 
 
+class FaultPoint(L.Callback):
+    """Where a fault test may stop training: after the first epoch (see `components.faults`; a no-op otherwise)."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == 0:
+            pause_point("train")
+
+
 @dataclass(frozen=True)
 class TrainedModel:
     """A trained network and how it did on the snapshot's validation split."""
@@ -269,7 +278,7 @@ def fit(
             min_steps=min_steps,
             deterministic=True,
             logger=logger,
-            callbacks=[EarlyStopping(monitor="val_loss", patience=patience), best],
+            callbacks=[EarlyStopping(monitor="val_loss", patience=patience), best, FaultPoint()],
             enable_progress_bar=progress,
             enable_model_summary=False,
             log_every_n_steps=1,

@@ -70,7 +70,7 @@ def _explain(error: Exception) -> str:
     except SettingsError:
         down = []
     if down:
-        names = ", ".join(f"{row.name} at {row.url}" for row in down)
+        names = ", ".join(f"{row.title} at {row.url}" for row in down)
         return (
             f"{names} stopped answering ({error.__class__.__name__}). Start it with `flywheel stack up`, "
             "then run again: the rerun finishes the job."
@@ -88,6 +88,7 @@ def _settings() -> Settings:
     os.environ.setdefault("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOGGING_SETTINGS_PATH", str(logs.SETTINGS_PATH))
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "components,flows")  # their records reach the Prefect UI too
     os.environ.setdefault(logs.LOG_FILE, str(settings.workspace / "logs" / "flywheel.log"))
     if "prefect" not in sys.modules:  # Prefect configures logging when imported; before that, ours
         logging.basicConfig(level=logging.INFO, handlers=[logs.Terminal(), logs.WorkspaceFile()], force=True)
@@ -103,10 +104,13 @@ def _loop_settings() -> Settings:
     down = [row for row in stack.status(settings) if not row.healthy]
     if down:
         raise FlywheelError(
-            "; ".join(f"{row.name} at {row.url} does not answer" for row in down)
+            "; ".join(f"{row.title} at {row.url} does not answer" for row in down)
             + ". Start the stack with `flywheel stack up` (or point LABEL_STUDIO_URL, MLFLOW_TRACKING_URI, "
             "PREFECT_API_URL at your servers)."
         )
+    from components.label_studio import LabelStudio
+
+    LabelStudio.from_settings(settings).check()  # a wrong token is said now, not after the loop's imports
     return settings
 
 
@@ -201,22 +205,10 @@ def run_once(params: ParamsOption = Path("params.yaml")) -> None:
     from flows.flywheel import flywheel_iteration
 
     summary = flywheel_iteration(str(params))
-    typer.echo(describe_iteration(summary))
+    if not (summary["snapshot"] or summary["trained"] or summary["written"]):
+        typer.echo(f"{summary['changed_tasks']} changed task(s): nothing to do.")
     if summary["trained"] or summary["snapshot"]:
         flywheel_iteration(str(params))  # an idle pass: the strategy report for the new model
-
-
-def describe_iteration(summary: dict[str, Any]) -> str:
-    """One line for what an iteration did."""
-    parts = [f"{summary['changed_tasks']} changed task(s)"]
-    if summary.get("snapshot"):
-        parts.append(f"versioned {summary['snapshot']}")
-    if summary.get("trained"):
-        verdict = "now the champion" if summary.get("promoted") else "the champion stays"
-        parts.append(f"trained a model (validation accuracy {summary['accuracy']:.3f}, {verdict})")
-    if summary.get("written"):
-        parts.append(f"wrote {summary['written']} pre-annotations of {summary['champion']}")
-    return "; ".join(parts) + "."
 
 
 @app.command("retrain")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -84,13 +84,11 @@ def one_at_a_time(ws: Workspace | None = None, name: str = LOOP_LOCK) -> Iterato
     """
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(name=name, limit=1)
-    with ExitStack() as stack:
-        try:
-            stack.enter_context(concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S, timeout_seconds=1))
-        except TimeoutError:
-            holder = (Variable.get(HOLDER, default=None) or {}).get("flow_run_name", "another run")
-            log.info("Waiting for the loop lock, held by %s (a killed run's hold expires within %d s)...", holder, LEASE_S)
-            stack.enter_context(concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S))
+        busy = client.read_global_concurrency_limit_by_name(name).active_slots > 0
+    if busy:
+        holder = (Variable.get(HOLDER, default=None) or {}).get("flow_run_name", "another run")
+        log.info("Waiting for the loop lock, held by %s (a killed run's hold expires within %d s)...", holder, LEASE_S)
+    with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S):
         if ws is not None:
             _close_abandoned(ws)
         yield

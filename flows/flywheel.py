@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from prefect import flow
 
 from components import iteration
@@ -14,6 +16,8 @@ poll = io_task(iteration.poll)
 snapshot = io_task(iteration.snapshot)
 validate = step(iteration.validate)
 version = io_task(iteration.version)
+log = logging.getLogger("flows.flywheel")  # by name: Prefect loads a served flow's file under another module name
+
 publish_needs_attention = io_task(iteration.publish_needs_attention)
 ready_to_train = io_task(iteration.ready_to_train)
 train = step(iteration.train)
@@ -62,5 +66,19 @@ def flywheel_iteration(params_path: str = "params.yaml") -> dict[str, object]:
         idle = summary["snapshot"] is None and not summary["trained"]  # never delays fresh pre-annotations
         if champion is not None and idle and not reported(ws, champion):
             summary["report"] = str(report(ws, champion)[1])
-    print(summary)
+    if summary["snapshot"] or summary["trained"] or summary["written"]:
+        log.info(describe_iteration(summary))
     return summary
+
+
+def describe_iteration(summary: dict[str, object]) -> str:
+    """One line for what an iteration did."""
+    parts = [f"{summary['changed_tasks']} changed task(s)"]
+    if summary.get("snapshot"):
+        parts.append(f"versioned {summary['snapshot']}")
+    if summary.get("trained"):
+        verdict = "now the champion" if summary.get("promoted") else "the champion stays"
+        parts.append(f"trained a model (validation accuracy {summary['accuracy']:.3f}, {verdict})")
+    if summary.get("written"):
+        parts.append(f"wrote {summary['written']} pre-annotations of {summary['champion']}")
+    return "; ".join(parts) + "."

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from prefect import flow
 
 from components import iteration
@@ -10,6 +12,7 @@ from flows.flywheel import write_back
 
 labels_checked = io_task(iteration.labels_checked)
 check_labels = step(iteration.check_labels)
+log = logging.getLogger("flows.label_errors")  # by name: Prefect loads a served flow's file under another module name
 
 
 @flow(name="flywheel-label-errors", log_prints=True, on_failure=[report_failure])
@@ -20,12 +23,12 @@ def find_label_errors(params_path: str = "params.yaml", force: bool = False) -> 
     with one_at_a_time(ws):
         latest = ws.data.latest()
         if latest is None or latest.too_few or (labels_checked(ws, latest) and not force):
-            print("Nothing to check: no trainable snapshot yet, or the latest one was checked already.")
+            log.info("Nothing to check: no trainable snapshot yet, or the latest one was checked already.")
             return summary
-        table = check_labels(ws, latest, progress=print)
+        table = check_labels(ws, latest, progress=lambda message: log.info("Checking labels: %s", message))
         summary.update(snapshot=latest.rev, suspected=int(table["suspected"].sum()))
         champion = ws.models.champion()
         if champion is not None:
             summary["written"] = write_back(ws, champion)
-    print(summary)
+    log.info("Checked the labels of %s: %d suspected label error(s).", summary["snapshot"], summary["suspected"])
     return summary

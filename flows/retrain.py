@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from prefect import flow
 
 from flows.common import connect, one_at_a_time, report_failure
 from flows.flywheel import refresh_preannotations, register, train
+
+log = logging.getLogger("flows.retrain")  # by name: Prefect loads a served flow's file under another module name
 
 
 @flow(name="flywheel-retrain", log_prints=True, on_failure=[report_failure])
@@ -16,12 +20,13 @@ def retrain(params_path: str = "params.yaml") -> dict[str, object]:
     with one_at_a_time(ws):
         latest = ws.data.latest()
         if latest is None or latest.too_few:
-            print("No trainable snapshot yet: label some tasks of every class and let the loop run first.")
+            log.info("No trainable snapshot yet: label some tasks of every class and let the loop run first.")
             return summary
         summary["snapshot"] = latest.rev
         for architecture in ws.params.architectures:
             promotion = register(ws, train(ws, latest, architecture))
             summary["accuracy"][architecture] = promotion.candidate_accuracy  # type: ignore[index]
         summary["champion"], summary["written"] = refresh_preannotations(ws)
-    print(summary)
+    scores = ", ".join(f"{a} {v:.3f}" for a, v in summary["accuracy"].items())  # type: ignore[union-attr]
+    log.info("Retrained on %s: validation accuracy %s; champion %s.", summary["snapshot"], scores, summary["champion"])
     return summary

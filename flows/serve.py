@@ -85,7 +85,7 @@ def serve(params: Params, params_path: Path, prefect_health_url: str) -> int:
     quick_exits = 0
     while not stopping.is_set():
         if not is_healthy(prefect_health_url):
-            log.warning("Prefect at %s does not answer: serving waits until it does (start it with `flywheel stack up`).",
+            log.warning("Prefect at %s does not answer: serving pauses until it does (start it with `flywheel stack up`).",
                         prefect_health_url.removesuffix("/health"))
             while not stopping.wait(2) and not is_healthy(prefect_health_url):
                 pass
@@ -101,8 +101,7 @@ def serve(params: Params, params_path: Path, prefect_health_url: str) -> int:
             elif unhealthy_since is None:
                 unhealthy_since = time.monotonic()
             elif time.monotonic() - unhealthy_since > DOWN_AFTER_S:
-                log.warning("Prefect stopped answering for %.0f s: serving pauses.", DOWN_AFTER_S)
-                break
+                break  # the check above says so, once, and waits
         if child.poll() is None:
             _stop(child)
             continue
