@@ -102,7 +102,12 @@ def read_image(path: Path, image_size: int, max_pixels: int) -> np.ndarray:
             return np.asarray(rgb, dtype=np.uint8)
     except UnidentifiedImageError as e:
         raise ValueError("the file is not an image PIL can read") from e
-    except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        raise ValueError(
+            f"the image has more than {2 * Image.MAX_IMAGE_PIXELS:,} px (PIL refuses to decode it: a decompression "
+            f"bomb guard), over images.max_pixels = {max_pixels:,}; downscale it"
+        ) from e
+    except (OSError, SyntaxError) as e:
         raise ValueError(f"the image cannot be decoded ({' '.join(str(e).split())})") from e
 
 
@@ -206,8 +211,7 @@ class ImageStore:
                 if path.is_file():
                     return StoredImage(entry["sha256"], path, entry.get("suffix", ""))
             elif time.time() - entry.get("failed_at", 0) < self.retry_failed_s:
-                raise FetchError(f"{entry['error']} (tried {time.time() - entry['failed_at']:.0f} s ago; "
-                                 f"tried again after images.retry_failed_s = {self.retry_failed_s:g} s)")
+                raise FetchError(entry["error"])  # the same words as the first time: reported once
         try:
             content = self._fetch(task_id, url)
         except FetchError as e:

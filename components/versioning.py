@@ -15,6 +15,7 @@ restored from the DVC cache or remote when it is not on this machine.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -81,6 +82,18 @@ def _git(root: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
+@contextmanager
+def _dvc_quiet() -> Iterator[None]:
+    """DVC's own console handlers print its CLI hints ("Initialized DVC repository..."); not ours to show."""
+    dvc_log = logging.getLogger("dvc")
+    level = dvc_log.level
+    dvc_log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        dvc_log.setLevel(level)
+
+
 def link_tree(source: Path, dest: Path) -> None:
     """Copy a folder as hard links (files are never modified in place here, only replaced)."""
     shutil.copytree(source, dest, copy_function=_link_or_copy)
@@ -120,7 +133,8 @@ class DataRegistry:
                 _git(self.root, "init", "--quiet", "--initial-branch=main")
             _git(self.root, "config", "user.name", "flywheel")
             _git(self.root, "config", "user.email", "flywheel@localhost")
-            repo = Repo.init(str(self.root))
+            with _dvc_quiet():
+                repo = Repo.init(str(self.root))
             with repo.config.edit() as conf:
                 conf["core"]["analytics"] = False
                 conf["core"]["check_update"] = False
@@ -196,6 +210,7 @@ class DataRegistry:
         staged.rename(self.snapshot_dir)
         try:
             with Repo(str(self.root)) as repo:
+                repo.scm_context.quiet = True  # no "To track the changes with git, run: ..." hint: we commit
                 repo.add(str(self.snapshot_dir))
                 repo.push()
             (self.root / STATE).write_text(json.dumps(state, indent=2))
