@@ -167,6 +167,7 @@ def _read_pid(settings: Settings, name: str) -> int | None:
         pid = int(_pid_path(settings, name).read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
+    _reap(pid)  # a server this process started and that died is a zombie until reaped: not alive
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -1,0 +1,148 @@
+"""Fault tests: a server or `flywheel run` itself is killed (kill -9) mid-step, for real; then the rerun
+finishes the job, leaves no debris and duplicates nothing.
+
+`components.faults.pause_point` (a test hook, named as such) holds the run at the exact step so the
+kill lands there: after the first training epoch, or in write-back after the old pre-annotations
+were cleared and before the new ones are written.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from prefect import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from components import stack as embedded
+from components.datasets import materialize
+from components.faults import PAUSE_AT, PAUSE_FILE
+from components.iteration import open_workspace
+from components.labeling_config import load_labeling_config
+from components.params import load_params
+from components.settings import load_settings
+from components.simulator import label_balanced
+from tests.integration.test_bad_inputs import run_cli
+from tests.integration.test_loop import write_params
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        assert time.monotonic() < deadline, f"{path} did not appear within {timeout_s:.0f} s"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def project(stack, label_studio, loop_env, tmp_path):
+    params_path = write_params(tmp_path, f"faults-{uuid.uuid4().hex[:6]}", min_new_annotations=1)
+    params = load_params(params_path)
+    images = materialize("digits", tmp_path / "datasets", limit=150)
+    project = label_studio.ensure_project(params.project.title, load_labeling_config(params.project.config))
+    label_studio.import_images(project, [i.path for i in images])
+    truth = {i.path.name: i.label for i in images}
+    return params_path, project, lambda count, seed: label_balanced(label_studio, project, truth, count, random.Random(seed))
+
+
+@pytest.fixture
+def cli_env(stack, stack_env, tmp_path) -> dict[str, str]:
+    return {**os.environ, **stack_env, "PREFECT_API_URL": stack.prefect_api_url, "MLFLOW_TRACKING_URI": stack.mlflow_tracking_uri}
+
+
+def start_paused(env: dict[str, str], params_path: Path, point: str, marker: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "flywheel"), "run", "--params", str(params_path)],
+        env={**env, PAUSE_AT: point, PAUSE_FILE: str(marker)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def running_mlflow_runs(tracking_uri: str, experiment: str) -> list[str]:
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id], filter_string="attributes.status = 'RUNNING'") if found else []
+    return [r.info.run_id for r in runs]
+
+
+def test_mlflow_killed_during_training_exits_clearly_and_the_rerun_finishes(project, stack, cli_env, tmp_path):
+    params_path, ls_project, label = project
+    params = load_params(params_path)
+    label(40, 0)
+    marker = tmp_path / "paused"
+    run = start_paused(cli_env, params_path, "train", marker)
+    try:
+        wait_for(marker, run, 180)
+        os.killpg(embedded._read_pid(stack, "mlflow"), signal.SIGKILL)  # the fault: MLflow dies mid-training
+        killed_at = time.monotonic()
+        marker.unlink()  # training goes on, and meets the dead server
+        output, _ = run.communicate(timeout=120)
+        seconds = time.monotonic() - killed_at
+    finally:
+        if run.poll() is None:
+            run.kill()
+        embedded.up(stack, echo=lambda _: None)  # back up for the rerun and the rest of the suite
+
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert run.returncode == 1 and len(errors) == 1, output[-3000:]
+    assert "MLflow at" in errors[0] and "flywheel stack up" in errors[0] and "Traceback" not in output
+    assert seconds < 60
+    abandoned = running_mlflow_runs(stack.mlflow_tracking_uri, params.registry.experiment)
+    assert abandoned  # the training run the fault cut short
+
+    code, output, _ = run_cli(cli_env, "run", "--params", str(params_path))
+    assert code == 0, output[-3000:]
+    assert running_mlflow_runs(stack.mlflow_tracking_uri, params.registry.experiment) == []
+    closed = MlflowClient(stack.mlflow_tracking_uri).get_run(abandoned[0])
+    assert closed.info.status == "FAILED" and "flywheel.closed_by" in closed.data.tags
+    ws = open_workspace(load_settings(), params)
+    champion = ws.models.champion()
+    assert champion is not None
+    assert ws.label_studio.model_versions(ls_project.id)[champion.model_version] == len(ws.label_studio.unlabeled_tasks(ls_project.id))
+
+
+def test_flywheel_killed_during_write_back_rerun_leaves_one_complete_set(project, stack, cli_env, tmp_path):
+    params_path, ls_project, label = project
+    params = load_params(params_path)
+    label(40, 0)
+    code, output, _ = run_cli(cli_env, "run", "--params", str(params_path))
+    assert code == 0, output[-3000:]
+
+    label(20, 1)
+    marker = tmp_path / "paused"
+    run = start_paused(cli_env, params_path, "write-back", marker)
+    try:
+        wait_for(marker, run, 180)
+        os.kill(int(marker.read_text()), signal.SIGKILL)  # the fault: flywheel itself dies mid write-back
+        run.wait(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    ws = open_workspace(load_settings(), params)
+    assert ws.label_studio.unlabeled_without_predictions(ls_project.id)  # the old set is gone, the new one unwritten
+
+    code, output, _ = run_cli(cli_env, "run", "--params", str(params_path))
+    assert code == 0, output[-3000:]
+    assert "Waiting for the loop lock" in output and "killed while it held the loop lock" in output
+
+    champion = ws.models.champion()
+    unlabeled = ws.label_studio.unlabeled_tasks(ls_project.id)
+    assert ws.label_studio.shown_model_version(ls_project.id) == champion.model_version
+    for task_id in unlabeled:
+        versions = [p["model_version"] for p in ws.label_studio.task(task_id)["predictions"]]
+        assert versions.count(champion.model_version) == 1 and len(versions) <= params.predict.keep_versions, versions
+    assert ws.label_studio.model_versions(ls_project.id)[champion.model_version] == len(unlabeled)
+
+    assert running_mlflow_runs(stack.mlflow_tracking_uri, params.registry.experiment) == []
+    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}), get_client(sync_client=True) as client:
+        stuck = [r.name for r in client.read_flow_runs(limit=200) if r.state is not None and r.state.is_running()]
+        assert stuck == []  # the killed run was closed as crashed by the rerun
