@@ -53,7 +53,7 @@ def measure(settings: Settings, scratch: Path, dataset: str, size: int, rate: fl
     labels = sorted({i.label for i in images}, key=lambda x: (len(x), x))
     run = f"errors-{dataset}-{int(rate * 100)}pct-{uuid.uuid4().hex[:6]}"
     params_path = scratch_params(run, scratch, labels)
-    ws = open_workspace(settings, load_params(params_path))
+    ws = open_workspace(settings, load_params(params_path), create_project=True)
     ws.label_studio.import_images(ws.project, [i.path for i in images])
     truth = {i.path.name: i.label for i in images}
     rng = random.Random(seed)

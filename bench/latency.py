@@ -100,7 +100,7 @@ def main() -> None:
             params = load_params(params_path)
             images = materialize("mnist", workspace / "datasets", limit=TASKS)
             truth = {i.path.name: i.label for i in images}
-            ws = iteration.open_workspace(settings, params)
+            ws = iteration.open_workspace(settings, params, create_project=True)
             ws.label_studio.import_images(ws.project, [i.path for i in images])
             rng = random.Random(0)
 

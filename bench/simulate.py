@@ -71,7 +71,7 @@ def run_simulation(
     for order in config.orders:
         run = f"sim-{config.dataset_name}-{order}-{uuid.uuid4().hex[:6]}"
         params_path = scratch_params(run, scratch, labels)
-        ws = open_workspace(settings, load_params(params_path))
+        ws = open_workspace(settings, load_params(params_path), create_project=True)
         ws.label_studio.import_images(ws.project, [i.path for i in pool])
         truth = {i.path.name: i.label for i in pool}
         evaluation = HeldOut(held_out, ws.project.config.labels, ws.params.train.image_size)

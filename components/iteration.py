@@ -31,7 +31,7 @@ from components.errors import DataError, LabelStudioError
 from components.faults import pause_point
 from components.images import ImageError, ImageStore, StoredImage
 from components.label_errors import find_label_errors
-from components.label_studio import ChangeSet, LabelStudio, Project, task_ids_filter
+from components.label_studio import UNTOUCHED, ChangeSet, LabelStudio, Project, task_ids_filter
 from components.labeling_config import load_labeling_config
 from components.params import Params
 from components.prediction import infer_images
@@ -75,18 +75,20 @@ class Workspace:
     images: ImageStore
 
 
-def open_workspace(settings: Settings, params: Params, project_root: Path = Path(".")) -> Workspace:
-    """Connect to Label Studio, find the project, open its data registry.
+def open_workspace(
+    settings: Settings, params: Params, project_root: Path = Path("."), create_project: bool = False
+) -> Workspace:
+    """Connect to Label Studio, find the project (create it only when asked), open its data registry.
 
     Raises:
         LabelStudioError: Label Studio is unreachable or refuses the token, or the project does not
-            exist (it is created by `flywheel import` or `flywheel demo`, never silently here).
+            exist (the loop never creates one silently: `flywheel import` and `flywheel demo` do).
         LabelConfigError: The project's labeling config does not match params.yaml's.
     """
     settings.ensure_workspace()
     label_studio = LabelStudio.from_settings(settings)
     config = load_labeling_config(project_root / params.project.config)
-    project = label_studio.ensure_project(params.project.title, config, create=False)
+    project = label_studio.ensure_project(params.project.title, config, create=create_project)
     if project is None:
         raise LabelStudioError(
             f"Label Studio at {settings.label_studio_url} has no project {params.project.title!r}. Create it with "
@@ -318,14 +320,10 @@ def suspect_predictions(ws: Workspace) -> list[Prediction]:
 
 def publish_views(ws: Workspace, label_next_cutoff: float, suspects: list[int]) -> dict[str, int]:
     """The Data Manager tabs people work from. Returns title -> view id."""
-    untouched = [
-        {"filter": "filter:tasks:total_annotations", "type": "Number", "operator": "equal", "value": 0},
-        {"filter": "filter:tasks:cancelled_annotations", "type": "Number", "operator": "equal", "value": 0},
-    ]
     score = {"filter": "filter:tasks:predictions_score", "type": "Number", "operator": "greater_or_equal", "value": label_next_cutoff}
     by_score = ["-tasks:predictions_score"]
     return {
-        LABEL_NEXT_VIEW: ws.label_studio.ensure_view(ws.project.id, LABEL_NEXT_VIEW, [*untouched, score], by_score),
+        LABEL_NEXT_VIEW: ws.label_studio.ensure_view(ws.project.id, LABEL_NEXT_VIEW, [*UNTOUCHED, score], by_score),
         SUSPECTS_VIEW: ws.label_studio.ensure_view(ws.project.id, SUSPECTS_VIEW, task_ids_filter(suspects), by_score, "or"),
     }
 

@@ -52,9 +52,9 @@ UNTOUCHED = [
 LABELED = [{"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}]
 
 
-def _query(items: list[dict[str, Any]], conjunction: str = "and", ordering: list[str] | None = None) -> str:
-    """A Data Manager query (filters joined by `conjunction`, optional ordering) as the API takes it."""
-    body: dict[str, Any] = {"filters": {"conjunction": conjunction, "items": items}}
+def _query(items: list[dict[str, Any]], ordering: list[str] | None = None) -> str:
+    """A Data Manager query (filters joined by "and", optional ordering) as the API takes it."""
+    body: dict[str, Any] = {"filters": {"conjunction": "and", "items": items}}
     if ordering:
         body["ordering"] = ordering
     return json.dumps(body)

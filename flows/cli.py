@@ -392,14 +392,25 @@ def bench_errors() -> None:
     main(echo=typer.echo)
 
 
+@bench_app.command("robustness")
+@clear_errors
+def bench_robustness() -> None:
+    """The bad-input corpus, the wait for a clear error with each server dead, predictions kept after 10 models."""
+    from bench.robustness import main
+
+    _settings()
+    main()
+
+
 @bench_app.command("all")
 @clear_errors
 def bench_all() -> None:
-    """Every benchmark with its defaults (about 35 minutes on a 2-core CPU)."""
+    """Every benchmark with its defaults (about 50 minutes on a 2-core CPU)."""
     bench_micro()
     bench_latency()
     bench_simulate()
     bench_errors()
+    bench_robustness()
 
 
 def _progress(description: str) -> Callable[[Any], Any]:
