@@ -69,15 +69,19 @@ def measure_poll(ls: LabelStudio, project: Project, changes: int) -> tuple[float
     return incremental, full
 
 
-def measure_writeback(ls: LabelStudio, project: Project) -> tuple[float, float]:
+def measure_writeback(ls: LabelStudio, project: Project) -> tuple[float, float, float]:
     """Predictions per second replacing the pre-annotations of 1,000 unlabeled tasks: (bulk, one call each)."""
     ids = sorted(ls.unlabeled_tasks(project.id))[:1000]
     predictions = [Prediction(task_id=t, label=str(t % 10), score=0.9) for t in ids]
-    ls.replace_predictions(project, predictions, "bench-bulk", keep=set())
-    bulk_s = timed(lambda: ls.replace_predictions(project, predictions, "bench-bulk", keep=set()), 3)
+    ls.replace_predictions(project, ids, predictions, "bench-bulk", keep=set())
+    bulk_s = timed(lambda: ls.replace_predictions(project, ids, predictions, "bench-bulk", keep=set()), 3)
+    # The same with one earlier version kept (predict.keep_versions: 2): a read and a re-import more.
+    ls.replace_predictions(project, ids, predictions, "bench-earlier", keep={"bench-bulk"})
+    keep_s = timed(lambda: ls.replace_predictions(project, ids, predictions, "bench-bulk", keep={"bench-earlier"}), 3)
+    ls.replace_predictions(project, ids, predictions, "bench-bulk", keep=set())
 
     # Baseline: the same replacement, one DELETE and one POST per prediction.
-    ls.replace_predictions(project, predictions, "bench-single", keep=set())
+    ls.replace_predictions(project, ids, predictions, "bench-single", keep=set())
     existing = {
         p.task: p.id
         for p in ls.sdk.predictions.list(project=project.id)
@@ -90,7 +94,7 @@ def measure_writeback(ls: LabelStudio, project: Project) -> tuple[float, float]:
             task=p.task_id, result=choice_result(p.label, project.config), score=p.score, model_version="bench-single"
         )
     single_s = time.perf_counter() - start
-    return len(ids) / bulk_s, len(ids) / single_s
+    return len(ids) / bulk_s, len(ids) / single_s, len(ids) / keep_s
 
 
 def measure_training(image_size: int, batch_size: int, images: int = 512, epochs: int = 2) -> dict[str, float]:
@@ -122,7 +126,7 @@ def main() -> None:
         large = make_project(ls, "bench 10k", 10_000, scratch / "img10k")
         inc_1k, full_1k = measure_poll(ls, small, 10)
         inc_10k, full_10k = measure_poll(ls, large, 10)
-        bulk_per_s, single_per_s = measure_writeback(ls, small)
+        bulk_per_s, single_per_s, keep_per_s = measure_writeback(ls, small)
     params = load_params(ROOT / "params.yaml")
     training = measure_training(params.train.image_size, params.train.batch_size)
 
@@ -135,6 +139,7 @@ def main() -> None:
         "poll_growth_1k_to_10k": round(inc_10k / inc_1k, 2),
         "writeback_bulk_per_s": round(bulk_per_s, 1),
         "writeback_single_per_s": round(single_per_s, 1),
+        "writeback_keep2_per_s": round(keep_per_s, 1),
         "writeback_speedup": round(bulk_per_s / single_per_s, 1),
         **{f"train_images_per_s_{name}": round(rate, 1) for name, rate in training.items()},
     }
@@ -160,6 +165,7 @@ Growth of the incremental fetch from 1k to 10k tasks: **{inc_10k / inc_1k:.2f}x*
 | path | predictions/s |
 |---|---|
 | adapter bulk (`replace_predictions`: one delete action over the unlabeled tasks, bulk import) | {bulk_per_s:.0f} |
+| the same, keeping one earlier version (`predict.keep_versions: 2`: a read and a re-import more) | {keep_per_s:.0f} |
 | one `DELETE` + one `POST` per prediction | {single_per_s:.1f} |
 
 Ratio **{bulk_per_s / single_per_s:.0f}x** (`writeback_speedup`, target >= 20).

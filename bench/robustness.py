@@ -9,13 +9,14 @@ Method (one run, this machine, a fresh embedded stack in a temporary workspace):
    test hook after the first training epoch, or in write-back); the clock runs from the kill (or the
    start, when it was dead before) to the exit with its one error line. The figure is the longest.
 3. `predictions_per_task_after_10_models`: the same project, ten rounds of 10 labels and an iteration
-   (ten registered models); the most predictions any task holds, with `predict.keep_versions` = 2.
+   (ten registered models); the most predictions any task holds, with the shipped `predict.keep_versions`.
 
 Run: `flywheel bench robustness`. Writes bench/results.json and RESULTS.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
@@ -94,6 +95,7 @@ def main() -> None:
     handled, tried, failed = corpus()
     print(f"bad inputs handled: {handled}/{tried}" + (f" (failed: {', '.join(failed)})" if failed else ""))
     with throwaway_stack() as (settings, workspace):
+        settings = dataclasses.replace(settings, external=frozenset())  # ours to kill and restart
         params_path = workspace / "params.yaml"
         raw = yaml.safe_load((ROOT / "params.yaml").read_text())
         raw["project"] = {"title": "robustness bench", "config": str(ROOT / raw["project"]["config"])}
@@ -125,8 +127,7 @@ def main() -> None:
 
         from flows.flywheel import flywheel_iteration
 
-        settings = load_settings(cwd=ROOT)
-        ws = open_workspace(settings, params)
+        ws = open_workspace(load_settings(cwd=ROOT), params)
         before = len(ws.models.client.search_model_versions(f"name='{params.registry.model_name}'"))
         for _ in range(10):
             label_balanced(ls, project, truth, 10, rng)

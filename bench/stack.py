@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from components import stack
-from components.settings import NO_PHONE_HOME, Settings, load_settings
+from components.settings import CLIENT_ENV, NO_PHONE_HOME, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +25,7 @@ def throwaway_stack(label_studio_only: bool = False) -> Iterator[tuple[Settings,
         scratch = Path(tmp)
         env = {
             **NO_PHONE_HOME,
+            **CLIENT_ENV,
             "FLYWHEEL_WORKSPACE": str(scratch / "ws"),
             "FLYWHEEL_LABEL_STUDIO_PORT": str(stack.free_port()),
             "FLYWHEEL_MLFLOW_PORT": str(stack.free_port()),

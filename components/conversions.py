@@ -115,9 +115,9 @@ def label_of(annotation: Annotation, config: LabelingConfig, task_id: int) -> st
     choices = [
         r.get("value", {}).get(config.result_type, [])
         for r in annotation.result
-        if r.get("from_name") == config.from_name
+        if isinstance(r, Mapping) and r.get("from_name") == config.from_name and isinstance(r.get("value"), Mapping)
     ]
-    picked = [c for chosen in choices for c in chosen]
+    picked = [c for chosen in choices if isinstance(chosen, list) for c in chosen]
     if not picked:
         raise AnnotationError(
             f"Task {task_id}: annotation {annotation.id} by {annotation.annotator or 'unknown'} has no "

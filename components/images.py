@@ -44,16 +44,25 @@ HASH_BLOCK = 1 << 20
 
 
 class ImageError(DataError):
-    """A task's image cannot be read; the message names the task and says what to do."""
+    """A task's image cannot be read; the message names the task and says what to do.
 
-    def __init__(self, task_id: int, problem: str):
+    `transient` marks a fetch that may work later (a timeout, a refused connection, a 5xx): the task
+    is checked again after `images.retry_failed_s` even if nobody changes it.
+    """
+
+    def __init__(self, task_id: int, problem: str, transient: bool = False):
         super().__init__(f"Task {task_id}: {problem}", [task_id])
         self.task_id = task_id
         self.problem = problem
+        self.transient = transient
 
 
 class FetchError(FlywheelError):
-    """Bytes could not be fetched from a URL (the caller adds which task)."""
+    """Bytes could not be fetched from a URL (the caller adds which task); `transient` as in ImageError."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -152,19 +161,21 @@ class ImageStore:
         url = url.strip()
         local = self._local_file(url)
         if local is not None:
-            known = data.get("sha256")
-            return StoredImage(str(known) if known else file_sha256(local), local, local.suffix.lower())
-        scheme = urlsplit(url).scheme.lower()
+            return StoredImage(file_sha256(local), local, local.suffix.lower())  # hashed: the file may have changed
+        try:
+            scheme = urlsplit(url).scheme.lower()
+        except ValueError as e:
+            raise ImageError(task_id, f"image URL {shown(url)!r} is malformed ({e}); fix the task's data.") from e
         if scheme not in ("http", "https", "data", *STORAGE_SCHEMES) and not url.startswith("/"):
             raise ImageError(
                 task_id,
-                f"image URL {_shorten(url)!r} uses a scheme flywheel cannot read ({scheme or 'none'}:). Use an "
+                f"image URL {shown(url)!r} uses a scheme flywheel cannot read ({scheme or 'none'}:). Use an "
                 "http(s) URL, a Label Studio cloud storage (s3://, gs://, azure-blob://) or `flywheel import`.",
             )
         try:
             return self._cached(task_id, url)
         except FetchError as e:
-            raise ImageError(task_id, f"image {_shorten(url)!r} could not be fetched: {e}") from e
+            raise ImageError(task_id, f"image {shown(url)!r} could not be fetched: {e}", e.transient) from e
 
     def check(self, task_id: int, image: StoredImage, image_size: int) -> np.ndarray:
         """Decode the image as every model will see it.
@@ -211,18 +222,19 @@ class ImageStore:
                 if path.is_file():
                     return StoredImage(entry["sha256"], path, entry.get("suffix", ""))
             elif time.time() - entry.get("failed_at", 0) < self.retry_failed_s:
-                raise FetchError(entry["error"])  # the same words as the first time: reported once
+                raise FetchError(entry["error"], entry.get("transient", False))  # the same words: reported once
         try:
             content = self._fetch(task_id, url)
         except FetchError as e:
-            _write_atomic(index, json.dumps({"url": url, "error": str(e), "failed_at": time.time()}).encode())
+            record = {"error": str(e), "transient": e.transient, "failed_at": time.time()}
+            _write_atomic(index, json.dumps(record).encode())
             raise
         sha = hashlib.sha256(content).hexdigest()
         path = self._object(sha)
         if not path.is_file():
             _write_atomic(path, content)
         suffix = Path(urlsplit(url).path).suffix.lower() if not url.startswith("data:") else ""
-        _write_atomic(index, json.dumps({"url": url, "sha256": sha, "suffix": suffix}).encode())
+        _write_atomic(index, json.dumps({"sha256": sha, "suffix": suffix}).encode())
         return StoredImage(sha, path, suffix)
 
     def _object(self, sha: str) -> Path:
@@ -240,8 +252,10 @@ def fetch_url(url: str, *, max_bytes: int, timeout_s: float, headers: Mapping[st
             with client.stream("GET", url, headers=dict(headers or {})) as response:
                 return read_capped(response, max_bytes)
     except httpx.TimeoutException as e:
-        raise FetchError(f"no answer within images.fetch_timeout_s = {timeout_s:g} s") from e
-    except httpx.HTTPError as e:
+        raise FetchError(f"no answer within images.fetch_timeout_s = {timeout_s:g} s", transient=True) from e
+    except httpx.TransportError as e:
+        raise FetchError(f"{e.__class__.__name__}: {' '.join(str(e).split())}", transient=True) from e
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as e:
         raise FetchError(f"{e.__class__.__name__}: {' '.join(str(e).split())}") from e
 
 
@@ -252,7 +266,7 @@ def read_capped(response: httpx.Response, max_bytes: int) -> bytes:
         FetchError: An HTTP error status, or a body over the cap.
     """
     if response.status_code >= 400:
-        raise FetchError(f"the server answered {response.status_code}")
+        raise FetchError(f"the server answered {response.status_code}", transient=response.status_code >= 500)
     declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise FetchError(f"it is {int(declared):,} bytes, over images.max_bytes = {max_bytes:,}")
@@ -284,5 +298,13 @@ def _write_atomic(path: Path, content: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _shorten(url: str, limit: int = 120) -> str:
+def shown(url: str, limit: int = 120) -> str:
+    """A URL as it may be printed or committed: no query string or user info (a presigned URL's
+    signature, a token), and no longer than `limit`."""
+    try:
+        parts = urlsplit(url)
+        if parts.netloc and (parts.query or "@" in parts.netloc):
+            url = parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1], query="").geturl() + ("?..." if parts.query else "")
+    except ValueError:
+        pass
     return url if len(url) <= limit else url[: limit - 3] + "..."

@@ -35,14 +35,14 @@ from components.label_studio import UNTOUCHED, ChangeSet, LabelStudio, Project, 
 from components.labeling_config import load_labeling_config
 from components.params import Params
 from components.prediction import infer_images
-from components.registry import TAG_KIND, TAG_OWNER, TAG_PROJECT, ModelRegistry, Promotion, RegisteredModel
+from components.registry import TAG_KIND, TAG_PROJECT, ModelRegistry, Promotion, RegisteredModel
 from components.report import LearningPoint, Report, build_report, measure_acceptance, write_report
 from components.selection import priorities, rank_for_labeling
 from components.settings import Settings
 from components.snapshot import (
     apply_changes,
+    due_for_retry,
     duplicates,
-    empty_manifest,
     read_manifest,
     real_changes,
     training_rows,
@@ -125,11 +125,15 @@ def latest_snapshot(ws: Workspace) -> tuple[SnapshotVersion | None, Path | None]
 
 def poll(ws: Workspace) -> ChangeSet:
     """Annotations changed since the cursor of the last versioned snapshot (really changed: a task
-    touched only by a prediction edit is not counted)."""
+    touched only by a prediction edit is not counted), and the tasks left out for an image fetch
+    that may work now (`images.retry_failed_s` passed)."""
     latest, folder = latest_snapshot(ws)
     changes = ws.label_studio.fetch_changed(ws.project.id, latest.cursor if latest else None)
-    previous = read_manifest(folder)
-    return ChangeSet(real_changes(previous, latest.quarantine if latest else {}, changes.tasks), changes.cursor)
+    quarantine = latest.quarantine if latest else {}
+    changed = real_changes(read_manifest(folder), quarantine, changes.tasks, ws.project.config.data_key)
+    seen = {t.id for t in changed}
+    retried = [ws.label_studio.labeled_task(t) for t in due_for_retry(quarantine) if t not in seen]
+    return ChangeSet((*changed, *retried), changes.cursor)
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,7 @@ class StagedSnapshot:
 
     folder: Path
     manifest: pd.DataFrame
-    quarantine: dict[int, dict[str, str]]
+    quarantine: dict[int, dict[str, Any]]
     duplicates: dict[int, str]
 
 
@@ -152,6 +156,17 @@ def resolve_image(ws: Workspace, task_id: int, data: Mapping[str, Any]) -> Store
         return e
 
 
+def decode_unlabeled(ws: Workspace, tasks: Mapping[int, Mapping[str, Any]], image_size: int) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """Every unlabeled task's image decoded for the model, and task id -> why an image could not be."""
+    decoded, problems = {}, {}
+    for task_id, data in tasks.items():
+        try:
+            decoded[task_id] = ws.images.check(task_id, ws.images.resolve(task_id, data, ws.project.config.data_key), image_size)
+        except ImageError as e:
+            problems[task_id] = str(e)
+    return decoded, problems
+
+
 def snapshot(ws: Workspace, changes: ChangeSet, folder: Path) -> StagedSnapshot:
     """Apply the changes to the last snapshot and write the next one into `folder` (a staging folder).
 
@@ -163,12 +178,13 @@ def snapshot(ws: Workspace, changes: ChangeSet, folder: Path) -> StagedSnapshot:
         task.id: resolve_image(ws, task.id, task.data) for task in changes.tasks if current_annotation(task) is not None
     }
     update = apply_changes(
-        read_manifest(previous_folder) if previous_folder else empty_manifest(),
+        read_manifest(previous_folder),
         latest.quarantine if latest else {},
         changes.tasks,
         ws.project.config,
         ws.params.snapshot.val_percent,
         images,
+        retry_after_s=ws.params.images.retry_failed_s,
     )
     sources = {image.sha256: image.path for image in images.values() if isinstance(image, StoredImage)}
     write_snapshot(update.manifest, sources, folder, previous_folder)
@@ -216,7 +232,7 @@ def trained_run(ws: Workspace, snapshot_version: SnapshotVersion) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def run_tags(ws: Workspace, snapshot_version: SnapshotVersion, architecture: str, owner: str = "") -> dict[str, str]:
+def run_tags(ws: Workspace, snapshot_version: SnapshotVersion, architecture: str) -> dict[str, str]:
     """What links a model to its data: DVC hash and rev, registry, Label Studio project, cursor."""
     return {
         TAG_MD5: snapshot_version.md5,
@@ -227,22 +243,21 @@ def run_tags(ws: Workspace, snapshot_version: SnapshotVersion, architecture: str
         "flywheel.label_studio_url": ws.settings.label_studio_url,
         "flywheel.cursor": snapshot_version.cursor or "",
         "flywheel.architecture": architecture,
-        TAG_OWNER: owner,
         "mlflow.runName": f"{architecture}@{snapshot_version.rev}",
     }
 
 
-def close_abandoned_runs(ws: Workspace, closed_by: str) -> list[str]:
-    """Mark FAILED the MLflow runs a killed loop run left RUNNING (call while holding the loop lock)."""
+def close_abandoned(ws: Workspace, closed_by: str) -> list[str]:
+    """Clear what a killed loop run left behind (call while holding the loop lock): its MLflow runs,
+    still RUNNING, are marked FAILED; its half-built snapshot folders are removed."""
     closed = ws.models.close_abandoned_runs(ws.project.id, closed_by)
     if closed:
         log.warning("Closed %d MLflow run(s) left running by a killed run as FAILED: %s", len(closed), ", ".join(closed))
+    ws.data.sweep()
     return closed
 
 
-def train(
-    ws: Workspace, snapshot_version: SnapshotVersion, architecture: str, progress: bool = True, owner: str = ""
-) -> TrainedModel:
+def train(ws: Workspace, snapshot_version: SnapshotVersion, architecture: str, progress: bool = True) -> TrainedModel:
     """Train one architecture on the snapshot of `snapshot_version`, read by its revision."""
     p = ws.params.train
     folder = ws.data.checkout(snapshot_version)
@@ -263,7 +278,7 @@ def train(
             seed=p.seed,
             tracking_uri=ws.settings.mlflow_tracking_uri,
             experiment=ws.params.registry.experiment,
-            run_tags=run_tags(ws, snapshot_version, architecture, owner),
+            run_tags=run_tags(ws, snapshot_version, architecture),
             progress=progress,
         )
 
@@ -389,14 +404,9 @@ def write_back(ws: Workspace, champion: RegisteredModel) -> int:
         The number of predictions written.
     """
     model = ws.models.load(champion)
-    paths, problems = {}, {}
-    for task_id, data in ws.label_studio.unlabeled_tasks(ws.project.id).items():
-        try:
-            paths[task_id] = ws.images.resolve(task_id, data, ws.project.config.data_key).path
-        except ImageError as e:
-            problems[task_id] = str(e)
-    outputs, unreadable = infer_images(model, paths, ws.params.predict.batch_size, ws.params.images.max_pixels)
-    problems.update(unreadable)
+    tasks = ws.label_studio.unlabeled_tasks(ws.project.id)
+    decoded, problems = decode_unlabeled(ws, tasks, model.image_size)
+    outputs = infer_images(model, decoded, ws.params.predict.batch_size)
     select = ws.params.select
     _, folder = latest_snapshot(ws)
     order = rank_for_labeling(outputs.probabilities, outputs.embeddings, _embed_labeled(model, folder), select.batch, select.candidates)
@@ -407,7 +417,7 @@ def write_back(ws: Workspace, champion: RegisteredModel) -> int:
     ]
     keep = _keep_versions(ws, champion)
     written = ws.label_studio.replace_predictions(
-        ws.project, predictions, champion.model_version, keep, after_batch=lambda: pause_point("write-back")
+        ws.project, tasks, predictions, champion.model_version, keep, after_batch=lambda: pause_point("write-back")
     )
     suspects = suspect_predictions(ws)
     written += ws.label_studio.sync_marked_predictions(ws.project, suspects, champion.model_version, SUSPECT_MARK)

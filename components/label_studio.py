@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -347,16 +347,6 @@ class LabelStudio:
         """Model version -> number of predictions it has in the project."""
         return self._raw("GET", f"api/projects/{project_id}/model-versions/", f"list model versions of {project_id}")
 
-    def delete_model_version(self, project_id: int, model_version: str) -> int:
-        """Delete every prediction of one model version (annotations are untouched). Returns the count."""
-        body = self._raw(
-            "DELETE",
-            f"api/projects/{project_id}/model-versions/",
-            f"delete predictions of model version {model_version!r}",
-            json={"model_version": model_version},
-        )
-        return int(body.get("deleted_predictions", 0))
-
     def _raw(self, method: str, path: str, what: str, **kwargs: Any) -> dict[str, Any]:
         """An endpoint the SDK has no method for, through the SDK's own authenticated HTTP client."""
         with self._calling(what):
@@ -378,46 +368,56 @@ class LabelStudio:
     def replace_predictions(
         self,
         project: Project,
+        task_ids: Collection[int],
         predictions: Iterable[Prediction],
         model_version: str,
         keep: set[str],
         after_batch: Callable[[], None] = lambda: None,
     ) -> int:
-        """Make `predictions` the pre-annotations of every untouched task, in bulk.
+        """Make `predictions` the pre-annotations of the tasks `task_ids` that nobody has touched yet.
 
-        Every prediction on untouched tasks is deleted in one call and written again: these, under
-        `model_version`, then the earlier ones whose model version is in `keep` (other tools'
-        predictions, the last few flywheel versions). Labeled and skipped tasks are never touched, so
-        the predictions people started their annotations from stay. A write cut short leaves some
-        untouched tasks with no prediction at all, which `unlabeled_without_predictions` finds.
+        The predictions on those tasks are deleted in one call and written again: `predictions`,
+        under `model_version`, then the earlier ones whose model version is in `keep` (other tools',
+        the last few flywheel versions). A task labeled or skipped meanwhile is left as it is (the
+        server re-checks "untouched" when deleting, and the tasks are listed again before writing),
+        so no prediction a person started from is deleted and none gets a second one. A write cut
+        short leaves some untouched tasks with no prediction at all: `unlabeled_without_predictions`
+        finds them.
 
         Args:
             project: The project.
-            predictions: One per untouched task (others are written too, but not replaced).
+            task_ids: The untouched tasks whose pre-annotations are replaced.
+            predictions: New predictions for (some of) those tasks.
             model_version: Their version.
             keep: The other model versions whose predictions survive the rewrite.
-            after_batch: Called after each batch is written (a test pauses there).
+            after_batch: Called once the old predictions are cleared and after each batch is written
+                (a fault test pauses there).
 
         Returns:
             The number of `model_version` predictions written.
         """
-        items = [prediction_to_ls(p, project.config, model_version) for p in predictions]
+        ids = sorted(set(task_ids))
         kept: list[dict[str, Any]] = []
         if keep - {model_version}:
             with self._calling(f"read the predictions of project {project.id}'s unlabeled tasks"):
                 pages = self.sdk.tasks.list(project=project.id, fields="all", query=_query(UNTOUCHED), page_size=BATCH)
                 kept = [
                     {"task": t.id, "model_version": p.model_version, "score": p.score, "result": p.result}
-                    for t in pages for p in (t.predictions or []) if p.model_version != model_version and p.model_version in keep
+                    for t in pages if t.id in task_ids for p in (t.predictions or [])
+                    if p.model_version != model_version and p.model_version in keep
                 ]
-        self._raw(
-            "POST", f"api/dm/actions?id=delete_tasks_predictions&project={project.id}",
-            f"clear the pre-annotations of project {project.id}'s unlabeled tasks",
-            json={"selectedItems": {"all": True, "excluded": []}, "filters": {"conjunction": "and", "items": UNTOUCHED}},
-        )
+        for start in range(0, len(ids), BATCH):
+            selected = {"selectedItems": {"all": False, "included": ids[start : start + BATCH]}}
+            self._raw(
+                "POST", f"api/dm/actions?id=delete_tasks_predictions&project={project.id}",
+                f"clear the pre-annotations of project {project.id}'s unlabeled tasks",
+                json={**selected, "filters": {"conjunction": "and", "items": UNTOUCHED}},
+            )
         after_batch()
+        still = set(self.unlabeled_tasks(project.id))
+        items = [prediction_to_ls(p, project.config, model_version) for p in predictions if p.task_id in still]
         self._import(project.id, items, f"predictions of {model_version!r}", after_batch)
-        self._import(project.id, kept, "the kept predictions of earlier model versions", lambda: None)
+        self._import(project.id, [k for k in kept if k["task"] in still], "the kept predictions of earlier versions", lambda: None)
         return len(items)
 
     def sync_marked_predictions(
@@ -497,6 +497,10 @@ class LabelStudio:
         with self._calling(f"read view {view_id} of project {project_id}"):
             pages = self.sdk.tasks.list(project=project_id, view=view_id, fields="all", page_size=BATCH)
             return [t.model_dump(mode="json") for t in pages]
+
+    def labeled_task(self, task_id: int) -> LabeledTask:
+        """One task with its current annotations, as `fetch_changed` returns them."""
+        return task_from_json(self.task(task_id))
 
     def task(self, task_id: int) -> dict[str, Any]:
         """One task with its annotations and predictions, as Label Studio returns it."""

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from components.images import read_image
 from components.training import InferenceModel, to_tensor
 
 
@@ -37,46 +35,31 @@ class ModelOutputs:
 
 def infer_images(
     model: InferenceModel,
-    images: Mapping[int, Path],
+    images: Mapping[int, np.ndarray],
     batch_size: int,
-    max_pixels: int,
     progress: Callable[[Iterable[int]], Iterable[int]] = lambda it: it,
-) -> tuple[ModelOutputs, dict[int, str]]:
-    """Run `model` over each task's image; an image that cannot be decoded is left out, never guessed.
+) -> ModelOutputs:
+    """Run `model` over each task's decoded image (`images.ImageStore.check`, at `model.image_size`).
 
     Args:
         model: Outputs probabilities over `model.labels`.
-        images: Task id -> image file.
+        images: Task id -> its image as (S, S, 3) uint8.
         batch_size: Images per forward pass.
-        max_pixels: Images with more pixels are refused (params.yaml images.max_pixels).
         progress: Wraps the iteration over batches.
-
-    Returns:
-        The outputs for every readable image, and task id -> why its image was left out.
     """
     items = list(images.items())
-    task_ids: list[int] = []
-    problems: dict[int, str] = {}
     probabilities, embeddings = [], []
     model.eval()
     with torch.no_grad():
         for start in progress(range(0, len(items), batch_size)):
-            decoded = []
-            for task_id, path in items[start : start + batch_size]:
-                try:
-                    decoded.append(read_image(Path(path), model.image_size, max_pixels))
-                    task_ids.append(task_id)
-                except (OSError, ValueError) as e:
-                    problems[task_id] = f"Task {task_id}: {e}. Replace the image in the task, or delete the task."
-            if decoded:
-                p, e = model.probabilities_and_embeddings(to_tensor(decoded, model.image_size))
-                probabilities.append(p.numpy())
-                embeddings.append(e.numpy())
+            chunk = [array for _, array in items[start : start + batch_size]]
+            p, e = model.probabilities_and_embeddings(to_tensor(chunk, model.image_size))
+            probabilities.append(p.numpy())
+            embeddings.append(e.numpy())
     classes = len(model.labels)
-    outputs = ModelOutputs(
-        task_ids=tuple(task_ids),
+    return ModelOutputs(
+        task_ids=tuple(task_id for task_id, _ in items),
         probabilities=np.concatenate(probabilities) if probabilities else np.empty((0, classes)),
         embeddings=np.concatenate(embeddings) if embeddings else np.empty((0, 0)),
         labels=tuple(model.labels),
     )
-    return outputs, problems

@@ -37,7 +37,6 @@ from components.training import InferenceModel, evaluate
 CHAMPION = "champion"
 TAG_KIND = "flywheel.kind"
 TAG_PROJECT = "flywheel.label_studio_project"
-TAG_OWNER = "flywheel.owner"
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,7 @@ class ModelRegistry:
         experiment: The loop's experiment (params.yaml registry.experiment).
     """
 
-    def __init__(self, tracking_uri: str, name: str, experiment: str = "flywheel"):
+    def __init__(self, tracking_uri: str, name: str, experiment: str):
         self.tracking_uri = tracking_uri
         self.name = name
         self.experiment = experiment

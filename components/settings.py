@@ -22,7 +22,7 @@ CLIENT_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
-    "PREFECT_CLIENT_MAX_RETRIES": "2",
+    "PREFECT_CLIENT_MAX_RETRIES": "1",  # each retry doubles its wait (2 s, 4 s, ...): a dead server is said in seconds
     "PREFECT_API_REQUEST_TIMEOUT": "20",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a bar per model load fills the terminal
 }

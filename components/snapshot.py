@@ -12,21 +12,23 @@ when it is checked anew.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from components.conversions import Annotation, LabeledTask, current_annotation, label_of
+from components.conversions import LabeledTask, current_annotation, label_of
 from components.errors import AnnotationError, DataError
 from components.images import StoredImage
 from components.labeling_config import LabelingConfig
 
 MANIFEST = "manifest.parquet"
 IMAGES = "images"
-COLUMNS = ["task_id", "image", "sha256", "label", "annotation_id", "annotator", "updated_at", "split"]
+COLUMNS = ["task_id", "image", "sha256", "label", "annotation_id", "annotator", "updated_at", "source", "split"]
 
 
 def split_of(sha256: str, val_percent: int) -> str:
@@ -40,29 +42,40 @@ def empty_manifest() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="int64" if c in ints else "object") for c in COLUMNS})
 
 
-def annotation_key(annotation: Annotation) -> str:
-    """What identifies one saved state of an annotation: its id and when it was saved."""
-    return f"{annotation.id}@{annotation.updated_at.isoformat()}"
+def source_of(task: LabeledTask, data_key: str) -> str:
+    """A short digest of the task's image URL: a task whose image is replaced has changed."""
+    return hashlib.sha1(str(task.data.get(data_key, "")).encode()).hexdigest()[:16]
+
+
+def state_key(annotation_id: int, updated_at: str, source: str) -> str:
+    """What identifies a labeled task's state: which annotation, when it was saved, which image."""
+    return f"{annotation_id}@{updated_at}#{source}"
+
+
+def task_key(task: LabeledTask, data_key: str) -> str | None:
+    """The state key of a task now (None when it has no annotation that counts)."""
+    annotation = current_annotation(task)
+    return state_key(annotation.id, annotation.updated_at.isoformat(), source_of(task, data_key)) if annotation else None
 
 
 def real_changes(
-    previous: pd.DataFrame, quarantine: Mapping[int, Mapping[str, str]], tasks: Iterable[LabeledTask]
+    previous: pd.DataFrame, quarantine: Mapping[int, Mapping[str, object]], tasks: Iterable[LabeledTask], data_key: str
 ) -> tuple[LabeledTask, ...]:
-    """The tasks whose current annotation differs from what the last snapshot holds for them.
+    """The tasks whose annotation or image differs from what the last snapshot holds for them.
 
     A task's `updated_at` also moves when a prediction is added or deleted one by one (by flywheel
     or by another tool); those tasks are dropped here, so they neither count as new labels nor
     cost a snapshot.
     """
-    held = {int(r.task_id): f"{int(r.annotation_id)}@{r.updated_at}" for r in previous.itertuples()}
-    held.update({int(t): q.get("annotation", "") for t, q in quarantine.items()})
-    changed = []
-    for task in tasks:
-        annotation = current_annotation(task)
-        now = annotation_key(annotation) if annotation else None
-        if now != held.get(task.id):
-            changed.append(task)
-    return tuple(changed)
+    held = {int(r.task_id): state_key(int(r.annotation_id), r.updated_at, r.source) for r in previous.itertuples()}
+    held.update({int(t): str(q.get("key", "")) for t, q in quarantine.items()})
+    return tuple(task for task in tasks if task_key(task, data_key) != held.get(task.id))
+
+
+def due_for_retry(quarantine: Mapping[int, Mapping[str, object]], now: float | None = None) -> list[int]:
+    """Quarantined tasks whose image failed for a reason that may pass (a timeout, a 5xx), due again."""
+    now = time.time() if now is None else now
+    return sorted(t for t, q in quarantine.items() if float(q.get("retry_after", float("inf"))) <= now)
 
 
 @dataclass(frozen=True)
@@ -71,23 +84,23 @@ class SnapshotUpdate:
 
     Attributes:
         manifest: One row per usable labeled task, sorted by task id.
-        quarantine: Every task left out and why (carried ones and new ones), as
-            task id -> {"reason": message naming the task, "annotation": its annotation_key}.
-        new_problems: The quarantined tasks whose problem is new in this update (to report once).
+        quarantine: Every task left out and why (carried ones and new ones), as task id ->
+            {"reason": message naming the task, "key": its `task_key`, "retry_after": epoch seconds,
+            only for an image fetch that may work later}.
     """
 
     manifest: pd.DataFrame
-    quarantine: dict[int, dict[str, str]]
-    new_problems: dict[int, str]
+    quarantine: dict[int, dict[str, object]]
 
 
 def apply_changes(
     previous: pd.DataFrame,
-    previous_quarantine: Mapping[int, Mapping[str, str]],
+    previous_quarantine: Mapping[int, Mapping[str, object]],
     tasks: Iterable[LabeledTask],
     config: LabelingConfig,
     val_percent: int,
     images: Mapping[int, StoredImage | DataError],
+    retry_after_s: float = 600,
 ) -> SnapshotUpdate:
     """The previous manifest updated with the current annotations of changed tasks.
 
@@ -99,6 +112,7 @@ def apply_changes(
         val_percent: Share of images in the validation split.
         images: Task id -> its checked image, or the error that says why it cannot be used, for
             every changed task that has a current annotation.
+        retry_after_s: When a transient image failure is checked again (images.retry_failed_s).
 
     Returns:
         The new manifest (`image` is the path inside the snapshot) and quarantine. A changed task
@@ -107,7 +121,6 @@ def apply_changes(
     tasks = list(tasks)
     changed = {t.id for t in tasks}
     quarantine = {t: dict(q) for t, q in previous_quarantine.items() if t not in changed}
-    new_problems: dict[int, str] = {}
     rows = []
     for task in tasks:
         annotation = current_annotation(task)
@@ -119,10 +132,9 @@ def apply_changes(
             if isinstance(image, DataError):
                 raise image
         except (AnnotationError, DataError) as e:
-            reason = str(e)
-            quarantine[task.id] = {"reason": reason, "annotation": annotation_key(annotation)}
-            if previous_quarantine.get(task.id, {}).get("reason") != reason:
-                new_problems[task.id] = reason
+            quarantine[task.id] = {"reason": str(e), "key": task_key(task, config.data_key)}
+            if getattr(e, "transient", False):
+                quarantine[task.id]["retry_after"] = time.time() + retry_after_s
             continue
         rows.append(
             {
@@ -133,6 +145,7 @@ def apply_changes(
                 "annotation_id": annotation.id,
                 "annotator": annotation.annotator,
                 "updated_at": annotation.updated_at.isoformat(),
+                "source": source_of(task, config.data_key),
                 "split": split_of(image.sha256, val_percent),
             }
         )
@@ -140,7 +153,7 @@ def apply_changes(
     frames = [f for f in (kept, pd.DataFrame(rows, columns=COLUMNS)) if len(f)]
     manifest = pd.concat(frames, ignore_index=True) if frames else empty_manifest()
     manifest = manifest.astype({"task_id": "int64", "annotation_id": "int64"})
-    return SnapshotUpdate(manifest.sort_values("task_id", ignore_index=True)[COLUMNS], quarantine, new_problems)
+    return SnapshotUpdate(manifest.sort_values("task_id", ignore_index=True)[COLUMNS], quarantine)
 
 
 def duplicates(manifest: pd.DataFrame) -> dict[int, str]:
@@ -205,6 +218,16 @@ def write_snapshot(
 
 
 def read_manifest(folder: Path | None) -> pd.DataFrame:
-    """The manifest of a snapshot folder, or an empty one when there is none (or no folder) yet."""
+    """The manifest of a snapshot folder, or an empty one when there is none (or no folder) yet.
+
+    A manifest from before a column existed gets it with a value no task matches, so each of its
+    tasks is read again once (and nothing is lost).
+    """
     path = folder / MANIFEST if folder is not None else None
-    return pd.read_parquet(path) if path is not None and path.exists() else empty_manifest()
+    if path is None or not path.exists():
+        return empty_manifest()
+    manifest = pd.read_parquet(path)
+    for column, missing in (("annotation_id", -1), ("source", "")):
+        if column not in manifest:
+            manifest[column] = missing
+    return manifest

@@ -151,7 +151,13 @@ def embedded_services(settings: Settings) -> list[Service]:
                 health_url=f"http://127.0.0.1:{port}/api/health",
                 port=port,
                 command=(_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)),
-                env=(("PREFECT_HOME", str(ws / "prefect")), ("PREFECT_API_URL", "")),
+                env=(
+                    ("PREFECT_HOME", str(ws / "prefect")),
+                    ("PREFECT_API_URL", ""),
+                    # Leases on disk, not in memory: a run holding the loop's lock when the server
+                    # restarts would otherwise hold it forever (its lease gone, its slot still taken).
+                    ("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", "prefect.server.concurrency.lease_storage.filesystem"),
+                ),
                 startup_s=90,
             )
         )

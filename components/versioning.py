@@ -54,7 +54,7 @@ class SnapshotVersion:
         cursor: The annotation cursor the snapshot reflects.
         registry: The registry's path (a git URL for `dvc get`/`dvc import`).
         quarantine: Task id -> why its annotation or image was left out (carried until the task
-            changes), as {"reason": ..., "annotation": ...}.
+            changes), as {"reason": ..., "key": ..., "retry_after": ...} (see `snapshot.SnapshotUpdate`).
         duplicates: Task id -> which task shows the same image (recomputed per snapshot).
         too_few: Classes below `validate.min_per_class`: training waits while there are any.
     """
@@ -65,14 +65,14 @@ class SnapshotVersion:
     project_id: int
     cursor: str | None
     registry: Path
-    quarantine: dict[int, dict[str, str]] = field(default_factory=dict)
+    quarantine: dict[int, dict[str, Any]] = field(default_factory=dict)
     duplicates: dict[int, str] = field(default_factory=dict)
     too_few: tuple[str, ...] = ()
 
     @property
     def needs_attention(self) -> dict[int, str]:
         """Task id -> what a person should look at, for every task this snapshot leaves out or doubts."""
-        return {**{t: q["reason"] for t, q in self.quarantine.items()}, **self.duplicates}
+        return {**{t: str(q["reason"]) for t, q in self.quarantine.items()}, **self.duplicates}
 
 
 def _git(root: Path, *args: str) -> str:
@@ -182,7 +182,7 @@ class DataRegistry:
         project_id: int,
         cursor: str | None,
         title: str = "",
-        quarantine: dict[int, dict[str, str]] | None = None,
+        quarantine: dict[int, dict[str, Any]] | None = None,
         duplicates: dict[int, str] | None = None,
         too_few: list[str] | None = None,
     ) -> SnapshotVersion:
@@ -245,11 +245,15 @@ class DataRegistry:
         """
         folder = self._checkout_dir(version)
         if folder.is_dir():
+            os.utime(folder)  # in use: the last to be pruned
             return folder
         tmp = self.checkouts / f".tmp-{uuid.uuid4().hex[:8]}"
         try:
             fs = DVCFileSystem(str(self.root), rev=version.commit)
-            fs.get(SNAPSHOT, str(tmp), recursive=True)
+            try:
+                fs.get(SNAPSHOT, str(tmp), recursive=True)
+            finally:
+                fs.close()
         except (DvcException, OSError) as e:
             shutil.rmtree(tmp, ignore_errors=True)
             raise VersioningError(
@@ -282,6 +286,17 @@ class DataRegistry:
             shutil.rmtree(tmp, ignore_errors=True)
         os.utime(folder)
         return folder
+
+    def sweep(self) -> None:
+        """Remove what a killed run left half-done: staging folders, a replaced working copy, partial
+        checkouts. Call only while holding the loop's lock (nothing else is building then)."""
+        leftovers = [
+            *(self.root.parent.parent / "staging").glob(f"{self.root.name}-*"),
+            *self.root.parent.glob(f".{self.root.name}-replaced-*"),
+            *(self.checkouts.glob(".tmp-*") if self.checkouts.is_dir() else []),
+        ]
+        for path in leftovers:
+            shutil.rmtree(path, ignore_errors=True)
 
     def title(self) -> str:
         """The Label Studio project title recorded with the last snapshot ("" before the first)."""

@@ -24,6 +24,7 @@ app = typer.Typer(
 stack_app = typer.Typer(help="The embedded Label Studio, MLflow and Prefect servers on 127.0.0.1.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 log = logging.getLogger(__name__)
+tracebacks = logging.getLogger(logs.TRACEBACKS)
 
 
 @app.callback()
@@ -44,7 +45,7 @@ def clear_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except FlywheelError as e:
-            log.debug("flywheel error", exc_info=True)
+            tracebacks.error("%s", e, exc_info=True)
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
@@ -53,7 +54,7 @@ def clear_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as e:
             if logs.verbose():
                 raise
-            log.debug("unexpected failure", exc_info=True)
+            tracebacks.error("%s: %s", e.__class__.__name__, e, exc_info=True)
             typer.secho(f"error: {_explain(e)}", fg=typer.colors.RED, err=True)
             raise typer.Exit(1) from None
 

@@ -15,6 +15,7 @@ import httpx
 import requests
 from prefect import get_client, task
 from prefect.cache_policies import NONE
+from prefect.exceptions import ObjectNotFound
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import deployment, flow_run
 from prefect.states import Crashed
@@ -65,15 +66,16 @@ def _close_abandoned(ws: Workspace) -> None:
     holder = Variable.get(HOLDER, default=None) or {}
     if holder.get("flow_run_id") and holder["flow_run_id"] != current:
         with get_client(sync_client=True) as client:
-            run = client.read_flow_run(UUID(holder["flow_run_id"]))
-            if run.state is not None and not run.state.is_final():
+            try:
+                run = client.read_flow_run(UUID(holder["flow_run_id"]))
+            except ObjectNotFound:
+                run = None  # deleted in the UI meanwhile: nothing to close
+            if run is not None and run.state is not None and not run.state.is_final():
                 client.set_flow_run_state(
                     run.id, Crashed(message=f"Killed while holding the loop lock; closed by flow run {current}."), force=True
                 )
                 log.warning("Closed flow run %r (%s), killed while it held the loop lock, as crashed.", run.name, run.id)
-    iteration.close_abandoned_runs(ws, closed_by=current or "flywheel")
-    if current:
-        Variable.set(HOLDER, {"flow_run_id": current, "flow_run_name": str(flow_run.name)}, overwrite=True)
+    iteration.close_abandoned(ws, closed_by=current or "flywheel")
 
 
 @contextmanager
@@ -91,7 +93,14 @@ def one_at_a_time(ws: Workspace | None = None, name: str = LOOP_LOCK) -> Iterato
     with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S):
         if ws is not None:
             _close_abandoned(ws)
-        yield
+        current = _current_run()
+        if current:
+            Variable.set(HOLDER, {"flow_run_id": current, "flow_run_name": str(flow_run.name)}, overwrite=True)
+        try:
+            yield
+        finally:  # a run that ends, even by an exception, leaves no holder: only a killed one does
+            if current:
+                Variable.set(HOLDER, {}, overwrite=True)
 
 
 def report_failure(flow: Any, run: Any, state: Any) -> None:

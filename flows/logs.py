@@ -20,6 +20,7 @@ LOG_FILE = "FLYWHEEL_LOG_FILE"
 VERBOSE = "FLYWHEEL_VERBOSE"
 OURS = ("components", "flows", "bench")
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")  # their failures are reported once, by the CLI or a hook
+TRACEBACKS = "flywheel.tracebacks"  # the log file's copy of a failure the terminal shows in one line
 SETTINGS_PATH = Path(__file__).with_name("logging.yml")
 
 
@@ -38,6 +39,8 @@ class Terminal(logging.StreamHandler):
     def filter(self, record: logging.LogRecord) -> bool:
         if verbose():
             return record.levelno >= logging.INFO
+        if record.name == TRACEBACKS:
+            return False
         if record.name.startswith(OURS):
             return record.levelno >= logging.INFO
         return record.levelno >= logging.WARNING and not record.name.startswith((*RUN_LOGGERS, "py.warnings"))

@@ -70,7 +70,10 @@ def _stop(child: subprocess.Popen) -> None:
             psutil.Process(pid).kill()
         except psutil.NoSuchProcess:
             pass
-    child.wait(timeout=STOP_S - GRACE_S)
+    try:
+        child.wait(timeout=STOP_S - GRACE_S)
+    except subprocess.TimeoutExpired:
+        log.warning("The runner (pid %d) did not exit after SIGKILL.", child.pid)
 
 
 def serve(params: Params, params_path: Path, prefect_health_url: str) -> int:

@@ -13,7 +13,7 @@ from components import stack as embedded
 from components.stack import free_port
 from components.label_studio import LabelStudio
 from components.labeling_config import LabelingConfig, load_labeling_config
-from components.settings import NO_PHONE_HOME, Settings, load_settings
+from components.settings import CLIENT_ENV, NO_PHONE_HOME, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -21,7 +21,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 @pytest.fixture(scope="session", autouse=True)
 def no_phone_home() -> None:
-    for key, value in NO_PHONE_HOME.items():
+    for key, value in {**NO_PHONE_HOME, **CLIENT_ENV}.items():
         os.environ.setdefault(key, value)
 
 

@@ -15,7 +15,7 @@ def snapshot(tmp_path):
     rows = []
     for i, label in enumerate(["0", "0", "1", "1"]):
         Image.new("L", (8, 8), color=i * 40).save(tmp_path / "images" / f"{i:064x}.png")
-        rows.append({"task_id": i + 1, "image": f"images/{i:064x}.png", "sha256": f"{i:064x}", "label": label, "annotation_id": i + 1,
+        rows.append({"task_id": i + 1, "image": f"images/{i:064x}.png", "sha256": f"{i:064x}", "label": label, "annotation_id": i + 1, "source": "s",
                      "annotator": "a@b.c", "updated_at": "2026-11-25T00:00:00+00:00", "split": "train" if i % 2 else "val"})
     return tmp_path, pd.DataFrame(rows)
 

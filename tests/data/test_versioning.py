@@ -23,7 +23,7 @@ def test_a_failed_push_leaves_nothing_behind_and_the_cursor_where_it_was(tmp_pat
     registry = DataRegistry(tmp_path / "registry" / "project-1", str(tmp_path / "remote")).open()
     with registry.stage() as folder:
         stage_rows(folder, 2)
-        first = registry.commit(folder, 1, "2026-11-25T00:00:00.000000Z", quarantine={7: {"reason": "Task 7: bad", "annotation": "1@t"}})
+        first = registry.commit(folder, 1, "2026-11-25T00:00:00.000000Z", quarantine={7: {"reason": "Task 7: bad", "key": "1@t#s"}})
     assert first.rev == "snapshot-0001" and first.quarantine[7]["reason"] == "Task 7: bad"
 
     remote = tmp_path / "remote"

@@ -107,8 +107,8 @@ def annotations_with_provenance(label_studio: LabelStudio, task_id: int) -> list
 def test_replacing_pre_annotations_never_touches_labeled_tasks_or_their_provenance(label_studio, project):
     ids = sorted(label_studio.unlabeled_tasks(project.id))[:40]
     first = [Prediction(task_id=t, label=str(t % 10), score=0.5) for t in ids]
-    assert label_studio.replace_predictions(project, first, "model-1", keep=set()) == len(ids)
-    label_studio.replace_predictions(project, first[:3], "other-tool", keep={"model-1"})  # another tool's version
+    assert label_studio.replace_predictions(project, ids, first, "model-1", keep=set()) == len(ids)
+    label_studio.replace_predictions(project, ids, first[:3], "other-tool", keep={"model-1"})  # another tool's version
 
     # A person accepts the suggestion on one task, skips another.
     accepted = label_studio.task(ids[0])["predictions"][0]
@@ -118,9 +118,9 @@ def test_replacing_pre_annotations_never_touches_labeled_tasks_or_their_provenan
     shown_then = {t: [p["id"] for p in label_studio.task(t)["predictions"]] for t in ids[:2]}
     cursor = max(label_studio.task(t)["updated_at"] for t in ids[:2]).replace("+00:00", "Z")
 
-    second = [Prediction(task_id=t, label="1", score=0.7) for t in ids[2:]]
-    label_studio.replace_predictions(project, second, "model-2", keep={"model-1", "other-tool"})
-    label_studio.replace_predictions(project, second, "model-2", keep={"other-tool"})  # twice: no duplicates
+    second = [Prediction(task_id=t, label="1", score=0.7) for t in ids]  # as listed before the person labeled
+    label_studio.replace_predictions(project, ids, second, "model-2", keep={"model-1", "other-tool"})
+    label_studio.replace_predictions(project, ids, second, "model-2", keep={"other-tool"})  # twice: no duplicates
 
     assert {t: annotations_with_provenance(label_studio, t) for t in ids[:2]} == human
     assert {t: [p["id"] for p in label_studio.task(t)["predictions"]] for t in ids[:2]} == shown_then  # history stays

@@ -1,3 +1,4 @@
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -8,6 +9,7 @@ from components.errors import DataError
 from components.images import ImageError, StoredImage
 from components.snapshot import (
     apply_changes,
+    due_for_retry,
     duplicates,
     empty_manifest,
     read_manifest,
@@ -62,15 +64,15 @@ def test_bad_annotations_and_images_are_quarantined_by_task_and_the_rest_goes_on
     found = {**images(good, unknown, empty), 11: ImageError(11, "the file is not an image PIL can read")}
     update = apply_changes(empty_manifest(), {}, [good, unknown, empty, unreadable], c, 20, found)
     assert update.manifest["task_id"].tolist() == [1]
-    assert sorted(update.quarantine) == [7, 9, 11] == sorted(update.new_problems)
+    assert sorted(update.quarantine) == [7, 9, 11]
     assert "Task 7" in update.quarantine[7]["reason"] and "'cat'" in update.quarantine[7]["reason"]
     assert "empty result" in update.quarantine[9]["reason"]
     assert "Task 11" in update.quarantine[11]["reason"] and "not an image" in update.quarantine[11]["reason"]
 
-    # carried while unchanged, not reported again; a fixed task leaves the quarantine and trains
+    # carried while unchanged; a fixed task leaves the quarantine and trains
     fixed = task(7, "3", c, when=5)
     later = apply_changes(update.manifest, update.quarantine, [fixed], c, 20, images(fixed))
-    assert sorted(later.quarantine) == [9, 11] and later.new_problems == {}
+    assert sorted(later.quarantine) == [9, 11]
     assert later.manifest["task_id"].tolist() == [1, 7]
 
 
@@ -79,9 +81,19 @@ def test_a_change_only_to_predictions_is_not_a_change(classification_config):
     one, bad = task(1, "3", c), task(2, "cat", c)
     update = apply_changes(empty_manifest(), {}, [one, bad], c, 20, images(one, bad))
     touched = [task(1, "3", c), task(2, "cat", c), task(3, None, c)]  # same annotations, new updated_at
-    assert real_changes(update.manifest, update.quarantine, touched) == ()
+    assert real_changes(update.manifest, update.quarantine, touched, c.data_key) == ()
     edited = task(1, "4", c, when=3)
-    assert real_changes(update.manifest, update.quarantine, [edited]) == (edited,)
+    assert real_changes(update.manifest, update.quarantine, [edited], c.data_key) == (edited,)
+    replaced = LabeledTask(id=2, data={"image": "/data/local-files/?d=x/new.png"}, annotations=bad.annotations, updated_at=T0)
+    assert real_changes(update.manifest, update.quarantine, [replaced], c.data_key) == (replaced,)  # its image changed
+
+
+def test_a_transient_image_failure_is_due_again_later(classification_config):
+    c = classification_config
+    one = task(1, "3", c)
+    update = apply_changes(empty_manifest(), {}, [one], c, 20, {1: ImageError(1, "no answer", transient=True)}, retry_after_s=60)
+    assert due_for_retry(update.quarantine) == []
+    assert due_for_retry(update.quarantine, now=time.time() + 61) == [1]
 
 
 def test_duplicated_images_train_once_on_the_latest_label_and_are_named(classification_config):
