@@ -47,7 +47,7 @@ def clear_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except FlywheelError as e:
             tracebacks.error("%s", e, exc_info=True)
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(1) from None
+            _exit(1)
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
@@ -56,9 +56,23 @@ def clear_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             tracebacks.error("%s: %s", e.__class__.__name__, e, exc_info=True)
             typer.secho(f"error: {_explain(e)}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(1) from None
+            _exit(1)
 
     return run
+
+
+def _exit(code: int) -> None:
+    """Exit with `code`. When Prefect's API is down, exit at once: at exit, Prefect's background
+    workers would try to send the failed run's events and logs for another half minute."""
+    if "prefect" in sys.modules:
+        from components.stack import is_healthy
+
+        if not is_healthy(f"{os.environ.get('PREFECT_API_URL', '')}/health", timeout=1):
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    raise typer.Exit(code)
 
 
 def _explain(error: Exception) -> str:
