@@ -71,6 +71,12 @@ def label_studio(stack: Settings) -> LabelStudio:
 
 
 @pytest.fixture(scope="module")
+def cli_env(stack: Settings, stack_env: dict[str, str]) -> dict[str, str]:
+    """The environment of a `flywheel` command run as a subprocess against the test stack."""
+    return {**os.environ, **stack_env, "PREFECT_API_URL": stack.prefect_api_url, "MLFLOW_TRACKING_URI": stack.mlflow_tracking_uri}
+
+
+@pytest.fixture(scope="module")
 def loop_env(stack: Settings, stack_env: dict[str, str], monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Settings]:
     """Flows read their settings from the environment: point it at the test stack."""
     for key, value in stack_env.items():

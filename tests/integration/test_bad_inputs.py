@@ -42,7 +42,7 @@ from components.settings import Settings, load_settings
 from components.simulator import label_balanced
 from components.snapshot import read_manifest
 from components.stack import free_port
-from tests.integration.test_loop import write_params
+from tests.integration.test_loop import make_digits_project, write_params
 
 pytestmark = pytest.mark.integration
 
@@ -180,11 +180,6 @@ def web_server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", root
     server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def cli_env(stack, stack_env) -> dict[str, str]:
-    return {**os.environ, **stack_env, "PREFECT_API_URL": stack.prefect_api_url, "MLFLOW_TRACKING_URI": stack.mlflow_tracking_uri}
 
 
 def annotations_now(ls: LabelStudio, project: Project) -> dict[int, list[dict]]:
@@ -336,12 +331,9 @@ def test_settings_case(name, corpus, cli_env, tmp_path):
 def test_settings_case_deleted_project(label_studio, cli_env, loop_env, tmp_path):
     from flows.flywheel import flywheel_iteration
 
-    params_path = write_params(tmp_path, f"deleted-{uuid.uuid4().hex[:6]}", min_new_annotations=1)
+    params_path, project, truth = make_digits_project(label_studio, tmp_path, "deleted", 30, min_new_annotations=1)
     params = load_params(params_path)
-    images = materialize("digits", tmp_path / "datasets", limit=30)
-    project = label_studio.ensure_project(params.project.title, load_labeling_config(params.project.config))
-    label_studio.import_images(project, [i.path for i in images])
-    label_balanced(label_studio, project, {i.path.name: i.label for i in images}, 20, random.Random(0))
+    label_balanced(label_studio, project, truth, 20, random.Random(0))
     flywheel_iteration(str(params_path))
     registry = open_workspace(load_settings(), params).data
     kept = registry.latest()

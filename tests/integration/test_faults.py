@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -23,15 +22,13 @@ from prefect import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from components import stack as embedded
-from components.datasets import materialize
 from components.faults import PAUSE_AT, PAUSE_FILE
 from components.iteration import open_workspace
-from components.labeling_config import load_labeling_config
 from components.params import load_params
 from components.settings import load_settings
 from components.simulator import label_balanced
 from tests.integration.test_bad_inputs import run_cli
-from tests.integration.test_loop import write_params
+from tests.integration.test_loop import make_digits_project
 
 pytestmark = pytest.mark.integration
 
@@ -46,18 +43,8 @@ def wait_for(path: Path, process: subprocess.Popen, timeout_s: float) -> None:
 
 @pytest.fixture
 def project(stack, label_studio, loop_env, tmp_path):
-    params_path = write_params(tmp_path, f"faults-{uuid.uuid4().hex[:6]}", min_new_annotations=1)
-    params = load_params(params_path)
-    images = materialize("digits", tmp_path / "datasets", limit=150)
-    project = label_studio.ensure_project(params.project.title, load_labeling_config(params.project.config))
-    label_studio.import_images(project, [i.path for i in images])
-    truth = {i.path.name: i.label for i in images}
+    params_path, project, truth = make_digits_project(label_studio, tmp_path, "faults", 150, min_new_annotations=1)
     return params_path, project, lambda count, seed: label_balanced(label_studio, project, truth, count, random.Random(seed))
-
-
-@pytest.fixture
-def cli_env(stack, stack_env, tmp_path) -> dict[str, str]:
-    return {**os.environ, **stack_env, "PREFECT_API_URL": stack.prefect_api_url, "MLFLOW_TRACKING_URI": stack.mlflow_tracking_uri}
 
 
 def start_paused(env: dict[str, str], params_path: Path, point: str, marker: Path) -> subprocess.Popen:

@@ -43,6 +43,18 @@ def write_params(folder: Path, title: str, min_new_annotations: int = 10) -> Pat
     return path
 
 
+def make_digits_project(
+    label_studio: LabelStudio, folder: Path, prefix: str, limit: int, min_new_annotations: int = 10
+) -> tuple[Path, Project, dict[str, str]]:
+    """A fresh project of `limit` scikit-learn digits: (params.yaml path, project, file name -> true label)."""
+    params_path = write_params(folder, f"{prefix}-{uuid.uuid4().hex[:6]}", min_new_annotations)
+    params = load_params(params_path)
+    images = materialize("digits", folder / "datasets", limit=limit)
+    project = label_studio.ensure_project(params.project.title, load_labeling_config(params.project.config))
+    label_studio.import_images(project, [i.path for i in images])
+    return params_path, project, {i.path.name: i.label for i in images}
+
+
 class Person:
     """Plays an annotator who knows the ground truth of each image."""
 
@@ -170,11 +182,7 @@ def test_retrain_compares_every_architecture_in_one_experiment(digits_project, l
 def test_malformed_annotations_are_left_out_and_the_rest_is_versioned(loop_env, label_studio, tmp_path):
     from flows import flywheel
 
-    params_path = write_params(tmp_path, f"bad-{uuid.uuid4().hex[:6]}", min_new_annotations=2)
-    params = load_params(params_path)
-    images = materialize("digits", tmp_path / "datasets", limit=30)
-    project = label_studio.ensure_project(params.project.title, load_labeling_config(params.project.config))
-    label_studio.import_images(project, [i.path for i in images])
+    params_path, project, _ = make_digits_project(label_studio, tmp_path, "bad", 30, min_new_annotations=2)
     ids = sorted(label_studio.unlabeled_tasks(project.id))
     label_studio.annotate(ids[0], choice_result("cat", project.config))  # a label the config does not have
     label_studio.annotate(ids[1], [])  # an empty result
