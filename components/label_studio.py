@@ -224,7 +224,7 @@ class LabelStudio:
     def task_hashes(self, project_id: int) -> dict[str, int]:
         """Content hash -> task id for every task of the project that flywheel imported."""
         with self._calling(f"list the tasks of project {project_id}"):
-            tasks = self.sdk.tasks.list(project=project_id, fields="task_only", page_size=BATCH)
+            tasks = self.sdk.tasks.list(project=project_id, include="id,data", page_size=BATCH)
             return {t.data["sha256"]: t.id for t in tasks if t.data and "sha256" in t.data}
 
     def import_images(
@@ -301,14 +301,19 @@ class LabelStudio:
         """Task id -> data for every task nobody has touched (no annotation, no skip): what
         pre-annotations are for."""
         with self._calling(f"list the unlabeled tasks of project {project_id}"):
-            pages = self.sdk.tasks.list(project=project_id, fields="task_only", query=_query(UNTOUCHED), page_size=BATCH)
+            pages = self.sdk.tasks.list(project=project_id, include="id,data", query=_query(UNTOUCHED), page_size=BATCH)
             return {t.id: dict(t.data or {}) for t in pages}
+
+    def untouched_ids(self, project_id: int) -> set[int]:
+        """The ids of the tasks nobody has touched (cheaper than `unlabeled_tasks`: no data)."""
+        with self._calling(f"list the unlabeled tasks of project {project_id}"):
+            return {t.id for t in self.sdk.tasks.list(project=project_id, include="id", query=_query(UNTOUCHED), page_size=BATCH)}
 
     def unlabeled_without_predictions(self, project_id: int) -> set[int]:
         """Untouched tasks that carry no prediction at all (new tasks, or a write-back cut short)."""
         none = {"filter": "filter:tasks:total_predictions", "operator": "equal", "type": "Number", "value": 0}
         with self._calling(f"list the tasks of project {project_id} without predictions"):
-            pages = self.sdk.tasks.list(project=project_id, fields="task_only", query=_query([*UNTOUCHED, none]), page_size=BATCH)
+            pages = self.sdk.tasks.list(project=project_id, include="id", query=_query([*UNTOUCHED, none]), page_size=BATCH)
             return {t.id for t in pages}
 
     def fetch_changed(self, project_id: int, cursor: str | None) -> ChangeSet:
@@ -414,7 +419,7 @@ class LabelStudio:
                 json={**selected, "filters": {"conjunction": "and", "items": UNTOUCHED}},
             )
         after_batch()
-        still = set(self.unlabeled_tasks(project.id))
+        still = self.untouched_ids(project.id)
         items = [prediction_to_ls(p, project.config, model_version) for p in predictions if p.task_id in still]
         self._import(project.id, items, f"predictions of {model_version!r}", after_batch)
         self._import(project.id, [k for k in kept if k["task"] in still], "the kept predictions of earlier versions", lambda: None)
