@@ -203,7 +203,7 @@ def validate(ws: Workspace, staged: StagedSnapshot) -> ValidationReport:
             versioned and the cursor does not move.
     """
     report = validate_snapshot(staged.manifest, staged.folder, ws.project.config.labels, ws.params.validate_.min_per_class)
-    if report.task_ids or (not report.success and not report.too_few):
+    if not report.success and not report.only_too_few:
         raise DataError(f"Not versioning: {report.describe()}", list(report.task_ids))
     if report.too_few:
         log.warning("Waiting for labels before training: %s", "; ".join(f for f in report.failures))
