@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from bench.results import record
 from bench.simulate import scratch_params
-from components.conversions import choice_result
+from components.tasks.classification import choice_result
 from components.datasets import materialize
 from components.iteration import SUSPECTS_VIEW, open_workspace, reports_dir
 from components.params import load_params

@@ -23,10 +23,11 @@ from tqdm import tqdm
 
 from bench.results import record
 from bench.stack import throwaway_stack
-from components.conversions import Prediction, choice_result, format_cursor
+from components.conversions import Prediction, format_cursor
 from components.label_studio import LabelStudio, Project
 from components.labeling_config import load_labeling_config
 from components.params import load_params
+from components.tasks.classification import choice_result
 
 ROOT = Path(__file__).resolve().parents[1]
 REPEATS = 5
@@ -72,7 +73,7 @@ def measure_poll(ls: LabelStudio, project: Project, changes: int) -> tuple[float
 def measure_writeback(ls: LabelStudio, project: Project) -> tuple[float, float, float]:
     """Predictions per second replacing the pre-annotations of 1,000 unlabeled tasks: (bulk, one call each)."""
     ids = sorted(ls.unlabeled_tasks(project.id))[:1000]
-    predictions = [Prediction(task_id=t, label=str(t % 10), score=0.9) for t in ids]
+    predictions = [Prediction(t, tuple(choice_result(str(t % 10), project.config)), 0.9) for t in ids]
     ls.replace_predictions(project, ids, predictions, "bench-bulk", keep=set())
     bulk_s = timed(lambda: ls.replace_predictions(project, ids, predictions, "bench-bulk", keep=set()), 3)
     # The same with one earlier version kept (predict.keep_versions: 2): a read and a re-import more.
@@ -91,7 +92,7 @@ def measure_writeback(ls: LabelStudio, project: Project) -> tuple[float, float, 
     for p in tqdm(predictions, desc="one call per prediction", leave=False):
         ls.sdk.predictions.delete(id=existing[p.task_id])
         ls.sdk.predictions.create(
-            task=p.task_id, result=choice_result(p.label, project.config), score=p.score, model_version="bench-single"
+            task=p.task_id, result=list(p.result), score=p.score, model_version="bench-single"
         )
     single_s = time.perf_counter() - start
     return len(ids) / bulk_s, len(ids) / single_s, len(ids) / keep_s
@@ -104,7 +105,7 @@ def measure_training(image_size: int, batch_size: int, images: int = 512, epochs
     from torch.utils.data import DataLoader, TensorDataset
 
     from components.architectures import build_network
-    from components.training import Classifier
+    from components.tasks.classification import Classifier
 
     params = load_params(ROOT / "params.yaml")  # the architectures to compare
     data = TensorDataset(torch.rand(images, 3, image_size, image_size), torch.randint(0, 10, (images,)))

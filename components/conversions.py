@@ -1,7 +1,8 @@
 """Pure converters between Label Studio's JSON and flywheel's records. No network, no SDK.
 
-Label Studio task JSON -> `LabeledTask` (with each annotation's label), and a model's output ->
-a Label Studio prediction. Tag names and the label set always come from a `LabelingConfig`.
+Label Studio task JSON -> `LabeledTask`, and a model's suggestion -> an item of Label Studio's bulk
+prediction import. What a result *means* (a class, boxes) is a task type's business
+(`components/tasks/`), not this module's.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from components.errors import AnnotationError
-from components.labeling_config import LabelingConfig
 
 CURSOR_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
@@ -50,21 +49,17 @@ class LabeledTask:
 
 @dataclass(frozen=True)
 class Prediction:
-    """A model's suggestion for one task.
+    """A model's suggestion for one task, as a Label Studio result.
 
     Attributes:
         task_id: The task.
-        label: The suggested class.
-        score: What Label Studio sorts by: on an unlabeled task the label-next priority, on a
-            suspected label error how suspect it is.
-        region_id: Written as the result item's `id`; marks a kind of prediction so a Data
-            Manager filter on prediction results can find it.
+        result: The suggestion's regions (a task type builds them; each may carry its own score).
+        score: The model's confidence in the whole suggestion: what a person sees beside it.
     """
 
     task_id: int
-    label: str
+    result: tuple[Mapping[str, Any], ...]
     score: float
-    region_id: str | None = None
 
 
 def parse_timestamp(value: str) -> datetime:
@@ -105,73 +100,17 @@ def task_from_json(raw: Mapping[str, Any]) -> LabeledTask:
     )
 
 
-def label_of(annotation: Annotation, config: LabelingConfig, task_id: int) -> str:
-    """The single class an annotation chose.
-
-    Raises:
-        AnnotationError: The result is empty, has no choice for the config's control tag, picks more
-            than one class, or picks a class the config does not know. The message names the task.
-    """
-    choices = [
-        r.get("value", {}).get(config.result_type, [])
-        for r in annotation.result
-        if isinstance(r, Mapping) and r.get("from_name") == config.from_name and isinstance(r.get("value"), Mapping)
-    ]
-    picked = [c for chosen in choices if isinstance(chosen, list) for c in chosen]
-    if not picked:
-        raise AnnotationError(
-            f"Task {task_id}: annotation {annotation.id} by {annotation.annotator or 'unknown'} has no "
-            f"'{config.from_name}' choice (empty result). Open the task in Label Studio and pick a label, "
-            "or skip the task.",
-            [task_id],
-        )
-    if len(picked) > 1:
-        raise AnnotationError(
-            f"Task {task_id}: annotation {annotation.id} picks {picked}, but this is single-label "
-            "classification. Keep one label in Label Studio.",
-            [task_id],
-        )
-    if picked[0] not in config.labels:
-        raise AnnotationError(
-            f"Task {task_id}: annotation {annotation.id} uses label {picked[0]!r}, which is not in the "
-            f"labeling config {list(config.labels)}. Fix the annotation, or add the label to the config.",
-            [task_id],
-        )
-    return picked[0]
-
-
 def current_annotation(task: LabeledTask) -> Annotation | None:
     """The annotation that counts for training: the latest one that was not a skip."""
     done = [a for a in task.annotations if not a.was_cancelled]
     return max(done, key=lambda a: (a.updated_at, a.id)) if done else None
 
 
-def prediction_to_ls(prediction: Prediction, config: LabelingConfig, model_version: str) -> dict[str, Any]:
+def prediction_to_ls(prediction: Prediction, model_version: str) -> dict[str, Any]:
     """A model's suggestion -> one item of Label Studio's bulk prediction import."""
-    result = choice_result(prediction.label, config)
-    if prediction.region_id:
-        result[0]["id"] = prediction.region_id
-    return {"task": prediction.task_id, "model_version": model_version, "score": float(prediction.score), "result": result}
-
-
-def predicted_label(prediction: Mapping[str, Any], config: LabelingConfig) -> str | None:
-    """The class a Label Studio prediction (JSON) suggests, or None when it holds no single choice."""
-    picked = [
-        c
-        for r in prediction.get("result") or ()
-        if r.get("from_name") == config.from_name
-        for c in r.get("value", {}).get(config.result_type, [])
-    ]
-    return picked[0] if len(picked) == 1 else None
-
-
-def choice_result(label: str, config: LabelingConfig) -> list[dict[str, Any]]:
-    """The result of picking `label`: what a person's annotation or a model's prediction holds."""
-    return [
-        {
-            "from_name": config.from_name,
-            "to_name": config.to_name,
-            "type": config.result_type,
-            "value": {config.result_type: [label]},
-        }
-    ]
+    return {
+        "task": prediction.task_id,
+        "model_version": model_version,
+        "score": float(prediction.score),
+        "result": [dict(region) for region in prediction.result],
+    }

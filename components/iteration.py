@@ -31,13 +31,20 @@ from components.errors import DataError, LabelStudioError
 from components.faults import pause_point
 from components.images import ImageError, ImageStore, StoredImage
 from components.label_errors import find_label_errors
-from components.label_studio import UNTOUCHED, ChangeSet, LabelStudio, Project, task_ids_filter
+from components.label_studio import (
+    BY_ID,
+    LEAST_CONFIDENT_FIRST,
+    MOST_CONFIDENT_FIRST,
+    ChangeSet,
+    LabelStudio,
+    Project,
+)
 from components.labeling_config import load_labeling_config
 from components.params import Params
-from components.prediction import infer_images
-from components.registry import TAG_KIND, TAG_PROJECT, ModelRegistry, Promotion, RegisteredModel
+from components.prediction import embed, infer_images
+from components.registry import TAG_KIND, TAG_PROJECT, TAG_REGISTERED, ModelRegistry, Promotion, RegisteredModel
 from components.report import LearningPoint, Report, build_report, measure_acceptance, write_report
-from components.selection import priorities, rank_for_labeling
+from components.selection import rank_for_labeling
 from components.settings import Settings
 from components.snapshot import (
     apply_changes,
@@ -48,7 +55,8 @@ from components.snapshot import (
     training_rows,
     write_snapshot,
 )
-from components.training import InferenceModel, TrainedModel, evaluate, fit, load_images
+from components.tasks import TaskType, task_type_of
+from components.training import TrainedModel, fit, load_images
 from components.validation import ValidationReport, validate_snapshot
 from components.versioning import DataRegistry, SnapshotVersion
 
@@ -73,6 +81,11 @@ class Workspace:
     data: DataRegistry
     models: ModelRegistry
     images: ImageStore
+
+    @property
+    def task(self) -> TaskType:
+        """The project's task type, from its labeling config's control tag."""
+        return task_type_of(self.project.config)
 
 
 def open_workspace(
@@ -184,6 +197,7 @@ def snapshot(ws: Workspace, changes: ChangeSet, folder: Path) -> StagedSnapshot:
         ws.project.config,
         ws.params.snapshot.val_percent,
         images,
+        ws.task,
         retry_after_s=ws.params.images.retry_failed_s,
     )
     sources = {image.sha256: image.path for image in images.values() if isinstance(image, StoredImage)}
@@ -202,7 +216,9 @@ def validate(ws: Workspace, staged: StagedSnapshot) -> ValidationReport:
         DataError: The contract is broken (a bug, since bad input is quarantined before); nothing is
             versioned and the cursor does not move.
     """
-    report = validate_snapshot(staged.manifest, staged.folder, ws.project.config.labels, ws.params.validate_.min_per_class)
+    report = validate_snapshot(
+        staged.manifest, staged.folder, ws.project.config.labels, ws.params.validate_.min_per_class, ws.task
+    )
     if not report.success and not report.only_too_few:
         raise DataError(f"Not versioning: {report.describe()}", list(report.task_ids))
     if report.too_few:
@@ -225,9 +241,8 @@ def ready_to_train(ws: Workspace, snapshot_version: SnapshotVersion) -> bool:
 
 def trained_run(ws: Workspace, snapshot_version: SnapshotVersion) -> str | None:
     """The run id of a registered model trained on this snapshot by the loop's architecture, if any."""
-    runs = ws.models.search_runs(
-        f"tags.`{TAG_MD5}` = '{snapshot_version.md5}' and tags.`flywheel.architecture` = "
-        f"'{ws.params.train.architecture}' and tags.`flywheel.registered_version` != ''",
+    runs = ws.models.runs_tagged(
+        {TAG_MD5: snapshot_version.md5, "flywheel.architecture": ws.params.train.architecture}, registered=True
     )
     return runs[0].info.run_id if runs else None
 
@@ -263,6 +278,7 @@ def train(ws: Workspace, snapshot_version: SnapshotVersion, architecture: str, p
     folder = ws.data.checkout(snapshot_version)
     with ws.models.calling(f"track the training of {architecture}"):
         return fit(
+            ws.task,
             folder,
             training_rows(read_manifest(folder)),
             ws.project.config.labels,
@@ -272,6 +288,7 @@ def train(ws: Workspace, snapshot_version: SnapshotVersion, architecture: str, p
             batch_size=p.batch_size,
             max_epochs=p.max_epochs,
             min_steps=p.min_steps,
+            max_steps=p.max_steps,
             patience=p.patience,
             lr=p.lr,
             augment=p.augment,
@@ -286,8 +303,14 @@ def train(ws: Workspace, snapshot_version: SnapshotVersion, architecture: str, p
 def register(ws: Workspace, trained: TrainedModel) -> Promotion:
     """Log and register the model; move `champion` if it does better on the same val set."""
     registered = ws.models.register(trained.model, trained.run_id)
-    ws.models.set_tags(trained.run_id, {"flywheel.registered_version": str(registered.version)})
-    promotion = ws.models.promote_if_better(registered, trained.model, trained.val_images, trained.val_targets)
+    ws.models.set_tags(trained.run_id, {TAG_REGISTERED: str(registered.version)})
+    labels = list(ws.project.config.labels)
+
+    def judge(champion: Any) -> Any:
+        same_task = type(champion) is type(trained.model) and list(champion.labels) == labels
+        return ws.task.evaluate(champion, trained.val_set, labels) if same_task else None
+
+    promotion = ws.models.promote_if_better(registered, trained.scores, judge, ws.task.metric)
     ws.models.set_tags(trained.run_id, {"flywheel.promoted": str(promotion.promoted).lower()})
     return promotion
 
@@ -306,20 +329,23 @@ def predictions_stale(ws: Workspace, champion: RegisteredModel) -> bool:
     return bool(ws.label_studio.unlabeled_tasks(ws.project.id)) or bool(suspect_predictions(ws))
 
 
-def _embed_labeled(model: InferenceModel, folder: Path | None) -> np.ndarray:
+def _embed_labeled(ws: Workspace, model: torch.nn.Module, folder: Path | None) -> np.ndarray:
     """Embeddings of the latest snapshot's images: what selection keeps its distance from."""
     manifest = read_manifest(folder)
     if folder is None or manifest.empty:
         return np.empty((0, 0))
     images = load_images([folder / p for p in manifest["image"]], model.image_size)
-    with torch.no_grad():
-        chunks = [model.probabilities_and_embeddings(chunk)[1] for chunk in images.split(512)]
-    return torch.cat(chunks).numpy()
+    return embed(ws.task, model, images, ws.project.config)
+
+
+def marked(result: list[dict[str, Any]], mark: str) -> list[dict[str, Any]]:
+    """A result whose regions carry ids starting with `mark`, so a Data Manager filter finds them."""
+    return [{**region, "id": mark if i == 0 else f"{mark}-{i}"} for i, region in enumerate(result)]
 
 
 def suspect_predictions(ws: Workspace) -> list[Prediction]:
-    """The last error check's suspects whose label is still the one it doubted, as predictions of the
-    label the out-of-fold model suggests, scored by how suspect they are (1 - label quality)."""
+    """The last error check's suspects whose label is still the one it doubted, as predictions of what
+    the out-of-fold model suggests, scored by its confidence in that suggestion."""
     path = reports_dir(ws) / "label_errors.parquet"
     _, folder = latest_snapshot(ws)
     if not path.is_file() or folder is None:
@@ -327,19 +353,24 @@ def suspect_predictions(ws: Workspace) -> list[Prediction]:
     table = pd.read_parquet(path)
     current = read_manifest(folder)
     still = table[table["suspected"]].merge(current[["task_id", "label"]], on=["task_id", "label"])
+    config = ws.project.config
     return [
-        Prediction(task_id=int(r.task_id), label=str(r.suggested), score=round(1.0 - float(r.quality), 4), region_id=SUSPECT_MARK)
+        Prediction(
+            task_id=int(r.task_id),
+            result=tuple(marked(ws.task.result_of(str(r.suggested), config), SUSPECT_MARK)),
+            score=round(float(r.suggested_probability), 4),
+        )
         for r in still.itertuples()
     ]
 
 
-def publish_views(ws: Workspace, label_next_cutoff: float, suspects: list[int]) -> dict[str, int]:
-    """The Data Manager tabs people work from. Returns title -> view id."""
-    score = {"filter": "filter:tasks:predictions_score", "type": "Number", "operator": "greater_or_equal", "value": label_next_cutoff}
-    by_score = ["-tasks:predictions_score"]
+def publish_views(ws: Workspace, label_next: list[int], suspects: list[int]) -> dict[str, int]:
+    """The Data Manager tabs people work from: the batch to label next, least confident first, and
+    the suspected label errors, most confident suggestion first. Returns title -> view id."""
+    ls, project = ws.label_studio, ws.project.id
     return {
-        LABEL_NEXT_VIEW: ws.label_studio.ensure_view(ws.project.id, LABEL_NEXT_VIEW, [*UNTOUCHED, score], by_score),
-        SUSPECTS_VIEW: ws.label_studio.ensure_view(ws.project.id, SUSPECTS_VIEW, task_ids_filter(suspects), by_score, "or"),
+        LABEL_NEXT_VIEW: ls.ensure_task_list_view(project, LABEL_NEXT_VIEW, label_next, LEAST_CONFIDENT_FIRST),
+        SUSPECTS_VIEW: ls.ensure_task_list_view(project, SUSPECTS_VIEW, suspects, MOST_CONFIDENT_FIRST),
     }
 
 
@@ -369,7 +400,7 @@ def publish_needs_attention(ws: Workspace, unlabeled: Mapping[int, str] | None =
     for reason in new.values():
         log.warning("Needs attention: %s", reason)
     if current != previous or ws.label_studio.view_id(ws.project.id, ATTENTION_VIEW) is None:
-        view = ws.label_studio.ensure_view(ws.project.id, ATTENTION_VIEW, task_ids_filter(map(int, everything)), ["tasks:id"], "or")
+        view = ws.label_studio.ensure_task_list_view(ws.project.id, ATTENTION_VIEW, map(int, everything), BY_ID)
         if new:
             log.warning(
                 "%d task(s) need attention, %d new: %s/projects/%d/data?tab=%d (reasons in %s)",
@@ -394,11 +425,11 @@ def _keep_versions(ws: Workspace, champion: RegisteredModel) -> set[str]:
 def write_back(ws: Workspace, champion: RegisteredModel) -> int:
     """Predict and rank every unlabeled task with the champion and write it all as one model version.
 
-    Each unlabeled task gets the champion's label, scored by its label-next priority (1 = label
-    first: uncertain, and unlike what is labeled or picked already). Each suspected label error
-    of the last error check gets the out-of-fold model's label, scored by how suspect it is. Label
-    Studio shows that version, and the "Label next" and "Suspected label errors" tabs sort by score.
-    An unlabeled task whose image cannot be read gets no prediction and goes to "Needs attention".
+    Each unlabeled task gets the champion's answer scored by its confidence (what a person sees).
+    The "Label next" tab holds the `select.batch` tasks worth labeling first (uncertain, and unlike
+    what is labeled or picked already). Each suspected label error of the last error check gets the
+    out-of-fold model's suggestion, scored by its confidence. Label Studio shows that version. An
+    unlabeled task whose image cannot be read gets no prediction and goes to "Needs attention".
 
     Returns:
         The number of predictions written.
@@ -406,14 +437,13 @@ def write_back(ws: Workspace, champion: RegisteredModel) -> int:
     model = ws.models.load(champion)
     tasks = ws.label_studio.unlabeled_tasks(ws.project.id)
     decoded, problems = decode_unlabeled(ws, tasks, model.image_size)
-    outputs = infer_images(model, decoded, ws.params.predict.batch_size)
+    outputs = infer_images(ws.task, model, decoded, ws.project.config, ws.params.predict.batch_size)
     select = ws.params.select
     _, folder = latest_snapshot(ws)
-    order = rank_for_labeling(outputs.probabilities, outputs.embeddings, _embed_labeled(model, folder), select.batch, select.candidates)
-    scores = priorities(order)
+    order = rank_for_labeling(outputs.uncertainty, outputs.embeddings, _embed_labeled(ws, model, folder), select.batch, select.candidates)
     predictions = [
-        Prediction(task_id=task_id, label=label, score=round(float(score), 6))
-        for task_id, label, score in zip(outputs.task_ids, outputs.predicted, scores, strict=True)
+        Prediction(task_id=task_id, result=tuple(reading.result), score=reading.confidence)
+        for task_id, reading in zip(outputs.task_ids, outputs.readings, strict=True)
     ]
     keep = _keep_versions(ws, champion)
     written = ws.label_studio.replace_predictions(
@@ -423,8 +453,7 @@ def write_back(ws: Workspace, champion: RegisteredModel) -> int:
     written += ws.label_studio.sync_marked_predictions(ws.project, suspects, champion.model_version, SUSPECT_MARK)
     if predictions or suspects:  # Label Studio refuses to show a version with no predictions
         ws.label_studio.show_model_version(ws.project.id, champion.model_version)
-    cutoff = 1.0 - (select.batch - 0.5) / max(len(predictions), 1)
-    publish_views(ws, cutoff, [p.task_id for p in suspects])
+    publish_views(ws, [outputs.task_ids[i] for i in order[: select.batch]], [p.task_id for p in suspects])
     publish_needs_attention(ws, problems)
     return written
 
@@ -437,15 +466,14 @@ def label_next(ws: Workspace) -> list[int]:
 
 def labels_checked(ws: Workspace, snapshot_version: SnapshotVersion) -> bool:
     """True when the label error check already ran on this snapshot."""
-    return bool(ws.models.search_runs(f"tags.`{TAG_KIND}` = 'label-errors' and tags.`{TAG_MD5}` = '{snapshot_version.md5}'"))
+    return bool(ws.models.runs_tagged({TAG_KIND: "label-errors", TAG_MD5: snapshot_version.md5}))
 
 
 def reported(ws: Workspace, champion: RegisteredModel) -> bool:
     """True when the strategy report for the latest snapshot and this champion exists."""
     latest = ws.data.latest()
-    return latest is None or bool(ws.models.search_runs(
-        f"tags.`{TAG_KIND}` = 'report' and tags.`{TAG_MD5}` = '{latest.md5}' and "
-        f"tags.`flywheel.champion` = '{champion.model_version}'",
+    return latest is None or bool(ws.models.runs_tagged(
+        {TAG_KIND: "report", TAG_MD5: latest.md5, "flywheel.champion": champion.model_version}
     ))
 
 
@@ -458,7 +486,7 @@ def check_labels(
     folder = ws.data.checkout(snapshot_version)
     manifest = training_rows(read_manifest(folder))
     table, accuracy = find_label_errors(
-        folder, manifest, ws.project.config.labels, p.architecture,
+        ws.task, folder, manifest, ws.project.config.labels, p.architecture,
         ws.params.architectures.get(p.architecture, {}), folds=e.folds, steps=e.steps, image_size=p.image_size,
         batch_size=p.batch_size, lr=p.lr, augment=p.augment, seed=p.seed, progress=progress,
     )
@@ -467,55 +495,53 @@ def check_labels(
     table.to_parquet(out / "label_errors.parquet", index=False)
     tags = {**run_tags(ws, snapshot_version, p.architecture), TAG_KIND: "label-errors",
             "mlflow.runName": f"label-errors@{snapshot_version.rev}"}
-    with ws.models.tracked_run(tags) as (client, run_id):
-        client.log_param(run_id, "folds", e.folds)
-        client.log_param(run_id, "steps", e.steps)
-        for key, value in {"labeled": len(table), "suspected": int(table["suspected"].sum()), "out_of_fold_accuracy": accuracy}.items():
-            client.log_metric(run_id, key, float(value))
-        client.log_table(run_id, table.drop(columns=["image"]), artifact_file="label_errors.json")
+    ws.models.record_run(
+        tags,
+        params={"folds": e.folds, "steps": e.steps},
+        metrics={"labeled": len(table), "suspected": int(table["suspected"].sum()), f"out_of_fold_{ws.task.metric}": accuracy},
+        table=(table.drop(columns=["image"]), "label_errors.json"),
+    )
     return table
 
 
 def learning_points(ws: Workspace) -> list[LearningPoint]:
-    """(labels, validation accuracy) of every registered model of the loop's architecture."""
-    runs = ws.models.search_runs(
-        f"tags.`flywheel.architecture` = '{ws.params.train.architecture}' and tags.`flywheel.registered_version` != ''",
-        max_results=1000,
-    )
+    """(labels, validation score) of every registered model of the loop's architecture."""
+    runs = ws.models.runs_tagged({"flywheel.architecture": ws.params.train.architecture}, registered=True, max_results=1000)
     points = {}
+    key = f"best_val_{ws.task.metric}"
     for run in sorted(runs, key=lambda r: r.info.start_time):
         m = run.data.metrics
-        if "best_val_accuracy" in m and "train_images" in m:
+        if key in m and "train_images" in m:
             labels = int(m["train_images"] + m.get("val_images", 0))
-            points[labels] = LearningPoint(labels, float(m["best_val_accuracy"]), run.data.tags.get("flywheel.dvc_rev", ""))
+            points[labels] = LearningPoint(labels, float(m[key]), run.data.tags.get("flywheel.dvc_rev", ""))
     return list(points.values())
 
 
 def report(ws: Workspace, champion: RegisteredModel) -> tuple[Report, Path]:
     """Build the strategy report, write it into the workspace (HTML + PNGs + JSON), log it to MLflow."""
     labels = list(ws.project.config.labels)
+    task = ws.task
     latest, folder = latest_snapshot(ws)
     manifest = training_rows(read_manifest(folder))
-    val = manifest[manifest["split"] == "val"]
     model = ws.models.load(champion)
-    images = load_images([folder / p for p in val["image"]], model.image_size) if folder else load_images([], model.image_size)
-    targets = torch.tensor([labels.index(label) for label in val["label"]], dtype=torch.long)
-    confusion = evaluate(model, images, targets, len(labels))["confusion"]
-    acceptance = measure_acceptance(ws.label_studio.labeled_tasks(ws.project.id), ws.project.config)
-    counts = manifest["label"].value_counts().to_dict()
-    result = build_report(learning_points(ws), labels, counts, confusion, acceptance, ws.params.report.target_accuracy)
+    data = task.datamodule(folder or Path("."), manifest, labels, model.image_size, 1, augment=False)
+    data.setup()
+    scores = task.evaluate(model, data.val_set, labels)
+    acceptance = measure_acceptance(ws.label_studio.labeled_tasks(ws.project.id), ws.project.config, task)
+    counts = pd.Series([c for target in manifest["label"] for c in task.classes_in(target)], dtype="object").value_counts().to_dict()
+    result = build_report(
+        learning_points(ws), labels, counts, scores.confusion, acceptance, ws.params.report.target_accuracy,
+        per_class=scores.per_class, metric_title=task.metric_title, per_class_title=task.per_class_metric.upper(),
+    )
     out = reports_dir(ws) / "report"
     path = write_report(result, labels, out, f"flywheel report: {ws.project.title}")
     tags = {TAG_KIND: "report", TAG_PROJECT: str(ws.project.id), "flywheel.champion": champion.model_version}
     if latest is not None:
         tags.update({TAG_MD5: latest.md5, "flywheel.dvc_rev": latest.rev, "mlflow.runName": f"report@{latest.rev}"})
-    with ws.models.tracked_run(tags) as (client, run_id):
-        metrics = {"labeled": float(result.labeled)}
-        if acceptance.rate is not None:
-            metrics["acceptance_rate"] = acceptance.rate
-        if result.labels_to_target is not None:
-            metrics["labels_to_target"] = float(result.labels_to_target)
-        for key, value in metrics.items():
-            client.log_metric(run_id, key, value)
-        client.log_artifacts(run_id, str(out), artifact_path="report")
+    metrics = {"labeled": float(result.labeled)}
+    if acceptance.rate is not None:
+        metrics["acceptance_rate"] = acceptance.rate
+    if result.labels_to_target is not None:
+        metrics["labels_to_target"] = float(result.labels_to_target)
+    ws.models.record_run(tags, metrics=metrics, artifacts=(out, "report"))
     return result, path

@@ -50,6 +50,10 @@ UNTOUCHED = [
     {"filter": "filter:tasks:cancelled_annotations", "operator": "equal", "type": "Number", "value": 0},
 ]
 LABELED = [{"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}]
+# Orderings of a Data Manager tab. A prediction's score is the model's confidence.
+BY_ID = ["tasks:id"]
+LEAST_CONFIDENT_FIRST = ["tasks:predictions_score"]
+MOST_CONFIDENT_FIRST = ["-tasks:predictions_score"]
 
 
 def _query(items: list[dict[str, Any]], ordering: list[str] | None = None) -> str:
@@ -188,13 +192,13 @@ class LabelStudio:
         with self._calling(f"read project {project.id}"):
             xml = self.sdk.projects.get(id=project.id).label_config or ""
         current = parse_labeling_config(xml, source=f"project {title!r} (id {project.id})")
-        if (current.from_name, current.to_name, current.data_key, current.labels) != (
-            config.from_name, config.to_name, config.data_key, config.labels,
+        if (current.control_type, current.from_name, current.to_name, current.data_key, current.labels) != (
+            config.control_type, config.from_name, config.to_name, config.data_key, config.labels,
         ):
             raise LabelConfigError(
-                f"Project {title!r} (id {project.id}) labels {list(current.labels)} with tags "
+                f"Project {title!r} (id {project.id}) labels {list(current.labels)} with <{current.control_type}> "
                 f"{current.from_name}->{current.to_name}, but the config labels {list(config.labels)} with "
-                f"{config.from_name}->{config.to_name}. Use another project title, or make the config "
+                f"<{config.control_type}> {config.from_name}->{config.to_name}. Use another project title, or make the config "
                 "match the project (Label Studio: Settings > Labeling Interface)."
             )
         return Project(id=project.id, title=title, config=current)
@@ -370,6 +374,12 @@ class LabelStudio:
                 self.sdk.projects.import_predictions(id=project_id, request=items[start : start + BATCH])
             after_batch()
 
+    def add_predictions(self, project_id: int, predictions: Iterable[Prediction], model_version: str) -> int:
+        """Write predictions in bulk under `model_version` (on new tasks: nothing is replaced). Returns how many."""
+        items = [prediction_to_ls(p, model_version) for p in predictions]
+        self._import(project_id, items, f"predictions of {model_version!r}", lambda: None)
+        return len(items)
+
     def replace_predictions(
         self,
         project: Project,
@@ -420,7 +430,7 @@ class LabelStudio:
             )
         after_batch()
         still = self.untouched_ids(project.id)
-        items = [prediction_to_ls(p, project.config, model_version) for p in predictions if p.task_id in still]
+        items = [prediction_to_ls(p, model_version) for p in predictions if p.task_id in still]
         self._import(project.id, items, f"predictions of {model_version!r}", after_batch)
         self._import(project.id, [k for k in kept if k["task"] in still], "the kept predictions of earlier versions", lambda: None)
         return len(items)
@@ -428,7 +438,7 @@ class LabelStudio:
     def sync_marked_predictions(
         self, project: Project, predictions: Iterable[Prediction], model_version: str, mark: str
     ) -> int:
-        """Make `predictions` (each carrying result id `mark`) the marked predictions on labeled tasks.
+        """Make `predictions` (each region's result id starting with `mark`) the marked predictions on labeled tasks.
 
         Marked predictions already there and equal to a wanted one are left as they are; the others
         are deleted one by one, except those an annotation was started from (they are its history).
@@ -436,7 +446,7 @@ class LabelStudio:
         Returns:
             The number of predictions written.
         """
-        wanted = {self._key(item): item for item in (prediction_to_ls(p, project.config, model_version) for p in predictions)}
+        wanted = {self._key(item): item for item in (prediction_to_ls(p, model_version) for p in predictions)}
         marked = {"filter": "filter:tasks:predictions_results", "operator": "contains", "type": "String", "value": mark}
         with self._calling(f"list the marked predictions of project {project.id}"):
             tasks = list(self.sdk.tasks.list(project=project.id, fields="all", query=_query([*LABELED, marked]), page_size=BATCH))
@@ -444,7 +454,7 @@ class LabelStudio:
         for task in tasks:
             started_from = {a.get("parent_prediction") for a in task.annotations or []}
             for p in task.predictions or []:
-                if not any(r.get("id") == mark for r in p.result or []):
+                if not any(str(r.get("id", "")).startswith(mark) for r in p.result or []):
                     continue
                 key = self._key({"task": task.id, "model_version": p.model_version, "score": p.score, "result": p.result})
                 if wanted.pop(key, None) is None and p.id not in started_from:
@@ -490,6 +500,11 @@ class LabelStudio:
                 self.sdk.views.update(str(view), project=project_id, data=data)
                 return view
             return int(self.sdk.views.create(project=project_id, data=data).id)
+
+    def ensure_task_list_view(self, project_id: int, title: str, task_ids: Iterable[int], ordering: list[str]) -> int:
+        """Create or update the Data Manager tab `title` showing exactly the tasks `task_ids`, sorted by
+        `ordering` (e.g. `LEAST_CONFIDENT_FIRST`). Returns its id."""
+        return self.ensure_view(project_id, title, task_ids_filter(task_ids), ordering, "or")
 
     def view_id(self, project_id: int, title: str) -> int | None:
         """The id of the Data Manager tab `title` (the oldest, if several), if it exists."""

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from components.errors import LabelConfigError
 
-CLASSIFICATION_TAGS = ("Choices",)
+# control tag -> (task type, the child tag that lists the label set)
+CONTROL_TAGS = {"Choices": ("classification", "Choice"), "RectangleLabels": ("detection", "Label")}
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,17 @@ class LabelingConfig:
 
     @property
     def result_type(self) -> str:
-        """The `type` of a result produced by the control tag ("choices")."""
+        """The `type` of a result produced by the control tag ("choices", "rectanglelabels")."""
         return self.control_type.lower()
+
+    @property
+    def task(self) -> str:
+        """The task type the control tag asks for ("classification", "detection")."""
+        return CONTROL_TAGS[self.control_type][0]
 
 
 def parse_labeling_config(xml: str, source: str = "labeling config") -> LabelingConfig:
-    """Parse a single-label image classification config.
+    """Parse a config with one supported control tag (`CONTROL_TAGS`) bound to one `<Image>`.
 
     Args:
         xml: The config text.
@@ -52,19 +58,21 @@ def parse_labeling_config(xml: str, source: str = "labeling config") -> Labeling
         The tag names, the image data key and the label set.
 
     Raises:
-        LabelConfigError: The XML is malformed, has no `Choices` bound to an `Image`, or no labels.
+        LabelConfigError: The XML is malformed, has not exactly one supported control tag bound to an
+            `Image`, or no labels.
     """
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as e:
         raise LabelConfigError(f"{source} is not valid XML ({e}); fix the file and run again.") from e
     images = {el.get("name"): el for el in root.iter("Image")}
-    controls = [el for el in root.iter() if el.tag in CLASSIFICATION_TAGS]
+    controls = [el for el in root.iter() if el.tag in CONTROL_TAGS]
     if len(controls) != 1 or not images:
+        found = ", ".join(f"<{el.tag}>" for el in controls) or "none"
         raise LabelConfigError(
-            f"{source} must hold exactly one <Choices> bound to an <Image> "
-            f"(found {len(controls)} <Choices> and {len(images)} <Image>); "
-            "start from label_studio_config/classification.xml."
+            f"{source} must hold exactly one control tag of {', '.join(f'<{t}>' for t in CONTROL_TAGS)} bound to "
+            f"an <Image> (found {found} and {len(images)} <Image>); start from label_studio_config/classification.xml "
+            "or detection.xml."
         )
     control = controls[0]
     to_name = control.get("toName", "")
@@ -76,10 +84,11 @@ def parse_labeling_config(xml: str, source: str = "labeling config") -> Labeling
     value = images[to_name].get("value", "")
     if not value.startswith("$"):
         raise LabelConfigError(f'{source}: <Image value="{value}"> must name a task field, like "$image".')
-    labels = tuple(choice.get("value") or "" for choice in control.iter("Choice"))
+    child = CONTROL_TAGS[control.tag][1]
+    labels = tuple(choice.get("value") or "" for choice in control.iter(child))
     if not labels or "" in labels or len(set(labels)) != len(labels):
         raise LabelConfigError(
-            f"{source}: <{control.tag}> needs at least one <Choice value=...>, each non-empty and unique "
+            f"{source}: <{control.tag}> needs at least one <{child} value=...>, each non-empty and unique "
             f"(found {list(labels)})."
         )
     return LabelingConfig(
@@ -96,7 +105,7 @@ def load_labeling_config(path: str | Path) -> LabelingConfig:
     """Read and parse a config file from `label_studio_config/` (or anywhere).
 
     Raises:
-        LabelConfigError: The file is missing or not a valid classification config.
+        LabelConfigError: The file is missing or not a valid config.
     """
     path = Path(path)
     try:
@@ -121,9 +130,10 @@ def with_labels(config: LabelingConfig, labels: list[str] | tuple[str, ...]) -> 
     """
     root = ET.fromstring(config.xml)
     control = next(el for el in root.iter(config.control_type) if el.get("name") == config.from_name)
-    for choice in list(control.iter("Choice")):
+    child = CONTROL_TAGS[config.control_type][1]
+    for choice in list(control.iter(child)):
         control.remove(choice)
     for label in labels:
-        ET.SubElement(control, "Choice", value=str(label))
+        ET.SubElement(control, child, value=str(label))
     ET.indent(root)
     return parse_labeling_config(ET.tostring(root, encoding="unicode"), source="generated config")

@@ -26,11 +26,21 @@ class ProjectParams(_Section):
     config: Path
 
 
+class DetectionDemoParams(_Section):
+    """`flywheel demo --task detection`: a detection set built from packaged images, and the keys its
+    params differ in (merged over params.yaml into the demo's own params file)."""
+
+    dataset: str
+    limit: int = Field(gt=0)
+    params: dict[str, dict[str, Any]]
+
+
 class DemoParams(_Section):
     """The demo project: a labeled dataset that ships in a package."""
 
     dataset: str
     limit: int = Field(gt=0)
+    detection: DetectionDemoParams
 
 
 class PollParams(_Section):
@@ -65,6 +75,7 @@ class TrainParams(_Section):
     batch_size: int = Field(ge=1)
     max_epochs: int = Field(ge=1)
     min_steps: int = Field(ge=0)
+    max_steps: int = Field(ge=-1)
     patience: int = Field(ge=1)
     lr: float = Field(gt=0)
     augment: bool
@@ -160,6 +171,23 @@ def load_params(path: str | Path = "params.yaml") -> Params:
             f"{path} is invalid: {'; '.join(problems)}. Fix these keys (the params.yaml that ships with flywheel "
             "has every one, with its default) and run again."
         ) from e
+
+
+def write_derived_params(base: str | Path, overrides: dict[str, dict[str, Any]], out: Path) -> Params:
+    """params.yaml with some keys replaced, written to `out` and validated (e.g. the detection demo's).
+
+    Args:
+        base: The params.yaml to start from (every other key comes from it).
+        overrides: section -> {key: value} to replace.
+        out: Where the merged file goes.
+    """
+    raw = yaml.safe_load(Path(base).read_text())
+    for section, values in overrides.items():
+        raw[section] = {**(raw.get(section) or {}), **values}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"# {Path(base).name} with the keys of demo.detection.params replaced; written by flywheel\n"
+                   + yaml.safe_dump(raw, sort_keys=False))
+    return load_params(out)
 
 
 def _where(error: Any) -> str:

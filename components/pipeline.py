@@ -14,9 +14,11 @@ from typing import Any
 import torch
 
 from components.errors import DataError
+from components.labeling_config import LabelingConfig
 from components.params import Params
 from components.snapshot import read_manifest, training_rows
-from components.training import InferenceModel, SnapshotDataModule, confusion_figure, evaluate, fit
+from components.tasks import task_type_of
+from components.training import fit
 from components.validation import validate_snapshot
 from components.versioning import find_registry
 
@@ -39,25 +41,26 @@ def fetch_snapshot(workspace: Path, title: str, rev: str, out: Path) -> str:
     return rev
 
 
-def validate_folder(snapshot: Path, labels: tuple[str, ...], min_per_class: int, report: Path) -> None:
+def validate_folder(snapshot: Path, config: LabelingConfig, min_per_class: int, report: Path) -> None:
     """Run the data contract on a snapshot folder; write the report as JSON.
 
     Raises:
         DataError: The snapshot breaks the contract.
     """
-    result = validate_snapshot(read_manifest(snapshot), snapshot, labels, min_per_class)
+    result = validate_snapshot(read_manifest(snapshot), snapshot, config.labels, min_per_class, task_type_of(config))
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps({"success": result.success, "failures": list(result.failures), **result.statistics}, indent=2))
     if not result.success:
         raise DataError(f"{snapshot}: {result.describe()}", list(result.task_ids))
 
 
-def train_folder(snapshot: Path, labels: tuple[str, ...], params: Params, tracking_uri: str, out: Path) -> dict[str, Any]:
+def train_folder(snapshot: Path, config: LabelingConfig, params: Params, tracking_uri: str, out: Path) -> dict[str, Any]:
     """Train params.yaml's architecture on a snapshot folder; save the inference model to `out`."""
     p = params.train
     trained = fit(
-        snapshot, training_rows(read_manifest(snapshot)), labels, p.architecture, params.architectures.get(p.architecture, {}),
-        image_size=p.image_size, batch_size=p.batch_size, max_epochs=p.max_epochs, min_steps=p.min_steps, patience=p.patience,
+        task_type_of(config), snapshot, training_rows(read_manifest(snapshot)), config.labels, p.architecture,
+        params.architectures.get(p.architecture, {}),
+        image_size=p.image_size, batch_size=p.batch_size, max_epochs=p.max_epochs, min_steps=p.min_steps, max_steps=p.max_steps, patience=p.patience,
         lr=p.lr, augment=p.augment, seed=p.seed, tracking_uri=tracking_uri,
         experiment=f"{params.registry.experiment}-dvc", run_tags={"flywheel.snapshot_path": str(snapshot)},
     )
@@ -66,15 +69,16 @@ def train_folder(snapshot: Path, labels: tuple[str, ...], params: Params, tracki
     return trained.metrics
 
 
-def evaluate_folder(snapshot: Path, model_path: Path, metrics: Path, plot: Path) -> dict[str, float]:
-    """Evaluate a saved model on the snapshot's validation split: metrics JSON and a confusion plot."""
-    model: InferenceModel = torch.load(model_path, weights_only=False)
-    data = SnapshotDataModule(snapshot, training_rows(read_manifest(snapshot)), model.labels, model.image_size, 1, augment=False)
+def evaluate_folder(snapshot: Path, config: LabelingConfig, model_path: Path, metrics: Path, plot: Path) -> dict[str, float]:
+    """Evaluate a saved model on the snapshot's validation split: metrics JSON and the task type's
+    first figure (the confusion matrix for classification)."""
+    task = task_type_of(config)
+    model = torch.load(model_path, weights_only=False)
+    data = task.datamodule(snapshot, training_rows(read_manifest(snapshot)), model.labels, model.image_size, 1, augment=False)
     data.setup()
-    images, targets = data.val_set.tensors
-    result = evaluate(model, images, targets, len(model.labels))
-    values = {"accuracy": result["accuracy"], "f1_macro": result["f1_macro"], "val_images": len(images)}
+    scores = task.evaluate(model, data.val_set, model.labels)
+    values = {**scores.metrics, "val_images": len(data.val_set)}
     metrics.parent.mkdir(parents=True, exist_ok=True)
     metrics.write_text(json.dumps(values, indent=2))
-    confusion_figure(result["confusion"], model.labels, "validation confusion").savefig(plot)
+    next(iter(task.figures(scores, model.labels, "validation").values())).savefig(plot)
     return values

@@ -1,4 +1,4 @@
-"""Batch inference of a model on tasks' images: class probabilities and embeddings per task."""
+"""Batch inference of a model on tasks' images: what it says about each task, and embeddings."""
 
 from __future__ import annotations
 
@@ -7,59 +7,70 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
-from components.training import InferenceModel, to_tensor
+from components.labeling_config import LabelingConfig
+from components.tasks.base import Reading, TaskType
+from components.training import to_tensor
 
 
 @dataclass(frozen=True)
 class ModelOutputs:
-    """What a model says about a set of tasks, row i belonging to `task_ids[i]`.
+    """What a model says about a set of tasks, item i belonging to `task_ids[i]`.
 
     Attributes:
         task_ids: The tasks whose image could be read, in order.
-        probabilities: (N, classes) softmax outputs.
-        embeddings: (N, D) penultimate features.
-        labels: The class names, column j of `probabilities` being `labels[j]`.
+        readings: The task type's reading of each (answer, Label Studio result, confidence, uncertainty).
+        embeddings: (N, D) features, what selection measures "near" with.
     """
 
     task_ids: tuple[int, ...]
-    probabilities: np.ndarray
+    readings: tuple[Reading, ...]
     embeddings: np.ndarray
-    labels: tuple[str, ...]
 
     @property
-    def predicted(self) -> list[str]:
-        """The top class of each task."""
-        return [self.labels[int(j)] for j in self.probabilities.argmax(axis=1)] if len(self.task_ids) else []
+    def uncertainty(self) -> np.ndarray:
+        return np.array([r.uncertainty for r in self.readings], dtype=float)
 
 
 def infer_images(
-    model: InferenceModel,
+    task_type: TaskType,
+    model: nn.Module,
     images: Mapping[int, np.ndarray],
+    config: LabelingConfig,
     batch_size: int,
     progress: Callable[[Iterable[int]], Iterable[int]] = lambda it: it,
 ) -> ModelOutputs:
     """Run `model` over each task's decoded image (`images.ImageStore.check`, at `model.image_size`).
 
     Args:
-        model: Outputs probabilities over `model.labels`.
+        task_type: Reads the model's output.
+        model: An inference model of that task type.
         images: Task id -> its image as (S, S, 3) uint8.
+        config: The labeling config (tag names of the results).
         batch_size: Images per forward pass.
         progress: Wraps the iteration over batches.
     """
     items = list(images.items())
-    probabilities, embeddings = [], []
+    readings: list[Reading] = []
+    embeddings = []
     model.eval()
     with torch.no_grad():
         for start in progress(range(0, len(items), batch_size)):
             chunk = [array for _, array in items[start : start + batch_size]]
-            p, e = model.probabilities_and_embeddings(to_tensor(chunk, model.image_size))
-            probabilities.append(p.numpy())
-            embeddings.append(e.numpy())
-    classes = len(model.labels)
+            read, embedded = task_type.read(model, to_tensor(chunk, model.image_size), config)
+            readings.extend(read)
+            embeddings.append(embedded)
     return ModelOutputs(
         task_ids=tuple(task_id for task_id, _ in items),
-        probabilities=np.concatenate(probabilities) if probabilities else np.empty((0, classes)),
+        readings=tuple(readings),
         embeddings=np.concatenate(embeddings) if embeddings else np.empty((0, 0)),
-        labels=tuple(model.labels),
     )
+
+
+def embed(task_type: TaskType, model: nn.Module, images: torch.Tensor, config: LabelingConfig, batch_size: int = 512) -> np.ndarray:
+    """(N, D) embeddings of images already as a tensor (a snapshot's, `training.load_images`)."""
+    if not len(images):
+        return np.empty((0, 0))
+    model.eval()
+    return np.concatenate([task_type.read(model, chunk, config)[1] for chunk in images.split(batch_size)])

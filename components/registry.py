@@ -16,7 +16,7 @@ import json
 import math
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +30,15 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
+import pandas as pd
+from torch import nn
 
 from components.errors import TrackingError
-from components.training import InferenceModel, evaluate
+from components.tasks.base import Scores
 
 CHAMPION = "champion"
 TAG_KIND = "flywheel.kind"
+TAG_REGISTERED = "flywheel.registered_version"
 TAG_PROJECT = "flywheel.label_studio_project"
 
 
@@ -69,8 +72,8 @@ class Promotion:
 
     candidate: RegisteredModel
     promoted: bool
-    candidate_accuracy: float
-    champion_accuracy: float | None
+    candidate_score: float
+    champion_score: float | None
     champion: RegisteredModel
 
 
@@ -133,6 +136,34 @@ class ModelRegistry:
         with self.calling("search runs"):
             return self.client.search_runs([experiment_id], filter_string=filter_string, max_results=max_results)
 
+    def runs_tagged(self, tags: dict[str, str], registered: bool = False, max_results: int = 1) -> list[Run]:
+        """Runs of the loop's experiment carrying every one of `tags` (and a registered model, if asked)."""
+        clauses = [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
+        if registered:
+            clauses.append(f"tags.`{TAG_REGISTERED}` != ''")
+        return self.search_runs(" and ".join(clauses), max_results=max_results)
+
+    def record_run(
+        self,
+        tags: dict[str, str],
+        params: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        table: tuple[pd.DataFrame, str] | None = None,
+        artifacts: tuple[Path, str] | None = None,
+    ) -> str:
+        """Log one finished run in one call: tags, params, metrics, a table (as `artifact_file`) and a
+        folder of artifacts (under `artifact_path`). Returns its id."""
+        with self.tracked_run(tags) as (client, run_id):
+            for key, value in (params or {}).items():
+                client.log_param(run_id, key, value)
+            for key, value in (metrics or {}).items():
+                client.log_metric(run_id, key, float(value))
+            if table is not None:
+                client.log_table(run_id, table[0], artifact_file=table[1])
+            if artifacts is not None:
+                client.log_artifacts(run_id, str(artifacts[0]), artifact_path=artifacts[1])
+        return run_id
+
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         with self.calling(f"tag run {run_id}"):
             for key, value in tags.items():
@@ -167,20 +198,31 @@ class ModelRegistry:
                 self.client.set_terminated(run.info.run_id, status="FAILED")
         return [r.info.run_id for r in runs]
 
-    def register(self, model: InferenceModel, run_id: str) -> RegisteredModel:
+    def register(self, model: nn.Module, run_id: str) -> RegisteredModel:
         """Log `model` into its training run (pytorch flavor + TorchScript export) and register it."""
         with self.calling("log and register the model"):
             return self._register(model, run_id)
 
-    def _register(self, model: InferenceModel, run_id: str) -> RegisteredModel:
+    @contextmanager
+    def _fluent(self) -> Iterator[None]:
+        """Point MLflow's fluent API (which `mlflow.pytorch` uses) at this server for one call, and
+        put back what was there: the tracking URI is never left set process-wide."""
+        previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(previous[0])
+            mlflow.set_registry_uri(previous[1])
+
+    def _register(self, model: nn.Module, run_id: str) -> RegisteredModel:
         example = torch.rand(2, 3, model.image_size, model.image_size)
         model.eval()
         with torch.no_grad():
             output = model(example)
         signature = infer_signature(example.numpy(), output.numpy())
-        with mlflow.start_run(run_id=run_id):
+        with self._fluent(), mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(
                 model,
                 name="model",
@@ -210,12 +252,11 @@ class ModelRegistry:
                 return None  # no such model or alias yet
         return RegisteredModel(name=self.name, version=int(mv.version), run_id=mv.run_id)
 
-    def load(self, model: RegisteredModel) -> InferenceModel:
-        """Load a registered version back as the same `InferenceModel` class."""
+    def load(self, model: RegisteredModel) -> nn.Module:
+        """Load a registered version back as the same inference-model class (its task type's)."""
         with self.calling(f"load model {model.model_version}"):
-            mlflow.set_tracking_uri(self.tracking_uri)
-            mlflow.set_registry_uri(self.tracking_uri)
-            return mlflow.pytorch.load_model(model.uri, map_location="cpu").eval()
+            with self._fluent():
+                return mlflow.pytorch.load_model(model.uri, map_location="cpu").eval()
 
     def _trained_images(self, run_id: str) -> float:
         with self.calling(f"read run {run_id}"):
@@ -224,48 +265,45 @@ class ModelRegistry:
     def promote_if_better(
         self,
         candidate: RegisteredModel,
-        candidate_model: InferenceModel,
-        val_images: torch.Tensor,
-        val_targets: torch.Tensor,
+        scores: Scores,
+        judge: Callable[[nn.Module], Scores | None],
+        metric: str,
     ) -> Promotion:
         """Move `champion` to `candidate` if it does better than the current champion on this validation set.
 
-        The champion is re-evaluated on the candidate's validation set, so both are judged on the
-        same images. A candidate trained on more labeled images than the champion (the loop's next
-        model) replaces it unless it is clearly worse: it gets more of these images wrong that the
-        champion gets right by more than two standard deviations of that paired difference
+        The champion is re-evaluated on the candidate's validation set (`judge`), so both are judged
+        on the same images. A candidate trained on more labeled images than the champion (the loop's
+        next model) replaces it unless it is clearly worse: it gets more of these images wrong that
+        the champion gets right by more than two standard deviations of that paired difference
         (McNemar). Tiny early validation sets would otherwise keep a stale champion for many
         iterations. A candidate trained on no more data (another architecture on the same
-        snapshot) must beat it: higher accuracy, or equal accuracy and lower log-loss. A champion
-        trained for another label set is replaced.
+        snapshot) must beat it: a higher score, or an equal one and a better tiebreak. A champion
+        `judge` cannot score (trained for another label set) is replaced.
+
+        Args:
+            candidate: The new registered version.
+            scores: Its validation scores.
+            judge: Scores another model on the same validation set (None when it cannot).
+            metric: The score's name, for the version's tag (e.g. "accuracy", "map50").
         """
-        num_classes = len(candidate_model.labels)
-        scores = evaluate(candidate_model, val_images, val_targets, num_classes)
-        accuracy = scores["accuracy"]
         current = self.champion()
-        champion_accuracy = None
-        champion_scores: dict[str, Any] | None = None
-        if current is not None:
-            champion_model = self.load(current)
-            if list(champion_model.labels) == list(candidate_model.labels):
-                champion_scores = evaluate(champion_model, val_images, val_targets, num_classes)
-                champion_accuracy = champion_scores["accuracy"]
+        champion_scores = judge(self.load(current)) if current is not None else None
         if champion_scores is None:
             promoted = True
         elif self._trained_images(candidate.run_id) > self._trained_images(current.run_id):
-            champion_only = int(((champion_scores["predicted"] == val_targets) & (scores["predicted"] != val_targets)).sum())
-            candidate_only = int(((scores["predicted"] == val_targets) & (champion_scores["predicted"] != val_targets)).sum())
+            champion_only = int((champion_scores.correct & ~scores.correct).sum())
+            candidate_only = int((scores.correct & ~champion_scores.correct).sum())
             promoted = champion_only - candidate_only <= 2 * math.sqrt(champion_only + candidate_only)
         else:
-            promoted = (accuracy, -scores["log_loss"]) > (champion_scores["accuracy"], -champion_scores["log_loss"])
+            promoted = (scores.score, scores.tiebreak) > (champion_scores.score, champion_scores.tiebreak)
         with self.calling("move the champion alias"):
             if promoted:
                 self.client.set_registered_model_alias(self.name, CHAMPION, str(candidate.version))
-            self.client.set_model_version_tag(self.name, str(candidate.version), "val_accuracy", f"{accuracy:.4f}")
+            self.client.set_model_version_tag(self.name, str(candidate.version), f"val_{metric}", f"{scores.score:.4f}")
         return Promotion(
             candidate=candidate,
             promoted=promoted,
-            candidate_accuracy=accuracy,
-            champion_accuracy=champion_accuracy,
+            candidate_score=scores.score,
+            champion_score=champion_scores.score if champion_scores else None,
             champion=candidate if promoted else current,  # type: ignore[arg-type]
         )

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 from scipy.optimize import curve_fit
 
-from components.conversions import current_annotation, label_of, predicted_label, task_from_json
-from components.errors import AnnotationError
+from components.conversions import current_annotation, task_from_json
 from components.labeling_config import LabelingConfig
+from components.tasks.base import TaskType
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class LearningPoint:
     """One trained model: how many labels it saw and how it scored on its validation split."""
 
     labels: int
-    accuracy: float
+    accuracy: float  # the task type's promotion score (accuracy, box mAP@0.5)
     snapshot: str
 
 
@@ -52,11 +52,13 @@ class CurveFit:
 
 @dataclass(frozen=True)
 class ClassRow:
+    """One class: how many labels it has and the task type's per-class score (F1, AP)."""
+
     label: str
     labeled: int
-    precision: float
-    recall: float
-    f1: float
+    precision: float | None
+    recall: float | None
+    f1: float  # the per-class score: F1 for classification, AP@0.5 for detection
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,9 @@ class Report:
     classes: tuple[ClassRow, ...]
     confused_pairs: tuple[tuple[str, str, int], ...]
     acceptance: Acceptance
-    confusion: list[list[int]]
+    confusion: list[list[int]] | None
+    metric_title: str = "validation accuracy"
+    per_class_title: str = "F1"
 
     @property
     def labels_to_target(self) -> int | None:
@@ -113,12 +117,13 @@ def fit_learning_curve(points: Sequence[LearningPoint]) -> CurveFit | None:
     return CurveFit(float(ceiling), float(scale), float(exponent))
 
 
-def measure_acceptance(tasks: Iterable[Mapping[str, Any]], config: LabelingConfig) -> Acceptance:
+def measure_acceptance(tasks: Iterable[Mapping[str, Any]], config: LabelingConfig, task_type: TaskType) -> Acceptance:
     """Compare each task's current annotation with the prediction it was started from.
 
     Args:
         tasks: Label Studio task JSON with annotations and predictions.
         config: The labeling config.
+        task_type: Says whether an annotation kept a suggestion unchanged.
     """
     by_version: dict[str, list[int]] = {}
     for raw in tasks:
@@ -127,14 +132,13 @@ def measure_acceptance(tasks: Iterable[Mapping[str, Any]], config: LabelingConfi
         annotation = current_annotation(task)
         if annotation is None or annotation.parent_prediction not in predictions:
             continue
-        try:
-            label = label_of(annotation, config, task.id)
-        except AnnotationError:
-            continue
         prediction = predictions[annotation.parent_prediction]
+        kept = task_type.agree(prediction.get("result") or [], annotation.result, config)
+        if kept is None:
+            continue
         counts = by_version.setdefault(str(prediction.get("model_version") or ""), [0, 0])
         counts[0] += 1
-        counts[1] += int(predicted_label(prediction, config) == label)
+        counts[1] += int(kept)
     return Acceptance(
         shown=sum(c[0] for c in by_version.values()),
         accepted=sum(c[1] for c in by_version.values()),
@@ -146,21 +150,36 @@ def build_report(
     points: Sequence[LearningPoint],
     labels: Sequence[str],
     class_counts: Mapping[str, int],
-    confusion: np.ndarray,
+    confusion: np.ndarray | None,
     acceptance: Acceptance,
     target_accuracy: float,
+    per_class: Mapping[str, float] | None = None,
+    metric_title: str = "validation accuracy",
+    per_class_title: str = "F1",
 ) -> Report:
     """Assemble the report.
 
     Args:
         points: One per trained snapshot, any order.
         labels: Class names (the order of `confusion`'s rows and columns).
-        class_counts: Labeled images per class in the latest snapshot.
-        confusion: The champion's confusion matrix on the latest validation split (rows = labeled).
+        class_counts: Labels (images, boxes) per class in the latest snapshot.
+        confusion: The champion's confusion matrix on the latest validation split (rows = labeled),
+            for classification; None for task types without one (then `per_class` gives the scores).
         acceptance: From `measure_acceptance`.
-        target_accuracy: params.yaml report.target_accuracy.
+        target_accuracy: params.yaml report.target_accuracy (the target of the task's score).
+        per_class: Class -> the champion's per-class score, when there is no confusion matrix.
+        metric_title: What the learning curve's score is called.
+        per_class_title: What the per-class score is called.
     """
     points = tuple(sorted(points, key=lambda p: p.labels))
+    if confusion is None:
+        rows = [ClassRow(label, int(class_counts.get(label, 0)), None, None, round(float((per_class or {}).get(label, 0.0)), 4))
+                for label in labels]
+        return Report(
+            labeled=int(sum(class_counts.values())), target_accuracy=target_accuracy, points=points,
+            fit=fit_learning_curve(points), classes=tuple(rows), confused_pairs=(), acceptance=acceptance,
+            confusion=None, metric_title=metric_title, per_class_title=per_class_title,
+        )
     rows = []
     for i, label in enumerate(labels):
         tp = float(confusion[i, i])
@@ -191,7 +210,7 @@ def summary_lines(report: Report) -> list[str]:
     latest = report.points[-1] if report.points else None
     lines = [f"Labeled images: {report.labeled}"]
     if latest:
-        lines.append(f"Latest model: validation accuracy {latest.accuracy:.3f} on {latest.snapshot}")
+        lines.append(f"Latest model: {report.metric_title} {latest.accuracy:.3f} on {latest.snapshot}")
     to_target = report.labels_to_target
     if to_target == 0:
         lines.append(f"Target accuracy {report.target_accuracy:.2f}: reached")
@@ -204,7 +223,8 @@ def summary_lines(report: Report) -> list[str]:
         lines.append(f"Target accuracy {report.target_accuracy:.2f}: not enough iterations yet to fit a curve (need 3)")
     if report.classes:
         weakest = [c for c in sorted(report.classes, key=lambda c: (c.f1, c.labeled))][:3]
-        lines.append("Classes that most need labels: " + ", ".join(f"{c.label} (F1 {c.f1:.2f}, {c.labeled} labeled)" for c in weakest))
+        lines.append("Classes that most need labels: " + ", ".join(
+            f"{c.label} ({report.per_class_title} {c.f1:.2f}, {c.labeled} labeled)" for c in weakest))
     if report.confused_pairs:
         lines.append("Most confused: " + ", ".join(f"{a}<->{b} ({n})" for a, b, n in report.confused_pairs[:3]))
     rate = report.acceptance.rate
@@ -221,19 +241,19 @@ def _plots(report: Report, labels: Sequence[str], folder: Path) -> dict[str, str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from components.training import confusion_figure
+    from components.tasks.classification import confusion_figure
 
     files = {}
     fig, ax = plt.subplots(figsize=(7, 4.2))
     if report.points:
-        ax.plot([p.labels for p in report.points], [p.accuracy for p in report.points], "o", label="validation accuracy")
+        ax.plot([p.labels for p in report.points], [p.accuracy for p in report.points], "o", label=report.metric_title)
     if report.fit and report.points:
         top = max(report.points[-1].labels * 3, (report.fit.labels_for(report.target_accuracy) or 0) * 1.1)
         xs = np.linspace(min(p.labels for p in report.points), top, 200)
         ax.plot(xs, [report.fit.accuracy_at(x) for x in xs], "-", label=f"fit (levels off at {report.fit.ceiling:.3f})")
     ax.axhline(report.target_accuracy, color="gray", linestyle=":", label=f"target {report.target_accuracy:.2f}")
     ax.set_xlabel("labeled images")
-    ax.set_ylabel("validation accuracy")
+    ax.set_ylabel(report.metric_title)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
@@ -245,23 +265,24 @@ def _plots(report: Report, labels: Sequence[str], folder: Path) -> dict[str, str
 
     fig, ax1 = plt.subplots(figsize=(7, 4.2))
     x = np.arange(len(report.classes))
-    ax1.bar(x, [c.f1 for c in report.classes], color="tab:blue", label="F1")
+    ax1.bar(x, [c.f1 for c in report.classes], color="tab:blue", label=report.per_class_title)
     ax1.set_ylim(0, 1.05)
-    ax1.set_ylabel("F1 (validation)")
+    ax1.set_ylabel(f"{report.per_class_title} (validation)")
     ax1.set_xticks(x, [c.label for c in report.classes], rotation=45, ha="right")
     ax2 = ax1.twinx()
     ax2.plot(x, [c.labeled for c in report.classes], "o-", color="tab:orange", label="labeled")
     ax2.set_ylabel("labeled images")
-    ax1.set_title("Per class: F1 (bars) and labeled images (line)")
+    ax1.set_title(f"Per class: {report.per_class_title} (bars) and labels (line)")
     fig.tight_layout()
     files["per_class"] = "per_class.png"
     fig.savefig(folder / files["per_class"], dpi=100)
     plt.close(fig)
 
-    fig = confusion_figure(np.array(report.confusion), labels, "Champion on the latest validation split")
-    files["confusion"] = "confusion.png"
-    fig.savefig(folder / files["confusion"], dpi=100)
-    plt.close(fig)
+    if report.confusion is not None:
+        fig = confusion_figure(np.array(report.confusion), labels, "Champion on the latest validation split")
+        files["confusion"] = "confusion.png"
+        fig.savefig(folder / files["confusion"], dpi=100)
+        plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     versions = sorted(report.acceptance.by_model_version, key=lambda v: (len(v), v))
@@ -278,6 +299,10 @@ def _plots(report: Report, labels: Sequence[str], folder: Path) -> dict[str, str
     return files
 
 
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def write_report(report: Report, labels: Sequence[str], folder: Path, title: str) -> Path:
     """Write report.html, its PNG plots and report.json into `folder`. Returns the HTML's path."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -286,19 +311,21 @@ def write_report(report: Report, labels: Sequence[str], folder: Path, title: str
                "classes_needing_labels": report.classes_needing_labels, "summary": summary_lines(report)}
     (folder / "report.json").write_text(json.dumps(summary, indent=2, default=str))
     rows = "".join(
-        f"<tr><td>{html.escape(c.label)}</td><td>{c.labeled}</td><td>{c.precision:.3f}</td><td>{c.recall:.3f}</td><td>{c.f1:.3f}</td></tr>"
+        f"<tr><td>{html.escape(c.label)}</td><td>{c.labeled}</td><td>{_cell(c.precision)}</td><td>{_cell(c.recall)}</td><td>{c.f1:.3f}</td></tr>"
         for c in sorted(report.classes, key=lambda c: (c.f1, c.labeled))
     )
     pairs = "".join(f"<li>{html.escape(a)} &harr; {html.escape(b)}: {n}</li>" for a, b, n in report.confused_pairs)
+    confused = (f"<h2>Most confused pairs</h2><ul>{pairs or '<li>none</li>'}</ul><img src=\"{plots['confusion']}\" alt=\"confusion\">"
+                if "confusion" in plots else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:.2em .8em;text-align:right}}</style></head>
 <body><h1>{html.escape(title)}</h1>
 <ul>{''.join(f'<li>{html.escape(line)}</li>' for line in summary_lines(report))}</ul>
 <h2>Learning curve</h2><img src="{plots['learning_curve']}" alt="learning curve">
 <h2>Per class (worst first: label these next)</h2>
-<table><tr><th>class</th><th>labeled</th><th>precision</th><th>recall</th><th>F1</th></tr>{rows}</table>
+<table><tr><th>class</th><th>labeled</th><th>precision</th><th>recall</th><th>{html.escape(report.per_class_title)}</th></tr>{rows}</table>
 <img src="{plots['per_class']}" alt="per class">
-<h2>Most confused pairs</h2><ul>{pairs or '<li>none</li>'}</ul><img src="{plots['confusion']}" alt="confusion">
+{confused}
 <h2>Suggestions accepted</h2><img src="{plots['acceptance']}" alt="acceptance">
 </body></html>"""
     path = folder / "report.html"

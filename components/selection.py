@@ -1,22 +1,15 @@
 """Which unlabeled tasks people should label next: uncertain ones, and not fifty near-duplicates.
 
-Uncertainty is one minus the margin between the model's two most likely classes. Among the
-`batch x candidates` most uncertain tasks, a batch is picked greedily: each pick maximises
-uncertainty x distance (in the model's embedding space) to everything already labeled or picked,
-a weighted k-center greedy. The rest follow in order of uncertainty.
+Uncertainty comes from the task type (margin between the two likeliest classes, or how
+borderline the likeliest boxes are). Among the `batch x candidates` most uncertain tasks, a batch
+is picked greedily: each pick maximises uncertainty x distance (in the model's embedding space) to
+everything already labeled or picked, a weighted k-center greedy. The rest follow in order of
+uncertainty.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-
-def margin_uncertainty(probabilities: np.ndarray) -> np.ndarray:
-    """1 - (top-1 probability - top-2 probability) per row, in [0, 1]; 1 is a coin toss."""
-    if probabilities.shape[1] < 2:
-        return np.zeros(len(probabilities))
-    top = np.sort(probabilities, axis=1)[:, -2:]
-    return 1.0 - (top[:, 1] - top[:, 0])
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
@@ -25,7 +18,7 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 
 def rank_for_labeling(
-    probabilities: np.ndarray,
+    uncertainty: np.ndarray,
     embeddings: np.ndarray,
     labeled_embeddings: np.ndarray,
     batch: int,
@@ -34,13 +27,12 @@ def rank_for_labeling(
     """The order in which to label the unlabeled tasks (row indices, first = label first).
 
     Args:
-        probabilities: (N, classes) model outputs on the unlabeled tasks.
+        uncertainty: (N,) the task type's uncertainty of each unlabeled task, in [0, 1].
         embeddings: (N, D) their embeddings.
         labeled_embeddings: (M, D) embeddings of the already labeled images (M may be 0).
         batch: How many to pick for diversity (the "Label next" view's size).
         candidates: The batch is picked among the `batch * candidates` most uncertain tasks.
     """
-    uncertainty = margin_uncertainty(probabilities)
     by_uncertainty = np.argsort(-uncertainty, kind="stable")
     pool = by_uncertainty[: batch * candidates]
     if len(pool) == 0:
@@ -62,10 +54,3 @@ def rank_for_labeling(
     first = pool[picked]
     rest = by_uncertainty[~np.isin(by_uncertainty, first)]
     return np.concatenate([first, rest])
-
-
-def priorities(order: np.ndarray) -> np.ndarray:
-    """Row index order -> a score per row in (0, 1], higher = label sooner (what Label Studio sorts by)."""
-    scores = np.empty(len(order))
-    scores[order] = 1.0 - np.arange(len(order)) / max(len(order), 1)
-    return scores

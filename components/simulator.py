@@ -1,9 +1,11 @@
 """A simulated annotator against a real Label Studio: does flywheel turn labeling into correcting?
 
 The simulator knows the ground truth; Label Studio and the loop do not. It takes the next task in
-the chosen order, reads the pre-annotation shown on it (if any), accepts it when it equals the
-truth and corrects it otherwise, and every K labels runs a real flywheel iteration. After each
-iteration it scores the champion on a fixed held-out set that is never imported, let alone labeled.
+the chosen order, reads the pre-annotation shown on it (if any), accepts it when the task type says
+it agrees with the truth (the same class; every box matched at IoU >= 0.5 with the same class,
+nothing missing, nothing extra) and otherwise draws the truth, and every K labels runs a real
+flywheel iteration. After each iteration it scores the champion on a fixed held-out set that is
+never imported, let alone labeled.
 """
 
 from __future__ import annotations
@@ -16,13 +18,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+import pandas as pd
 
-from components.conversions import choice_result
 from components.datasets import LabeledImage
 from components.label_studio import LabelStudio, Project
 from components.registry import ModelRegistry, RegisteredModel
-from components.training import evaluate, load_images
+from components.tasks import Scores, TaskType, task_type_of
 
 ORDERS = ("random", "suggested")
 
@@ -33,8 +34,8 @@ class Step:
 
     labels: int
     fraction_labeled: float
-    accuracy: float | None
-    f1_macro: float | None
+    score: float | None  # the task type's score on the held-out set (accuracy, box mAP@0.5)
+    secondary_score: float | None  # macro-F1, box mAP@0.5:0.95
     shown: int
     accepted: int
     acceptance: float | None
@@ -63,13 +64,13 @@ class Outcome:
         return accepted / shown if shown else None
 
     @property
-    def final_accuracy(self) -> float | None:
-        scored = [s.accuracy for s in self.steps if s.accuracy is not None]
+    def final_score(self) -> float | None:
+        scored = [s.score for s in self.steps if s.score is not None]
         return scored[-1] if scored else None
 
-    def labels_to_reach(self, accuracy: float) -> int | None:
-        """Labels done when held-out accuracy first reached `accuracy`."""
-        return next((s.labels for s in self.steps if s.accuracy is not None and s.accuracy >= accuracy), None)
+    def labels_to_reach(self, score: float) -> int | None:
+        """Labels done when the held-out score first reached `score`."""
+        return next((s.labels for s in self.steps if s.score is not None and s.score >= score), None)
 
 
 def split_pool(images: Sequence[LabeledImage], held_out: int, seed: int) -> tuple[list[LabeledImage], list[LabeledImage]]:
@@ -80,27 +81,28 @@ def split_pool(images: Sequence[LabeledImage], held_out: int, seed: int) -> tupl
 
 
 class HeldOut:
-    """The held-out images as tensors, scored against each champion once."""
+    """The held-out images, scored against each champion once (by the task type, as validation is)."""
 
-    def __init__(self, images: Sequence[LabeledImage], labels: Sequence[str], image_size: int):
-        self.images = load_images([i.path for i in images], image_size)
-        self.targets = torch.tensor([list(labels).index(i.label) for i in images])
-        self.num_classes = len(labels)
-        self._scores: dict[str, dict[str, Any]] = {}
+    def __init__(self, images: Sequence[LabeledImage], task_type: TaskType, labels: Sequence[str], image_size: int):
+        manifest = pd.DataFrame({"image": [str(i.path.resolve()) for i in images], "label": [i.label for i in images], "split": "val"})
+        data = task_type.datamodule(Path("/"), manifest, labels, image_size, 1, augment=False)
+        data.setup()
+        self.val_set = data.val_set
+        self.task_type = task_type
+        self.labels = list(labels)
+        self._scores: dict[str, Scores] = {}
 
-    def score(self, registry: ModelRegistry, champion: RegisteredModel) -> dict[str, Any]:
+    def score(self, registry: ModelRegistry, champion: RegisteredModel) -> Scores:
         if champion.model_version not in self._scores:
-            self._scores[champion.model_version] = evaluate(
-                registry.load(champion), self.images, self.targets, self.num_classes
-            )
+            self._scores[champion.model_version] = self.task_type.evaluate(registry.load(champion), self.val_set, self.labels)
         return self._scores[champion.model_version]
 
 
 def label_balanced(
     ls: LabelStudio, project: Project, truth: dict[str, str], count: int, rng: random.Random
 ) -> list[int]:
-    """A person labels `count` unlabeled tasks correctly, cycling over classes (so every class gets
-    labels early). Used to set up benchmarks and tests. Returns the task ids labeled."""
+    """A person labels `count` unlabeled tasks correctly, cycling over the true targets (so every
+    class gets labels early). Used to set up benchmarks and tests. Returns the task ids labeled."""
     tasks = list(ls.unlabeled_tasks(project.id).items())
     rng.shuffle(tasks)
     by_class: dict[str, list[int]] = {}
@@ -109,8 +111,9 @@ def label_balanced(
     depth = max(map(len, by_class.values()), default=0)
     order = [ids[i] for i in range(depth) for ids in by_class.values() if i < len(ids)][:count]
     data_of = dict(tasks)
+    task_type = task_type_of(project.config)
     for task_id in order:
-        ls.annotate(task_id, choice_result(truth[data_of[task_id]["filename"]], project.config))
+        ls.annotate(task_id, task_type.result_of(truth[data_of[task_id]["filename"]], project.config))
     return order
 
 
@@ -138,7 +141,7 @@ def simulate(
     Args:
         ls: Label Studio.
         project: A fresh project whose tasks carry `filename` (the key into `truth`).
-        truth: File name -> true label; known only here.
+        truth: File name -> the true target (a class, or boxes as JSON); known only here.
         held_out: The never-labeled evaluation set.
         registry: Where the champion lives.
         run_iteration: Runs one real flywheel iteration.
@@ -153,6 +156,7 @@ def simulate(
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, not {order!r}")
+    task_type = task_type_of(project.config)
     unlabeled = ls.unlabeled_tasks(project.id)
     pool = len(unlabeled)
     random_order = sorted(unlabeled)
@@ -167,13 +171,11 @@ def simulate(
         model_version = ls.shown_model_version(project.id)
         for task_id in queue:
             task = ls.task(task_id)
-            answer = truth[task["data"]["filename"]]
+            result = task_type.result_of(truth[task["data"]["filename"]], project.config)
             suggestion = shown_prediction(task, model_version) if model_version else None
-            result = choice_result(answer, project.config)
             if suggestion is not None:
                 shown += 1
-                suggested = suggestion["result"][0]["value"][project.config.result_type]
-                if suggested == [answer]:
+                if task_type.agree(suggestion["result"], result, project.config):
                     accepted += 1
                     result = suggestion["result"]  # accepted unchanged
             ls.annotate(task_id, result, parent_prediction=suggestion["id"] if suggestion else None)
@@ -187,8 +189,8 @@ def simulate(
         step = Step(
             labels=labels,
             fraction_labeled=labels / pool,
-            accuracy=scores["accuracy"] if scores else None,
-            f1_macro=scores["f1_macro"] if scores else None,
+            score=scores.score if scores else None,
+            secondary_score=scores.metrics[task_type.secondary_metric] if scores else None,
             shown=shown,
             accepted=accepted,
             acceptance=accepted / shown if shown else None,
@@ -209,8 +211,11 @@ def write_csv(outcome: Outcome, path: Path) -> None:
         writer.writerows(asdict(s) for s in outcome.steps)
 
 
-def plot_curves(outcomes: Sequence[Outcome], learning_png: Path, acceptance_png: Path, title: str) -> None:
-    """Learning curve (held-out accuracy and macro-F1 vs labels) and acceptance curve, per order."""
+def plot_curves(
+    outcomes: Sequence[Outcome], learning_png: Path, acceptance_png: Path, title: str,
+    score_name: str = "accuracy", secondary_name: str = "macro-F1",
+) -> None:
+    """Learning curve (held-out score and the secondary score vs labels) and acceptance curve, per order."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -218,9 +223,10 @@ def plot_curves(outcomes: Sequence[Outcome], learning_png: Path, acceptance_png:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for outcome in outcomes:
-        scored = [s for s in outcome.steps if s.accuracy is not None]
-        ax.plot([s.labels for s in scored], [s.accuracy for s in scored], marker="o", label=f"accuracy ({outcome.order})")
-        ax.plot([s.labels for s in scored], [s.f1_macro for s in scored], linestyle="--", label=f"macro-F1 ({outcome.order})")
+        scored = [s for s in outcome.steps if s.score is not None]
+        ax.plot([s.labels for s in scored], [s.score for s in scored], marker="o", label=f"{score_name} ({outcome.order})")
+        ax.plot([s.labels for s in scored], [s.secondary_score for s in scored], linestyle="--",
+                label=f"{secondary_name} ({outcome.order})")
     ax.set_xlabel("labels done")
     ax.set_ylabel("held-out score")
     ax.set_ylim(0, 1)

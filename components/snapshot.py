@@ -18,13 +18,17 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from components.conversions import LabeledTask, current_annotation, label_of
+from components.conversions import LabeledTask, current_annotation
 from components.errors import AnnotationError, DataError
 from components.images import StoredImage
 from components.labeling_config import LabelingConfig
+
+if TYPE_CHECKING:
+    from components.tasks.base import TaskType
 
 MANIFEST = "manifest.parquet"
 IMAGES = "images"
@@ -83,7 +87,8 @@ class SnapshotUpdate:
     """The next snapshot's content.
 
     Attributes:
-        manifest: One row per usable labeled task, sorted by task id.
+        manifest: One row per usable labeled task, sorted by task id; `label` holds the task type's
+            training target as text (a class name, or boxes as JSON).
         quarantine: Every task left out and why (carried ones and new ones), as task id ->
             {"reason": message naming the task, "key": its `task_key`, "retry_after": epoch seconds,
             only for an image fetch that may work later}.
@@ -100,6 +105,7 @@ def apply_changes(
     config: LabelingConfig,
     val_percent: int,
     images: Mapping[int, StoredImage | DataError],
+    task_type: TaskType,
     retry_after_s: float = 600,
 ) -> SnapshotUpdate:
     """The previous manifest updated with the current annotations of changed tasks.
@@ -112,6 +118,7 @@ def apply_changes(
         val_percent: Share of images in the validation split.
         images: Task id -> its checked image, or the error that says why it cannot be used, for
             every changed task that has a current annotation.
+        task_type: Turns an annotation into the training target (the `label` cell).
         retry_after_s: When a transient image failure is checked again (images.retry_failed_s).
 
     Returns:
@@ -127,10 +134,10 @@ def apply_changes(
         if annotation is None:
             continue  # annotations deleted (or only skips): the task leaves the snapshot
         try:
-            label = label_of(annotation, config, task.id)
             image = images[task.id]
             if isinstance(image, DataError):
                 raise image
+            label = task_type.target_of(annotation, config, task.id, image.path)
         except (AnnotationError, DataError) as e:
             quarantine[task.id] = {"reason": str(e), "key": task_key(task, config.data_key)}
             if getattr(e, "transient", False):

@@ -2,9 +2,10 @@
 
 Two suites, run on every snapshot (and by the data tests):
 
-- `manifest`: exact schema, no nulls, unique task ids, labels within the config's set, known
-  splits, every image readable;
-- `class_counts`: every class of the config has at least `min_per_class` labeled images.
+- `manifest`: exact schema, no nulls, unique task ids, every class a target names within the
+  config's set, known splits, every image readable;
+- `class_counts`: every class of the config has at least `min_per_class` labeled images (boxes,
+  for detection).
 
 A failure names the Label Studio tasks at fault.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import great_expectations as gx
 import great_expectations.expectations as gxe
@@ -21,6 +23,9 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from components.snapshot import COLUMNS
+
+if TYPE_CHECKING:
+    from components.tasks.base import TaskType
 
 
 @dataclass(frozen=True)
@@ -55,13 +60,13 @@ def is_readable(path: Path) -> bool:
         return False
 
 
-def manifest_suite(labels: tuple[str, ...]) -> list[gxe.Expectation]:
-    """Expectations on the manifest, with a derived `image_readable` column."""
+def manifest_suite() -> list[gxe.Expectation]:
+    """Expectations on the manifest, with derived `image_readable` and `label_unknown_classes` columns."""
     return [
-        gxe.ExpectTableColumnsToMatchSet(column_set=[*COLUMNS, "image_readable"], exact_match=True),
+        gxe.ExpectTableColumnsToMatchSet(column_set=[*COLUMNS, "image_readable", "label_unknown_classes"], exact_match=True),
         *(gxe.ExpectColumnValuesToNotBeNull(column=column) for column in COLUMNS),
         gxe.ExpectColumnValuesToBeUnique(column="task_id"),
-        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(labels)),
+        gxe.ExpectColumnValuesToBeInSet(column="label_unknown_classes", value_set=[""]),
         gxe.ExpectColumnValuesToBeInSet(column="split", value_set=["train", "val"]),
         gxe.ExpectColumnValuesToBeInSet(column="image_readable", value_set=[True]),
     ]
@@ -98,7 +103,7 @@ def _run(
 
 
 def validate_snapshot(
-    manifest: pd.DataFrame, folder: Path, labels: tuple[str, ...], min_per_class: int
+    manifest: pd.DataFrame, folder: Path, labels: tuple[str, ...], min_per_class: int, task_type: TaskType
 ) -> ValidationReport:
     """Check a snapshot against the data contract.
 
@@ -106,15 +111,18 @@ def validate_snapshot(
         manifest: The snapshot's manifest.
         folder: The snapshot folder (images are resolved against it).
         labels: The config's label set.
-        min_per_class: Minimum labeled images per class.
+        min_per_class: Minimum labeled images (boxes) per class.
+        task_type: Reads the classes out of each row's target.
     """
     frame = manifest.copy()
     frame["image_readable"] = [is_readable(folder / image) for image in frame["image"]]
-    counts = frame["label"].value_counts().reindex(list(labels), fill_value=0)
+    classes = [task_type.classes_in(target) for target in frame["label"]]
+    frame["label_unknown_classes"] = [", ".join(sorted(set(c) - set(labels))) for c in classes]
+    counts = pd.Series([c for row in classes for c in row], dtype="object").value_counts().reindex(list(labels), fill_value=0)
     count_frame = pd.DataFrame({"label": counts.index, "count": counts.to_numpy()})
 
     failures, task_ids, too_few = [], [], []
-    for name, keys in _run("manifest", manifest_suite(labels), frame, "task_id"):
+    for name, keys in _run("manifest", manifest_suite(), frame, "task_id"):
         task_ids.extend(int(k) for k in keys)
         shown = ", ".join(map(str, keys[:20])) + (" ..." if len(keys) > 20 else "")
         failures.append(f"{name}: tasks {shown}" if keys else name)
@@ -122,7 +130,7 @@ def validate_snapshot(
         too_few.extend(keys)
         few = ", ".join(f"{label!r}: {counts[label]}" for label in keys)
         failures.append(
-            f"classes below {min_per_class} labeled images ({few}); label more of them "
+            f"classes below {min_per_class} labeled {task_type.count_noun} ({few}); label more of them "
             "(or lower validate.min_per_class in params.yaml)"
         )
     return ValidationReport(

@@ -166,38 +166,73 @@ def stack_status() -> None:
 @app.command("import")
 @clear_errors
 def import_folder(
-    folder: Annotated[Path, typer.Argument(help="A folder of images (searched recursively).", exists=True, file_okay=False)],
+    folder: Annotated[Path, typer.Argument(help="A folder of images (searched recursively), or a COCO detection "
+                                                 "file (.json) whose boxes become pre-annotations.", exists=True)],
     project: Annotated[str | None, typer.Option(help="Project title (default: params.yaml project.title).")] = None,
     config: Annotated[Path | None, typer.Option(help="Labeling config (default: params.yaml project.config).")] = None,
 ) -> None:
-    """Import a folder of images as tasks; files already imported (same content) are skipped."""
+    """Import a folder of images as tasks; files already imported (same content) are skipped.
+
+    A COCO file's images are imported the same way, and its boxes are written as pre-annotations
+    (model version "coco:<file>") for people to confirm: flywheel never writes annotations."""
+    from components.conversions import Prediction
+    from components.datasets import read_boxes
     from components.label_studio import LabelStudio, find_images
     from components.labeling_config import load_labeling_config
     from components.params import load_params
+    from components.tasks import task_type_of
 
     params = load_params()
     ls = LabelStudio.from_settings(_settings())
     target = ls.ensure_project(project or params.project.title, load_labeling_config(config or params.project.config))
-    result = ls.import_images(target, find_images(folder), progress=_progress("hashing images"))
+    coco = folder.is_file()
+    if coco and target.config.task != "detection":
+        raise SettingsError(
+            f"{folder} is a file: a COCO detection file needs a detection project (<RectangleLabels>, e.g. "
+            f"--config label_studio_config/detection.xml); {target.title!r} is {target.config.task}."
+        )
+    items = read_boxes(folder) if coco else []
+    result = ls.import_images(target, [i.path for i in items] if coco else find_images(folder), progress=_progress("hashing images"))
     typer.echo(f"project {target.id}: {len(result.created)} tasks created, {result.skipped} already there")
+    if coco:
+        from components.images import file_sha256
+
+        ids, task_type = ls.task_hashes(target.id), task_type_of(target.config)
+        created = set(result.created)
+        predictions = [
+            Prediction(task_id, tuple(task_type.result_of(item.label, target.config)), 1.0)
+            for item in items if (task_id := ids.get(file_sha256(item.path))) in created
+        ]
+        ls.add_predictions(target.id, predictions, f"coco:{folder.name}")
+        typer.echo(f"{len(predictions)} pre-annotations from {folder.name}")
 
 
 @app.command("demo")
 @clear_errors
 def demo(
     loop: Annotated[bool, typer.Option(help="Serve the loop after creating the project.")] = True,
+    task: Annotated[str, typer.Option(help="classification (MNIST digits) | detection (digits composited onto "
+                                            "backgrounds, boxes)")] = "classification",
 ) -> None:
     """Bring up the stack, create the demo project from a dataset that ships in a package, serve the loop."""
     from components import stack
     from components.datasets import materialize
     from components.label_studio import LabelStudio
     from components.labeling_config import load_labeling_config
-    from components.params import load_params
+    from components.params import load_params, write_derived_params
 
     params = load_params()
     settings = _settings()
+    params_path, dataset, limit = Path("params.yaml"), params.demo.dataset, params.demo.limit
+    if task == "detection":
+        params_path = settings.workspace / "demo" / "params-detection.yaml"
+        params = write_derived_params("params.yaml", params.demo.detection.params, params_path)
+        dataset, limit = params.demo.detection.dataset, params.demo.detection.limit
+        typer.echo(f"detection demo: params in {params_path} (params.yaml with demo.detection.params)")
+    elif task != "classification":
+        raise SettingsError(f"--task must be classification or detection, not {task!r}.")
     stack.up(settings, echo=typer.echo)
-    images = materialize(params.demo.dataset, settings.workspace / "datasets", limit=params.demo.limit)
+    images = materialize(dataset, settings.workspace / "datasets", limit=limit)
     ls = LabelStudio.from_settings(load_settings())  # re-read: `up` may have just created the token
     project = ls.ensure_project(params.project.title, load_labeling_config(params.project.config))
     result = ls.import_images(project, [i.path for i in images], progress=_progress("importing demo images"))
@@ -208,7 +243,7 @@ def demo(
         f"(login in {settings.credentials_path}). Pre-annotations appear on the rest after the next poll."
     )
     if loop:
-        serve(Path("params.yaml"))
+        serve(params_path)
 
 
 @app.command("run")
@@ -321,8 +356,7 @@ def pipeline_validate(
     from components.pipeline import validate_folder
 
     loaded = load_params(params)
-    labels = load_labeling_config(loaded.project.config).labels
-    validate_folder(snapshot, labels, loaded.validate_.min_per_class, report)
+    validate_folder(snapshot, load_labeling_config(loaded.project.config), loaded.validate_.min_per_class, report)
     typer.echo(f"{snapshot} meets the data contract")
 
 
@@ -334,25 +368,32 @@ def pipeline_train(snapshot: Path, out: Annotated[Path, typer.Option()], params:
     from components.labeling_config import load_labeling_config
     from components.params import load_params
     from components.pipeline import train_folder
+    from components.tasks import task_type_of
 
     settings = _settings()
     if settings.mlflow_tracking_uri.startswith("http") and not stack.is_healthy(f"{settings.mlflow_tracking_uri}/health"):
         raise FlywheelError(f"MLflow at {settings.mlflow_tracking_uri} does not answer: run `flywheel stack up` or set MLFLOW_TRACKING_URI.")
     loaded = load_params(params)
-    metrics = train_folder(snapshot, load_labeling_config(loaded.project.config).labels, loaded, settings.mlflow_tracking_uri, out)
-    typer.echo(f"trained {loaded.train.architecture}: val accuracy {metrics['best_val_accuracy']:.3f}")
+    config = load_labeling_config(loaded.project.config)
+    metrics = train_folder(snapshot, config, loaded, settings.mlflow_tracking_uri, out)
+    metric = task_type_of(config).metric
+    typer.echo(f"trained {loaded.train.architecture}: val {metric} {metrics[f'best_val_{metric}']:.3f}")
 
 
 @pipeline_app.command("evaluate")
 @clear_errors
 def pipeline_evaluate(
-    snapshot: Path, model: Path, metrics: Annotated[Path, typer.Option()], plot: Annotated[Path, typer.Option()]
+    snapshot: Path, model: Path, metrics: Annotated[Path, typer.Option()], plot: Annotated[Path, typer.Option()],
+    params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Evaluate a trained model on the snapshot's validation split."""
+    from components.labeling_config import load_labeling_config
+    from components.params import load_params
     from components.pipeline import evaluate_folder
 
-    values = evaluate_folder(snapshot, model, metrics, plot)
-    typer.echo(f"accuracy {values['accuracy']:.3f}, macro-F1 {values['f1_macro']:.3f}")
+    config = load_labeling_config(load_params(params).project.config)
+    values = evaluate_folder(snapshot, config, model, metrics, plot)
+    typer.echo(", ".join(f"{name} {value:.3f}" for name, value in values.items() if name != "val_images"))
 
 
 bench_app = typer.Typer(help="Benchmarks; each writes bench/results.json and bench/RESULTS.md.", no_args_is_help=True)
@@ -362,7 +403,9 @@ app.add_typer(bench_app, name="bench")
 @bench_app.command("simulate")
 @clear_errors
 def bench_simulate(
-    dataset: Annotated[str, typer.Option(help="mnist | digits | a folder laid out class_name/image.png")] = "mnist",
+    dataset: Annotated[str, typer.Option(help="mnist | digits | a folder laid out class_name/image.png; for "
+                                               "detection: params.yaml demo.detection.dataset unless given")] = "",
+    task: Annotated[str, typer.Option(help="classification | detection")] = "classification",
     order: Annotated[list[str], typer.Option(help="random and/or suggested (repeat the option for both)")] = ["random", "suggested"],  # noqa: B006
     budget: Annotated[int, typer.Option(help="Labels the simulated person makes.")] = 300,
     every: Annotated[int, typer.Option(help="Labels between flywheel iterations (K).")] = 20,
@@ -372,9 +415,14 @@ def bench_simulate(
 ) -> None:
     """Play a person labeling a real dataset with flywheel's pre-annotations, on a throwaway stack."""
     from bench.simulate import SimulationConfig, main
+    from components.params import load_params
 
     _settings()
-    main(SimulationConfig(dataset, tuple(order), pool, held_out, budget, every, seed), echo=typer.echo)
+    if task not in ("classification", "detection"):
+        raise SettingsError(f"--task must be classification or detection, not {task!r}.")
+    if not dataset:
+        dataset = load_params().demo.detection.dataset if task == "detection" else "mnist"
+    main(SimulationConfig(dataset, tuple(order), pool, held_out, budget, every, seed, task), echo=typer.echo)
 
 
 @bench_app.command("micro")

@@ -60,7 +60,7 @@ def flywheel_iteration(params_path: str = "params.yaml") -> dict[str, object]:
         latest = ws.data.latest()
         if latest is not None and ready_to_train(ws, latest):
             promotion = register(ws, train(ws, latest, ws.params.train.architecture))
-            summary.update(trained=True, promoted=promotion.promoted, accuracy=promotion.candidate_accuracy)
+            summary.update(trained=True, promoted=promotion.promoted, score=promotion.candidate_score, metric=ws.task.metric_title)
         summary["champion"], summary["written"] = refresh_preannotations(ws, summary["snapshot"] is not None)
         champion = ws.models.champion()
         idle = summary["snapshot"] is None and not summary["trained"]  # never delays fresh pre-annotations
@@ -78,7 +78,7 @@ def describe_iteration(summary: dict[str, object]) -> str:
         parts.append(f"versioned {summary['snapshot']}")
     if summary.get("trained"):
         verdict = "now the champion" if summary.get("promoted") else "the champion stays"
-        parts.append(f"trained a model (validation accuracy {summary['accuracy']:.3f}, {verdict})")
+        parts.append(f"trained a model ({summary['metric']} {summary['score']:.3f}, {verdict})")
     if summary.get("written"):
         parts.append(f"wrote {summary['written']} pre-annotations of {summary['champion']}")
     return "; ".join(parts) + "."

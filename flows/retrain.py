@@ -16,17 +16,17 @@ log = logging.getLogger("flows.retrain")  # by name: Prefect loads a served flow
 def retrain(params_path: str = "params.yaml") -> dict[str, object]:
     """Compare every architecture on the latest snapshot in one MLflow experiment; refresh pre-annotations."""
     ws = connect(params_path)
-    summary: dict[str, object] = {"snapshot": None, "accuracy": {}, "written": 0}
+    summary: dict[str, object] = {"snapshot": None, "score": {}, "written": 0}
     with one_at_a_time(ws):
         latest = ws.data.latest()
         if latest is None or latest.too_few:
             log.info("No trainable snapshot yet: label some tasks of every class and let the loop run first.")
             return summary
         summary["snapshot"] = latest.rev
-        for architecture in ws.params.architectures:
+        for architecture in (a for a in ws.params.architectures if ws.task.builds(a)):
             promotion = register(ws, train(ws, latest, architecture))
-            summary["accuracy"][architecture] = promotion.candidate_accuracy  # type: ignore[index]
+            summary["score"][architecture] = promotion.candidate_score  # type: ignore[index]
         summary["champion"], summary["written"] = refresh_preannotations(ws)
-    scores = ", ".join(f"{a} {v:.3f}" for a, v in summary["accuracy"].items())  # type: ignore[union-attr]
-    log.info("Retrained on %s: validation accuracy %s; champion %s.", summary["snapshot"], scores, summary["champion"])
+    scores = ", ".join(f"{a} {v:.3f}" for a, v in summary["score"].items())  # type: ignore[union-attr]
+    log.info("Retrained on %s: %s %s; champion %s.", summary["snapshot"], ws.task.metric_title, scores, summary["champion"])
     return summary

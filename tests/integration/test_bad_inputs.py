@@ -32,7 +32,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from components.conversions import choice_result
+from components.tasks.classification import choice_result
 from components.datasets import materialize
 from components.iteration import ATTENTION_VIEW, open_workspace
 from components.label_studio import LabelStudio, Project

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.conversions import Prediction, choice_result, current_annotation, label_of
+from components.conversions import Prediction, current_annotation
+from components.tasks.classification import choice_result, label_of
 from components.errors import LabelConfigError, LabelStudioError
 from components.images import ImageStore
 from components.label_studio import LabelStudio, Project, find_images
@@ -106,7 +107,7 @@ def annotations_with_provenance(label_studio: LabelStudio, task_id: int) -> list
 
 def test_replacing_pre_annotations_never_touches_labeled_tasks_or_their_provenance(label_studio, project):
     ids = sorted(label_studio.unlabeled_tasks(project.id))[:40]
-    first = [Prediction(task_id=t, label=str(t % 10), score=0.5) for t in ids]
+    first = [Prediction(t, tuple(choice_result(str(t % 10), project.config)), 0.5) for t in ids]
     assert label_studio.replace_predictions(project, ids, first, "model-1", keep=set()) == len(ids)
     label_studio.replace_predictions(project, ids, first[:3], "other-tool", keep={"model-1"})  # another tool's version
 
@@ -118,7 +119,7 @@ def test_replacing_pre_annotations_never_touches_labeled_tasks_or_their_provenan
     shown_then = {t: [p["id"] for p in label_studio.task(t)["predictions"]] for t in ids[:2]}
     cursor = max(label_studio.task(t)["updated_at"] for t in ids[:2]).replace("+00:00", "Z")
 
-    second = [Prediction(task_id=t, label="1", score=0.7) for t in ids]  # as listed before the person labeled
+    second = [Prediction(t, tuple(choice_result("1", project.config)), 0.7) for t in ids]  # as listed before the person labeled
     label_studio.replace_predictions(project, ids, second, "model-2", keep={"model-1", "other-tool"})
     label_studio.replace_predictions(project, ids, second, "model-2", keep={"other-tool"})  # twice: no duplicates
 
@@ -135,7 +136,7 @@ def test_marked_predictions_are_rewritten_only_where_they_changed(label_studio, 
     labeled = sorted(label_studio.unlabeled_tasks(project.id))[-3:]
     for t in labeled:
         label_studio.annotate(t, choice_result("3", project.config))
-    marked = [Prediction(task_id=t, label="8", score=0.9, region_id="mark") for t in labeled]
+    marked = [Prediction(t, ({**choice_result("8", project.config)[0], "id": "mark"},), 0.9) for t in labeled]
     assert label_studio.sync_marked_predictions(project, marked, "model-2", "mark") == 3
     kept = label_studio.task(labeled[0])["predictions"][0]
     label_studio.annotate(labeled[1], label_studio.task(labeled[1])["predictions"][0]["result"],

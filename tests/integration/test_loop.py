@@ -15,7 +15,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from prefect import task
 
-from components.conversions import choice_result
+from components.tasks.classification import choice_result
 from components.datasets import materialize
 from components.iteration import TAG_KIND, TAG_MD5, open_workspace
 from components.label_studio import LabelStudio, Project
@@ -168,7 +168,7 @@ def test_retrain_compares_every_architecture_in_one_experiment(digits_project, l
     params_path, _, _ = digits_project
     params = load_params(params_path)
     summary = retrain(str(params_path))
-    assert set(summary["accuracy"]) == {"small_cnn", "resnet18"}
+    assert set(summary["score"]) == {"small_cnn", "resnet18"}
     client = MlflowClient(loop_env.mlflow_tracking_uri)
     experiment = client.get_experiment_by_name(params.registry.experiment)
     runs = client.search_runs([experiment.experiment_id])

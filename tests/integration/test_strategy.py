@@ -16,7 +16,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from components.conversions import choice_result
+from components.tasks.classification import choice_result
 from components.datasets import materialize
 from components.iteration import (
     LABEL_NEXT_VIEW,

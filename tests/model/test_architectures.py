@@ -10,7 +10,7 @@ from PIL import Image
 from components.architectures import build_network
 from components.errors import SettingsError
 from components.params import load_params
-from components.training import Classifier, InferenceModel, SnapshotDataModule
+from components.tasks.classification import Classifier, InferenceModel, SnapshotDataModule
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.model

@@ -5,14 +5,13 @@ import pytest
 
 from components.conversions import (
     Prediction,
-    choice_result,
     current_annotation,
     format_cursor,
-    label_of,
     parse_timestamp,
     prediction_to_ls,
     task_from_json,
 )
+from components.tasks.classification import choice_result, label_of
 from components.errors import AnnotationError
 from tests.conftest import FIXTURES
 
@@ -60,7 +59,7 @@ def test_two_labels_in_single_label_task(tasks, classification_config):
 
 
 def test_prediction_carries_model_version_and_score(classification_config):
-    item = prediction_to_ls(Prediction(task_id=7, label="4", score=0.93), classification_config, "m-3")
+    item = prediction_to_ls(Prediction(task_id=7, result=tuple(choice_result("4", classification_config)), score=0.93), "m-3")
     assert item == {"task": 7, "model_version": "m-3", "score": 0.93, "result": choice_result("4", classification_config)}
     assert item["result"][0]["value"] == {"choices": ["4"]}
     assert (item["result"][0]["from_name"], item["result"][0]["to_name"]) == ("label", "image")

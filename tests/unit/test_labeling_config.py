@@ -25,7 +25,7 @@ def test_shipped_classification_config(classification_config):
     "xml, message",
     [
         ("<View><Image", "not valid XML"),
-        ('<View><Image name="i" value="$i"/></View>', "exactly one <Choices>"),
+        ('<View><Image name="i" value="$i"/></View>', "exactly one control tag of <Choices>"),
         ('<View><Image name="i" value="$i"/><Choices name="c" toName="x"><Choice value="a"/></Choices></View>', "names no <Image>"),
         ('<View><Image name="i" value="i"/><Choices name="c" toName="i"><Choice value="a"/></Choices></View>', "must name a task field"),
         ('<View><Image name="i" value="$i"/><Choices name="c" toName="i"></Choices></View>', "at least one <Choice"),

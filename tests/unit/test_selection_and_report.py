@@ -6,15 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.conversions import Prediction, choice_result, prediction_to_ls
-from components.label_errors import rank_label_errors
+from components.conversions import Prediction, prediction_to_ls
+from components.iteration import SUSPECT_MARK, marked
 from components.report import (
     LearningPoint,
     build_report,
     fit_learning_curve,
     measure_acceptance,
 )
-from components.selection import margin_uncertainty, priorities, rank_for_labeling
+from components.selection import rank_for_labeling
+from components.tasks.classification import Classification, choice_result, margin_uncertainty, rank_label_errors
 
 pytestmark = pytest.mark.unit
 
@@ -31,7 +32,7 @@ def test_a_batch_is_not_made_of_near_duplicates():
     # ten copies of one very uncertain image, and three distinct, slightly less uncertain ones
     probabilities = np.array([[0.5, 0.5]] * 10 + [[0.55, 0.45], [0.56, 0.44], [0.57, 0.43]])
     embeddings = np.array([[1.0, 0.0, 0.0, 0.0]] * 10 + [[0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
-    order = rank_for_labeling(probabilities, embeddings, np.empty((0, 4)), batch=4, candidates=4)
+    order = rank_for_labeling(margin_uncertainty(probabilities), embeddings, np.empty((0, 4)), batch=4, candidates=4)
     assert sorted(order.tolist()) == list(range(13))  # a full ordering
     first = order[:4].tolist()
     assert sum(i < 10 for i in first) == 1 and set(first) >= {10, 11, 12}
@@ -40,13 +41,8 @@ def test_a_batch_is_not_made_of_near_duplicates():
 def test_what_is_labeled_already_pushes_its_neighbours_back():
     probabilities = np.array([[0.5, 0.5], [0.52, 0.48]])
     embeddings = np.array([[1.0, 0.0], [0.0, 1.0]])
-    order = rank_for_labeling(probabilities, embeddings, np.array([[1.0, 0.0]]), batch=1, candidates=2)
+    order = rank_for_labeling(margin_uncertainty(probabilities), embeddings, np.array([[1.0, 0.0]]), batch=1, candidates=2)
     assert order.tolist() == [1, 0]
-
-
-def test_priorities_follow_the_order():
-    scores = priorities(np.array([2, 0, 1]))
-    assert scores[2] > scores[0] > scores[1] and scores.max() == 1.0 and scores.min() > 0
 
 
 def test_rank_label_errors_puts_the_doubtful_label_first():
@@ -78,7 +74,7 @@ def test_acceptance_compares_each_annotation_with_its_parent_prediction(classifi
 
     labels = classification_config.labels
     tasks = [task(1, labels[0], labels[0], 101), task(2, labels[0], labels[1], 102), task(3, labels[0], labels[0], None)]
-    acceptance = measure_acceptance(tasks, classification_config)
+    acceptance = measure_acceptance(tasks, classification_config, Classification())
     assert (acceptance.shown, acceptance.accepted, acceptance.rate) == (2, 1, 0.5)
     assert acceptance.by_model_version == {"m-v1": (2, 1)}
 
@@ -86,12 +82,13 @@ def test_acceptance_compares_each_annotation_with_its_parent_prediction(classifi
 def test_report_names_weak_classes_and_confused_pairs():
     confusion = np.array([[8, 2, 0], [3, 5, 0], [0, 0, 10]])
     report = build_report([], ["a", "b", "c"], {"a": 10, "b": 8, "c": 10}, confusion,
-                          measure_acceptance([], None), target_accuracy=0.9)
+                          measure_acceptance([], None, Classification()), target_accuracy=0.9)
     assert report.classes_needing_labels[0] == "b" and report.classes_needing_labels[-1] == "c"
     assert report.confused_pairs == (("a", "b", 5),)
     assert report.labels_to_target is None and report.acceptance.rate is None
 
 
 def test_a_suspect_prediction_carries_its_mark(classification_config):
-    item = prediction_to_ls(Prediction(7, classification_config.labels[1], 0.8, region_id="flywheel-label-error"), classification_config, "m")
+    result = marked(choice_result(classification_config.labels[1], classification_config), SUSPECT_MARK)
+    item = prediction_to_ls(Prediction(7, tuple(result), 0.8), "m")
     assert item["result"][0]["id"] == "flywheel-label-error" and item["score"] == 0.8

@@ -1,0 +1,25 @@
+"""Task types, one module each: what differs between classification and detection.
+
+A project's task type follows from its labeling config's control tag (`<Choices>` ->
+classification, `<RectangleLabels>` -> detection); `task_type_of(config)` returns it. The rest of
+the loop calls `TaskType` (`components/tasks/base.py`) and never branches on the task type.
+"""
+
+from __future__ import annotations
+
+from components.labeling_config import LabelingConfig
+from components.tasks.base import Reading, Scores, TaskType
+
+
+def task_type_of(config: LabelingConfig) -> TaskType:
+    """The task type of a parsed labeling config (imported lazily: each pulls its own libraries)."""
+    if config.task == "detection":
+        from components.tasks.detection import Detection
+
+        return Detection()
+    from components.tasks.classification import Classification
+
+    return Classification()
+
+
+__all__ = ["Reading", "Scores", "TaskType", "task_type_of"]

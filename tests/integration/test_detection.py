@@ -1,0 +1,144 @@
+"""Object detection through the whole loop, against a real Label Studio, MLflow, Prefect and DVC.
+
+A person is played through Label Studio's API with the composited demo set's exact boxes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from components.datasets import DETECTION, materialize
+from components.iteration import ATTENTION_VIEW, LABEL_NEXT_VIEW, SUSPECTS_VIEW, check_labels, label_next, open_workspace, write_back
+from components.label_studio import LabelStudio
+from components.labeling_config import load_labeling_config
+from components.params import load_params
+from components.settings import Settings, load_settings
+from components.snapshot import read_manifest
+from components.tasks.detection import DetectionModel, box_from_value, parse_target
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def write_detection_params(folder: Path, title: str) -> Path:
+    """The detection demo's params (params.yaml + demo.detection.params), small and fast for a test."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in params["demo"]["detection"]["params"].items():
+        params[section] = {**params[section], **values}
+    params["project"] = {"title": title, "config": str(ROOT / "label_studio_config" / "detection.xml")}
+    params["poll"]["min_new_annotations"] = 1
+    params["train"].update({"image_size": 64, "max_epochs": 4, "min_steps": 0, "patience": 2, "batch_size": 8})
+    params["errors"].update({"folds": 2, "steps": 10})
+    params["registry"] = {"model_name": f"test-{title}", "experiment": f"test-{title}"}
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.fixture(scope="module")
+def boxes_project(loop_env: Settings, label_studio: LabelStudio, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("detection")
+    params_path = write_detection_params(folder, f"det-{uuid.uuid4().hex[:6]}")
+    params = load_params(params_path)
+    images = materialize(DETECTION, folder / "datasets", limit=40)
+    project = label_studio.ensure_project(params.project.title, load_labeling_config(params.project.config))
+    label_studio.import_images(project, [i.path for i in images])
+    return params_path, project, {i.path.name: i.label for i in images}
+
+
+def percent_boxes(result: list[dict]) -> list[tuple[str, tuple[float, ...]]]:
+    return sorted((r["value"]["rectanglelabels"][0], tuple(round(r["value"][k], 6) for k in ("x", "y", "width", "height"))) for r in result)
+
+
+def test_boxes_round_trip_and_the_loop_runs_end_to_end(boxes_project, label_studio, loop_env):
+    from flows.flywheel import flywheel_iteration
+
+    params_path, project, truth = boxes_project
+    ws = open_workspace(load_settings(), load_params(params_path))
+    tasks = sorted(label_studio.unlabeled_tasks(project.id).items())
+    labeled = tasks[:24]
+    drawn = {}
+    for task_id, data in labeled:
+        drawn[task_id] = ws.task.result_of(truth[data["filename"]], project.config)
+        label_studio.annotate(task_id, drawn[task_id])
+    # three bad boxes: rotated, outside the image, a label the config lacks; the rest trains
+    bad = {tasks[24][0]: ("rotation", 30.0), tasks[25][0]: ("x", 95.0), tasks[26][0]: ("rectanglelabels", ["cat"])}
+    for task_id, (key, value) in bad.items():
+        region = ws.task.result_of(truth[dict(tasks)[task_id]["filename"]], project.config)[0]
+        label_studio.annotate(task_id, [{**region, "value": {**region["value"], key: value}}])
+
+    summary = flywheel_iteration(str(params_path))
+    assert summary["snapshot"] and summary["trained"] and summary["written"] == len(tasks) - 27
+
+    # Label Studio -> snapshot: pixels of the original image, within 1 px of the truth
+    latest = ws.data.latest()
+    manifest = read_manifest(ws.data.checkout(latest)).set_index("task_id")
+    assert set(manifest.index) == {t for t, _ in labeled}
+    for task_id, data in labeled:
+        got, want = parse_target(manifest.loc[task_id, "label"]), parse_target(truth[data["filename"]])
+        assert len(got["boxes"]) == len(want["boxes"])
+        for g, w in zip(sorted(got["boxes"], key=lambda b: (b["x"], b["y"])), sorted(want["boxes"], key=lambda b: (b["x"], b["y"])), strict=True):
+            assert g["label"] == w["label"] and max(abs(g[k] - w[k]) for k in "xywh") <= 1.0
+    # bad boxes are reported by task and lose nothing
+    assert set(latest.quarantine) == set(bad)
+    reasons = " ".join(q["reason"] for q in latest.quarantine.values())
+    assert "rotated" in reasons and "outside the image" in reasons and "'cat'" in reasons
+    attention = label_studio.view_tasks(project.id, label_studio.view_id(project.id, ATTENTION_VIEW))
+    assert {t["id"] for t in attention} == set(bad)
+
+    # snapshot -> training target (model pixels) -> a model's output -> Label Studio -> pixels again
+    data = ws.task.datamodule(ws.data.checkout(latest), manifest.reset_index(), list(project.config.labels), 64, 8, False)
+    data.setup()
+    everything = [*data.train_set.targets, *data.val_set.targets]
+    rows = []
+    for target in everything[:1]:
+        scored = torch.cat([target["boxes"], torch.full((len(target["boxes"]), 1), 0.9), target["labels"][:, None].float()], dim=1)
+        rows.append(torch.cat([scored, torch.zeros(50 - len(scored), 6)]))
+
+    class Echo(torch.nn.Module):  # a fake network that outputs exactly the training target
+        def forward(self, images):
+            return {"embedding": torch.zeros(len(images), 2)}
+
+        def decode_padded(self, outputs, k):
+            return torch.stack(rows)
+
+        def embed(self, outputs):
+            return outputs["embedding"]
+
+    readings, _ = ws.task.read(DetectionModel(Echo(), project.config.labels, 64), torch.zeros(1, 3, 64, 64), project.config)
+    first_task = manifest.reset_index()[manifest.reset_index()["split"] == "train"].iloc[0]
+    original = parse_target(first_task["label"])
+    back = [box_from_value(r["value"], original["width"], original["height"]) for r in readings[0].result]
+    want = sorted((b["x"], b["y"], b["w"], b["h"]) for b in original["boxes"])
+    assert np.abs(np.array(sorted(back)) - np.array(want)).max() <= 1.0
+
+    # pre-annotations: rectangles with a score per box; the prediction's score is the model's confidence
+    champion = ws.models.champion()
+    unlabeled = label_studio.unlabeled_tasks(project.id)
+    assert label_studio.model_versions(project.id) == {champion.model_version: len(unlabeled)}
+    some = label_studio.task(next(iter(unlabeled)))["predictions"][0]
+    assert 0.0 <= some["score"] <= 1.0
+    assert all(r["type"] == "rectanglelabels" and 0.0 <= r["score"] <= 1.0 for r in some["result"])
+    if some["result"]:
+        assert some["score"] == pytest.approx(min(r["score"] for r in some["result"]), abs=1e-4)
+    nxt = label_next(ws)
+    assert 0 < len(nxt) <= ws.params.select.batch and set(nxt) <= set(unlabeled)
+    scores = [label_studio.task(t)["predictions"][0]["score"] for t in nxt]
+    assert scores == sorted(scores)  # least confident first
+
+    # the error finder for boxes fills the suspects tab from out-of-fold boxes
+    table = check_labels(ws, latest)
+    assert len(table) == len(labeled) and table["quality"].between(0, 1).all()
+    assert {"label", "suggested", "suspected"} <= set(table.columns)
+    write_back(ws, champion)
+    suspects = label_studio.view_tasks(project.id, label_studio.view_id(project.id, SUSPECTS_VIEW))
+    assert {t["id"] for t in suspects} == set(table.loc[table["suspected"], "task_id"])
+    assert label_studio.view_id(project.id, LABEL_NEXT_VIEW) is not None
+    for task_id in drawn:  # no annotation was changed
+        assert percent_boxes(label_studio.task(task_id)["annotations"][0]["result"]) == percent_boxes(drawn[task_id])

@@ -1,0 +1,101 @@
+"""The detectors: output shapes, images with no objects, jitter, and a loss that goes down."""
+
+import pytest
+import torch
+
+from components.detectors import DETECTORS, build_detector, jitter, keep_confident
+from components.errors import SettingsError
+
+pytestmark = pytest.mark.model
+SIZE = 64
+
+
+def _targets() -> list[dict[str, torch.Tensor]]:
+    return [
+        {"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0], [34.0, 20.0, 60.0, 50.0]]), "labels": torch.tensor([1, 2])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_forward_loss_decode_and_embed_shapes(name):
+    torch.manual_seed(0)
+    net = build_detector(name, num_classes=3, options={"width": 8, "head_width": 8})
+    outputs = net(torch.rand(2, 3, SIZE, SIZE))
+    assert outputs["heatmap"].shape == (2, 3, SIZE // 4, SIZE // 4)
+    loss = net.loss(outputs, _targets())
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in net.parameters())
+    detections = net.eval().decode(net(torch.rand(2, 3, SIZE, SIZE)), score_threshold=0.0, max_detections=7)
+    assert len(detections) == 2
+    for detection in detections:
+        assert detection["boxes"].shape == (7, 4) and detection["labels"].shape == detection["scores"].shape == (7,)
+        assert torch.all(detection["scores"][:-1] >= detection["scores"][1:])
+        assert detection["labels"].max() < 3
+    assert net.embed(outputs).shape[0] == 2 and net.embed(outputs).ndim == 2
+
+
+def test_a_batch_without_objects_trains_and_decodes_to_nothing_confident():
+    net = build_detector("centernet", 3, {"width": 8, "head_width": 8})
+    empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}] * 2
+    outputs = net(torch.rand(2, 3, SIZE, SIZE))
+    loss = net.loss(outputs, empty)
+    assert torch.isfinite(loss)
+    loss.backward()
+    detections = net.eval().decode(net(torch.rand(2, 3, SIZE, SIZE)), score_threshold=1.1)
+    assert [len(d["boxes"]) for d in detections] == [0, 0]
+
+
+def test_decode_is_deterministic_and_keep_confident_drops_overlapping_second_guesses():
+    net = build_detector("centernet", 3, {"width": 8, "head_width": 8}).eval()
+    outputs = net(torch.rand(1, 3, SIZE, SIZE))
+    first, second = net.decode(outputs)[0], net.decode(outputs)[0]
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    detections = {
+        "boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 11.0], [30.0, 30.0, 40.0, 40.0]]),
+        "scores": torch.tensor([0.9, 0.6, 0.2]),
+        "labels": torch.tensor([1, 2, 1]),
+    }
+    kept = keep_confident(detections, score_threshold=0.3)
+    assert kept["labels"].tolist() == [1] and kept["scores"].tolist() == [pytest.approx(0.9)]
+
+
+def test_a_few_steps_lower_the_loss_on_a_tiny_set():
+    torch.manual_seed(0)
+    net = build_detector("centernet", 3, {"width": 8, "head_width": 16})
+    images, targets = torch.rand(2, 3, SIZE, SIZE), _targets()
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = net.loss(net(images), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_jitter_moves_boxes_with_the_pixels_and_keeps_them_inside():
+    image = torch.zeros(3, SIZE, SIZE)
+    image[:, 10:20, 30:50] = 1.0
+    boxes = torch.tensor([[30.0, 10.0, 50.0, 20.0]])
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        moved, moved_boxes = jitter(image, boxes, generator)
+        assert moved.shape == image.shape
+        x1, y1, x2, y2 = moved_boxes[0].tolist()
+        assert 0 <= x1 < x2 <= SIZE and 0 <= y1 < y2 <= SIZE
+        # The bright patch is still under its box: most of its ink lies inside.
+        ink = moved.sum(0)
+        inside = ink[round(y1) : round(y2), round(x1) : round(x2)].sum()
+        assert inside > 0.9 * ink.sum()
+    empty, no_boxes = jitter(image, torch.zeros(0, 4), generator)
+    assert empty.shape == image.shape and no_boxes.shape == (0, 4)
+
+
+def test_unknown_detector_and_option_say_what_to_fix():
+    with pytest.raises(SettingsError, match="Unknown detector 'yolo'"):
+        build_detector("yolo", 3)
+    with pytest.raises(SettingsError, match="detectors.centernet .* option"):
+        build_detector("centernet", 3, {"depth": 9})

@@ -1,0 +1,153 @@
+"""Detection's pure parts: percent <-> pixels, bad boxes, box matching, targets <-> results."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from components.conversions import Annotation
+from components.errors import AnnotationError
+from components.labeling_config import load_labeling_config
+from components.tasks import task_type_of
+from components.tasks.detection import (
+    Detection,
+    box_from_value,
+    boxes_match,
+    make_target,
+    parse_target,
+    value_from_box,
+)
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_labeling_config(ROOT / "label_studio_config" / "detection.xml")
+
+
+def rectangle(config, label: str, x: float, y: float, w: float, h: float, rotation: float = 0) -> dict:
+    return {"from_name": config.from_name, "to_name": config.to_name, "type": "rectanglelabels",
+            "value": {"x": x, "y": y, "width": w, "height": h, "rotation": rotation, "rectanglelabels": [label]}}
+
+
+def annotation(*regions: dict) -> Annotation:
+    return Annotation(id=9, result=tuple(regions), annotator="a@b.c", updated_at=datetime(2026, 1, 1, tzinfo=UTC))
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    path = tmp_path / "im.png"
+    Image.new("RGB", (200, 100)).save(path)
+    return path
+
+
+def test_the_config_picks_the_task_type(config, classification_config):
+    assert config.task == "detection" and isinstance(task_type_of(config), Detection)
+    assert task_type_of(classification_config).name == "classification"
+
+
+@pytest.mark.parametrize(("x", "y", "w", "h", "width", "height"), [(10, 20, 30, 40, 200, 100), (0, 0, 127.5, 3.25, 128, 96)])
+def test_percent_and_pixels_round_trip(x, y, w, h, width, height):
+    value = value_from_box(x, y, w, h, width, height)
+    assert box_from_value(value, width, height) == pytest.approx((x, y, w, h))
+
+
+def test_an_annotation_becomes_pixels_of_the_image(config, image):
+    task = Detection()
+    target = parse_target(task.target_of(annotation(rectangle(config, "3", 10, 20, 30, 40)), config, 5, image))
+    assert (target["width"], target["height"]) == (200, 100)
+    assert target["boxes"] == [{"label": "3", "x": 20.0, "y": 20.0, "w": 60.0, "h": 40.0}]
+    assert task.classes_in(make_target(200, 100, target["boxes"])) == ["3"]
+
+
+def test_no_box_means_nothing_to_detect(config, image):
+    assert parse_target(Detection().target_of(annotation(), config, 5, image))["boxes"] == []
+
+
+def test_a_box_overhanging_by_a_hair_is_clipped(config, image):
+    target = parse_target(Detection().target_of(annotation(rectangle(config, "1", 90, 50, 10.5, 10)), config, 5, image))
+    assert target["boxes"][0]["x"] + target["boxes"][0]["w"] == pytest.approx(200.0)
+
+
+@pytest.mark.parametrize(
+    ("region", "message"),
+    [
+        (dict(label="1", x=10, y=10, w=20, h=20, rotation=30), r"Task 5: .*box 1 is rotated by 30 degrees.*left out"),
+        (dict(label="1", x=10, y=10, w=0, h=20), r"Task 5: .*box 1 has zero area"),
+        (dict(label="1", x=90, y=10, w=30, h=20), r"Task 5: .*box 1 lies outside the image"),
+        (dict(label="cat", x=10, y=10, w=20, h=20), r"Task 5: .*box 1 uses label 'cat', which is not in the labeling config"),
+    ],
+)
+def test_bad_boxes_name_the_task_and_the_box(config, image, region, message):
+    with pytest.raises(AnnotationError, match=message) as e:
+        Detection().target_of(annotation(rectangle(config, **region)), config, 5, image)
+    assert e.value.task_ids == [5]
+
+
+def box(label: str, x0: float, y0: float, x1: float, y1: float) -> tuple[str, np.ndarray]:
+    return label, np.array([x0, y0, x1, y1], dtype=float)
+
+
+@pytest.mark.parametrize(
+    ("predicted", "truth", "expected"),
+    [
+        ([box("1", 0, 0, 10, 10)], [box("1", 1, 1, 11, 11)], True),
+        ([box("2", 0, 0, 10, 10)], [box("1", 0, 0, 10, 10)], False),  # wrong class
+        ([box("1", 0, 0, 10, 10)], [box("1", 6, 6, 16, 16)], False),  # IoU under 0.5
+        ([box("1", 0, 0, 10, 10), box("1", 0, 0, 10, 10)], [box("1", 0, 0, 10, 10)], False),  # one extra
+        ([box("1", 0, 0, 10, 10)], [box("1", 0, 0, 10, 10), box("2", 20, 20, 30, 30)], False),  # one missing
+        ([], [], True),
+        ([box("1", 0, 0, 10, 10), box("1", 1, 0, 11, 10)], [box("1", 1, 0, 11, 10), box("1", 0, 0, 10, 10)], True),
+    ],
+)
+def test_a_suggestion_is_accepted_only_when_every_box_matches(predicted, truth, expected):
+    assert boxes_match(predicted, truth) is expected
+
+
+def test_a_target_becomes_a_result_with_scores_and_back(config):
+    task = Detection()
+    target = make_target(200, 100, [{"label": "4", "x": 20, "y": 10, "w": 50, "h": 30, "score": 0.8765}])
+    result = task.result_of(target, config)
+    assert result[0]["value"]["rectanglelabels"] == ["4"] and result[0]["score"] == 0.8765
+    assert result[0]["value"]["x"] == pytest.approx(10.0) and result[0]["value"]["height"] == pytest.approx(30.0)
+    assert task.agree(result, result, config) is True
+    moved = [{**result[0], "value": {**result[0]["value"], "x": 40.0}}]
+    assert task.agree(result, moved, config) is False
+
+
+class _Peaks(torch.nn.Module):
+    """A stand-in network whose output is fixed detections (a fake: it only feeds `read` known rows)."""
+
+    def __init__(self, rows: torch.Tensor):
+        super().__init__()
+        self.rows = rows
+
+    def forward(self, images):
+        return {"embedding": torch.zeros(len(images), 3)}
+
+    def decode_padded(self, outputs, k):
+        return self.rows[None].expand(len(outputs["embedding"]), -1, -1)
+
+    def embed(self, outputs):
+        return outputs["embedding"]
+
+
+def test_reading_shows_confident_boxes_scored_and_ranks_the_borderline(config):
+    from components.tasks.detection import DetectionModel
+
+    rows = torch.tensor([[10, 10, 30, 40, 0.9, 3], [50, 50, 70, 70, 0.32, 1], [0, 0, 5, 5, 0.1, 2]], dtype=torch.float32)
+    model = DetectionModel(_Peaks(rows), config.labels, image_size=128)
+    readings, embeddings = Detection().read(model, torch.zeros(2, 3, 128, 128), config)
+    shown = readings[0].result
+    assert [r["value"]["rectanglelabels"] for r in shown] == [["3"], ["1"]]
+    assert [r["score"] for r in shown] == [0.9, 0.32]
+    assert readings[0].confidence == pytest.approx(0.32)  # the weakest box shown
+    assert readings[0].uncertainty > 0.9  # a box right at the line between shown and not
+    assert shown[0]["value"]["x"] == pytest.approx(100 * 10 / 128) and embeddings.shape == (2, 3)
