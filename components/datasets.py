@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from components.errors import SettingsError
+from components.images import shown_size
 from components.label_studio import find_images
 
 
@@ -73,8 +74,7 @@ def read_boxes(coco: Path) -> list[LabeledImage]:
         raise SettingsError(f"{coco}: {e}") from e
     items = []
     for path, boxes in images:
-        with Image.open(path) as opened:
-            items.append(LabeledImage(path=path, label=make_target(*opened.size, boxes)))
+        items.append(LabeledImage(path=path, label=make_target(*shown_size(path), boxes)))
     return items
 
 

@@ -34,7 +34,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from components.errors import DataError, FlywheelError
 
@@ -89,6 +89,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def shown_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image as a browser shows it: EXIF orientation applied (read from the header)."""
+    with Image.open(path) as image:
+        width, height = image.size
+        turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # Orientation: a quarter turn
+    return (height, width) if turned else (width, height)
+
+
 def read_image(path: Path, image_size: int, max_pixels: int) -> np.ndarray:
     """Decode an image file into (S, S, 3) uint8 RGB, resized: the one preprocessing of every model.
 
@@ -107,7 +115,9 @@ def read_image(path: Path, image_size: int, max_pixels: int) -> np.ndarray:
                     "downscale it, or raise images.max_pixels in params.yaml"
                 )
             image.draft("RGB", (image_size, image_size))  # JPEG: decode at a reduced scale, much faster
-            rgb = image.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
+            # upright as a browser (and so Label Studio) shows it: boxes are drawn on that picture
+            upright = ImageOps.exif_transpose(image)
+            rgb = upright.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8)
     except UnidentifiedImageError as e:
         raise ValueError("the file is not an image PIL can read") from e

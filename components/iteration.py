@@ -343,24 +343,26 @@ def marked(result: list[dict[str, Any]], mark: str) -> list[dict[str, Any]]:
     return [{**region, "id": mark if i == 0 else f"{mark}-{i}"} for i, region in enumerate(result)]
 
 
-def suspect_predictions(ws: Workspace) -> list[Prediction]:
-    """The last error check's suspects whose label is still the one it doubted, as predictions of what
-    the out-of-fold model suggests, scored by its confidence in that suggestion."""
+def suspects(ws: Workspace) -> pd.DataFrame:
+    """The last error check's suspects whose label is still the one it doubted (the label error table's rows)."""
     path = reports_dir(ws) / "label_errors.parquet"
     _, folder = latest_snapshot(ws)
     if not path.is_file() or folder is None:
-        return []
+        return pd.DataFrame(columns=["task_id", "label", "suggested", "suggested_probability"])
     table = pd.read_parquet(path)
     current = read_manifest(folder)
-    still = table[table["suspected"]].merge(current[["task_id", "label"]], on=["task_id", "label"])
+    return table[table["suspected"]].merge(current[["task_id", "label"]], on=["task_id", "label"])
+
+
+def suspect_predictions(ws: Workspace) -> list[Prediction]:
+    """The suspects as predictions of what the out-of-fold model suggests, scored by its confidence in
+    that suggestion. A suggestion with no region (no box at all) cannot carry the mark, so it is not
+    written (the suspect is still listed in its tab)."""
     config = ws.project.config
+    results = [(r, ws.task.result_of(str(r.suggested), config)) for r in suspects(ws).itertuples()]
     return [
-        Prediction(
-            task_id=int(r.task_id),
-            result=tuple(marked(ws.task.result_of(str(r.suggested), config), SUSPECT_MARK)),
-            score=round(float(r.suggested_probability), 4),
-        )
-        for r in still.itertuples()
+        Prediction(task_id=int(r.task_id), result=tuple(marked(result, SUSPECT_MARK)), score=round(float(r.suggested_probability), 4))
+        for r, result in results if result
     ]
 
 
@@ -449,11 +451,11 @@ def write_back(ws: Workspace, champion: RegisteredModel) -> int:
     written = ws.label_studio.replace_predictions(
         ws.project, tasks, predictions, champion.model_version, keep, after_batch=lambda: pause_point("write-back")
     )
-    suspects = suspect_predictions(ws)
-    written += ws.label_studio.sync_marked_predictions(ws.project, suspects, champion.model_version, SUSPECT_MARK)
-    if predictions or suspects:  # Label Studio refuses to show a version with no predictions
+    doubted = suspect_predictions(ws)
+    written += ws.label_studio.sync_marked_predictions(ws.project, doubted, champion.model_version, SUSPECT_MARK)
+    if predictions or doubted:  # Label Studio refuses to show a version with no predictions
         ws.label_studio.show_model_version(ws.project.id, champion.model_version)
-    publish_views(ws, [outputs.task_ids[i] for i in order[: select.batch]], [p.task_id for p in suspects])
+    publish_views(ws, [outputs.task_ids[i] for i in order[: select.batch]], [int(t) for t in suspects(ws)["task_id"]])
     publish_needs_attention(ws, problems)
     return written
 
@@ -524,7 +526,7 @@ def report(ws: Workspace, champion: RegisteredModel) -> tuple[Report, Path]:
     latest, folder = latest_snapshot(ws)
     manifest = training_rows(read_manifest(folder))
     model = ws.models.load(champion)
-    data = task.datamodule(folder or Path("."), manifest, labels, model.image_size, 1, augment=False)
+    data = task.datamodule(folder or Path("."), manifest[manifest["split"] == "val"], labels, model.image_size, 1, augment=False)
     data.setup()
     scores = task.evaluate(model, data.val_set, labels)
     acceptance = measure_acceptance(ws.label_studio.labeled_tasks(ws.project.id), ws.project.config, task)
@@ -532,6 +534,7 @@ def report(ws: Workspace, champion: RegisteredModel) -> tuple[Report, Path]:
     result = build_report(
         learning_points(ws), labels, counts, scores.confusion, acceptance, ws.params.report.target_accuracy,
         per_class=scores.per_class, metric_title=task.metric_title, per_class_title=task.per_class_metric.upper(),
+        labeled=len(manifest),
     )
     out = reports_dir(ws) / "report"
     path = write_report(result, labels, out, f"flywheel report: {ws.project.title}")

@@ -156,6 +156,7 @@ def build_report(
     per_class: Mapping[str, float] | None = None,
     metric_title: str = "validation accuracy",
     per_class_title: str = "F1",
+    labeled: int | None = None,
 ) -> Report:
     """Assemble the report.
 
@@ -170,13 +171,15 @@ def build_report(
         per_class: Class -> the champion's per-class score, when there is no confusion matrix.
         metric_title: What the learning curve's score is called.
         per_class_title: What the per-class score is called.
+        labeled: Labeled images (default: the sum of `class_counts`, right when each image has one class).
     """
+    labeled = int(sum(class_counts.values())) if labeled is None else labeled
     points = tuple(sorted(points, key=lambda p: p.labels))
     if confusion is None:
         rows = [ClassRow(label, int(class_counts.get(label, 0)), None, None, round(float((per_class or {}).get(label, 0.0)), 4))
                 for label in labels]
         return Report(
-            labeled=int(sum(class_counts.values())), target_accuracy=target_accuracy, points=points,
+            labeled=labeled, target_accuracy=target_accuracy, points=points,
             fit=fit_learning_curve(points), classes=tuple(rows), confused_pairs=(), acceptance=acceptance,
             confusion=None, metric_title=metric_title, per_class_title=per_class_title,
         )
@@ -194,7 +197,7 @@ def build_report(
     ]
     pairs = tuple(sorted(off_diagonal, key=lambda p: -p[2])[:5])
     return Report(
-        labeled=int(sum(class_counts.values())),
+        labeled=labeled,
         target_accuracy=target_accuracy,
         points=points,
         fit=fit_learning_curve(points),

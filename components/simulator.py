@@ -85,7 +85,7 @@ class HeldOut:
 
     def __init__(self, images: Sequence[LabeledImage], task_type: TaskType, labels: Sequence[str], image_size: int):
         manifest = pd.DataFrame({"image": [str(i.path.resolve()) for i in images], "label": [i.label for i in images], "split": "val"})
-        data = task_type.datamodule(Path("/"), manifest, labels, image_size, 1, augment=False)
+        data = task_type.datamodule(Path("/"), manifest, labels, image_size, 1, augment=False)  # val only: nothing to train
         data.setup()
         self.val_set = data.val_set
         self.task_type = task_type

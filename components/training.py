@@ -46,6 +46,16 @@ def load_images(paths: Sequence[Path], image_size: int) -> torch.Tensor:
     return to_tensor([read_image(Path(p), image_size, max_pixels=UNBOUNDED) for p in paths], image_size)
 
 
+def __getattr__(name: str) -> Any:
+    # Models registered before task types existed were pickled as `components.training.InferenceModel`;
+    # they load as the class that now lives with classification.
+    if name == "InferenceModel":
+        from components.tasks.classification import InferenceModel
+
+        return InferenceModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 class FaultPoint(L.Callback):
     """Where a fault test may stop training: after the first epoch (see `components.faults`; a no-op otherwise)."""
 

@@ -468,10 +468,11 @@ def bench_robustness() -> None:
 @bench_app.command("all")
 @clear_errors
 def bench_all() -> None:
-    """Every benchmark with its defaults (about 50 minutes on a 2-core CPU)."""
+    """Every benchmark with its defaults (about 65 minutes on a 2-core CPU)."""
     bench_micro()
     bench_latency()
     bench_simulate()
+    bench_simulate(task="detection", order=["random"], budget=200, held_out=300)
     bench_errors()
     bench_robustness()
 

@@ -27,7 +27,6 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from sklearn.model_selection import KFold
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -35,7 +34,8 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from components.conversions import Annotation
 from components.detectors import DETECTORS, build_detector, jitter, keep_confident
-from components.errors import AnnotationError
+from components.errors import AnnotationError, SettingsError
+from components.images import shown_size
 from components.labeling_config import LabelingConfig
 from components.tasks.base import Reading, Scores, TaskType
 from components.training import load_images
@@ -153,9 +153,12 @@ def _percent_boxes(result: Sequence[Mapping[str, Any]], config: LabelingConfig) 
     for region in _rectangles(result, config):
         value = region["value"]
         picked = value.get(config.result_type) or []
-        if len(picked) != 1 or abs(float(value.get("rotation") or 0)) > 1e-6:
+        try:
+            if len(picked) != 1 or abs(float(value.get("rotation") or 0)) > 1e-6:
+                return None
+            x, y, w, h = (float(value[k]) for k in ("x", "y", "width", "height"))
+        except (KeyError, TypeError, ValueError):
             return None
-        x, y, w, h = (float(value[k]) for k in ("x", "y", "width", "height"))
         boxes.append((picked[0], np.array([x, y, x + w, y + h])))
     return boxes
 
@@ -214,7 +217,10 @@ class DetectionModel(nn.Module):
 
     def detections_and_embeddings(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         outputs = self.net(images)
-        return self.net.decode_padded(outputs, self.max_detections), self.net.embed(outputs)
+        rows = self.net.decode_padded(outputs, self.max_detections)
+        # a box is never suggested past the image's edge (a person accepting it would get "outside the image")
+        boxes = rows[..., :4].clamp(0, self.image_size)
+        return torch.cat([boxes, rows[..., 4:]], dim=-1), self.net.embed(outputs)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.detections_and_embeddings(images)[0]
@@ -227,8 +233,18 @@ def detections_of(rows: torch.Tensor, threshold: float) -> dict[str, torch.Tenso
 
 
 def answer_of(rows: torch.Tensor, threshold: float = SHOWN_FROM) -> dict[str, torch.Tensor]:
-    """What a person is shown for one image: boxes scored >= threshold, one per object (the best guess)."""
-    return keep_confident(detections_of(rows, 0.0), threshold, SAME_OBJECT_IOU)
+    """What a person is shown for one image: boxes scored >= threshold with some area (clipping at
+    the edge may leave none), one per object (the best guess)."""
+    visible = ((rows[:, 2] - rows[:, 0]) >= 1) & ((rows[:, 3] - rows[:, 1]) >= 1)
+    return keep_confident(detections_of(rows[visible], 0.0), threshold, SAME_OBJECT_IOU)
+
+
+def confidence_of(answer: dict[str, torch.Tensor], candidates: torch.Tensor) -> float:
+    """How sure the model is of a whole answer: its weakest box's score, or, when it shows no box,
+    one minus the best score of anything it left out."""
+    if len(answer["scores"]):
+        return float(answer["scores"].min())
+    return 1.0 - float(candidates.max()) if len(candidates) else 1.0
 
 
 class BoxesDataset(Dataset):
@@ -349,8 +365,7 @@ class Detection(TaskType):
     per_class_metric = "ap"
 
     def target_of(self, annotation: Annotation, config: LabelingConfig, task_id: int, image: Path) -> str:
-        with Image.open(image) as opened:
-            width, height = opened.size
+        width, height = shown_size(image)
         return make_target(width, height, boxes_of(annotation, config, task_id, width, height))
 
     def classes_in(self, target: str) -> list[str]:
@@ -365,9 +380,6 @@ class Detection(TaskType):
                 "from_name": config.from_name,
                 "to_name": config.to_name,
                 "type": config.result_type,
-                "original_width": width,
-                "original_height": height,
-                "image_rotation": 0,
                 "value": {**value_from_box(b["x"], b["y"], b["w"], b["h"], width, height), config.result_type: [b["label"]]},
                 **({"score": b["score"]} if "score" in b else {}),
             }
@@ -387,6 +399,8 @@ class Detection(TaskType):
     def datamodule(
         self, folder: Path, manifest: pd.DataFrame, labels: Sequence[str], image_size: int, batch_size: int, augment: bool
     ) -> DetectionDataModule:
+        if image_size % 16:
+            raise SettingsError(f"train.image_size is {image_size}; detection needs a multiple of 16 (e.g. 128) in params.yaml.")
         return DetectionDataModule(folder, manifest, labels, image_size, batch_size, augment)
 
     def module(self, architecture: str, options: dict[str, Any], labels: Sequence[str], lr: float, augment: bool) -> Detector:
@@ -396,7 +410,9 @@ class Detection(TaskType):
         return DetectionModel(net, labels, image_size).eval()
 
     def evaluate(self, model: nn.Module, val_set: BoxesDataset, labels: Sequence[str]) -> Scores:
-        rows = _per_image(model, val_set.images) if len(val_set) else []
+        if not len(val_set):
+            return Scores(0.0, 0.0, np.zeros(0, dtype=bool), {"map50": 0.0, "map50_95": 0.0, "exact_match": 0.0})
+        rows = _per_image(model, val_set.images)
         overall = MeanAveragePrecision(iou_type="bbox")
         per_class = MeanAveragePrecision(iou_type="bbox", iou_thresholds=[MATCH_IOU], class_metrics=True)
         predictions = [detections_of(r, 0.0) for r in rows]
@@ -408,14 +424,15 @@ class Detection(TaskType):
             for r, t in zip(rows, val_set.targets, strict=True)
         ], dtype=bool)
         map50, map50_95 = max(float(result["map_50"]), 0.0), max(float(result["map"]), 0.0)
-        classes = torch.atleast_1d(by_class["classes"]).tolist()
-        aps = torch.atleast_1d(by_class["map_per_class"]).tolist()
+        classes = torch.atleast_1d(by_class.get("classes", torch.empty(0))).tolist()
+        aps = torch.atleast_1d(by_class.get("map_per_class", torch.empty(0))).tolist()
         return Scores(
             score=map50,
             tiebreak=map50_95,
             correct=correct,
             metrics={"map50": map50, "map50_95": map50_95, "exact_match": float(correct.mean()) if len(correct) else 0.0},
-            per_class={labels[int(c)]: max(float(ap), 0.0) for c, ap in zip(classes, aps, strict=True) if 0 <= int(c) < len(labels)},
+            # a class absent from the validation split has no AP (torchmetrics says -1): left out, not 0
+            per_class={labels[int(c)]: float(ap) for c, ap in zip(classes, aps, strict=True) if 0 <= int(c) < len(labels) and ap >= 0},
         )
 
     def figures(self, scores: Scores, labels: Sequence[str], title: str) -> dict[str, Any]:
@@ -447,7 +464,7 @@ class Detection(TaskType):
                 for b, s, c in zip(shown["boxes"], shown["scores"], shown["labels"], strict=True)
             ]
             target = make_target(size, size, boxes)
-            confidence = float(shown["scores"].min()) if len(boxes) else 1.0 - float(candidates.max()) if len(candidates) else 1.0
+            confidence = confidence_of(shown, candidates)
             # how close the most borderline object is to the line between shown and not shown
             distance = (candidates - SHOWN_FROM).abs() / max(SHOWN_FROM, 1 - SHOWN_FROM)
             uncertainty = float(1.0 - distance.min()) if len(candidates) else 0.0
@@ -468,6 +485,10 @@ class Detection(TaskType):
         from cleanlab.object_detection.rank import get_label_quality_scores
 
         manifest = manifest.reset_index(drop=True)
+        if len(manifest) < 2:
+            log.warning("Not checking labels: cross-validation needs at least 2 labeled images.")
+            return pd.DataFrame(columns=["rank", "task_id", "label", "suggested", "quality", "suspected",
+                                         "suggested_probability", "image"]), 0.0
         k = max(2, min(folds, len(manifest)))
         rows: list[torch.Tensor | None] = [None] * len(manifest)
         image_size = 0
@@ -501,7 +522,7 @@ class Detection(TaskType):
                 for b, s, c in zip(shown["boxes"], shown["scores"], shown["labels"], strict=True)
             ]
             suggestions.append(make_target(parsed["width"], parsed["height"], boxes))
-            confidence.append(float(shown["scores"].min()) if boxes else 1.0)
+            confidence.append(confidence_of(shown, answer_of(image_rows, 0.05)["scores"]))
             truth = [(b["label"], np.array([b["x"], b["y"], b["x"] + b["w"], b["y"] + b["h"]])) for b in parsed["boxes"]]
             correct.append(boxes_match([(b["label"], np.array([b["x"], b["y"], b["x"] + b["w"], b["y"] + b["h"]])) for b in boxes], truth))
         table = pd.DataFrame({

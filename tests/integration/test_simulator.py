@@ -19,12 +19,12 @@ def test_simulator_labels_accepts_and_records_every_step(loop_env, tmp_path):
         if before.champion:  # once a champion exists, every task shows its suggestion
             assert step.shown == step.labels - before.labels
     assert all(0 <= s.accepted <= s.shown for s in outcome.steps)
-    assert outcome.final_accuracy is not None and 0 < outcome.final_accuracy <= 1
+    assert outcome.final_score is not None and 0 < outcome.final_score <= 1
     rows = list(csv.DictReader(open(tmp_path / "simulate_digits_random.csv")))
     assert [int(r["labels"]) for r in rows] == [20, 40, 60]
 
     figures, markdown = summarize(config, outcomes, out_dir=tmp_path)
-    assert figures["final_accuracy"] == round(outcome.final_accuracy, 4)
+    assert figures["final_accuracy"] == round(outcome.final_score, 4)
     assert (tmp_path / "simulate_digits_learning.png").stat().st_size > 0
     assert (tmp_path / "simulate_digits_acceptance.png").stat().st_size > 0
     assert "| random | 60 |" in markdown

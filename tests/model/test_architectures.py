@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from components.architectures import build_network
+from components.architectures import ARCHITECTURES, build_network
 from components.errors import SettingsError
 from components.params import load_params
 from components.tasks.classification import Classifier, InferenceModel, SnapshotDataModule
@@ -17,7 +17,14 @@ pytestmark = pytest.mark.model
 PARAMS = load_params(ROOT / "params.yaml")
 
 
-@pytest.mark.parametrize("name", sorted(PARAMS.architectures))
+def test_every_architecture_in_params_belongs_to_a_task_type():
+    from components.tasks.classification import Classification
+    from components.tasks.detection import Detection
+
+    assert all(Classification().builds(a) or Detection().builds(a) for a in PARAMS.architectures)
+
+
+@pytest.mark.parametrize("name", sorted(a for a in PARAMS.architectures if a in ARCHITECTURES))
 def test_every_architecture_in_params_builds_and_maps_images_to_logits(name):
     net = build_network(name, num_classes=10, options=PARAMS.architectures[name])
     size = PARAMS.train.image_size

@@ -151,3 +151,25 @@ def test_reading_shows_confident_boxes_scored_and_ranks_the_borderline(config):
     assert readings[0].confidence == pytest.approx(0.32)  # the weakest box shown
     assert readings[0].uncertainty > 0.9  # a box right at the line between shown and not
     assert shown[0]["value"]["x"] == pytest.approx(100 * 10 / 128) and embeddings.shape == (2, 3)
+
+
+def test_suggested_boxes_never_leave_the_image(config):
+    from components.tasks.detection import DetectionModel
+
+    rows = torch.tensor([[-6.0, 100.0, 20.0, 140.0, 0.9, 3]])
+    readings, _ = Detection().read(DetectionModel(_Peaks(rows), config.labels, image_size=128), torch.zeros(1, 3, 128, 128), config)
+    value = readings[0].result[0]["value"]
+    assert value["x"] == 0.0 and value["y"] + value["height"] == pytest.approx(100.0)
+
+
+def test_an_empty_validation_split_scores_zero(config):
+    from components.tasks.detection import BoxesDataset, DetectionModel
+
+    scores = Detection().evaluate(DetectionModel(_Peaks(torch.zeros(1, 6)), config.labels, 128), BoxesDataset(torch.zeros(0, 3, 128, 128), []), config.labels)
+    assert scores.score == 0.0 and len(scores.correct) == 0
+
+
+def test_a_malformed_box_is_not_read_as_acceptance(config):
+    broken = [{**rectangle(config, "1", 10, 10, 20, 20), "value": {"rectanglelabels": ["1"]}}]
+    assert Detection().agree(broken, [rectangle(config, "1", 10, 10, 20, 20)], config) is False
+    assert Detection().agree([rectangle(config, "1", 10, 10, 20, 20)], broken, config) is None
