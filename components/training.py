@@ -169,7 +169,7 @@ def fit(
             log_every_n_steps=1,
         )
         trainer.fit(module, datamodule=data)
-        if best.best_model_path:
+        if task.keeps_best_checkpoint and best.best_model_path:
             module.load_state_dict(torch.load(best.best_model_path, weights_only=True)["state_dict"])
     inference = task.inference_model(module.net, labels, image_size)
     scores = task.evaluate(inference, data.val_set, labels)

@@ -183,14 +183,15 @@ def import_folder(
     from components.tasks import task_type_of
 
     params = load_params()
-    ls = LabelStudio.from_settings(_settings())
-    target = ls.ensure_project(project or params.project.title, load_labeling_config(config or params.project.config))
+    labeling = load_labeling_config(config or params.project.config)
     coco = folder.is_file()
-    if coco and target.config.task != "detection":
+    if coco and labeling.task != "detection":
         raise SettingsError(
             f"{folder} is a file: a COCO detection file needs a detection project (<RectangleLabels>, e.g. "
-            f"--config label_studio_config/detection.xml); {target.title!r} is {target.config.task}."
+            f"--config label_studio_config/detection.xml); the config given is {labeling.task}."
         )
+    ls = LabelStudio.from_settings(_settings())
+    target = ls.ensure_project(project or params.project.title, labeling)
     items = read_boxes(folder) if coco else []
     result = ls.import_images(target, [i.path for i in items] if coco else find_images(folder), progress=_progress("hashing images"))
     typer.echo(f"project {target.id}: {len(result.created)} tasks created, {result.skipped} already there")

@@ -73,6 +73,7 @@ class TaskType(ABC):
     secondary_metric: str  # a second score shown beside it ("f1_macro", "map50_95"), a key of `Scores.metrics`
     count_noun: str  # what a class count counts ("images", "boxes")
     per_class_metric: str  # the per-class score's short name ("f1", "ap")
+    keeps_best_checkpoint: bool  # keep the epoch of lowest validation loss (True) or the last weights
 
     # --- Label Studio <-> targets -------------------------------------------------------------
 

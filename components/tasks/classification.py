@@ -292,6 +292,7 @@ class Classification(TaskType):
     secondary_metric = "f1_macro"
     count_noun = "images"
     per_class_metric = "f1"
+    keeps_best_checkpoint = True  # early stopping on validation loss
 
     def target_of(self, annotation: Annotation, config: LabelingConfig, task_id: int, image: Path) -> str:
         return label_of(annotation, config, task_id)

@@ -363,6 +363,9 @@ class Detection(TaskType):
     secondary_metric = "map50_95"
     count_noun = "boxes"
     per_class_metric = "ap"
+    # the end of the one-cycle schedule, not the epoch of lowest val loss on a handful of images:
+    # held-out mAP@0.5 0.606 vs 0.532 at 60 images, 0.747 vs 0.744 at 200 (one seed, 2026-11-26)
+    keeps_best_checkpoint = False
 
     def target_of(self, annotation: Annotation, config: LabelingConfig, task_id: int, image: Path) -> str:
         width, height = shown_size(image)

@@ -14,12 +14,22 @@ import torch
 import yaml
 
 from components.datasets import DETECTION, materialize
-from components.iteration import ATTENTION_VIEW, LABEL_NEXT_VIEW, SUSPECTS_VIEW, check_labels, label_next, open_workspace, write_back
+from components.iteration import (
+    ATTENTION_VIEW,
+    LABEL_NEXT_VIEW,
+    SUSPECTS_VIEW,
+    check_labels,
+    label_next,
+    open_workspace,
+    report,
+    write_back,
+)
 from components.label_studio import LabelStudio
 from components.labeling_config import load_labeling_config
 from components.params import load_params
 from components.settings import Settings, load_settings
 from components.snapshot import read_manifest
+from components.tasks import task_type_of
 from components.tasks.detection import DetectionModel, box_from_value, parse_target
 from tests.conftest import ROOT
 
@@ -142,3 +152,30 @@ def test_boxes_round_trip_and_the_loop_runs_end_to_end(boxes_project, label_stud
     assert label_studio.view_id(project.id, LABEL_NEXT_VIEW) is not None
     for task_id in drawn:  # no annotation was changed
         assert percent_boxes(label_studio.task(task_id)["annotations"][0]["result"]) == percent_boxes(drawn[task_id])
+
+    # the strategy report speaks detection: box mAP learning curve, per-class AP, no confusion matrix
+    result, path = report(ws, champion)
+    assert path.is_file() and result.confusion is None and result.per_class_title == "AP"
+    assert result.labeled == len(manifest) and result.points and result.points[-1].accuracy <= 1
+    assert "box mAP@0.5" in path.read_text()
+
+
+def test_a_coco_file_imports_as_tasks_with_its_boxes_as_pre_annotations(cli_env, label_studio, tmp_path):
+    from components.composites import make_detection_set
+    from tests.integration.test_bad_inputs import run_cli
+
+    coco = make_detection_set(tmp_path / "coco", 6, seed=3)
+    title = f"coco-{uuid.uuid4().hex[:6]}"
+    config = str(ROOT / "label_studio_config" / "detection.xml")
+    code, output, _ = run_cli(cli_env, "import", str(coco), "--project", title, "--config", config)
+    assert code == 0, output
+    project = label_studio.ensure_project(title, load_labeling_config(config), create=False)
+    truth = {i.path.name: i.label for i in materialize(str(coco), tmp_path)}
+    tasks = label_studio.unlabeled_tasks(project.id)
+    assert len(tasks) == 6 and label_studio.model_versions(project.id) == {"coco:annotations.json": 6}
+    for task_id, data in tasks.items():
+        predicted = label_studio.task(task_id)["predictions"][0]["result"]
+        assert percent_boxes(predicted) == percent_boxes(task_type_of(project.config).result_of(truth[data["filename"]], project.config))
+    # a COCO file into a classification project: one clear message, nothing imported
+    code, output, _ = run_cli(cli_env, "import", str(coco), "--project", f"{title}-c", "--config", str(ROOT / "label_studio_config" / "classification.xml"))
+    assert code != 0 and "needs a detection project" in output and len(output.strip().splitlines()) == 1
