@@ -184,6 +184,8 @@ def write_derived_params(base: str | Path, overrides: dict[str, dict[str, Any]],
     raw = yaml.safe_load(Path(base).read_text())
     for section, values in overrides.items():
         raw[section] = {**(raw.get(section) or {}), **values}
+    # the labeling config is found relative to the params file: point at it from wherever `out` is
+    raw["project"]["config"] = str((Path(base).resolve().parent / raw["project"]["config"]).resolve())
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"# {Path(base).name} with the keys of demo.detection.params replaced; written by flywheel\n"
                    + yaml.safe_dump(raw, sort_keys=False))

@@ -216,14 +216,14 @@ def summary_lines(report: Report) -> list[str]:
         lines.append(f"Latest model: {report.metric_title} {latest.accuracy:.3f} on {latest.snapshot}")
     to_target = report.labels_to_target
     if to_target == 0:
-        lines.append(f"Target accuracy {report.target_accuracy:.2f}: reached")
+        lines.append(f"Target {report.metric_title.removeprefix('validation ')} {report.target_accuracy:.2f}: reached")
     elif to_target is not None:
-        lines.append(f"Target accuracy {report.target_accuracy:.2f}: about {to_target} more labels (fitted learning curve)")
+        lines.append(f"Target {report.metric_title.removeprefix('validation ')} {report.target_accuracy:.2f}: about {to_target} more labels (fitted learning curve)")
     elif report.fit is not None:
-        lines.append(f"Target accuracy {report.target_accuracy:.2f}: the curve levels off at {report.fit.ceiling:.3f}, "
+        lines.append(f"Target {report.metric_title.removeprefix('validation ')} {report.target_accuracy:.2f}: the curve levels off at {report.fit.ceiling:.3f}, "
                      "below target: fix label errors, add data variety or try another architecture")
     else:
-        lines.append(f"Target accuracy {report.target_accuracy:.2f}: not enough iterations yet to fit a curve (need 3)")
+        lines.append(f"Target {report.metric_title.removeprefix('validation ')} {report.target_accuracy:.2f}: not enough iterations yet to fit a curve (need 3)")
     if report.classes:
         weakest = [c for c in sorted(report.classes, key=lambda c: (c.f1, c.labeled))][:3]
         lines.append("Classes that most need labels: " + ", ".join(

@@ -245,6 +245,8 @@ def demo(
     )
     if loop:
         serve(params_path)
+    elif params_path != Path("params.yaml"):
+        typer.echo(f"Serve its loop: flywheel serve --params {params_path}")
 
 
 @app.command("run")
