@@ -182,6 +182,7 @@ def import_folder(
     from components.params import load_params
     from components.tasks import task_type_of
 
+    settings = _settings()
     params = load_params()
     labeling = load_labeling_config(config or params.project.config)
     coco = folder.is_file()
@@ -190,7 +191,7 @@ def import_folder(
             f"{folder} is a file: a COCO detection file needs a detection project (<RectangleLabels>, e.g. "
             f"--config label_studio_config/detection.xml); the config given is {labeling.task}."
         )
-    ls = LabelStudio.from_settings(_settings())
+    ls = LabelStudio.from_settings(settings)
     target = ls.ensure_project(project or params.project.title, labeling)
     items = read_boxes(folder) if coco else []
     result = ls.import_images(target, [i.path for i in items] if coco else find_images(folder), progress=_progress("hashing images"))
@@ -222,8 +223,8 @@ def demo(
     from components.labeling_config import load_labeling_config
     from components.params import load_params, write_derived_params
 
-    params = load_params()
     settings = _settings()
+    params = load_params()
     params_path, dataset, limit = Path("params.yaml"), params.demo.dataset, params.demo.limit
     if task == "detection":
         params_path = settings.workspace / "demo" / "params-detection.yaml"
@@ -358,6 +359,7 @@ def pipeline_validate(
     from components.params import load_params
     from components.pipeline import validate_folder
 
+    _settings()
     loaded = load_params(params)
     validate_folder(snapshot, load_labeling_config(loaded.project.config), loaded.validate_.min_per_class, report)
     typer.echo(f"{snapshot} meets the data contract")
@@ -394,6 +396,7 @@ def pipeline_evaluate(
     from components.params import load_params
     from components.pipeline import evaluate_folder
 
+    _settings()
     config = load_labeling_config(load_params(params).project.config)
     values = evaluate_folder(snapshot, config, model, metrics, plot)
     typer.echo(", ".join(f"{name} {value:.3f}" for name, value in values.items() if name != "val_images"))
