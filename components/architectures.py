@@ -47,15 +47,33 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_network(name: str, num_classes: int, options: dict[str, Any] | None = None) -> nn.Module:
-    """Build the architecture `name` (a key of ARCHITECTURES) with params.yaml's options for it.
+def build_from(
+    registry: dict[str, Callable[..., nn.Module]], kind: str, name: str, num_classes: int, options: dict[str, Any] | None = None
+) -> nn.Module:
+    """Build `name` from a registry of networks (classifiers, detectors) with params.yaml's options for it.
+
+    Args:
+        registry: Name -> builder taking `num_classes` and its options.
+        kind: What the registry holds, for the message ("architecture", "detector").
+        name: A key of params.yaml's `architectures`.
+        num_classes: Size of the label set.
+        options: `architectures.<name>` from params.yaml.
 
     Raises:
         SettingsError: Unknown name or option.
     """
-    if name not in ARCHITECTURES:
-        raise SettingsError(f"Unknown architecture {name!r} in params.yaml; known: {sorted(ARCHITECTURES)}.")
+    if name not in registry:
+        raise SettingsError(f"Unknown {kind} {name!r} in params.yaml; known: {sorted(registry)}.")
     try:
-        return ARCHITECTURES[name](num_classes=num_classes, **(options or {}))
+        return registry[name](num_classes=num_classes, **(options or {}))
     except TypeError as e:
         raise SettingsError(f"architectures.{name} in params.yaml has an option it does not take: {e}.") from e
+
+
+def build_network(name: str, num_classes: int, options: dict[str, Any] | None = None) -> nn.Module:
+    """Build the classifier `name` (a key of ARCHITECTURES) with params.yaml's options for it.
+
+    Raises:
+        SettingsError: Unknown name or option.
+    """
+    return build_from(ARCHITECTURES, "architecture", name, num_classes, options)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.errors import SettingsError
+from components.architectures import build_from
 
 
 def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -309,9 +309,4 @@ def build_detector(name: str, num_classes: int, options: dict[str, Any] | None =
     Raises:
         SettingsError: Unknown name or option.
     """
-    if name not in DETECTORS:
-        raise SettingsError(f"Unknown detector {name!r} in params.yaml; known: {sorted(DETECTORS)}.")
-    try:
-        return DETECTORS[name](num_classes=num_classes, **(options or {}))
-    except TypeError as e:
-        raise SettingsError(f"detectors.{name} in params.yaml has an option it does not take: {e}.") from e
+    return build_from(DETECTORS, "detector", name, num_classes, options)

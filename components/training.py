@@ -10,7 +10,7 @@ fold of a cross-validation). What is trained and how it is judged comes from the
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from components.faults import pause_point
 from components.images import read_image
@@ -54,6 +55,51 @@ def __getattr__(name: str) -> Any:
 
         return InferenceModel
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class SplitsDataModule(L.LightningDataModule):
+    """A snapshot's train and validation splits, held in memory (images are small); a task type's
+    subclass says how one split is read (`_split`) and batched (`collate_fn`).
+
+    Args:
+        snapshot_dir: The snapshot folder (manifest + images).
+        manifest: Its manifest.
+        labels: The label set; class index = position in it.
+        image_size: Side of the square input.
+        batch_size: Training batch size.
+        augment: Whether training augments (the task type's module or split decides how).
+    """
+
+    collate_fn: Callable[[list[Any]], Any] | None = None
+    val_batch_size = 256
+
+    def __init__(
+        self, snapshot_dir: Path, manifest: pd.DataFrame, labels: Sequence[str], image_size: int, batch_size: int, augment: bool
+    ):
+        super().__init__()
+        self.snapshot_dir = Path(snapshot_dir)
+        self.manifest = manifest
+        self.labels = list(labels)
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.augment = augment
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def _split(self, split: str) -> Dataset:
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.train_set = self._split("train")
+            self.val_set = self._split("val")
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(0)
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=generator, collate_fn=self.collate_fn)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.val_batch_size, collate_fn=self.collate_fn)
 
 
 class FaultPoint(L.Callback):

@@ -21,7 +21,7 @@ from cleanlab.count import num_label_issues
 from cleanlab.rank import get_label_quality_scores
 from sklearn.model_selection import StratifiedKFold
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 from torchvision.transforms import v2
 
@@ -30,7 +30,7 @@ from components.conversions import Annotation
 from components.errors import AnnotationError
 from components.labeling_config import LabelingConfig
 from components.tasks.base import Reading, Scores, TaskType
-from components.training import MEAN, STD, load_images
+from components.training import MEAN, STD, SplitsDataModule, load_images
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,8 @@ class InferenceModel(nn.Module):
         return probabilities, captured[0].flatten(1)
 
 
-class SnapshotDataModule(L.LightningDataModule):
-    """A snapshot's train and validation splits, held in memory (images are small).
+class SnapshotDataModule(SplitsDataModule):
+    """A snapshot's train and validation splits for classification: images and class indices.
 
     Args:
         snapshot_dir: The snapshot folder (manifest + images).
@@ -134,40 +134,14 @@ class SnapshotDataModule(L.LightningDataModule):
         labels: The label set; class index = position in it.
         image_size: Side of the square input.
         batch_size: Training batch size.
-        augment: Random affine jitter on training images.
+        augment: Random affine jitter on training images (done by `Classifier`).
     """
-
-    def __init__(
-        self, snapshot_dir: Path, manifest: pd.DataFrame, labels: Sequence[str], image_size: int,
-        batch_size: int, augment: bool,
-    ):
-        super().__init__()
-        self.snapshot_dir = Path(snapshot_dir)
-        self.manifest = manifest
-        self.labels = list(labels)
-        self.image_size = image_size
-        self.batch_size = batch_size
-        self.augment = augment
-        self.train_set: TensorDataset | None = None
-        self.val_set: TensorDataset | None = None
 
     def _split(self, split: str) -> TensorDataset:
         rows = self.manifest[self.manifest["split"] == split]
         images = load_images([self.snapshot_dir / p for p in rows["image"]], self.image_size)
         targets = torch.tensor([self.labels.index(label) for label in rows["label"]], dtype=torch.long)
         return TensorDataset(images, targets)
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is None:
-            self.train_set = self._split("train")
-            self.val_set = self._split("val")
-
-    def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(0)
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=generator)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=256)
 
 
 class Classifier(L.LightningModule):

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from sklearn.model_selection import KFold
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchmetrics.detection import MeanAveragePrecision
 
 from components.conversions import Annotation
@@ -38,7 +38,7 @@ from components.errors import AnnotationError, SettingsError
 from components.images import shown_size
 from components.labeling_config import LabelingConfig
 from components.tasks.base import Reading, Scores, TaskType
-from components.training import load_images
+from components.training import SplitsDataModule, load_images
 
 log = logging.getLogger(__name__)
 
@@ -266,27 +266,20 @@ def collate(batch: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> tuple[
     return torch.stack([image for image, _ in batch]), [target for _, target in batch]
 
 
-class DetectionDataModule(L.LightningDataModule):
-    """A snapshot's train and val splits with their boxes, held in memory.
+class DetectionDataModule(SplitsDataModule):
+    """A snapshot's train and val splits with their boxes (scaled with the image to S x S).
 
     Args:
         snapshot_dir: The snapshot folder (manifest + images).
         manifest: Its manifest (`label` holds each image's target).
         labels: The label set; class index = position in it.
-        image_size: Side of the square input; boxes are scaled with the image.
+        image_size: Side of the square input.
         batch_size: Training batch size.
-        augment: Unused here (the module jitters training images with their boxes).
+        augment: Whether training jitters images with their boxes (done by `Detector`).
     """
 
-    def __init__(self, snapshot_dir: Path, manifest: pd.DataFrame, labels: Sequence[str], image_size: int, batch_size: int, augment: bool):
-        super().__init__()
-        self.snapshot_dir = Path(snapshot_dir)
-        self.manifest = manifest
-        self.labels = list(labels)
-        self.image_size = image_size
-        self.batch_size = batch_size
-        self.train_set: BoxesDataset | None = None
-        self.val_set: BoxesDataset | None = None
+    collate_fn = staticmethod(collate)
+    val_batch_size = 64
 
     def _split(self, split: str) -> BoxesDataset:
         rows = self.manifest[self.manifest["split"] == split]
@@ -296,18 +289,6 @@ class DetectionDataModule(L.LightningDataModule):
             boxes, names = _xyxy(parse_target(target), self.image_size)
             targets.append({"boxes": boxes, "labels": torch.tensor([self.labels.index(n) for n in names], dtype=torch.long)})
         return BoxesDataset(images, targets)
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is None:
-            self.train_set = self._split("train")
-            self.val_set = self._split("val")
-
-    def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(0)
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=generator, collate_fn=collate)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=64, collate_fn=collate)
 
 
 class Detector(L.LightningModule):

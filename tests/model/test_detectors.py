@@ -97,5 +97,5 @@ def test_jitter_moves_boxes_with_the_pixels_and_keeps_them_inside():
 def test_unknown_detector_and_option_say_what_to_fix():
     with pytest.raises(SettingsError, match="Unknown detector 'yolo'"):
         build_detector("yolo", 3)
-    with pytest.raises(SettingsError, match="detectors.centernet .* option"):
+    with pytest.raises(SettingsError, match="architectures.centernet .* option"):
         build_detector("centernet", 3, {"depth": 9})
