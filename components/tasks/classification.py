@@ -126,16 +126,8 @@ class InferenceModel(nn.Module):
 
 
 class SnapshotDataModule(SplitsDataModule):
-    """A snapshot's train and validation splits for classification: images and class indices.
-
-    Args:
-        snapshot_dir: The snapshot folder (manifest + images).
-        manifest: Its manifest.
-        labels: The label set; class index = position in it.
-        image_size: Side of the square input.
-        batch_size: Training batch size.
-        augment: Random affine jitter on training images (done by `Classifier`).
-    """
+    """A snapshot's splits for classification: images and class indices (`Classifier` jitters them
+    when `augment`); arguments as `training.SplitsDataModule`."""
 
     def _split(self, split: str) -> TensorDataset:
         rows = self.manifest[self.manifest["split"] == split]

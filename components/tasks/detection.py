@@ -36,6 +36,7 @@ from components.conversions import Annotation
 from components.detectors import DETECTORS, build_detector, jitter, keep_confident
 from components.errors import AnnotationError, SettingsError
 from components.images import shown_size
+from components.label_errors import TABLE_COLUMNS
 from components.labeling_config import LabelingConfig
 from components.tasks.base import Reading, Scores, TaskType
 from components.training import SplitsDataModule, load_images
@@ -267,16 +268,8 @@ def collate(batch: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> tuple[
 
 
 class DetectionDataModule(SplitsDataModule):
-    """A snapshot's train and val splits with their boxes (scaled with the image to S x S).
-
-    Args:
-        snapshot_dir: The snapshot folder (manifest + images).
-        manifest: Its manifest (`label` holds each image's target).
-        labels: The label set; class index = position in it.
-        image_size: Side of the square input.
-        batch_size: Training batch size.
-        augment: Whether training jitters images with their boxes (done by `Detector`).
-    """
+    """A snapshot's splits with their boxes, scaled with the image to S x S (`Detector` jitters both
+    when `augment`); arguments as `training.SplitsDataModule`."""
 
     collate_fn = staticmethod(collate)
     val_batch_size = 64
@@ -471,8 +464,7 @@ class Detection(TaskType):
         manifest = manifest.reset_index(drop=True)
         if len(manifest) < 2:
             log.warning("Not checking labels: cross-validation needs at least 2 labeled images.")
-            return pd.DataFrame(columns=["rank", "task_id", "label", "suggested", "quality", "suspected",
-                                         "suggested_probability", "image"]), 0.0
+            return pd.DataFrame(columns=TABLE_COLUMNS), 0.0
         k = max(2, min(folds, len(manifest)))
         rows: list[torch.Tensor | None] = [None] * len(manifest)
         image_size = 0
