@@ -75,11 +75,10 @@ def batches(
         picked = [samples[i] for i in order[step * batch_size : (step + 1) * batch_size]]
         images, targets = [], []
         for image, target in picked:
-            boxes = target["boxes"]
             if augment:
-                image, boxes = jitter(image, boxes, generator)
+                image, target = jitter(image, target, generator)
             images.append(image)
-            targets.append({"boxes": boxes, "labels": target["labels"]})
+            targets.append(target)
         yield torch.stack(images), targets
 
 

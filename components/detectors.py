@@ -106,12 +106,20 @@ class CenterNet(nn.Module):
             `offset` of the centre inside its cell (N, 2, S/4, S/4), and `embedding` (N, D), the
             pooled deepest features.
         """
+        _, c16, p4 = self.trunk(images)
+        return self.heads(c16, p4)
+
+    def trunk(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(normalised images, deepest features at stride 16, neck features at stride 4)."""
         x = (images - 0.5) / 0.25
         c4 = self.stage4(self.stem(x))
         c8 = self.stage8(c4)
         c16 = self.stage16(c8)
         p8 = self.smooth8(self.lateral8(c8) + F.interpolate(self.lateral16(c16), scale_factor=2.0, mode="nearest"))
         p4 = self.smooth4(self.lateral4(c4) + F.interpolate(p8, scale_factor=2.0, mode="nearest"))
+        return x, c16, p4
+
+    def heads(self, c16: torch.Tensor, p4: torch.Tensor) -> dict[str, torch.Tensor]:
         return {
             "heatmap": self.heatmap(p4),
             "size": self.size(p4),
@@ -235,21 +243,23 @@ class CenterNet(nn.Module):
 
 
 def jitter(
-    image: torch.Tensor, boxes: torch.Tensor, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Randomly rescale (0.75x to 1.25x), translate and recolour one image, moving its boxes with it.
+    image: torch.Tensor, target: dict[str, torch.Tensor], generator: torch.Generator
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Randomly rescale (0.75x to 1.25x), translate and recolour one image, moving its objects with it.
 
     The translation is drawn so that every box stays inside the image, so no object is cut or
     lost. There is no flip: a mirrored digit is not the same digit.
 
     Args:
         image: (3, S, S) float in [0, 1].
-        boxes: (K, 4) xyxy in pixels; K may be 0.
+        target: `boxes` (K, 4) xyxy in pixels (K may be 0), and when the task has them `masks`
+            (K, S, S) boolean, moved by the same transform; other keys are kept as they are.
         generator: Source of randomness, so a seeded run repeats.
 
     Returns:
-        The jittered image (edges extended where it moved in) and its boxes.
+        The jittered image (edges extended where it moved in) and its target.
     """
+    boxes = target["boxes"]
     _, height, width = image.shape
     scale = float(0.75 + 0.5 * torch.rand((), generator=generator))
     centre = torch.tensor([width / 2, height / 2, width / 2, height / 2])
@@ -261,7 +271,7 @@ def jitter(
         lower, upper = [-width / 4, -height / 4], [width / 4, height / 4]
     if lower[0] > upper[0] or lower[1] > upper[1]:
         # The boxes span more than the image once enlarged: keep the original rather than cut them.
-        return image, boxes
+        return image, target
     shift = [lo + (hi - lo) * float(torch.rand((), generator=generator)) for lo, hi in zip(lower, upper, strict=True)]
     # affine_grid maps output to input coordinates in [-1, 1], hence the inverse transform.
     tx, ty = 2 * shift[0] / width, 2 * shift[1] / height
@@ -270,7 +280,11 @@ def jitter(
     moved = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
     # A channel shuffle recolours digit and background alike, so the net learns shapes, not inks.
     moved = moved[torch.randperm(3, generator=generator)]
-    return moved, scaled + torch.tensor([shift[0], shift[1], shift[0], shift[1]])
+    result = {**target, "boxes": scaled + torch.tensor([shift[0], shift[1], shift[0], shift[1]])}
+    if "masks" in target and len(boxes):
+        masks = F.grid_sample(target["masks"].float()[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+        result["masks"] = masks >= 0.5
+    return moved, result
 
 
 def keep_confident(

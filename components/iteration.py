@@ -29,7 +29,7 @@ import torch
 from components.conversions import Prediction, current_annotation
 from components.errors import DataError, LabelStudioError
 from components.faults import pause_point
-from components.images import ImageError, ImageStore, StoredImage
+from components.images import ImageError, ImageStore, StoredImage, shown_size
 from components.label_errors import find_label_errors
 from components.label_studio import (
     BY_ID,
@@ -169,15 +169,20 @@ def resolve_image(ws: Workspace, task_id: int, data: Mapping[str, Any]) -> Store
         return e
 
 
-def decode_unlabeled(ws: Workspace, tasks: Mapping[int, Mapping[str, Any]], image_size: int) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    """Every unlabeled task's image decoded for the model, and task id -> why an image could not be."""
-    decoded, problems = {}, {}
+def decode_unlabeled(
+    ws: Workspace, tasks: Mapping[int, Mapping[str, Any]], image_size: int
+) -> tuple[dict[int, np.ndarray], dict[int, str], dict[int, tuple[int, int]]]:
+    """Every unlabeled task's image decoded for the model, task id -> why an image could not be, and
+    task id -> the image's own (width, height) as shown."""
+    decoded, problems, sizes = {}, {}, {}
     for task_id, data in tasks.items():
         try:
-            decoded[task_id] = ws.images.check(task_id, ws.images.resolve(task_id, data, ws.project.config.data_key), image_size)
+            image = ws.images.resolve(task_id, data, ws.project.config.data_key)
+            decoded[task_id] = ws.images.check(task_id, image, image_size)
+            sizes[task_id] = shown_size(image.path)
         except ImageError as e:
             problems[task_id] = str(e)
-    return decoded, problems
+    return decoded, problems, sizes
 
 
 def snapshot(ws: Workspace, changes: ChangeSet, folder: Path) -> StagedSnapshot:
@@ -438,8 +443,8 @@ def write_back(ws: Workspace, champion: RegisteredModel) -> int:
     """
     model = ws.models.load(champion)
     tasks = ws.label_studio.unlabeled_tasks(ws.project.id)
-    decoded, problems = decode_unlabeled(ws, tasks, model.image_size)
-    outputs = infer_images(ws.task, model, decoded, ws.project.config, ws.params.predict.batch_size)
+    decoded, problems, sizes = decode_unlabeled(ws, tasks, model.image_size)
+    outputs = infer_images(ws.task, model, decoded, ws.project.config, ws.params.predict.batch_size, sizes=sizes)
     select = ws.params.select
     _, folder = latest_snapshot(ws)
     order = rank_for_labeling(outputs.uncertainty, outputs.embeddings, _embed_labeled(ws, model, folder), select.batch, select.candidates)

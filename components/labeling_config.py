@@ -13,7 +13,12 @@ from pathlib import Path
 from components.errors import LabelConfigError
 
 # control tag -> (task type, the child tag that lists the label set)
-CONTROL_TAGS = {"Choices": ("classification", "Choice"), "RectangleLabels": ("detection", "Label")}
+CONTROL_TAGS = {
+    "Choices": ("classification", "Choice"),
+    "RectangleLabels": ("detection", "Label"),
+    "BrushLabels": ("segmentation", "Label"),
+    "PolygonLabels": ("segmentation", "Label"),
+}
 
 
 @dataclass(frozen=True)
@@ -38,12 +43,12 @@ class LabelingConfig:
 
     @property
     def result_type(self) -> str:
-        """The `type` of a result produced by the control tag ("choices", "rectanglelabels")."""
+        """The `type` of a result produced by the control tag ("choices", "rectanglelabels", "brushlabels")."""
         return self.control_type.lower()
 
     @property
     def task(self) -> str:
-        """The task type the control tag asks for ("classification", "detection")."""
+        """The task type the control tag asks for ("classification", "detection", "segmentation")."""
         return CONTROL_TAGS[self.control_type][0]
 
 
@@ -72,7 +77,7 @@ def parse_labeling_config(xml: str, source: str = "labeling config") -> Labeling
         raise LabelConfigError(
             f"{source} must hold exactly one control tag of {', '.join(f'<{t}>' for t in CONTROL_TAGS)} bound to "
             f"an <Image> (found {found} and {len(images)} <Image>); start from label_studio_config/classification.xml "
-            "or detection.xml."
+            "detection.xml or segmentation.xml."
         )
     control = controls[0]
     to_name = control.get("toName", "")

@@ -26,9 +26,9 @@ class ProjectParams(_Section):
     config: Path
 
 
-class DetectionDemoParams(_Section):
-    """`flywheel demo --task detection`: a detection set built from packaged images, and the keys its
-    params differ in (merged over params.yaml into the demo's own params file)."""
+class TaskDemoParams(_Section):
+    """`flywheel demo --task detection|segmentation`: a set built from packaged images, and the keys
+    its params differ in (merged over params.yaml into the demo's own params file)."""
 
     dataset: str
     limit: int = Field(gt=0)
@@ -40,7 +40,12 @@ class DemoParams(_Section):
 
     dataset: str
     limit: int = Field(gt=0)
-    detection: DetectionDemoParams
+    detection: TaskDemoParams
+    segmentation: TaskDemoParams
+
+    def of(self, task: str) -> TaskDemoParams:
+        """The demo of a task type other than classification."""
+        return {"detection": self.detection, "segmentation": self.segmentation}[task]
 
 
 class PollParams(_Section):
@@ -174,7 +179,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 
 def write_derived_params(base: str | Path, overrides: dict[str, dict[str, Any]], out: Path) -> Params:
-    """params.yaml with some keys replaced, written to `out` and validated (e.g. the detection demo's).
+    """params.yaml with some keys replaced, written to `out` and validated (e.g. a detection demo's).
 
     Args:
         base: The params.yaml to start from (every other key comes from it).
@@ -187,7 +192,7 @@ def write_derived_params(base: str | Path, overrides: dict[str, dict[str, Any]],
     # the labeling config is found relative to the params file: point at it from wherever `out` is
     raw["project"]["config"] = str((Path(base).resolve().parent / raw["project"]["config"]).resolve())
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"# {Path(base).name} with the keys of demo.detection.params replaced; written by flywheel\n"
+    out.write_text(f"# {Path(base).name} with the keys of a demo's params replaced; written by flywheel\n"
                    + yaml.safe_dump(raw, sort_keys=False))
     return load_params(out)
 

@@ -40,6 +40,7 @@ def infer_images(
     config: LabelingConfig,
     batch_size: int,
     progress: Callable[[Iterable[int]], Iterable[int]] = lambda it: it,
+    sizes: Mapping[int, tuple[int, int]] | None = None,
 ) -> ModelOutputs:
     """Run `model` over each task's decoded image (`images.ImageStore.check`, at `model.image_size`).
 
@@ -50,6 +51,7 @@ def infer_images(
         config: The labeling config (tag names of the results).
         batch_size: Images per forward pass.
         progress: Wraps the iteration over batches.
+        sizes: Task id -> the original image's (width, height), for answers drawn at that size.
     """
     items = list(images.items())
     readings: list[Reading] = []
@@ -57,8 +59,9 @@ def infer_images(
     model.eval()
     with torch.no_grad():
         for start in progress(range(0, len(items), batch_size)):
-            chunk = [array for _, array in items[start : start + batch_size]]
-            read, embedded = task_type.read(model, to_tensor(chunk, model.image_size), config)
+            block = items[start : start + batch_size]
+            chunk_sizes = [sizes[task_id] for task_id, _ in block] if sizes is not None else None
+            read, embedded = task_type.read(model, to_tensor([array for _, array in block], model.image_size), config, chunk_sizes)
             readings.extend(read)
             embeddings.append(embedded)
     return ModelOutputs(

@@ -25,6 +25,7 @@ stack_app = typer.Typer(help="The embedded Label Studio, MLflow and Prefect serv
 app.add_typer(stack_app, name="stack")
 log = logging.getLogger(__name__)
 tracebacks = logging.getLogger(logs.TRACEBACKS)
+TASKS = ("classification", "detection", "segmentation")
 
 
 @app.callback()
@@ -166,14 +167,15 @@ def stack_status() -> None:
 @app.command("import")
 @clear_errors
 def import_folder(
-    folder: Annotated[Path, typer.Argument(help="A folder of images (searched recursively), or a COCO detection "
-                                                 "file (.json) whose boxes become pre-annotations.", exists=True)],
+    folder: Annotated[Path, typer.Argument(help="A folder of images (searched recursively), or a COCO file (.json) "
+                                                 "whose boxes (or, for a segmentation config, masks) become "
+                                                 "pre-annotations.", exists=True)],
     project: Annotated[str | None, typer.Option(help="Project title (default: params.yaml project.title).")] = None,
     config: Annotated[Path | None, typer.Option(help="Labeling config (default: params.yaml project.config).")] = None,
 ) -> None:
     """Import a folder of images as tasks; files already imported (same content) are skipped.
 
-    A COCO file's images are imported the same way, and its boxes are written as pre-annotations
+    A COCO file's images are imported the same way, and its boxes or masks are written as pre-annotations
     (model version "coco:<file>") for people to confirm: flywheel never writes annotations."""
     from components.conversions import Prediction
     from components.datasets import read_boxes
@@ -186,14 +188,14 @@ def import_folder(
     params = load_params()
     labeling = load_labeling_config(config or params.project.config)
     coco = folder.is_file()
-    if coco and labeling.task != "detection":
+    if coco and labeling.task == "classification":
         raise SettingsError(
-            f"{folder} is a file: a COCO detection file needs a detection project (<RectangleLabels>, e.g. "
-            f"--config label_studio_config/detection.xml); the config given is {labeling.task}."
+            f"{folder} is a file: a COCO file needs a detection or segmentation project (e.g. --config "
+            f"label_studio_config/detection.xml or segmentation.xml); the config given is {labeling.task}."
         )
     ls = LabelStudio.from_settings(settings)
     target = ls.ensure_project(project or params.project.title, labeling)
-    items = read_boxes(folder) if coco else []
+    items = read_boxes(folder, masks=labeling.task == "segmentation") if coco else []
     result = ls.import_images(target, [i.path for i in items] if coco else find_images(folder), progress=_progress("hashing images"))
     typer.echo(f"project {target.id}: {len(result.created)} tasks created, {result.skipped} already there")
     if coco:
@@ -214,7 +216,7 @@ def import_folder(
 def demo(
     loop: Annotated[bool, typer.Option(help="Serve the loop after creating the project.")] = True,
     task: Annotated[str, typer.Option(help="classification (MNIST digits) | detection (digits composited onto "
-                                            "backgrounds, boxes)")] = "classification",
+                                            "backgrounds, boxes) | segmentation (the same, instance masks)")] = "classification",
 ) -> None:
     """Bring up the stack, create the demo project from a dataset that ships in a package, serve the loop."""
     from components import stack
@@ -226,13 +228,13 @@ def demo(
     settings = _settings()
     params = load_params()
     params_path, dataset, limit = Path("params.yaml"), params.demo.dataset, params.demo.limit
-    if task == "detection":
-        params_path = settings.workspace / "demo" / "params-detection.yaml"
-        params = write_derived_params("params.yaml", params.demo.detection.params, params_path)
-        dataset, limit = params.demo.detection.dataset, params.demo.detection.limit
-        typer.echo(f"detection demo: params in {params_path} (params.yaml with demo.detection.params)")
+    if task in TASKS[1:]:
+        params_path = settings.workspace / "demo" / f"params-{task}.yaml"
+        params = write_derived_params("params.yaml", params.demo.of(task).params, params_path)
+        dataset, limit = params.demo.of(task).dataset, params.demo.of(task).limit
+        typer.echo(f"{task} demo: params in {params_path} (params.yaml with demo.{task}.params)")
     elif task != "classification":
-        raise SettingsError(f"--task must be classification or detection, not {task!r}.")
+        raise SettingsError(f"--task must be one of {', '.join(TASKS)}, not {task!r}.")
     stack.up(settings, echo=typer.echo)
     images = materialize(dataset, settings.workspace / "datasets", limit=limit)
     ls = LabelStudio.from_settings(load_settings())  # re-read: `up` may have just created the token
@@ -410,8 +412,8 @@ app.add_typer(bench_app, name="bench")
 @clear_errors
 def bench_simulate(
     dataset: Annotated[str, typer.Option(help="mnist | digits | a folder laid out class_name/image.png; for "
-                                               "detection: params.yaml demo.detection.dataset unless given")] = "",
-    task: Annotated[str, typer.Option(help="classification | detection")] = "classification",
+                                               "detection/segmentation: params.yaml demo.<task>.dataset unless given")] = "",
+    task: Annotated[str, typer.Option(help="classification | detection | segmentation")] = "classification",
     order: Annotated[list[str], typer.Option(help="random and/or suggested (repeat the option for both)")] = ["random", "suggested"],  # noqa: B006
     budget: Annotated[int, typer.Option(help="Labels the simulated person makes.")] = 300,
     every: Annotated[int, typer.Option(help="Labels between flywheel iterations (K).")] = 20,
@@ -424,10 +426,10 @@ def bench_simulate(
     from components.params import load_params
 
     _settings()
-    if task not in ("classification", "detection"):
-        raise SettingsError(f"--task must be classification or detection, not {task!r}.")
+    if task not in TASKS:
+        raise SettingsError(f"--task must be one of {', '.join(TASKS)}, not {task!r}.")
     if not dataset:
-        dataset = load_params().demo.detection.dataset if task == "detection" else "mnist"
+        dataset = load_params().demo.of(task).dataset if task != "classification" else "mnist"
     main(SimulationConfig(dataset, tuple(order), pool, held_out, budget, every, seed, task), echo=typer.echo)
 
 

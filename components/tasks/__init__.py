@@ -1,7 +1,8 @@
-"""Task types, one module each: what differs between classification and detection.
+"""Task types, one module each: what differs between classification, detection and segmentation.
 
 A project's task type follows from its labeling config's control tag (`<Choices>` ->
-classification, `<RectangleLabels>` -> detection); `task_type_of(config)` returns it. The rest of
+classification, `<RectangleLabels>` -> detection, `<BrushLabels>` or `<PolygonLabels>` ->
+segmentation); `task_type_of(config)` returns it. The rest of
 the loop calls `TaskType` (`components/tasks/base.py`) and never branches on the task type.
 """
 
@@ -13,6 +14,10 @@ from components.tasks.base import Reading, Scores, TaskType
 
 def task_type_of(config: LabelingConfig) -> TaskType:
     """The task type of a parsed labeling config (imported lazily: each pulls its own libraries)."""
+    if config.task == "segmentation":
+        from components.tasks.segmentation import Segmentation
+
+        return Segmentation()
     if config.task == "detection":
         from components.tasks.detection import Detection
 

@@ -3,7 +3,7 @@
 The loop (`iteration`, `registry`, `selection`, `label_errors`, `report`, the simulator) calls only
 this interface; what differs between classification and detection lives behind it, one module per
 task type. A manifest row's `label` cell holds a task type's *target* as text: a class name for
-classification, the boxes as JSON for detection. Only the task type reads or writes it.
+classification, the boxes (with masks for segmentation) as JSON. Only the task type reads or writes it.
 """
 
 from __future__ import annotations
@@ -130,8 +130,13 @@ class TaskType(ABC):
     # --- inference ----------------------------------------------------------------------------
 
     @abstractmethod
-    def read(self, model: nn.Module, images: torch.Tensor, config: LabelingConfig) -> tuple[list[Reading], np.ndarray]:
+    def read(
+        self, model: nn.Module, images: torch.Tensor, config: LabelingConfig, sizes: Sequence[tuple[int, int]] | None = None
+    ) -> tuple[list[Reading], np.ndarray]:
         """Run an inference model on a batch (N, 3, S, S) in [0, 1].
+
+        `sizes` are the original images' (width, height), for answers that must be drawn at the
+        image's own size (a brush mask); None means the model's input size.
 
         Returns:
             One reading per image, and (N, D) embeddings (what selection measures "near" with).

@@ -306,7 +306,9 @@ class Classification(TaskType):
     def figures(self, scores: Scores, labels: Sequence[str], title: str) -> dict[str, Any]:
         return {"confusion_matrix.png": confusion_figure(scores.confusion, labels, f"{title}: validation confusion")}
 
-    def read(self, model: nn.Module, images: torch.Tensor, config: LabelingConfig) -> tuple[list[Reading], np.ndarray]:
+    def read(
+        self, model: nn.Module, images: torch.Tensor, config: LabelingConfig, sizes: Sequence[tuple[int, int]] | None = None
+    ) -> tuple[list[Reading], np.ndarray]:
         with torch.no_grad():
             probabilities, embeddings = model.probabilities_and_embeddings(images)
         p = probabilities.numpy()

@@ -77,7 +77,8 @@ def value_from_box(x: float, y: float, w: float, h: float, width: int, height: i
 
 
 def make_target(width: int, height: int, boxes: Sequence[Mapping[str, Any]]) -> str:
-    """The manifest's text for an image's boxes (pixels; a `score` per box is kept when given)."""
+    """The manifest's text for an image's boxes (pixels; a `score` per box is kept when given, and
+    for instance segmentation a `mask`, COCO compressed RLE counts of the whole image)."""
     ordered = sorted(boxes, key=lambda b: (float(b["y"]), float(b["x"]), str(b["label"])))
     return json.dumps(
         {
@@ -85,7 +86,8 @@ def make_target(width: int, height: int, boxes: Sequence[Mapping[str, Any]]) -> 
             "height": int(height),
             "boxes": [
                 {"label": str(b["label"]), **{k: round(float(b[k]), 2) for k in ("x", "y", "w", "h")},
-                 **({"score": round(float(b["score"]), 4)} if "score" in b else {})}
+                 **({"score": round(float(b["score"]), 4)} if "score" in b else {}),
+                 **({"mask": b["mask"]} if "mask" in b else {})}
                 for b in ordered
             ],
         },
@@ -105,6 +107,23 @@ def _rectangles(result: Sequence[Mapping[str, Any]], config: LabelingConfig) -> 
     ]
 
 
+def single_label(value: Mapping[str, Any], config: LabelingConfig, where: str, task_id: int) -> str:
+    """A region's one label, which the config must hold.
+
+    Raises:
+        AnnotationError: None or several labels, or one the config lacks; the message starts with `where`.
+    """
+    picked = value.get(config.result_type) or []
+    if not isinstance(picked, list) or len(picked) != 1:
+        raise AnnotationError(f"{where} has labels {picked}; give each region exactly one label.", [task_id])
+    if picked[0] not in config.labels:
+        raise AnnotationError(
+            f"{where} uses label {picked[0]!r}, which is not in the labeling config {list(config.labels)}. Fix the "
+            "region, or add the label to the config.", [task_id],
+        )
+    return str(picked[0])
+
+
 def boxes_of(annotation: Annotation, config: LabelingConfig, task_id: int, width: int, height: int) -> list[dict[str, Any]]:
     """An annotation's boxes in pixels of a `width` x `height` image.
 
@@ -116,14 +135,7 @@ def boxes_of(annotation: Annotation, config: LabelingConfig, task_id: int, width
     for i, region in enumerate(_rectangles(annotation.result, config), start=1):
         value = region["value"]
         where = f"Task {task_id}: annotation {annotation.id}, box {i}"
-        picked = value.get(config.result_type) or []
-        if len(picked) != 1:
-            raise AnnotationError(f"{where} has labels {picked}; give each box exactly one label.", [task_id])
-        if picked[0] not in config.labels:
-            raise AnnotationError(
-                f"{where} uses label {picked[0]!r}, which is not in the labeling config {list(config.labels)}. Fix the "
-                "box, or add the label to the config.", [task_id],
-            )
+        label = single_label(value, config, where, task_id)
         try:
             x, y, w, h = (float(value[k]) for k in ("x", "y", "width", "height"))
         except (KeyError, TypeError, ValueError):
@@ -144,7 +156,7 @@ def boxes_of(annotation: Annotation, config: LabelingConfig, task_id: int, width
         x0, y0 = max(x, 0.0), max(y, 0.0)
         x1, y1 = min(x + w, 100.0), min(y + h, 100.0)
         px, py, pw, ph = box_from_value({"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0}, width, height)
-        boxes.append({"label": picked[0], "x": px, "y": py, "w": pw, "h": ph})
+        boxes.append({"label": label, "x": px, "y": py, "w": pw, "h": ph})
     return boxes
 
 
@@ -183,11 +195,19 @@ def boxes_match(predicted: Sequence[tuple[str, np.ndarray]], truth: Sequence[tup
     if not truth:
         return True
     overlaps = iou(np.stack([b for _, b in predicted]), np.stack([b for _, b in truth]))
-    same = np.array([[p == t for t, _ in truth] for p, _ in predicted])
+    return one_to_one(overlaps, [p for p, _ in predicted], [t for t, _ in truth], MATCH_IOU)
+
+
+def one_to_one(overlaps: np.ndarray, predicted: Sequence[str], truth: Sequence[str], threshold: float) -> bool:
+    """True when each true object (column of `overlaps`, an IoU matrix) has its own predicted object
+    (row) of the same class at IoU >= threshold, and no predicted object is left over."""
+    if len(predicted) != len(truth):
+        return False
+    same = np.array([[p == t for t in truth] for p in predicted], dtype=bool).reshape(len(predicted), len(truth))
     overlaps = np.where(same, overlaps, 0.0)
     used: set[int] = set()
-    for j in np.argsort(-overlaps.max(axis=0)):  # the clearest true boxes claim their match first
-        candidates = [i for i in np.argsort(-overlaps[:, j]) if i not in used and overlaps[i, j] >= MATCH_IOU]
+    for j in np.argsort(-overlaps.max(axis=0)) if len(truth) else []:  # the clearest true objects claim their match first
+        candidates = [i for i in np.argsort(-overlaps[:, j]) if i not in used and overlaps[i, j] >= threshold]
         if not candidates:
             return False
         used.add(int(candidates[0]))
@@ -235,9 +255,10 @@ def detections_of(rows: torch.Tensor, threshold: float) -> dict[str, torch.Tenso
 
 def answer_of(rows: torch.Tensor, threshold: float = SHOWN_FROM) -> dict[str, torch.Tensor]:
     """What a person is shown for one image: boxes scored >= threshold with some area (clipping at
-    the edge may leave none), one per object (the best guess)."""
+    the edge may leave none), one per object (the best guess); `index` says which rows they are."""
     visible = ((rows[:, 2] - rows[:, 0]) >= 1) & ((rows[:, 3] - rows[:, 1]) >= 1)
-    return keep_confident(detections_of(rows[visible], 0.0), threshold, SAME_OBJECT_IOU)
+    found = {**detections_of(rows, 0.0), "index": torch.arange(len(rows))}  # `index`: the row each kept one is
+    return keep_confident({key: value[visible] for key, value in found.items()}, threshold, SAME_OBJECT_IOU)
 
 
 def confidence_of(answer: dict[str, torch.Tensor], candidates: torch.Tensor) -> float:
@@ -296,9 +317,9 @@ class Detector(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, list[dict[str, torch.Tensor]]], batch_idx: int) -> torch.Tensor:
         images, targets = batch
         if self.hparams.augment:
-            moved = [jitter(image, target["boxes"], self.generator) for image, target in zip(images, targets, strict=True)]
+            moved = [jitter(image, target, self.generator) for image, target in zip(images, targets, strict=True)]
             images = torch.stack([image for image, _ in moved])
-            targets = [{**target, "boxes": boxes} for (_, boxes), target in zip(moved, targets, strict=True)]
+            targets = [target for _, target in moved]
         loss = self.net.loss(self.net(images), targets)
         self.log("train_loss", loss, prog_bar=True, on_epoch=True, on_step=False, batch_size=len(images))
         return loss
@@ -427,7 +448,9 @@ class Detection(TaskType):
         fig.tight_layout()
         return {"per_class_ap.png": fig}
 
-    def read(self, model: nn.Module, images: torch.Tensor, config: LabelingConfig) -> tuple[list[Reading], np.ndarray]:
+    def read(
+        self, model: nn.Module, images: torch.Tensor, config: LabelingConfig, sizes: Sequence[tuple[int, int]] | None = None
+    ) -> tuple[list[Reading], np.ndarray]:
         with torch.no_grad():
             rows, embeddings = model.detections_and_embeddings(images)
         size = model.image_size

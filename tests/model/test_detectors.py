@@ -82,7 +82,8 @@ def test_jitter_moves_boxes_with_the_pixels_and_keeps_them_inside():
     boxes = torch.tensor([[30.0, 10.0, 50.0, 20.0]])
     generator = torch.Generator().manual_seed(0)
     for _ in range(10):
-        moved, moved_boxes = jitter(image, boxes, generator)
+        moved, moved_target = jitter(image, {"boxes": boxes}, generator)
+        moved_boxes = moved_target["boxes"]
         assert moved.shape == image.shape
         x1, y1, x2, y2 = moved_boxes[0].tolist()
         assert 0 <= x1 < x2 <= SIZE and 0 <= y1 < y2 <= SIZE
@@ -90,8 +91,8 @@ def test_jitter_moves_boxes_with_the_pixels_and_keeps_them_inside():
         ink = moved.sum(0)
         inside = ink[round(y1) : round(y2), round(x1) : round(x2)].sum()
         assert inside > 0.9 * ink.sum()
-    empty, no_boxes = jitter(image, torch.zeros(0, 4), generator)
-    assert empty.shape == image.shape and no_boxes.shape == (0, 4)
+    empty, nothing = jitter(image, {"boxes": torch.zeros(0, 4)}, generator)
+    assert empty.shape == image.shape and nothing["boxes"].shape == (0, 4)
 
 
 def test_unknown_detector_and_option_say_what_to_fix():

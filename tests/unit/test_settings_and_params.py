@@ -50,7 +50,7 @@ def test_project_params_parse():
         ("project: [unclosed", "not valid YAML"),
         ("project:\n  title: x\n  config: c.xml\n  colour: red\n", "project.colour"),
         ("project:\n  title: x\n  config: c.xml\ndemo:\n  limit: -1\n", "demo.limit"),
-        ("demo:\n  limit: 5\n", "missing project, demo.dataset, demo.detection, poll, "),
+        ("demo:\n  limit: 5\n", "missing project, demo.dataset, demo.detection, demo.segmentation, poll, "),
         ("project:\n  title: x\n  config: c.xml\n", "missing demo, poll, data, snapshot, validate, images, train, "),
         ("- just\n- a list\n", "must be a mapping of sections"),
     ],

@@ -1,0 +1,393 @@
+"""Instance segmentation (`<BrushLabels>` or `<PolygonLabels>`): one mask per object, one class each.
+
+Target: detection's (`tasks.detection.make_target`: the image's size and its objects in pixels of
+the original image) with each object's mask as COCO compressed RLE of the whole image (`mask`) and
+its box the tight box of that mask. Every change of a mask's form (Label Studio's brush RLE, polygon
+points, COCO RLE) is in `components.masks`. Model: a segmenter of `components.segmenters`
+(`mask_centernet`: the detector with a RoIAlign mask head); promotion compares mask mAP@0.5
+(mask mAP@0.5:0.95 breaks ties) with torchmetrics (`iou_type="segm"`). A suggestion is the objects
+the detector would show, each outlined (a brush mask, or a polygon for a polygon project) with its
+score. A suggestion is kept when every mask matches a drawn one of the same class at mask IoU >=
+`MASK_MATCH_IOU`, nothing missing, nothing extra. The error finder flags a drawn mask that no
+confident out-of-fold mask of its class overlaps well, and a confident out-of-fold mask nothing drawn
+covers.
+
+An annotation with no region is a valid label ("nothing here"). A brush RLE that does not decode or
+has another size than the image, a polygon whose edges cross or with fewer than three corners, a
+region that covers no pixel, or a label the config lacks leaves the task out of the snapshot
+(quarantined with that reason); the rest trains.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import KFold
+from torch import nn
+from torchmetrics.detection import MeanAveragePrecision
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+from components.conversions import Annotation
+from components.errors import AnnotationError
+from components.images import shown_size
+from components.label_errors import TABLE_COLUMNS
+from components.labeling_config import LabelingConfig
+from components.masks import (
+    brush_of, coco_of, mask_iou, mask_of_brush, mask_of_coco, mask_of_polygon, points_in_percent, points_in_pixels,
+    polygon_of, polygon_problem, tight_box,
+)
+from components.segmenters import SEGMENTERS, build_segmenter
+from components.tasks.base import Reading, Scores
+from components.tasks.detection import (
+    SHOWN_FROM, BoxesDataset, Detection, DetectionDataModule, DetectionModel, Detector, _xyxy, answer_of, confidence_of,
+    detections_of, make_target, one_to_one, parse_target, single_label,
+)
+from components.training import load_images
+
+log = logging.getLogger(__name__)
+
+MASK_MATCH_IOU = 0.8  # a suggested mask is kept as drawn when its mask IoU with the drawn one is >= this
+SUSPECT_BELOW = 0.5  # an error-check quality below this marks the image a suspect
+MAX_INSTANCES = 20  # objects per image the model outlines (the demo has at most 4)
+
+
+# --- Label Studio results <-> masks ------------------------------------------------------------------
+
+
+def _regions(result: Sequence[Mapping[str, Any]], config: LabelingConfig) -> list[Mapping[str, Any]]:
+    return [
+        r for r in result
+        if isinstance(r, Mapping) and r.get("from_name") == config.from_name and isinstance(r.get("value"), Mapping)
+    ]
+
+
+def _region_mask(region: Mapping[str, Any], config: LabelingConfig, width: int, height: int) -> np.ndarray:
+    """A brush or polygon region -> its mask on a `width` x `height` image.
+
+    Raises:
+        ValueError: The region cannot be a mask; the message says why.
+    """
+    value = region["value"]
+    drawn_on = (region.get("original_width"), region.get("original_height"))
+    if config.control_type == "BrushLabels":
+        if value.get("format", "rle") != "rle":
+            raise ValueError(f"its format is {value.get('format')!r}; flywheel reads Label Studio's brush RLE")
+        if None not in drawn_on and tuple(drawn_on) != (width, height):
+            raise ValueError(f"it was drawn on a {drawn_on[0]}x{drawn_on[1]} image, but the image is {width}x{height}")
+        return mask_of_brush(value.get("rle"), width, height)
+    try:
+        points = points_in_pixels(value.get("points") or [], width, height)
+    except (TypeError, ValueError):
+        raise ValueError("its points are not [x, y] pairs") from None
+    problem = polygon_problem(points)
+    if problem:
+        raise ValueError(problem)
+    return mask_of_polygon(points, width, height)
+
+
+def objects_of(annotation: Annotation, config: LabelingConfig, task_id: int, width: int, height: int) -> list[dict[str, Any]]:
+    """An annotation's objects on a `width` x `height` image: label, tight box and mask (COCO RLE).
+
+    Raises:
+        AnnotationError: A region has no single known label, or cannot be a mask (see the module
+            docstring); the message names the task and the region and says what to do.
+    """
+    kind = "mask" if config.control_type == "BrushLabels" else "polygon"
+    objects = []
+    for i, region in enumerate(_regions(annotation.result, config), start=1):
+        where = f"Task {task_id}: annotation {annotation.id}, {kind} {i}"
+        label = single_label(region["value"], config, where, task_id)
+        try:
+            mask = _region_mask(region, config, width, height)
+        except ValueError as e:
+            raise AnnotationError(f"{where} cannot be read: {e}. Redraw this {kind} in Label Studio; the rest trains.", [task_id]) from None
+        if not mask.any():
+            raise AnnotationError(f"{where} covers no pixel of the image; delete it or redraw it.", [task_id])
+        x, y, w, h = tight_box(mask)
+        objects.append({"label": label, "x": x, "y": y, "w": w, "h": h, "mask": coco_of(mask)})
+    return objects
+
+
+def _read_result(result: Sequence[Mapping[str, Any]], config: LabelingConfig) -> list[tuple[str, np.ndarray]] | None:
+    """(label, mask) of each region of a result, on the size the regions were drawn on; None when a
+    region cannot be read this way."""
+    out = []
+    for region in _regions(result, config):
+        try:
+            width, height = int(region["original_width"]), int(region["original_height"])
+            picked = region["value"].get(config.result_type) or []
+            if len(picked) != 1:
+                return None
+            out.append((str(picked[0]), _region_mask(region, config, width, height)))
+        except (KeyError, TypeError, ValueError):
+            return None
+    if len({m.shape for _, m in out}) > 1:
+        return None
+    return out
+
+
+def masks_match(predicted: Sequence[tuple[str, np.ndarray]], truth: Sequence[tuple[str, np.ndarray]]) -> bool:
+    """True when every true mask has its own predicted mask of the same class at mask IoU >=
+    MASK_MATCH_IOU, and no predicted mask is left over."""
+    if len(predicted) != len(truth):
+        return False
+    if not truth:
+        return True
+    overlaps = mask_iou(np.stack([m for _, m in predicted]), np.stack([m for _, m in truth]))
+    return one_to_one(overlaps, [p for p, _ in predicted], [t for t, _ in truth], MASK_MATCH_IOU)
+
+
+# --- the model ---------------------------------------------------------------------------------------
+
+
+class SegmentationModel(DetectionModel):
+    """What is logged and served: images (N, 3, S, S) in [0, 1] -> (detections (N, K, 6) as
+    `DetectionModel`, mask probabilities (N, K, M, M) on each detection's box)."""
+
+    def __init__(self, net: nn.Module, labels: Sequence[str], image_size: int, max_detections: int = MAX_INSTANCES):
+        super().__init__(net, labels, image_size, max_detections)
+
+    def outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(detections, mask probabilities, embeddings) of a batch."""
+        outputs = self.net(images)
+        rows = self.net.decode_padded(outputs, self.max_detections)
+        rows = torch.cat([rows[..., :4].clamp(0, self.image_size), rows[..., 4:]], dim=-1)
+        return rows, self.net.decode_masks(outputs, rows), self.net.embed(outputs)
+
+    def detections_and_embeddings(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, _, embeddings = self.outputs(images)
+        return rows, embeddings
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, masks, _ = self.outputs(images)
+        return rows, masks
+
+
+def paste(masks: torch.Tensor, boxes: torch.Tensor, image_size: int, width: int, height: int) -> np.ndarray:
+    """Mask probabilities (K, M, M) on boxes (K, 4) in model pixels -> boolean masks (K, height, width)
+    on the original image (each pasted into its box, scaled, at probability >= 0.5)."""
+    if not len(masks):
+        return np.zeros((0, height, width), dtype=bool)
+    scale = torch.tensor([width / image_size, height / image_size] * 2, dtype=boxes.dtype)
+    pasted = paste_masks_in_image(masks[:, None], boxes * scale, (height, width), padding=1)[:, 0]
+    return (pasted >= 0.5).numpy()
+
+
+def _answer(
+    rows: torch.Tensor, masks: torch.Tensor, labels: Sequence[str], image_size: int, width: int, height: int, threshold: float = SHOWN_FROM
+) -> list[dict[str, Any]]:
+    """The objects a person is shown on one image, in original pixels, each with mask and score."""
+    shown = answer_of(rows, threshold)
+    pasted = paste(masks[shown["index"]], shown["boxes"], image_size, width, height)
+    objects = []
+    for mask, score, label in zip(pasted, shown["scores"].tolist(), shown["labels"].tolist(), strict=True):
+        if mask.any():  # a box whose mask came out empty shows nothing a person could keep
+            x, y, w, h = tight_box(mask)
+            objects.append({"label": labels[int(label)], "x": x, "y": y, "w": w, "h": h, "mask": coco_of(mask), "score": score})
+    return objects
+
+
+def _named_masks(target: Mapping[str, Any]) -> list[tuple[str, np.ndarray]]:
+    return [(o["label"], mask_of_coco(o["mask"], target["width"], target["height"])) for o in target["boxes"]]
+
+
+def _per_image(model: nn.Module, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for chunk in images.split(64):
+            rows, masks = model(chunk)
+            out.extend(zip(rows, masks, strict=True))
+    return out
+
+
+class SegmentationDataModule(DetectionDataModule):
+    """A snapshot's splits with boxes and masks scaled with the image to S x S (`Detector` jitters
+    all three when `augment`); arguments as `training.SplitsDataModule`."""
+
+    def _split(self, split: str) -> BoxesDataset:
+        rows = self.manifest[self.manifest["split"] == split]
+        images = load_images([self.snapshot_dir / p for p in rows["image"]], self.image_size)
+        targets = []
+        for text in rows["label"]:
+            target = parse_target(text)
+            boxes, names = _xyxy(target, self.image_size)
+            masks = torch.from_numpy(np.stack([m for _, m in _named_masks(target)]) if target["boxes"] else np.zeros((0, 1, 1), bool))
+            masks = F.interpolate(masks[None].float(), size=(self.image_size, self.image_size), mode="bilinear")[0] >= 0.5 if len(masks) else torch.zeros(0, self.image_size, self.image_size, dtype=torch.bool)
+            targets.append({
+                "boxes": boxes, "labels": torch.tensor([self.labels.index(n) for n in names], dtype=torch.long), "masks": masks,
+            })
+        return BoxesDataset(images, targets)
+
+
+class Segmentation(Detection):
+    """Instance segmentation: a mask per object (brush or polygon)."""
+
+    name = "segmentation"
+    metric = "mask_map50"
+    metric_title = "mask mAP@0.5"
+    secondary_metric = "mask_map50_95"
+    count_noun = "masks"
+    per_class_metric = "ap"
+    keeps_best_checkpoint = False  # as detection: the end of the one-cycle schedule
+
+    def target_of(self, annotation: Annotation, config: LabelingConfig, task_id: int, image: Path) -> str:
+        width, height = shown_size(image)
+        return make_target(width, height, objects_of(annotation, config, task_id, width, height))
+
+    def result_of(self, target: str, config: LabelingConfig) -> list[dict[str, Any]]:
+        parsed = parse_target(target)
+        width, height = parsed["width"], parsed["height"]
+        results = []
+        for i, (obj, (label, mask)) in enumerate(zip(parsed["boxes"], _named_masks(parsed), strict=True)):
+            if config.control_type == "BrushLabels":
+                value = {"format": "rle", "rle": brush_of(mask), config.result_type: [label]}
+            else:
+                value = {"points": points_in_percent(polygon_of(mask), width, height), "closed": True, config.result_type: [label]}
+            results.append({
+                "id": f"mask{i}", "from_name": config.from_name, "to_name": config.to_name, "type": config.result_type,
+                "original_width": width, "original_height": height, "image_rotation": 0, "value": value,
+                **({"score": obj["score"]} if "score" in obj else {}),
+            })
+        return results
+
+    def agree(self, predicted: Sequence[Mapping[str, Any]], annotated: Sequence[Mapping[str, Any]], config: LabelingConfig) -> bool | None:
+        truth = _read_result(annotated, config)
+        if truth is None:
+            return None
+        suggested = _read_result(predicted, config)
+        if suggested is None or (suggested and truth and suggested[0][1].shape != truth[0][1].shape):
+            return False
+        return masks_match(suggested, truth)
+
+    def builds(self, architecture: str) -> bool:
+        return architecture in SEGMENTERS
+
+    def datamodule(
+        self, folder: Path, manifest: pd.DataFrame, labels: Sequence[str], image_size: int, batch_size: int, augment: bool
+    ) -> SegmentationDataModule:
+        super().datamodule(folder, manifest, labels, image_size, batch_size, augment)  # checks image_size
+        return SegmentationDataModule(folder, manifest, labels, image_size, batch_size, augment)
+
+    def module(self, architecture: str, options: dict[str, Any], labels: Sequence[str], lr: float, augment: bool) -> Detector:
+        return Detector(build_segmenter(architecture, len(labels), options), lr=lr, augment=augment, architecture=architecture)
+
+    def inference_model(self, net: nn.Module, labels: Sequence[str], image_size: int) -> SegmentationModel:
+        return SegmentationModel(net, labels, image_size).eval()
+
+    def evaluate(self, model: nn.Module, val_set: BoxesDataset, labels: Sequence[str]) -> Scores:
+        names = ("mask_map50", "mask_map50_95", "box_map50", "exact_match")
+        if not len(val_set):
+            return Scores(0.0, 0.0, np.zeros(0, dtype=bool), dict.fromkeys(names, 0.0))
+        size = model.image_size
+        overall = MeanAveragePrecision(iou_type=("bbox", "segm"))
+        per_class = MeanAveragePrecision(iou_type="segm", iou_thresholds=[0.5], class_metrics=True)
+        correct = []
+        for (rows, masks), truth in zip(_per_image(model, val_set.images), val_set.targets, strict=True):
+            visible = ((rows[:, 2] - rows[:, 0]) >= 1) & ((rows[:, 3] - rows[:, 1]) >= 1)
+            found = detections_of(rows[visible], 0.0)
+            found["masks"] = torch.from_numpy(paste(masks[visible], found["boxes"], size, size, size))
+            for metric in (overall, per_class):
+                metric.update([found], [truth])
+            shown = _answer(rows, masks, labels, size, size, size)
+            correct.append(masks_match(
+                [(o["label"], mask_of_coco(o["mask"], size, size)) for o in shown],
+                [(labels[int(c)], m.numpy()) for c, m in zip(truth["labels"], truth["masks"], strict=True)],
+            ))
+        result, by_class = overall.compute(), per_class.compute()
+        metrics = {
+            "mask_map50": max(float(result["segm_map_50"]), 0.0),
+            "mask_map50_95": max(float(result["segm_map"]), 0.0),
+            "box_map50": max(float(result["bbox_map_50"]), 0.0),
+            "exact_match": float(np.mean(correct)),
+        }
+        classes = torch.atleast_1d(by_class.get("classes", torch.empty(0))).tolist()
+        aps = torch.atleast_1d(by_class.get("map_per_class", torch.empty(0))).tolist()
+        return Scores(
+            score=metrics["mask_map50"],
+            tiebreak=metrics["mask_map50_95"],
+            correct=np.array(correct, dtype=bool),
+            metrics=metrics,
+            per_class={labels[int(c)]: float(ap) for c, ap in zip(classes, aps, strict=True) if 0 <= int(c) < len(labels) and ap >= 0},
+        )
+
+    def read(
+        self, model: nn.Module, images: torch.Tensor, config: LabelingConfig, sizes: Sequence[tuple[int, int]] | None = None
+    ) -> tuple[list[Reading], np.ndarray]:
+        with torch.no_grad():
+            rows, masks, embeddings = model.outputs(images)
+        size = model.image_size
+        readings = []
+        for i, (image_rows, image_masks) in enumerate(zip(rows, masks, strict=True)):
+            width, height = sizes[i] if sizes is not None else (size, size)
+            candidates = answer_of(image_rows, 0.05)["scores"]
+            objects = _answer(image_rows, image_masks, model.labels, size, width, height)
+            target = make_target(width, height, objects)
+            shown = {"scores": torch.tensor([o["score"] for o in objects])}
+            confidence = confidence_of(shown, candidates)
+            distance = (candidates - SHOWN_FROM).abs() / max(SHOWN_FROM, 1 - SHOWN_FROM)
+            uncertainty = float(1.0 - distance.min()) if len(candidates) else 0.0
+            readings.append(Reading(target, self.result_of(target, config), round(confidence, 4), uncertainty))
+        return readings, embeddings.numpy()
+
+    def find_label_errors(
+        self,
+        folder: Path,
+        manifest: pd.DataFrame,
+        labels: Sequence[str],
+        train_fold: Callable[[pd.DataFrame], nn.Module],
+        folds: int,
+        seed: int,
+        progress: Callable[[str], None],
+    ) -> tuple[pd.DataFrame, float]:
+        """Out-of-fold masks against the drawn ones. An image's quality is its worst object's: a drawn
+        mask scores its best mask IoU with a confident out-of-fold mask of its class (0 when none), a
+        confident out-of-fold mask that no drawn mask overlaps by MATCH_IOU scores 1 - its score.
+        Below SUSPECT_BELOW the image is a suspect."""
+        manifest = manifest.reset_index(drop=True)
+        if len(manifest) < 2:
+            log.warning("Not checking labels: cross-validation needs at least 2 labeled images.")
+            return pd.DataFrame(columns=TABLE_COLUMNS), 0.0
+        k = max(2, min(folds, len(manifest)))
+        answers: list[list[dict[str, Any]] | None] = [None] * len(manifest)
+        candidates: list[torch.Tensor | None] = [None] * len(manifest)
+        for i, (fit_rows, held_rows) in enumerate(KFold(n_splits=k, shuffle=True, random_state=seed).split(manifest), start=1):
+            progress(f"fold {i}/{k}")
+            model = train_fold(manifest.iloc[fit_rows])
+            held = load_images([Path(folder) / p for p in manifest["image"].iloc[held_rows]], model.image_size)
+            for j, (rows, masks) in zip(held_rows, _per_image(model, held), strict=True):
+                target = parse_target(manifest["label"].iloc[j])
+                answers[j] = _answer(rows, masks, labels, model.image_size, target["width"], target["height"])
+                candidates[j] = answer_of(rows, 0.05)["scores"]
+        suggestions, confidence, quality, correct = [], [], [], []
+        for text, answer, scores in zip(manifest["label"], answers, candidates, strict=True):
+            target = parse_target(text)
+            drawn = _named_masks(target)
+            found = [(o["label"], mask_of_coco(o["mask"], target["width"], target["height"])) for o in answer]
+            overlaps = mask_iou(np.stack([m for _, m in drawn]) if drawn else np.zeros((0, 1)), np.stack([m for _, m in found]) if found else np.zeros((0, 1)))
+            same = np.array([[d == f for f, _ in found] for d, _ in drawn], dtype=bool).reshape(len(drawn), len(found))
+            worst = [float(np.where(same, overlaps, 0.0)[i].max(initial=0.0)) for i in range(len(drawn))]
+            worst += [1.0 - o["score"] for j, o in enumerate(answer) if overlaps[:, j].max(initial=0.0) < 0.5]
+            quality.append(min(worst, default=1.0))
+            suggestions.append(make_target(target["width"], target["height"], answer))
+            confidence.append(confidence_of({"scores": torch.tensor([o["score"] for o in answer])}, scores))
+            correct.append(masks_match(found, drawn))
+        table = pd.DataFrame({
+            "task_id": manifest["task_id"].to_numpy(),
+            "label": manifest["label"].to_numpy(),
+            "suggested": suggestions,
+            "quality": np.round(quality, 4),
+            "suspected": np.array(quality) < SUSPECT_BELOW,
+            "suggested_probability": np.round(confidence, 4),
+            "image": manifest["image"].to_numpy(),
+        })
+        table = table.sort_values(["quality", "task_id"], kind="stable").reset_index(drop=True)
+        table.insert(0, "rank", np.arange(1, len(table) + 1))
+        return table, float(np.mean(correct)) if correct else 0.0
