@@ -221,7 +221,11 @@ class ModelRegistry:
         model.eval()
         with torch.no_grad():
             output = model(example)
-        signature = infer_signature(example.numpy(), output.numpy())
+        if isinstance(output, tuple):  # several outputs (a segmenter's detections and masks), named by the model
+            names = getattr(model, "output_names", [f"output_{i}" for i in range(len(output))])
+            signature = infer_signature(example.numpy(), {n: o.numpy() for n, o in zip(names, output, strict=True)})
+        else:
+            signature = infer_signature(example.numpy(), output.numpy())
         with self._fluent(), mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(
                 model,

@@ -151,6 +151,8 @@ class SegmentationModel(DetectionModel):
     """What is logged and served: images (N, 3, S, S) in [0, 1] -> (detections (N, K, 6) as
     `DetectionModel`, mask probabilities (N, K, M, M) on each detection's box)."""
 
+    output_names = ("detections", "masks")
+
     def __init__(self, net: nn.Module, labels: Sequence[str], image_size: int, max_detections: int = MAX_INSTANCES):
         super().__init__(net, labels, image_size, max_detections)
 

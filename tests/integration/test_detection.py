@@ -36,12 +36,12 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.integration
 
 
-def write_detection_params(folder: Path, title: str) -> Path:
-    """The detection demo's params (params.yaml + demo.detection.params), small and fast for a test."""
+def write_detection_params(folder: Path, title: str, task: str = "detection", config: str = "detection.xml") -> Path:
+    """A demo's params (params.yaml + demo.<task>.params), small and fast for a test."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in params["demo"]["detection"]["params"].items():
+    for section, values in params["demo"][task]["params"].items():
         params[section] = {**params[section], **values}
-    params["project"] = {"title": title, "config": str(ROOT / "label_studio_config" / "detection.xml")}
+    params["project"] = {"title": title, "config": str(ROOT / "label_studio_config" / config)}
     params["poll"]["min_new_annotations"] = 1
     params["train"].update({"image_size": 64, "max_epochs": 4, "min_steps": 0, "patience": 2, "batch_size": 8})
     params["errors"].update({"folds": 2, "steps": 10})
@@ -178,4 +178,4 @@ def test_a_coco_file_imports_as_tasks_with_its_boxes_as_pre_annotations(cli_env,
         assert percent_boxes(predicted) == percent_boxes(task_type_of(project.config).result_of(truth[data["filename"]], project.config))
     # a COCO file into a classification project: one clear message, nothing imported
     code, output, _ = run_cli(cli_env, "import", str(coco), "--project", f"{title}-c", "--config", str(ROOT / "label_studio_config" / "classification.xml"))
-    assert code != 0 and "needs a detection project" in output and len(output.strip().splitlines()) == 1
+    assert code != 0 and "needs a detection or segmentation project" in output and len(output.strip().splitlines()) == 1
