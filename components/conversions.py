@@ -27,6 +27,7 @@ class Annotation:
         updated_at: When it was last saved (UTC).
         was_cancelled: True when the person skipped the task instead of labeling it.
         parent_prediction: Id of the prediction it started from, when it came from a suggestion.
+        lead_time: Seconds the person spent on it, as Label Studio measured (None when it did not).
     """
 
     id: int
@@ -35,6 +36,7 @@ class Annotation:
     updated_at: datetime
     was_cancelled: bool = False
     parent_prediction: int | None = None
+    lead_time: float | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ def task_from_json(raw: Mapping[str, Any]) -> LabeledTask:
             updated_at=parse_timestamp(a.get("updated_at") or a["created_at"]),
             was_cancelled=bool(a.get("was_cancelled")),
             parent_prediction=a.get("parent_prediction"),
+            lead_time=float(a["lead_time"]) if isinstance(a.get("lead_time"), int | float) else None,
         )
         for a in raw.get("annotations") or ()
     )

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from components.conversions import Prediction, current_annotation
-from components.errors import DataError, LabelStudioError
+from components.conversions import Prediction, current_annotation, task_from_json
+from components.errors import AnnotationError, DataError, LabelStudioError, SettingsError
 from components.faults import pause_point
 from components.images import ImageError, ImageStore, StoredImage, shown_size
 from components.label_errors import find_label_errors
@@ -45,6 +45,7 @@ from components.prediction import embed, infer_images
 from components.registry import TAG_KIND, TAG_PROJECT, TAG_REGISTERED, ModelRegistry, Promotion, RegisteredModel
 from components.report import LearningPoint, Report, build_report, measure_acceptance, write_report
 from components.selection import rank_for_labeling
+from components.strategy import Labeled, costs_of
 from components.settings import Settings
 from components.snapshot import (
     apply_changes,
@@ -542,7 +543,7 @@ def report(ws: Workspace, champion: RegisteredModel) -> tuple[Report, Path]:
         labeled=len(manifest),
     )
     out = reports_dir(ws) / "report"
-    path = write_report(result, labels, out, f"flywheel report: {ws.project.title}")
+    path = write_report(result, labels, out, f"flywheel report: {ws.project.title}", strategy=reports_dir(ws) / "strategy")
     tags = {TAG_KIND: "report", TAG_PROJECT: str(ws.project.id), "flywheel.champion": champion.model_version}
     if latest is not None:
         tags.update({TAG_MD5: latest.md5, "flywheel.dvc_rev": latest.rev, "mlflow.runName": f"report@{latest.rev}"})
@@ -553,3 +554,37 @@ def report(ws: Workspace, champion: RegisteredModel) -> tuple[Report, Path]:
         metrics["labels_to_target"] = float(result.labels_to_target)
     ws.models.record_run(tags, metrics=metrics, artifacts=(out, "report"))
     return result, path
+
+
+def strategy_items(ws: Workspace) -> list[Labeled]:
+    """The project's labeled images with their masks, in the order people labeled them, for
+    `flywheel strategy`: labeling with masks is timed by each annotation's `lead_time` (the costs in
+    params.yaml where Label Studio has none), boxes by params.yaml's cost per box.
+
+    Raises:
+        SettingsError: The project is not labeled with masks.
+    """
+    if ws.task.name != "segmentation":
+        raise SettingsError(
+            f"flywheel strategy compares boxes and masks on images labeled with masks; project {ws.project.title!r} is "
+            f"{ws.task.name}. Point params.yaml at a <BrushLabels> or <PolygonLabels> project, or pass --dataset with a "
+            "COCO file that has segmentation."
+        )
+    costs = ws.params.strategy.seconds_per_object
+    found: list[tuple[Any, Labeled]] = []
+    for raw in ws.label_studio.labeled_tasks(ws.project.id):
+        task = task_from_json(raw)
+        annotation = current_annotation(task)
+        image = resolve_image(ws, task.id, task.data) if annotation is not None else None
+        if annotation is None or isinstance(image, ImageError) or image is None:
+            continue
+        try:
+            target = ws.task.target_of(annotation, ws.project.config, task.id, image.path)
+        except AnnotationError as e:
+            log.warning("Strategy comparison leaves out %s", e)
+            continue
+        seconds = costs_of(json.loads(target), costs)
+        if annotation.lead_time and annotation.lead_time > 0:
+            seconds["masks"] = annotation.lead_time
+        found.append((annotation.updated_at, Labeled(image.path, target, seconds)))
+    return [item for _, item in sorted(found, key=lambda pair: pair[0])]

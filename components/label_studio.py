@@ -527,13 +527,18 @@ class LabelStudio:
         with self._calling(f"read task {task_id}"):
             return self.sdk.tasks.get(id=task_id).model_dump(mode="json")
 
-    def annotate(self, task_id: int, result: list[dict[str, Any]], parent_prediction: int | None = None) -> int:
-        """Create an annotation as the token's user, as a person would in the UI. Returns its id.
+    def annotate(
+        self, task_id: int, result: list[dict[str, Any]], parent_prediction: int | None = None, lead_time: float | None = None
+    ) -> int:
+        """Create an annotation as the token's user, as a person would in the UI (who took
+        `lead_time` seconds, when given). Returns its id.
 
         flywheel's own loop never calls this; the simulator and the tests play the person with it.
         """
         with self._calling(f"annotate task {task_id}"):
-            extra = {"parent_prediction": parent_prediction} if parent_prediction else {}
+            extra: dict[str, Any] = {"parent_prediction": parent_prediction} if parent_prediction else {}
+            if lead_time is not None:
+                extra["lead_time"] = lead_time
             return self.sdk.annotations.create(id=task_id, result=result, **extra).id
 
 

@@ -7,7 +7,7 @@ a file missing one is an error that names it, never a silent fallback to a value
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -122,6 +122,37 @@ class ReportParams(_Section):
     target_accuracy: float = Field(gt=0, le=1)
 
 
+class StrategyTrainParams(_Section):
+    """How `flywheel strategy` trains each strategy's model (fixed steps, no early stopping)."""
+
+    image_size: int = Field(ge=16)
+    batch_size: int = Field(ge=1)
+    steps: int = Field(ge=1)
+    lr: float = Field(gt=0)
+
+
+class StrategyParams(_Section):
+    """`flywheel strategy`: boxes or masks, compared in annotation hours on the same images."""
+
+    metric: Literal["box_map50", "mask_map50"]
+    target: float = Field(gt=0, le=1)
+    hours: list[float] = Field(min_length=1)
+    held_out: int = Field(ge=1)
+    seconds_per_object: dict[Literal["boxes", "masks"], float]
+    architectures: dict[Literal["boxes", "masks"], str]
+    train: StrategyTrainParams
+
+    @model_validator(mode="after")
+    def _every_strategy(self) -> StrategyParams:
+        for key in ("seconds_per_object", "architectures"):
+            missing = {"boxes", "masks"} - set(getattr(self, key))
+            if missing:
+                raise ValueError(f"strategy.{key} needs boxes and masks (missing {sorted(missing)})")
+        if any(h <= 0 for h in self.hours):
+            raise ValueError("strategy.hours must all be > 0")
+        return self
+
+
 class Params(_Section):
     """All of params.yaml."""
 
@@ -140,6 +171,7 @@ class Params(_Section):
     errors: ErrorsParams
     select: SelectParams
     report: ReportParams
+    strategy: StrategyParams
 
     @model_validator(mode="after")
     def _known_architecture(self) -> Params:

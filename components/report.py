@@ -10,13 +10,14 @@ from __future__ import annotations
 import html
 import json
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.optimize import curve_fit
+from scipy.optimize import OptimizeWarning, curve_fit
 
 from components.conversions import current_annotation, task_from_json
 from components.labeling_config import LabelingConfig
@@ -103,15 +104,23 @@ class Report:
 
 def fit_learning_curve(points: Sequence[LearningPoint]) -> CurveFit | None:
     """Fit an inverse power law through the points; None with fewer than 3 distinct label counts."""
-    if len({p.labels for p in points}) < 3:
+    return fit_curve([p.labels for p in points], [p.accuracy for p in points])
+
+
+def fit_curve(effort: Sequence[float], score: Sequence[float]) -> CurveFit | None:
+    """score(effort) = ceiling - scale * effort ** -exponent by least squares (effort: labels, hours);
+    None with fewer than 3 distinct efforts or when the fit fails."""
+    if len(set(effort)) < 3:
         return None
-    n = np.array([p.labels for p in points], dtype=float)
-    y = np.array([p.accuracy for p in points], dtype=float)
+    n = np.asarray(effort, dtype=float)
+    y = np.asarray(score, dtype=float)
     try:
-        (ceiling, scale, exponent), _ = curve_fit(
-            lambda x, a, b, c: a - b * x ** -c, n, y, p0=(min(1.0, y.max() + 0.02), 1.0, 0.5),
-            bounds=([0.0, 0.0, 0.05], [1.0, 1e4, 3.0]), maxfev=20000,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizeWarning)  # no covariance from 3 points: not used
+            (ceiling, scale, exponent), _ = curve_fit(
+                lambda x, a, b, c: a - b * x ** -c, n, y, p0=(min(1.0, y.max() + 0.02), 1.0, 0.5),
+                bounds=([0.0, 0.0, 0.05], [1.0, 1e4, 3.0]), maxfev=20000,
+            )
     except (RuntimeError, ValueError):
         return None
     return CurveFit(float(ceiling), float(scale), float(exponent))
@@ -306,8 +315,21 @@ def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def write_report(report: Report, labels: Sequence[str], folder: Path, title: str) -> Path:
-    """Write report.html, its PNG plots and report.json into `folder`. Returns the HTML's path."""
+def _strategy_section(strategy: Path | None, folder: Path) -> str:
+    """The last `flywheel strategy` comparison (boxes or masks, in annotation hours), if one was run."""
+    import shutil
+
+    if strategy is None or not (strategy / "strategy.json").is_file():
+        return ""
+    saved = json.loads((strategy / "strategy.json").read_text())
+    shutil.copy(strategy / "strategy.png", folder / "strategy.png")
+    sentences = "".join(f"<li>{html.escape(v['sentence'])}</li>" for v in saved["verdicts"].values())
+    return f'<h2>Annotation strategy: boxes or masks (in annotation hours)</h2><ul>{sentences}</ul><img src="strategy.png" alt="strategy">'
+
+
+def write_report(report: Report, labels: Sequence[str], folder: Path, title: str, strategy: Path | None = None) -> Path:
+    """Write report.html, its PNG plots and report.json into `folder`. Returns the HTML's path.
+    `strategy`: the folder of the last `flywheel strategy` comparison, shown as a section when there."""
     folder.mkdir(parents=True, exist_ok=True)
     plots = _plots(report, labels, folder)
     summary = {**asdict(report), "labels_to_target": report.labels_to_target, "acceptance_rate": report.acceptance.rate,
@@ -330,6 +352,7 @@ def write_report(report: Report, labels: Sequence[str], folder: Path, title: str
 <img src="{plots['per_class']}" alt="per class">
 {confused}
 <h2>Suggestions accepted</h2><img src="{plots['acceptance']}" alt="acceptance">
+{_strategy_section(strategy, folder)}
 </body></html>"""
     path = folder / "report.html"
     path.write_text(page)

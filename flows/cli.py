@@ -313,6 +313,50 @@ def report_now(params: ParamsOption = Path("params.yaml")) -> None:
         typer.echo(f"Suspected label errors: {settings.label_studio_url}/projects/{ws.project.id}/data?tab={suspects}")
 
 
+@app.command("strategy")
+@clear_errors
+def strategy_now(
+    params: ParamsOption = Path("params.yaml"),
+    dataset: Annotated[str, typer.Option(help="Compare on a dataset with instance masks instead of the project: "
+                                              "digit-masks (the demo set) or a COCO .json with segmentation.")] = "",
+    count: Annotated[int, typer.Option(help="Images of --dataset to use, held-out ones included.")] = 1300,
+    out: Annotated[Path | None, typer.Option(help="Folder for strategy.md/.png/.json (default: the workspace's reports).")] = None,
+) -> None:
+    """Boxes or masks? Train both on the same images at params.yaml's strategy.hours of annotation and
+    say which reaches strategy.target on strategy.metric sooner, by how many hours, or that it is too
+    early to tell. Images come from the project (labeled with masks; timed by Label Studio's
+    lead_time) or from --dataset (timed by params.yaml's published costs)."""
+    import json
+
+    from components import strategy
+    from components.params import load_params
+
+    settings = _settings()
+    loaded = load_params(params)
+    if dataset:
+        items = strategy.from_dataset(dataset, settings.workspace / "datasets", count, loaded.strategy.seconds_per_object)
+        folder = out or settings.workspace / "reports" / f"strategy-{Path(dataset).stem}"
+        title = f"{Path(dataset).stem}: boxes vs masks"
+        labels = sorted({box["label"] for item in items for box in json.loads(item.target)["boxes"]}, key=lambda x: (len(x), x))
+    else:
+        from components import iteration
+
+        ws = iteration.open_workspace(_loop_settings(), loaded, project_root=params.parent)
+        items = iteration.strategy_items(ws)
+        folder = out or iteration.reports_dir(ws) / "strategy"
+        title = f"{ws.project.title}: boxes vs masks"
+        labels = list(ws.project.config.labels)
+    if len(items) < 3 * strategy.MIN_IMAGES:
+        raise FlywheelError(f"Only {len(items)} images labeled with masks; label at least {3 * strategy.MIN_IMAGES} to compare strategies.")
+    pool, held_out = strategy.split(items, loaded.strategy.held_out)
+    typer.echo(f"{len(pool)} images to label, {len(held_out)} held out; budgets {loaded.strategy.hours} h")
+    points, verdicts = strategy.compare(pool, held_out, labels, loaded.strategy, loaded.architectures, progress=typer.echo)
+    path = strategy.write(points, verdicts, folder, title, loaded.strategy.seconds_per_object)
+    for verdict in verdicts.values():
+        typer.echo(verdict.sentence)
+    typer.echo(f"Comparison: {path}")
+
+
 @app.command("serve")
 @clear_errors
 def serve(params: ParamsOption = Path("params.yaml")) -> None:

@@ -5,10 +5,12 @@ A person is played through Label Studio's API with the composited demo set's exa
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import numpy as np
 import pytest
+import yaml
 
 from components.datasets import SEGMENTATION, materialize
 from components.iteration import (
@@ -169,3 +171,37 @@ def test_a_self_intersecting_polygon_is_reported_and_the_rest_snapshots(label_st
     staged = snapshot(ws, changes, tmp_path / "staged")
     assert set(staged.manifest["task_id"]) == {t for t, _ in tasks[:3]}
     assert list(staged.quarantine) == [tasks[3][0]] and "edges cross" in staged.quarantine[tasks[3][0]]["reason"]
+
+
+def test_flywheel_strategy_compares_boxes_and_masks_timed_by_lead_time(label_studio, loop_env, cli_env, tmp_path):
+    from components.iteration import strategy_items
+    from tests.integration.test_bad_inputs import run_cli
+
+    params_path = write_detection_params(tmp_path, f"strat-{uuid.uuid4().hex[:6]}", "segmentation", "segmentation.xml")
+    raw = yaml.safe_load(params_path.read_text())
+    raw["strategy"].update(hours=[0.02, 0.04, 0.08], held_out=4)
+    raw["strategy"]["train"].update(steps=4, image_size=64, batch_size=4)
+    params_path.write_text(yaml.safe_dump(raw))
+    ws = open_workspace(load_settings(), load_params(params_path), create_project=True)
+    images = materialize(SEGMENTATION, tmp_path / "datasets", limit=16, seed=9)
+    label_studio.import_images(ws.project, [i.path for i in images])
+    truth = {i.path.name: i.label for i in images}
+    lead = {}
+    for n, (task_id, data) in enumerate(sorted(label_studio.unlabeled_tasks(ws.project.id).items())):
+        masks = frozenset(o["mask"] for o in parse_target(truth[data["filename"]])["boxes"])
+        lead[masks] = 20.0 + n
+        label_studio.annotate(task_id, ws.task.result_of(truth[data["filename"]], ws.project.config), lead_time=lead[masks])
+
+    items = strategy_items(ws)
+    assert len(items) == 16
+    for item in items:  # masks timed by Label Studio's lead_time, boxes by params.yaml's cost per box
+        objects = parse_target(item.target)["boxes"]
+        assert item.seconds == {"masks": lead[frozenset(o["mask"] for o in objects)], "boxes": len(objects) * 7.0}
+
+    code, output, _ = run_cli(cli_env, "strategy", "--params", str(params_path), "--out", str(tmp_path / "strategy"))
+    assert code == 0, output
+    saved = json.loads((tmp_path / "strategy" / "strategy.json").read_text())
+    assert {p["strategy"] for p in saved["points"]} == {"boxes", "masks"}
+    sentence = saved["verdicts"]["mask_map50"]["sentence"]
+    assert sentence in output and ("sooner" in sentence or sentence.startswith("Too early to tell"))
+    assert (tmp_path / "strategy" / "strategy.png").stat().st_size > 0
