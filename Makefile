@@ -23,7 +23,7 @@ demo: install
 test: install
 	.venv/bin/pytest
 
-bench: install   # every benchmark with its defaults, ~65 minutes on 2 cores
+bench: install   # every benchmark with its defaults, ~100 minutes on 2 cores
 	.venv/bin/flywheel bench all
 
 stack-down:

@@ -477,6 +477,16 @@ def bench_simulate(
     main(SimulationConfig(dataset, tuple(order), pool, held_out, budget, every, seed, task), echo=typer.echo)
 
 
+@bench_app.command("strategy")
+@clear_errors
+def bench_strategy() -> None:
+    """Boxes or masks on the demo set, in annotation hours (`flywheel strategy --dataset digit-masks`)."""
+    from bench.strategy import main
+
+    _settings()
+    main(echo=typer.echo)
+
+
 @bench_app.command("micro")
 @clear_errors
 def bench_micro() -> None:
@@ -520,11 +530,13 @@ def bench_robustness() -> None:
 @bench_app.command("all")
 @clear_errors
 def bench_all() -> None:
-    """Every benchmark with its defaults (about 65 minutes on a 2-core CPU)."""
+    """Every benchmark with its defaults (about 100 minutes on a 2-core CPU)."""
     bench_micro()
     bench_latency()
     bench_simulate()
     bench_simulate(task="detection", order=["random"], budget=200, held_out=300)
+    bench_simulate(task="segmentation", order=["random"], budget=200, held_out=500)
+    bench_strategy()
     bench_errors()
     bench_robustness()
 
