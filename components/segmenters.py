@@ -4,7 +4,7 @@ The default, `mask_centernet`, is the CenterNet detector of `components.detector
 in the manner of Mask R-CNN's (He et al., 2017): every box is cut out of the full-resolution image and
 of the detector's stride-4 features with RoIAlign onto an M x M grid, and a few convolutions predict
 which of those cells belong to the object. Trained on the true boxes, run on the detected ones; the
-M x M probabilities are pasted back into the image with torchvision's `paste_masks_in_image`.
+M x M probabilities are sampled back at the image's pixel centres (`tasks.segmentation.paste`).
 The image itself goes into the head, not only stride-4 features: the demo's digits are strokes two or
 three pixels wide, which stride 4 cannot outline. It was chosen over torchvision's Mask R-CNN trained
 from scratch by measurement (bench/RESULTS.md, "Instance segmentation: which model").
@@ -22,6 +22,16 @@ from torchvision.ops import roi_align
 
 from components.architectures import build_from
 from components.detectors import CenterNet
+
+
+MASK_MARGIN = 0.15  # the mask is predicted over the box grown by this share of its size on every side
+
+
+def mask_region(boxes: torch.Tensor) -> torch.Tensor:
+    """The region (K, 4) xyxy a mask is predicted over: the box grown by MASK_MARGIN, so a detected
+    box a little too small does not cut its object's mask."""
+    size = (boxes[:, 2:] - boxes[:, :2]) * MASK_MARGIN
+    return torch.cat([boxes[:, :2] - size, boxes[:, 2:] + size], dim=1)
 
 
 class MaskCenterNet(CenterNet):
@@ -62,7 +72,9 @@ class MaskCenterNet(CenterNet):
         return {**self.heads(c16, p4), "pixels": pixels, "features": p4}
 
     def mask_logits(self, outputs: dict[str, torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
-        """Mask logits (R, M, M) of boxes (R, 5): batch index, then x1, y1, x2, y2 in input pixels."""
+        """Mask logits (R, M, M) over `mask_region` of boxes (R, 5): batch index, then x1, y1, x2, y2
+        in input pixels."""
+        boxes = torch.cat([boxes[:, :1], mask_region(boxes[:, 1:])], dim=1)
         m = self.mask_size
         pixels = roi_align(outputs["pixels"], boxes, m, spatial_scale=1.0, sampling_ratio=2, aligned=True)
         features = roi_align(outputs["features"], boxes, m, spatial_scale=1.0 / self.stride, sampling_ratio=2, aligned=True)
@@ -77,17 +89,19 @@ class MaskCenterNet(CenterNet):
                 `masks` (K, S, S) boolean in input pixels.
         """
         detection = super().loss(outputs, targets)
+        device = outputs["pixels"].device
         rois = [
-            torch.cat([torch.full((len(t["boxes"]), 1), float(i)), t["boxes"].float()], dim=1)
+            torch.cat([torch.full((len(t["boxes"]), 1), float(i), device=device), t["boxes"].float().to(device)], dim=1)
             for i, t in enumerate(targets) if len(t["boxes"])
         ]
         if not rois:
             return detection + 0.0 * sum(p.sum() for p in self.mask_head.parameters())
-        boxes = torch.cat(rois).to(outputs["pixels"].device)
+        boxes = torch.cat(rois)
         # Each true mask cut on its own box: the object's mask as one channel of its own image.
-        masks = torch.cat([t["masks"].float() for t in targets if len(t["boxes"])])[:, None]
-        truth = roi_align(masks, torch.cat([torch.arange(len(boxes))[:, None].float(), boxes[:, 1:]], dim=1),
-                          self.mask_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)[:, 0]
+        masks = torch.cat([t["masks"].float().to(device) for t in targets if len(t["boxes"])])[:, None]
+        own = torch.arange(len(boxes), device=device, dtype=boxes.dtype)[:, None]
+        truth = roi_align(masks, torch.cat([own, mask_region(boxes[:, 1:])], dim=1), self.mask_size, spatial_scale=1.0,
+                          sampling_ratio=2, aligned=True)[:, 0]
         mask_loss = F.binary_cross_entropy_with_logits(self.mask_logits(outputs, boxes), (truth >= 0.5).float())
         return detection + self.mask_weight * mask_loss
 
@@ -97,7 +111,7 @@ class MaskCenterNet(CenterNet):
         n, k, _ = rows.shape
         if n * k == 0:
             return rows.new_zeros(n, k, self.mask_size, self.mask_size)
-        index = torch.arange(n, dtype=rows.dtype)[:, None, None].expand(n, k, 1)
+        index = torch.arange(n, dtype=rows.dtype, device=rows.device)[:, None, None].expand(n, k, 1)
         boxes = torch.cat([index, rows[..., :4]], dim=2).reshape(n * k, 5)
         return self.mask_logits(outputs, boxes).sigmoid().reshape(n, k, self.mask_size, self.mask_size)
 

@@ -107,15 +107,29 @@ def from_dataset(name: str, dest: Path, count: int, seconds_per_object: Mapping[
     each image costed with the published per-object figures."""
     from components.datasets import materialize
 
+    from components.errors import SettingsError
+
     items = materialize(name, dest, limit=count, seed=seed, masks=True)
-    return [Labeled(i.path, i.label, costs_of(json.loads(i.label), seconds_per_object)) for i in items]
+    out = []
+    for item in items:
+        try:
+            target = json.loads(item.label)
+            has_masks = all("mask" in box for box in target["boxes"])
+        except (ValueError, TypeError, KeyError):
+            has_masks = False
+        if not has_masks:
+            raise SettingsError(
+                f"Dataset {name!r} has no instance masks ({item.path.name}); use digit-masks or a COCO file whose "
+                "annotations have `segmentation`."
+            )
+        out.append(Labeled(item.path, item.label, costs_of(target, seconds_per_object)))
+    return out
 
 
 def split(items: Sequence[Labeled], held_out: int, seed: int = 0) -> tuple[list[Labeled], list[Labeled]]:
-    """(images to label, in a fixed random order; held-out images), at most a third held out."""
-    order = np.random.default_rng(seed).permutation(len(items))
-    keep = min(held_out, len(items) // 3)
-    return [items[i] for i in order[keep:]], [items[i] for i in order[:keep]]
+    """(images to label, in their given order; held-out images drawn at random), at most a third held out."""
+    aside = set(np.random.default_rng(seed).choice(len(items), size=min(held_out, len(items) // 3), replace=False).tolist())
+    return [item for i, item in enumerate(items) if i not in aside], [item for i, item in enumerate(items) if i in aside]
 
 
 def compare(
@@ -186,7 +200,7 @@ def measure(
     """Train and score every strategy at every budget of `hours`.
 
     Args:
-        items: The labeled images, in the order a person would label them.
+        items: The labeled images, in the order a person labels them (a budget buys a prefix).
         held_out: Never trained on; every model is scored on them.
         labels: The label set.
         hours: Annotation budgets.
@@ -236,6 +250,7 @@ def verdict(points: Sequence[StrategyPoint], metric: str, target: float, extrapo
     name = METRICS[metric]
     draws: dict[str, np.ndarray] = {}
     best: dict[str, tuple[float, float]] = {}
+    few: dict[str, int] = {}  # strategies measured at too few budgets for a curve
     for strategy in STRATEGIES:
         mine = [p for p in points if p.strategy == strategy]
         if not mine:
@@ -246,9 +261,7 @@ def verdict(points: Sequence[StrategyPoint], metric: str, target: float, extrapo
         limit = extrapolate * float(x.max())
         fit = fit_curve(list(x), list(y))
         if fit is None:
-            # too few budgets for a curve: only what was measured counts
-            reached = x[y >= target]
-            draws[strategy] = np.full(BOOTSTRAPS, float(reached.min()) if len(reached) else math.inf)
+            few[strategy] = len(mine)
             continue
         spread = max(float(np.std(y - np.array([fit.accuracy_at(h) for h in x]), ddof=0)), NOISE_FLOOR)
         fitted = np.array([fit.accuracy_at(h) for h in x])
@@ -258,7 +271,7 @@ def verdict(points: Sequence[StrategyPoint], metric: str, target: float, extrapo
         ])
 
     def interval(values: np.ndarray) -> tuple[float, float, float] | None:
-        if np.mean(np.isfinite(values)) < 0.5:
+        if np.mean(np.isfinite(values)) <= 0.5:  # the median itself is "not reached"
             return None
         with np.errstate(invalid="ignore"):  # inf (not reached) among the refits: the upper end is then inf
             low, median, high = np.percentile(values, [10, 50, 90])
@@ -274,6 +287,10 @@ def verdict(points: Sequence[StrategyPoint], metric: str, target: float, extrapo
         upper = f"{h[2]:.1f} h" if math.isfinite(h[2]) else f"beyond {extrapolate:g}x the hours measured"
         return f"{strategy} after {h[0]:.1f} h (80% interval {h[1]:.1f} h to {upper})"
 
+    if few:
+        sentence = ("Too early to tell: " + ", ".join(f"{s} were trained at {n} budget(s)" for s, n in few.items())
+                    + "; a learning curve needs 3. Label more, or add budgets to strategy.hours.")
+        return Verdict(metric, target, sentence, None, hours, None)
     present = [s for s in STRATEGIES if s in draws]
     if len(present) < 2:
         return Verdict(metric, target, f"Too early to tell: only {', '.join(present) or 'no strategy'} could be trained.", None, hours, None)
@@ -288,7 +305,7 @@ def verdict(points: Sequence[StrategyPoint], metric: str, target: float, extrapo
     both = np.isfinite(draws[winner]) & np.isfinite(draws[loser])
     saved = None
     if both.mean() >= 0.5:
-        low, median, high = np.percentile((draws[loser] - draws[winner])[both], [10, 50, 90])
+        low, median, high = np.percentile(draws[loser][both] - draws[winner][both], [10, 50, 90])
         saved = (float(median), float(low), float(high))
     if share < SURE:
         sentence = (f"Too early to tell which reaches {name} {target:g} sooner: {said(winner)}, {said(loser)}; "

@@ -257,8 +257,8 @@ def answer_of(rows: torch.Tensor, threshold: float = SHOWN_FROM) -> dict[str, to
     """What a person is shown for one image: boxes scored >= threshold with some area (clipping at
     the edge may leave none), one per object (the best guess); `index` says which rows they are."""
     visible = ((rows[:, 2] - rows[:, 0]) >= 1) & ((rows[:, 3] - rows[:, 1]) >= 1)
-    found = {**detections_of(rows, 0.0), "index": torch.arange(len(rows))}  # `index`: the row each kept one is
-    return keep_confident({key: value[visible] for key, value in found.items()}, threshold, SAME_OBJECT_IOU)
+    every = {"boxes": rows[:, :4], "scores": rows[:, 4], "labels": rows[:, 5].long(), "index": torch.arange(len(rows))}
+    return keep_confident({key: value[visible] for key, value in every.items()}, threshold, SAME_OBJECT_IOU)
 
 
 def confidence_of(answer: dict[str, torch.Tensor], candidates: torch.Tensor) -> float:

@@ -4,7 +4,7 @@ Target: detection's (`tasks.detection.make_target`: the image's size and its obj
 the original image) with each object's mask as COCO compressed RLE of the whole image (`mask`) and
 its box the tight box of that mask. Every change of a mask's form (Label Studio's brush RLE, polygon
 points, COCO RLE) is in `components.masks`. Model: a segmenter of `components.segmenters`
-(`mask_centernet`: the detector with a RoIAlign mask head); promotion compares mask mAP@0.5
+(`mask_centernet`: the detector with a RoIAlign mask head, pasted back at pixel centres); promotion compares mask mAP@0.5
 (mask mAP@0.5:0.95 breaks ties) with torchmetrics (`iou_type="segm"`). A suggestion is the objects
 the detector would show, each outlined (a brush mask, or a polygon for a polygon project) with its
 score. A suggestion is kept when every mask matches a drawn one of the same class at mask IoU >=
@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from sklearn.model_selection import KFold
 from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
-from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from components.conversions import Annotation
 from components.errors import AnnotationError
@@ -43,10 +42,10 @@ from components.masks import (
     brush_of, coco_of, mask_iou, mask_of_brush, mask_of_coco, mask_of_polygon, points_in_percent, points_in_pixels,
     polygon_of, polygon_problem, tight_box,
 )
-from components.segmenters import SEGMENTERS, build_segmenter
+from components.segmenters import SEGMENTERS, build_segmenter, mask_region
 from components.tasks.base import Reading, Scores
 from components.tasks.detection import (
-    SHOWN_FROM, BoxesDataset, Detection, DetectionDataModule, DetectionModel, Detector, _xyxy, answer_of, confidence_of,
+    SAME_OBJECT_IOU, SHOWN_FROM, BoxesDataset, Detection, DetectionDataModule, DetectionModel, Detector, _xyxy, answer_of, confidence_of,
     detections_of, make_target, one_to_one, parse_target, single_label,
 )
 from components.training import load_images
@@ -56,6 +55,7 @@ log = logging.getLogger(__name__)
 MASK_MATCH_IOU = 0.8  # a suggested mask is kept as drawn when its mask IoU with the drawn one is >= this
 SUSPECT_BELOW = 0.5  # an error-check quality below this marks the image a suspect
 MAX_INSTANCES = 20  # objects per image the model outlines (the demo has at most 4)
+CANDIDATE_FROM = 0.05  # out-of-fold masks scored at least this are weighed by the error finder
 
 
 # --- Label Studio results <-> masks ------------------------------------------------------------------
@@ -173,13 +173,25 @@ class SegmentationModel(DetectionModel):
 
 
 def paste(masks: torch.Tensor, boxes: torch.Tensor, image_size: int, width: int, height: int) -> np.ndarray:
-    """Mask probabilities (K, M, M) on boxes (K, 4) in model pixels -> boolean masks (K, height, width)
-    on the original image (each pasted into its box, scaled, at probability >= 0.5)."""
-    if not len(masks):
-        return np.zeros((0, height, width), dtype=bool)
-    scale = torch.tensor([width / image_size, height / image_size] * 2, dtype=boxes.dtype)
-    pasted = paste_masks_in_image(masks[:, None], boxes * scale, (height, width), padding=1)[:, 0]
-    return (pasted >= 0.5).numpy()
+    """Mask probabilities (K, M, M) of detected boxes (K, 4) in model pixels -> boolean masks
+    (K, height, width) on the original image: each mask covers its box's `mask_region` and is sampled
+    at the centres of the image's pixels there (the convention RoIAlign trained it with: pixel i
+    covers [i, i + 1)), in at probability >= 0.5."""
+    out = np.zeros((len(masks), height, width), dtype=bool)
+    scale = torch.tensor([width / image_size, height / image_size] * 2, dtype=torch.float32)
+    for k, (mask, box) in enumerate(zip(masks, mask_region(boxes.float().reshape(-1, 4)) * scale, strict=True)):
+        x1, y1, x2, y2 = box.tolist()
+        left, top = max(int(np.floor(x1)), 0), max(int(np.floor(y1)), 0)
+        right, bottom = min(int(np.ceil(x2)), width), min(int(np.ceil(y2)), height)
+        if right <= left or bottom <= top or x2 - x1 <= 0 or y2 - y1 <= 0:
+            continue
+        # where each pixel centre falls in the box, in grid_sample's [-1, 1] over the M x M mask
+        xs = (torch.arange(left, right, dtype=torch.float32) + 0.5 - x1) / (x2 - x1) * 2 - 1
+        ys = (torch.arange(top, bottom, dtype=torch.float32) + 0.5 - y1) / (y2 - y1) * 2 - 1
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]
+        sampled = F.grid_sample(mask[None, None].float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out[k, top:bottom, left:right] = (sampled[0, 0] >= 0.5).numpy()
+    return out
 
 
 def _answer(
@@ -210,6 +222,28 @@ def _per_image(model: nn.Module, images: torch.Tensor) -> list[tuple[torch.Tenso
     return out
 
 
+def label_quality(drawn: Sequence[tuple[str, np.ndarray]], candidates: Sequence[Mapping[str, Any]], width: int, height: int) -> float:
+    """How much an out-of-fold model backs an image's drawn masks, in [0, 1]: its worst object's.
+
+    A drawn mask scores its best mask IoU with an out-of-fold mask of its class, discounted when that
+    mask was not confident enough to be shown (score / SHOWN_FROM below it): a missed object, or one
+    the model calls something else, ranks by how sure the model was. A shown out-of-fold mask that no
+    drawn mask overlaps by SAME_OBJECT_IOU (an object left unlabeled) scores 1 - its score.
+    """
+    found = [(o["label"], mask_of_coco(o["mask"], width, height), float(o["score"])) for o in candidates]
+    if not drawn and not found:
+        return 1.0
+    overlaps = mask_iou(
+        np.stack([m for _, m in drawn]) if drawn else np.zeros((0, height, width), bool),
+        np.stack([m for _, m, _ in found]) if found else np.zeros((0, height, width), bool),
+    )
+    backing = np.array([min(1.0, s / SHOWN_FROM) for _, _, s in found])
+    same = np.array([[d == f for f, _, _ in found] for d, _ in drawn], dtype=bool).reshape(len(drawn), len(found))
+    scores = [float((np.where(same[i], overlaps[i], 0.0) * backing).max(initial=0.0)) for i in range(len(drawn))]
+    scores += [1.0 - s for j, (_, _, s) in enumerate(found) if s >= SHOWN_FROM and overlaps[:, j].max(initial=0.0) < SAME_OBJECT_IOU]
+    return min(scores, default=1.0)
+
+
 class SegmentationDataModule(DetectionDataModule):
     """A snapshot's splits with boxes and masks scaled with the image to S x S (`Detector` jitters
     all three when `augment`); arguments as `training.SplitsDataModule`."""
@@ -222,7 +256,8 @@ class SegmentationDataModule(DetectionDataModule):
             target = parse_target(text)
             boxes, names = _xyxy(target, self.image_size)
             masks = torch.from_numpy(np.stack([m for _, m in _named_masks(target)]) if target["boxes"] else np.zeros((0, 1, 1), bool))
-            masks = F.interpolate(masks[None].float(), size=(self.image_size, self.image_size), mode="bilinear")[0] >= 0.5 if len(masks) else torch.zeros(0, self.image_size, self.image_size, dtype=torch.bool)
+            # the share of each model pixel the mask covers (area sampling keeps thin strokes of large images)
+            masks = F.interpolate(masks[None].float(), size=(self.image_size, self.image_size), mode="area")[0] >= 0.5 if len(masks) else torch.zeros(0, self.image_size, self.image_size, dtype=torch.bool)
             targets.append({
                 "boxes": boxes, "labels": torch.tensor([self.labels.index(n) for n in names], dtype=torch.long), "masks": masks,
             })
@@ -349,17 +384,14 @@ class Segmentation(Detection):
         seed: int,
         progress: Callable[[str], None],
     ) -> tuple[pd.DataFrame, float]:
-        """Out-of-fold masks against the drawn ones. An image's quality is its worst object's: a drawn
-        mask scores its best mask IoU with a confident out-of-fold mask of its class (0 when none), a
-        confident out-of-fold mask that no drawn mask overlaps by MATCH_IOU scores 1 - its score.
-        Below SUSPECT_BELOW the image is a suspect."""
+        """Out-of-fold masks against the drawn ones (`label_quality`); below SUSPECT_BELOW the image is a suspect."""
         manifest = manifest.reset_index(drop=True)
         if len(manifest) < 2:
             log.warning("Not checking labels: cross-validation needs at least 2 labeled images.")
             return pd.DataFrame(columns=TABLE_COLUMNS), 0.0
         k = max(2, min(folds, len(manifest)))
-        answers: list[list[dict[str, Any]] | None] = [None] * len(manifest)
-        candidates: list[torch.Tensor | None] = [None] * len(manifest)
+        answers: list[list[dict[str, Any]]] = [[] for _ in range(len(manifest))]
+        guesses: list[list[dict[str, Any]]] = [[] for _ in range(len(manifest))]
         for i, (fit_rows, held_rows) in enumerate(KFold(n_splits=k, shuffle=True, random_state=seed).split(manifest), start=1):
             progress(f"fold {i}/{k}")
             model = train_fold(manifest.iloc[fit_rows])
@@ -367,19 +399,15 @@ class Segmentation(Detection):
             for j, (rows, masks) in zip(held_rows, _per_image(model, held), strict=True):
                 target = parse_target(manifest["label"].iloc[j])
                 answers[j] = _answer(rows, masks, labels, model.image_size, target["width"], target["height"])
-                candidates[j] = answer_of(rows, 0.05)["scores"]
+                guesses[j] = _answer(rows, masks, labels, model.image_size, target["width"], target["height"], threshold=CANDIDATE_FROM)
         suggestions, confidence, quality, correct = [], [], [], []
-        for text, answer, scores in zip(manifest["label"], answers, candidates, strict=True):
+        for text, answer, candidates in zip(manifest["label"], answers, guesses, strict=True):
             target = parse_target(text)
             drawn = _named_masks(target)
             found = [(o["label"], mask_of_coco(o["mask"], target["width"], target["height"])) for o in answer]
-            overlaps = mask_iou(np.stack([m for _, m in drawn]) if drawn else np.zeros((0, 1)), np.stack([m for _, m in found]) if found else np.zeros((0, 1)))
-            same = np.array([[d == f for f, _ in found] for d, _ in drawn], dtype=bool).reshape(len(drawn), len(found))
-            worst = [float(np.where(same, overlaps, 0.0)[i].max(initial=0.0)) for i in range(len(drawn))]
-            worst += [1.0 - o["score"] for j, o in enumerate(answer) if overlaps[:, j].max(initial=0.0) < 0.5]
-            quality.append(min(worst, default=1.0))
+            quality.append(label_quality(drawn, candidates, target["width"], target["height"]))
             suggestions.append(make_target(target["width"], target["height"], answer))
-            confidence.append(confidence_of({"scores": torch.tensor([o["score"] for o in answer])}, scores))
+            confidence.append(confidence_of({"scores": torch.tensor([o["score"] for o in answer])}, torch.tensor([o["score"] for o in candidates])))
             correct.append(masks_match(found, drawn))
         table = pd.DataFrame({
             "task_id": manifest["task_id"].to_numpy(),

@@ -187,3 +187,19 @@ def test_the_model_trains_reads_and_answers_at_the_images_own_size(brush_config)
         for region in reading.result:  # every suggested mask is drawn on the image's own size
             assert (region["original_width"], region["original_height"]) == (width, height)
             assert mask_of_brush(region["value"]["rle"], width, height).any() and 0 <= region["score"] <= 1
+
+
+def test_the_error_finder_grades_each_drawn_mask_by_the_out_of_fold_masks():
+    from components.tasks.segmentation import label_quality
+
+    a, b = ring(), np.zeros((HEIGHT, WIDTH), dtype=bool)
+    b[2:8, 40:50] = True
+
+    def found(label: str, mask: np.ndarray, score: float) -> dict:
+        return {"label": label, "mask": coco_of(mask), "score": score}
+
+    assert label_quality([("3", a)], [found("3", a, 0.9)], WIDTH, HEIGHT) == pytest.approx(1.0)
+    assert label_quality([("3", a)], [found("8", a, 0.9)], WIDTH, HEIGHT) == 0.0  # the model calls it an 8
+    assert label_quality([("3", a)], [found("3", a, 0.15)], WIDTH, HEIGHT) == pytest.approx(0.5)  # found, unsure
+    assert label_quality([("3", a)], [found("3", a, 0.9), found("1", b, 0.8)], WIDTH, HEIGHT) == pytest.approx(0.2)  # one left unlabeled
+    assert label_quality([], [], WIDTH, HEIGHT) == 1.0 and label_quality([("3", a)], [], WIDTH, HEIGHT) == 0.0
