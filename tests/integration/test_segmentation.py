@@ -205,3 +205,23 @@ def test_flywheel_strategy_compares_boxes_and_masks_timed_by_lead_time(label_stu
     sentence = saved["verdicts"]["mask_map50"]["sentence"]
     assert sentence in output and ("sooner" in sentence or sentence.startswith("Too early to tell"))
     assert (tmp_path / "strategy" / "strategy.png").stat().st_size > 0
+
+
+def test_a_coco_file_with_segmentation_imports_its_masks_as_pre_annotations(cli_env, label_studio, tmp_path):
+    from components.composites import make_detection_set
+    from tests.integration.test_bad_inputs import run_cli
+
+    coco = make_detection_set(tmp_path / "coco", 4, seed=4)
+    title = f"coco-seg-{uuid.uuid4().hex[:6]}"
+    config = str(ROOT / "label_studio_config" / "segmentation.xml")
+    code, output, _ = run_cli(cli_env, "import", str(coco), "--project", title, "--config", config)
+    assert code == 0, output
+    project = label_studio.ensure_project(title, load_labeling_config(config), create=False)
+    truth = {i.path.name: i.label for i in materialize(str(coco), tmp_path, masks=True)}
+    tasks = label_studio.unlabeled_tasks(project.id)
+    assert len(tasks) == 4 and label_studio.model_versions(project.id) == {"coco:annotations.json": 4}
+    for task_id, data in tasks.items():
+        predicted = drawn_masks(label_studio.task(task_id)["predictions"][0]["result"])
+        want = true_masks(truth[data["filename"]])
+        assert [label for label, _ in predicted] == [label for label, _ in want]
+        assert all((got == exact).all() for (_, got), (_, exact) in zip(predicted, want, strict=True))
