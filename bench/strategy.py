@@ -26,9 +26,16 @@ def main(echo=print) -> None:
     pool, held_out = strategy.split(items, params.strategy.held_out)
     labels = [str(d) for d in range(10)]
     echo(f"{len(pool)} images to label, {len(held_out)} held out; budgets {params.strategy.hours} h")
-    points, verdicts = strategy.compare(pool, held_out, labels, params.strategy, params.architectures, progress=echo)
-    folder = BENCH / "strategy"
-    strategy.write(points, verdicts, folder, f"{SEGMENTATION}: boxes vs masks, costs per object {dict(costs)} s", costs)
+    points, _ = strategy.compare(pool, held_out, labels, params.strategy, params.architectures, progress=echo)
+    publish(points, len(pool), len(held_out), echo)
+
+
+def publish(points: list[strategy.StrategyPoint], pool: int, held_out: int, echo=print) -> None:
+    """Judge the measured points and record them: plot, sentences, `strategy_report`."""
+    params = load_params(ROOT / "params.yaml")
+    costs = params.strategy.seconds_per_object
+    verdicts = strategy.judge(points, params.strategy)
+    strategy.write(points, verdicts, BENCH / "strategy", f"{SEGMENTATION}: boxes vs masks, costs per object {dict(costs)} s", costs)
     chosen = verdicts[params.strategy.metric]
     figures = {"strategy_report": {
         "metric": chosen.metric, "target": chosen.target, "sooner": chosen.sooner, "sentence": chosen.sentence,
@@ -42,8 +49,8 @@ def main(echo=print) -> None:
     markdown = f"""## Boxes or masks? (`flywheel bench strategy`)
 
 Measured {datetime.now(UTC):%Y-%m-%d} on this machine (2 cores, no GPU). The demo set with exact
-instance masks (`{SEGMENTATION}`, {len(pool)} images to label in one fixed random order, {len(held_out)}
-held out), labeled as boxes (CenterNet) and as instance masks (mask CenterNet; its boxes are the
+instance masks (`{SEGMENTATION}`, {pool} images to label in one fixed order, {held_out}
+held out at random), labeled as boxes (CenterNet) and as instance masks (mask CenterNet; its boxes are the
 masks' tight boxes), each trained from scratch ({params.strategy.train.steps} steps, the loop's
 training) on what {params.strategy.hours} hours of annotation buy: a box costs
 {costs['boxes']:g} s (extreme clicking, Papadopoulos et al., ICCV 2017; 34.5 s drawn the classic way), a
@@ -64,7 +71,22 @@ What `flywheel strategy` printed:
 ![boxes vs masks](strategy/strategy.png)
 
 One seed per point; the image set has no image-level class (1-4 digits per image), so the third
-strategy of the issue, image-level classes, does not apply to it.
+strategy of the issue, image-level classes, does not apply to it. `python -m bench.strategy
+--republish` judges the points saved in `bench/strategy/strategy.json` again (after a change to the
+verdict, without retraining).
 """
     record(figures, "strategy", markdown)
     echo(markdown)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    if "--republish" in sys.argv:
+        saved = json.loads((BENCH / "strategy" / "strategy.json").read_text())
+        points = [strategy.StrategyPoint(**p) for p in saved["points"]]
+        pool = len(strategy.split(list(range(COUNT)), load_params(ROOT / "params.yaml").strategy.held_out)[0])
+        publish(points, pool, COUNT - pool)
+    else:
+        main()

@@ -153,8 +153,13 @@ def compare(
         )
 
     points = measure(items, held_out, labels, params.hours, fit, train.image_size, progress)
+    return points, judge(points, params)
+
+
+def judge(points: Sequence[StrategyPoint], params: Any) -> dict[str, Verdict]:
+    """The verdict on every metric at `params.target`, the team's `params.metric` first."""
     ordered = [params.metric, *(m for m in METRICS if m != params.metric)]
-    return points, {metric: verdict(points, metric, params.target) for metric in ordered}
+    return {metric: verdict(points, metric, params.target) for metric in ordered}
 
 
 def held_out_scores(model: torch.nn.Module, val_set: Any) -> dict[str, float]:
@@ -235,6 +240,11 @@ def measure(
     return points
 
 
+def _hours(value: float) -> str:
+    """Hours as a person reads them: two decimals under an hour, one above."""
+    return f"{value:.2f}" if abs(value) < 1 else f"{value:.1f}"
+
+
 def _hours_needed(fit: CurveFit | None, target: float, limit: float) -> float:
     hours = fit.labels_for(target) if fit else None
     return hours if hours is not None and hours <= limit else math.inf
@@ -283,9 +293,9 @@ def verdict(points: Sequence[StrategyPoint], metric: str, target: float, extrapo
         h = hours.get(strategy)
         if h is None:
             reached_best, at = best.get(strategy, (0.0, 0.0))
-            return f"{strategy} do not reach it within {extrapolate:g}x the hours measured (best {reached_best:.2f} at {at:.1f} h)"
-        upper = f"{h[2]:.1f} h" if math.isfinite(h[2]) else f"beyond {extrapolate:g}x the hours measured"
-        return f"{strategy} after {h[0]:.1f} h (80% interval {h[1]:.1f} h to {upper})"
+            return f"{strategy} do not reach it within {extrapolate:g}x the hours measured (best {reached_best:.2f} at {_hours(at)} h)"
+        upper = f"{_hours(h[2])} h" if math.isfinite(h[2]) else f"beyond {extrapolate:g}x the hours measured"
+        return f"{strategy} after {_hours(h[0])} h (80% interval {_hours(h[1])} h to {upper})"
 
     if few:
         sentence = ("Too early to tell: " + ", ".join(f"{s} were trained at {n} budget(s)" for s, n in few.items())
@@ -311,7 +321,7 @@ def verdict(points: Sequence[StrategyPoint], metric: str, target: float, extrapo
         sentence = (f"Too early to tell which reaches {name} {target:g} sooner: {said(winner)}, {said(loser)}; "
                     f"{winner} come out sooner in only {share:.0%} of bootstrap refits (needs {SURE:.0%}). Label more.")
         return Verdict(metric, target, sentence, None, hours, saved)
-    by = (f": {saved[0]:.1f} h sooner (80% interval {saved[1]:.1f} to {saved[2]:.1f} h)" if saved
+    by = (f": {_hours(saved[0])} h sooner (80% interval {_hours(saved[1])} to {_hours(saved[2])} h)" if saved
           else f": {winner} sooner in {share:.0%} of bootstrap refits")
     sentence = f"{winner.capitalize()} reach {name} {target:g} sooner: {said(winner)}, {said(loser)}{by}."
     return Verdict(metric, target, sentence, winner, hours, saved)
