@@ -167,8 +167,8 @@ def test_unreachable_server_gives_one_clear_message(tmp_path):
 
 
 def test_unknown_config_gives_one_clear_message():
-    with pytest.raises(LabelConfigError, match=r"No labeling config at .*segmentation\.xml.*classification\.xml.*detection\.xml"):
-        load_labeling_config(ROOT / "label_studio_config" / "segmentation.xml")
+    with pytest.raises(LabelConfigError, match=r"No labeling config at .*keypoints\.xml.*classification\.xml.*detection\.xml.*segmentation\.xml"):
+        load_labeling_config(ROOT / "label_studio_config" / "keypoints.xml")
 
 
 def test_find_images_ignores_other_files(tmp_path):
