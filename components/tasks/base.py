@@ -169,3 +169,27 @@ class TaskType(ABC):
             The table (`label_errors.TABLE_COLUMNS`, lowest quality first; `suggested` is a target)
             and the out-of-fold score against the given labels.
         """
+
+
+def ranked_label_table(
+    manifest: pd.DataFrame,
+    suggested: Sequence[str],
+    quality: Sequence[float],
+    suspected: Sequence[bool],
+    confidence: Sequence[float],
+) -> pd.DataFrame:
+    """The error finder's table (`label_errors.TABLE_COLUMNS`): one row per manifest row with the
+    out-of-fold suggestion (a target), its confidence, the label's quality and whether it is a
+    suspect, lowest quality first (task id breaks ties), ranked from 1."""
+    table = pd.DataFrame({
+        "task_id": manifest["task_id"].to_numpy(),
+        "label": manifest["label"].to_numpy(),
+        "suggested": list(suggested),
+        "quality": np.round(np.asarray(quality, dtype=float), 4),
+        "suspected": np.asarray(suspected, dtype=bool),
+        "suggested_probability": np.round(np.asarray(confidence, dtype=float), 4),
+        "image": manifest["image"].to_numpy(),
+    })
+    table = table.sort_values(["quality", "task_id"], kind="stable").reset_index(drop=True)
+    table.insert(0, "rank", np.arange(1, len(table) + 1))
+    return table

@@ -29,7 +29,7 @@ from components.architectures import ARCHITECTURES, build_network
 from components.conversions import Annotation
 from components.errors import AnnotationError
 from components.labeling_config import LabelingConfig
-from components.tasks.base import Reading, Scores, TaskType
+from components.tasks.base import Reading, Scores, TaskType, ranked_label_table
 from components.training import MEAN, STD, SplitsDataModule, load_images
 
 log = logging.getLogger(__name__)
@@ -233,20 +233,7 @@ def rank_label_errors(manifest: pd.DataFrame, probabilities: np.ndarray, labels:
     lowest = np.zeros(len(given), dtype=bool)
     lowest[np.argsort(quality, kind="stable")[:count]] = True
     issues = lowest & (probabilities.argmax(axis=1) != given)
-    table = pd.DataFrame(
-        {
-            "task_id": manifest["task_id"].to_numpy(),
-            "label": manifest["label"].to_numpy(),
-            "suggested": [labels[j] for j in probabilities.argmax(axis=1)],
-            "quality": quality.round(4),
-            "suspected": issues,
-            "suggested_probability": probabilities.max(axis=1).round(4),
-            "image": manifest["image"].to_numpy(),
-        }
-    )
-    table = table.sort_values(["quality", "task_id"], kind="stable").reset_index(drop=True)
-    table.insert(0, "rank", np.arange(1, len(table) + 1))
-    return table
+    return ranked_label_table(manifest, [labels[j] for j in probabilities.argmax(axis=1)], quality, issues, probabilities.max(axis=1))
 
 
 class Classification(TaskType):

@@ -38,7 +38,7 @@ from components.errors import AnnotationError, SettingsError
 from components.images import shown_size
 from components.label_errors import TABLE_COLUMNS
 from components.labeling_config import LabelingConfig
-from components.tasks.base import Reading, Scores, TaskType
+from components.tasks.base import Reading, Scores, TaskType, ranked_label_table
 from components.training import SplitsDataModule, load_images
 
 log = logging.getLogger(__name__)
@@ -338,6 +338,30 @@ class Detector(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
+def out_of_fold(
+    folder: Path,
+    manifest: pd.DataFrame,
+    train_fold: Callable[[pd.DataFrame], nn.Module],
+    folds: int,
+    seed: int,
+    progress: Callable[[str], None],
+    run: Callable[[nn.Module, torch.Tensor], list[Any]],
+) -> tuple[list[Any], int]:
+    """Each manifest row read by a model trained on the other folds (k-fold over images): `run`'s
+    per-image output for every row, in manifest order, and the models' input size."""
+    k = max(2, min(folds, len(manifest)))
+    outputs: list[Any] = [None] * len(manifest)
+    image_size = 0
+    for i, (fit_rows, held_rows) in enumerate(KFold(n_splits=k, shuffle=True, random_state=seed).split(manifest), start=1):
+        progress(f"fold {i}/{k}")
+        model = train_fold(manifest.iloc[fit_rows])
+        image_size = model.image_size
+        held = load_images([Path(folder) / p for p in manifest["image"].iloc[held_rows]], image_size)
+        for j, output in zip(held_rows, run(model, held), strict=True):
+            outputs[j] = output
+    return outputs, image_size
+
+
 def _per_image(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
     model.eval()
     with torch.no_grad():
@@ -488,16 +512,7 @@ class Detection(TaskType):
         if len(manifest) < 2:
             log.warning("Not checking labels: cross-validation needs at least 2 labeled images.")
             return pd.DataFrame(columns=TABLE_COLUMNS), 0.0
-        k = max(2, min(folds, len(manifest)))
-        rows: list[torch.Tensor | None] = [None] * len(manifest)
-        image_size = 0
-        for i, (fit_rows, held_rows) in enumerate(KFold(n_splits=k, shuffle=True, random_state=seed).split(manifest), start=1):
-            progress(f"fold {i}/{k}")
-            model = train_fold(manifest.iloc[fit_rows])
-            image_size = model.image_size
-            held = load_images([Path(folder) / p for p in manifest["image"].iloc[held_rows]], image_size)
-            for j, r in zip(held_rows, _per_image(model, held), strict=True):
-                rows[j] = r
+        rows, image_size = out_of_fold(folder, manifest, train_fold, folds, seed, progress, _per_image)
         given, predicted = [], []
         for target, image_rows in zip(manifest["label"], rows, strict=True):
             boxes, names = _xyxy(parse_target(target), image_size)
@@ -524,15 +539,5 @@ class Detection(TaskType):
             confidence.append(confidence_of(shown, answer_of(image_rows, 0.05)["scores"]))
             truth = [(b["label"], np.array([b["x"], b["y"], b["x"] + b["w"], b["y"] + b["h"]])) for b in parsed["boxes"]]
             correct.append(boxes_match([(b["label"], np.array([b["x"], b["y"], b["x"] + b["w"], b["y"] + b["h"]])) for b in boxes], truth))
-        table = pd.DataFrame({
-            "task_id": manifest["task_id"].to_numpy(),
-            "label": manifest["label"].to_numpy(),
-            "suggested": suggestions,
-            "quality": np.round(quality, 4),
-            "suspected": np.asarray(issues, dtype=bool),
-            "suggested_probability": np.round(confidence, 4),
-            "image": manifest["image"].to_numpy(),
-        })
-        table = table.sort_values(["quality", "task_id"], kind="stable").reset_index(drop=True)
-        table.insert(0, "rank", np.arange(1, len(table) + 1))
+        table = ranked_label_table(manifest, suggestions, quality, issues, confidence)
         return table, float(np.mean(correct)) if correct else 0.0

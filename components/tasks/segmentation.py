@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.model_selection import KFold
 from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 
@@ -43,10 +42,10 @@ from components.masks import (
     polygon_of, polygon_problem, tight_box,
 )
 from components.segmenters import SEGMENTERS, build_segmenter, mask_region
-from components.tasks.base import Reading, Scores
+from components.tasks.base import Reading, Scores, ranked_label_table
 from components.tasks.detection import (
     SAME_OBJECT_IOU, SHOWN_FROM, BoxesDataset, Detection, DetectionDataModule, DetectionModel, Detector, _xyxy, answer_of, confidence_of,
-    detections_of, make_target, one_to_one, parse_target, single_label,
+    detections_of, make_target, one_to_one, out_of_fold, parse_target, single_label,
 )
 from components.training import load_images
 
@@ -389,35 +388,17 @@ class Segmentation(Detection):
         if len(manifest) < 2:
             log.warning("Not checking labels: cross-validation needs at least 2 labeled images.")
             return pd.DataFrame(columns=TABLE_COLUMNS), 0.0
-        k = max(2, min(folds, len(manifest)))
-        answers: list[list[dict[str, Any]]] = [[] for _ in range(len(manifest))]
-        guesses: list[list[dict[str, Any]]] = [[] for _ in range(len(manifest))]
-        for i, (fit_rows, held_rows) in enumerate(KFold(n_splits=k, shuffle=True, random_state=seed).split(manifest), start=1):
-            progress(f"fold {i}/{k}")
-            model = train_fold(manifest.iloc[fit_rows])
-            held = load_images([Path(folder) / p for p in manifest["image"].iloc[held_rows]], model.image_size)
-            for j, (rows, masks) in zip(held_rows, _per_image(model, held), strict=True):
-                target = parse_target(manifest["label"].iloc[j])
-                answers[j] = _answer(rows, masks, labels, model.image_size, target["width"], target["height"])
-                guesses[j] = _answer(rows, masks, labels, model.image_size, target["width"], target["height"], threshold=CANDIDATE_FROM)
+        outputs, image_size = out_of_fold(folder, manifest, train_fold, folds, seed, progress, _per_image)
         suggestions, confidence, quality, correct = [], [], [], []
-        for text, answer, candidates in zip(manifest["label"], answers, guesses, strict=True):
+        for text, (rows, masks) in zip(manifest["label"], outputs, strict=True):
             target = parse_target(text)
+            answer = _answer(rows, masks, labels, image_size, target["width"], target["height"])
+            candidates = _answer(rows, masks, labels, image_size, target["width"], target["height"], threshold=CANDIDATE_FROM)
             drawn = _named_masks(target)
             found = [(o["label"], mask_of_coco(o["mask"], target["width"], target["height"])) for o in answer]
             quality.append(label_quality(drawn, candidates, target["width"], target["height"]))
             suggestions.append(make_target(target["width"], target["height"], answer))
             confidence.append(confidence_of({"scores": torch.tensor([o["score"] for o in answer])}, torch.tensor([o["score"] for o in candidates])))
             correct.append(masks_match(found, drawn))
-        table = pd.DataFrame({
-            "task_id": manifest["task_id"].to_numpy(),
-            "label": manifest["label"].to_numpy(),
-            "suggested": suggestions,
-            "quality": np.round(quality, 4),
-            "suspected": np.array(quality) < SUSPECT_BELOW,
-            "suggested_probability": np.round(confidence, 4),
-            "image": manifest["image"].to_numpy(),
-        })
-        table = table.sort_values(["quality", "task_id"], kind="stable").reset_index(drop=True)
-        table.insert(0, "rank", np.arange(1, len(table) + 1))
+        table = ranked_label_table(manifest, suggestions, quality, np.array(quality) < SUSPECT_BELOW, confidence)
         return table, float(np.mean(correct)) if correct else 0.0
