@@ -269,6 +269,13 @@ def confidence_of(answer: dict[str, torch.Tensor], candidates: torch.Tensor) -> 
     return 1.0 - float(candidates.max()) if len(candidates) else 1.0
 
 
+def borderline(candidates: torch.Tensor) -> float:
+    """What "Label next" ranks by: how close an image's most borderline object (candidate scores) is
+    to the line between shown and not shown, in [0, 1]; 0 when nothing was found."""
+    distance = (candidates - SHOWN_FROM).abs() / max(SHOWN_FROM, 1 - SHOWN_FROM)
+    return float(1.0 - distance.min()) if len(candidates) else 0.0
+
+
 class BoxesDataset(Dataset):
     """Images held in memory (N, 3, S, S) with their boxes in model pixels and class indices."""
 
@@ -489,10 +496,7 @@ class Detection(TaskType):
             ]
             target = make_target(size, size, boxes)
             confidence = confidence_of(shown, candidates)
-            # how close the most borderline object is to the line between shown and not shown
-            distance = (candidates - SHOWN_FROM).abs() / max(SHOWN_FROM, 1 - SHOWN_FROM)
-            uncertainty = float(1.0 - distance.min()) if len(candidates) else 0.0
-            readings.append(Reading(target, self.result_of(target, config), round(confidence, 4), uncertainty))
+            readings.append(Reading(target, self.result_of(target, config), round(confidence, 4), borderline(candidates)))
         return readings, embeddings.numpy()
 
     def find_label_errors(

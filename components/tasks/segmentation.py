@@ -44,7 +44,7 @@ from components.masks import (
 from components.segmenters import SEGMENTERS, build_segmenter, mask_region
 from components.tasks.base import Reading, Scores, ranked_label_table
 from components.tasks.detection import (
-    SAME_OBJECT_IOU, SHOWN_FROM, BoxesDataset, Detection, DetectionDataModule, DetectionModel, Detector, _xyxy, answer_of, confidence_of,
+    SAME_OBJECT_IOU, SHOWN_FROM, BoxesDataset, Detection, DetectionDataModule, DetectionModel, Detector, _xyxy, answer_of, borderline, confidence_of,
     detections_of, make_target, one_to_one, out_of_fold, parse_target, single_label,
 )
 from components.training import load_images
@@ -368,9 +368,7 @@ class Segmentation(Detection):
             target = make_target(width, height, objects)
             shown = {"scores": torch.tensor([o["score"] for o in objects])}
             confidence = confidence_of(shown, candidates)
-            distance = (candidates - SHOWN_FROM).abs() / max(SHOWN_FROM, 1 - SHOWN_FROM)
-            uncertainty = float(1.0 - distance.min()) if len(candidates) else 0.0
-            readings.append(Reading(target, self.result_of(target, config), round(confidence, 4), uncertainty))
+            readings.append(Reading(target, self.result_of(target, config), round(confidence, 4), borderline(candidates)))
         return readings, embeddings.numpy()
 
     def find_label_errors(
