@@ -74,15 +74,24 @@ def measure_writeback(ls: LabelStudio, project: Project) -> tuple[float, float, 
     """Predictions per second replacing the pre-annotations of 1,000 unlabeled tasks: (bulk, one call each)."""
     ids = sorted(ls.unlabeled_tasks(project.id))[:1000]
     predictions = [Prediction(t, tuple(choice_result(str(t % 10), project.config)), 0.9) for t in ids]
-    ls.replace_predictions(project, ids, predictions, "bench-bulk", keep=set())
-    bulk_s = timed(lambda: ls.replace_predictions(project, ids, predictions, "bench-bulk", keep=set()), 3)
-    # The same with one earlier version kept (predict.keep_versions: 2): a read and a re-import more.
-    ls.replace_predictions(project, ids, predictions, "bench-earlier", keep={"bench-bulk"})
-    keep_s = timed(lambda: ls.replace_predictions(project, ids, predictions, "bench-bulk", keep={"bench-earlier"}), 3)
-    ls.replace_predictions(project, ids, predictions, "bench-bulk", keep=set())
+    versions = (f"bench-{i}" for i in range(1000))
+
+    def replace(keep_earlier: bool) -> None:
+        """A new version written, then the superseded one tidied away (keeping the one before it, if asked)."""
+        shown = sorted(ls.model_versions(project.id), key=lambda v: int(v.split("-")[1]))
+        new = next(versions)
+        ls.write_predictions(project, predictions, new)
+        ls.tidy_predictions(project, keep={new, *shown[-1:]} if keep_earlier else {new}, chunk=1000)
+
+    replace(False)
+    bulk_s = timed(lambda: replace(False), 3)
+    # The same with one earlier version kept (predict.keep_versions: 2): a re-import more.
+    keep_s = timed(lambda: replace(True), 3)
+    replace(False)
 
     # Baseline: the same replacement, one DELETE and one POST per prediction.
-    ls.replace_predictions(project, ids, predictions, "bench-single", keep=set())
+    ls.write_predictions(project, predictions, "bench-single")
+    ls.tidy_predictions(project, keep={"bench-single"}, chunk=1000)
     existing = {
         p.task: p.id
         for p in ls.sdk.predictions.list(project=project.id)
@@ -165,8 +174,8 @@ Growth of the incremental fetch from 1k to 10k tasks: **{inc_10k / inc_1k:.2f}x*
 
 | path | predictions/s |
 |---|---|
-| adapter bulk (`replace_predictions`: one delete action over the unlabeled tasks, bulk import) | {bulk_per_s:.0f} |
-| the same, keeping one earlier version (`predict.keep_versions: 2`: a read and a re-import more) | {keep_per_s:.0f} |
+| adapter bulk (`write_predictions`: a bulk import of the new version; `tidy_predictions`: one delete action over the tasks, the kept ones re-imported) | {bulk_per_s:.0f} |
+| the same, keeping one earlier version (`predict.keep_versions: 2`: a re-import more) | {keep_per_s:.0f} |
 | one `DELETE` + one `POST` per prediction | {single_per_s:.1f} |
 
 Ratio **{bulk_per_s / single_per_s:.0f}x** (`writeback_speedup`, target >= 20).

@@ -6,12 +6,14 @@ A narrow API over Label Studio's HTTP interface:
 - `import_images(project, paths)`: tasks deduplicated by content hash.
 - `fetch_changed(project, cursor)`: annotations created, updated or deleted since the cursor, at a
   cost proportional to what changed (a Data Manager filter on the task's `updated_at`).
-- `replace_predictions(project, predictions, model_version, keep)`: the pre-annotations of every
-  unlabeled task, in bulk, keeping the model versions `keep` says to keep.
+- `write_predictions(project, predictions, model_version)`: the pre-annotations of every unlabeled
+  task, in bulk, once per version; `tidy_predictions(project, keep)` deletes superseded ones later.
 - `sync_marked_predictions(project, predictions, model_version, mark)`: marked predictions on
   labeled tasks (suspected label errors), rewritten only where they changed.
 - `ensure_view(project, title, filters, ordering)`: a Data Manager tab people open.
 - `download(url, task_id)`: a file Label Studio serves (uploads, local files, cloud storages).
+- `ensure_webhook(project, url, headers, actions)`: idempotent; `newest_change(project)`: the
+  safety-net poll's one cheap question.
 
 It writes tasks, predictions and views only: no method here changes or deletes an annotation, and
 no prediction that an annotation was started from is ever deleted (Label Studio would clear the
@@ -313,12 +315,9 @@ class LabelStudio:
         with self._calling(f"list the unlabeled tasks of project {project_id}"):
             return {t.id for t in self.sdk.tasks.list(project=project_id, include="id", query=_query(UNTOUCHED), page_size=BATCH)}
 
-    def unlabeled_without_predictions(self, project_id: int) -> set[int]:
-        """Untouched tasks that carry no prediction at all (new tasks, or a write-back cut short)."""
-        none = {"filter": "filter:tasks:total_predictions", "operator": "equal", "type": "Number", "value": 0}
-        with self._calling(f"list the tasks of project {project_id} without predictions"):
-            pages = self.sdk.tasks.list(project=project_id, include="id", query=_query([*UNTOUCHED, none]), page_size=BATCH)
-            return {t.id for t in pages}
+    def untouched_without(self, project_id: int, model_version: str) -> set[int]:
+        """Untouched tasks that carry no prediction of `model_version` (new tasks, or a write cut short)."""
+        return {t for t, versions in self.versions_on_untouched(project_id).items() if model_version not in versions}
 
     def fetch_changed(self, project_id: int, cursor: str | None) -> ChangeSet:
         """The tasks whose annotations were created, updated or deleted after `cursor`.
@@ -341,6 +340,24 @@ class LabelStudio:
             tasks = tuple(task_from_json(t.model_dump(mode="json")) for t in pages)
         latest = max((t.updated_at for t in tasks), default=None)
         return ChangeSet(tasks=tasks, cursor=format_cursor(latest) if latest else cursor)
+
+    def count_changed(self, project_id: int, cursor: str) -> int:
+        """How many tasks changed after `cursor` (one row read: the count is in the answer)."""
+        after = [{"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": cursor}]
+        with self._calling(f"count the changed tasks of project {project_id}"):
+            page = self.sdk.tasks.list(project=project_id, include="id", query=_query(after), page_size=1)
+        return int(page.response.total) if page.response is not None else 0
+
+    def newest_change(self, project_id: int) -> str | None:
+        """The newest task `updated_at` of the project (None when it has no task): one row read,
+        whatever the project's size. When it moves, an annotation was created, updated or deleted
+        (or a task changed); a prediction import does not move it."""
+        with self._calling(f"read the newest change of project {project_id}"):
+            page = self.sdk.tasks.list(
+                project=project_id, include="id,updated_at", query=_query([], ordering=["-tasks:updated_at"]), page_size=1
+            )
+            newest = next(iter(page.items or []), None)
+        return format_cursor(newest.updated_at) if newest is not None and newest.updated_at else None
 
     def export_all(self, project_id: int) -> list[dict[str, Any]]:
         """Every task with its annotations, by a full JSON export (the slow way to find changes)."""
@@ -380,60 +397,85 @@ class LabelStudio:
         self._import(project_id, items, f"predictions of {model_version!r}", lambda: None)
         return len(items)
 
-    def replace_predictions(
+    def versions_on_untouched(self, project_id: int) -> dict[int, set[str]]:
+        """Task id -> the model versions of its predictions, for every task nobody has touched."""
+        with self._calling(f"read the predictions of project {project_id}'s unlabeled tasks"):
+            pages = self.sdk.tasks.list(project=project_id, fields="all", query=_query(UNTOUCHED), page_size=BATCH)
+            return {t.id: {p.model_version or "" for p in t.predictions or []} for t in pages}
+
+    def write_predictions(
         self,
         project: Project,
-        task_ids: Collection[int],
         predictions: Iterable[Prediction],
         model_version: str,
-        keep: set[str],
         after_batch: Callable[[], None] = lambda: None,
+        untouched: Collection[int] | None = None,
     ) -> int:
-        """Make `predictions` the pre-annotations of the tasks `task_ids` that nobody has touched yet.
+        """Give every task nobody has touched its prediction of `model_version`, next to what it carries.
 
-        The predictions on those tasks are deleted in one call and written again: `predictions`,
-        under `model_version`, then the earlier ones whose model version is in `keep` (other tools',
-        the last few flywheel versions). A task labeled or skipped meanwhile is left as it is (the
-        server re-checks "untouched" when deleting, and the tasks are listed again before writing),
-        so no prediction a person started from is deleted and none gets a second one. A write cut
-        short leaves some untouched tasks with no prediction at all: `unlabeled_without_predictions`
-        finds them.
+        Written once per version: a task that carries `model_version` already (a rerun after a write
+        cut short) is skipped, so none gets it twice. A task labeled or skipped meanwhile is left
+        alone (the tasks are listed again before writing). Nothing is deleted here: Label Studio
+        shows one version (`show_model_version`), and `tidy_predictions` clears superseded ones
+        later, when nobody waits (deleting costs Label Studio ~5 ms a prediction; importing, ~1).
 
         Args:
             project: The project.
-            task_ids: The untouched tasks whose pre-annotations are replaced.
-            predictions: New predictions for (some of) those tasks.
+            predictions: One per task (or fewer).
             model_version: Their version.
-            keep: The other model versions whose predictions survive the rewrite.
-            after_batch: Called once the old predictions are cleared and after each batch is written
-                (a fault test pauses there).
+            after_batch: Called after each batch is written (a fault test pauses there).
+            untouched: The untouched tasks, when the caller listed them a moment ago (saves listing
+                them again; a task labeled in between gets a prediction it does not show).
 
         Returns:
             The number of `model_version` predictions written.
         """
-        ids = sorted(set(task_ids))
-        kept: list[dict[str, Any]] = []
-        if keep - {model_version}:
-            with self._calling(f"read the predictions of project {project.id}'s unlabeled tasks"):
-                pages = self.sdk.tasks.list(project=project.id, fields="all", query=_query(UNTOUCHED), page_size=BATCH)
-                kept = [
-                    {"task": t.id, "model_version": p.model_version, "score": p.score, "result": p.result}
-                    for t in pages if t.id in task_ids for p in (t.predictions or [])
-                    if p.model_version != model_version and p.model_version in keep
-                ]
-        for start in range(0, len(ids), BATCH):
-            selected = {"selectedItems": {"all": False, "included": ids[start : start + BATCH]}}
-            self._raw(
-                "POST", f"api/dm/actions?id=delete_tasks_predictions&project={project.id}",
-                f"clear the pre-annotations of project {project.id}'s unlabeled tasks",
-                json={**selected, "filters": {"conjunction": "and", "items": UNTOUCHED}},
-            )
-        after_batch()
-        still = self.untouched_ids(project.id)
+        if self.model_versions(project.id).get(model_version):
+            carrying = self.versions_on_untouched(project.id)
+            still = {t for t, versions in carrying.items() if model_version not in versions}
+        else:
+            still = set(untouched) if untouched is not None else self.untouched_ids(project.id)
         items = [prediction_to_ls(p, model_version) for p in predictions if p.task_id in still]
         self._import(project.id, items, f"predictions of {model_version!r}", after_batch)
-        self._import(project.id, [k for k in kept if k["task"] in still], "the kept predictions of earlier versions", lambda: None)
         return len(items)
+
+    def tidy_predictions(
+        self, project: Project, keep: set[str], chunk: int = 100, should_stop: Callable[[], bool] = lambda: False
+    ) -> int:
+        """Delete the predictions of versions not in `keep` from the tasks nobody has touched.
+
+        In chunks of `chunk` tasks, asking `should_stop` before each (new labels never wait more
+        than one chunk): a chunk's predictions are deleted in one call, in which the server checks
+        again that each task is untouched (so no prediction a person started from is deleted), and
+        the kept ones are written back. A tidy cut short between the two leaves tasks with no
+        prediction at all, which `untouched_without` finds and the next write-back fills.
+
+        Returns:
+            The number of predictions deleted.
+        """
+        with self._calling(f"read the predictions of project {project.id}'s unlabeled tasks"):
+            pages = self.sdk.tasks.list(project=project.id, fields="all", query=_query(UNTOUCHED), page_size=BATCH)
+            predictions = {
+                t.id: [{"task": t.id, "model_version": p.model_version, "score": p.score, "result": p.result} for p in t.predictions or []]
+                for t in pages
+            }
+        kept = {t: [p for p in found if p["model_version"] in keep] for t, found in predictions.items()}
+        superseded = {t: len(found) - len(kept[t]) for t, found in predictions.items() if len(found) > len(kept[t])}
+        stale = sorted(superseded)
+        deleted = 0
+        for start in range(0, len(stale), chunk):
+            if should_stop():
+                break
+            part = stale[start : start + chunk]
+            self._raw(
+                "POST", f"api/dm/actions?id=delete_tasks_predictions&project={project.id}",
+                f"delete superseded pre-annotations of project {project.id}",
+                json={"selectedItems": {"all": False, "included": part}, "filters": {"conjunction": "and", "items": UNTOUCHED}},
+            )
+            still = self.untouched_ids(project.id)
+            self._import(project.id, [k for t in part if t in still for k in kept[t]], "the kept predictions", lambda: None)
+            deleted += sum(superseded[t] for t in part if t in still)
+        return deleted
 
     def sync_marked_predictions(
         self, project: Project, predictions: Iterable[Prediction], model_version: str, mark: str
@@ -486,6 +528,29 @@ class LabelStudio:
         with self._calling(f"list the labeled tasks of project {project_id}"):
             pages = self.sdk.tasks.list(project=project_id, fields="all", query=_query(LABELED), page_size=BATCH)
             return [t.model_dump(mode="json") for t in pages]
+
+    # --- webhooks -------------------------------------------------------------------------------
+
+    def ensure_webhook(self, project_id: int, url: str, headers: dict[str, str], actions: Iterable[str]) -> int:
+        """Make Label Studio post `actions` of the project to `url` with `headers`, once: a webhook
+        already there for `url` is updated (and re-activated), never duplicated. Returns its id."""
+        body = {"actions": list(actions), "headers": headers, "is_active": True, "send_payload": False, "send_for_all_actions": False}
+        with self._calling(f"register the webhook of project {project_id}"):
+            same = [w for w in self.sdk.webhooks.list(project=str(project_id)) if w.url == url and w.project == project_id]
+            if same:
+                self.sdk.webhooks.update(id=same[0].id, url=url, **body)
+                return int(same[0].id)
+            return int(self.sdk.webhooks.create(url=url, project=project_id, **body).id)
+
+    def deactivate_webhook(self, webhook_id: int) -> None:
+        """Stop Label Studio posting to a webhook (kept, so the next `ensure_webhook` re-activates it)."""
+        with self._calling(f"deactivate webhook {webhook_id}"):
+            self.sdk.webhooks.update(id=webhook_id, is_active=False)
+
+    def webhooks(self, project_id: int) -> list[dict[str, Any]]:
+        """The project's webhooks as Label Studio lists them."""
+        with self._calling(f"list the webhooks of project {project_id}"):
+            return [w.model_dump(mode="json") for w in self.sdk.webhooks.list(project=str(project_id))]
 
     # --- views ----------------------------------------------------------------------------------
 

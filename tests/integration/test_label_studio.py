@@ -105,11 +105,12 @@ def annotations_with_provenance(label_studio: LabelStudio, task_id: int) -> list
     return [{k: a[k] for k in keys} for a in label_studio.task(task_id)["annotations"]]
 
 
-def test_replacing_pre_annotations_never_touches_labeled_tasks_or_their_provenance(label_studio, project):
+def test_writing_and_tidying_pre_annotations_never_touches_labeled_tasks_or_their_provenance(label_studio, project):
     ids = sorted(label_studio.unlabeled_tasks(project.id))[:40]
     first = [Prediction(t, tuple(choice_result(str(t % 10), project.config)), 0.5) for t in ids]
-    assert label_studio.replace_predictions(project, ids, first, "model-1", keep=set()) == len(ids)
-    label_studio.replace_predictions(project, ids, first[:3], "other-tool", keep={"model-1"})  # another tool's version
+    assert label_studio.write_predictions(project, first, "model-1") == len(ids)
+    assert label_studio.write_predictions(project, first, "model-1") == 0  # once per version
+    label_studio.write_predictions(project, first[:3], "other-tool")  # another tool's version
 
     # A person accepts the suggestion on one task, skips another.
     accepted = label_studio.task(ids[0])["predictions"][0]
@@ -120,16 +121,23 @@ def test_replacing_pre_annotations_never_touches_labeled_tasks_or_their_provenan
     cursor = max(label_studio.task(t)["updated_at"] for t in ids[:2]).replace("+00:00", "Z")
 
     second = [Prediction(t, tuple(choice_result("1", project.config)), 0.7) for t in ids]  # as listed before the person labeled
-    label_studio.replace_predictions(project, ids, second, "model-2", keep={"model-1", "other-tool"})
-    label_studio.replace_predictions(project, ids, second, "model-2", keep={"other-tool"})  # twice: no duplicates
+    assert label_studio.write_predictions(project, second, "model-2") == len(ids) - 2
+    assert label_studio.write_predictions(project, second, "model-2") == 0  # twice: no duplicates
+    assert label_studio.untouched_without(project.id, "model-2").isdisjoint(ids)
+
+    chunks = iter([False, True])  # new labels arrive after the first chunk: the tidy stops there
+    partial = label_studio.tidy_predictions(project, keep={"model-2", "other-tool"}, chunk=10, should_stop=lambda: next(chunks))
+    assert 0 < partial < len(ids) - 2
+    assert label_studio.tidy_predictions(project, keep={"model-2", "other-tool"}, chunk=10) == len(ids) - 2 - partial
+    assert label_studio.tidy_predictions(project, keep={"model-2", "other-tool"}) == 0
 
     assert {t: annotations_with_provenance(label_studio, t) for t in ids[:2]} == human
     assert {t: [p["id"] for p in label_studio.task(t)["predictions"]] for t in ids[:2]} == shown_then  # history stays
     assert accepted["id"] in shown_then[ids[0]]
-    assert [p["model_version"] for p in label_studio.task(ids[2])["predictions"]] == ["model-2", "other-tool"]
+    assert sorted(p["model_version"] for p in label_studio.task(ids[2])["predictions"]) == ["model-2", "other-tool"]
     assert [p["model_version"] for p in label_studio.task(ids[5])["predictions"]] == ["model-2"]
-    assert label_studio.unlabeled_without_predictions(project.id).isdisjoint(ids[2:])
-    assert label_studio.fetch_changed(project.id, cursor).tasks == ()  # write-back is not an annotation change
+    assert label_studio.untouched_without(project.id, "model-2").isdisjoint(ids)
+    assert label_studio.fetch_changed(project.id, cursor).tasks == ()  # writing and tidying are not annotation changes
 
 
 def test_marked_predictions_are_rewritten_only_where_they_changed(label_studio, project):
