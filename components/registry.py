@@ -42,6 +42,19 @@ TAG_REGISTERED = "flywheel.registered_version"
 TAG_PROJECT = "flywheel.label_studio_project"
 
 
+@contextmanager
+def _no_eprint() -> Iterator[None]:
+    """Silence what MLflow prints on stdout while registering ("Registered model ... already exists",
+    "Created version ..."): the loop says it in one line of its own."""
+    from mlflow.utils.logging_utils import disable_logging, enable_logging
+
+    disable_logging()
+    try:
+        yield
+    finally:
+        enable_logging()
+
+
 @dataclass(frozen=True)
 class RegisteredModel:
     """A registered model version.
@@ -226,7 +239,7 @@ class ModelRegistry:
             signature = infer_signature(example.numpy(), {n: o.numpy() for n, o in zip(names, output, strict=True)})
         else:
             signature = infer_signature(example.numpy(), output.numpy())
-        with self._fluent(), mlflow.start_run(run_id=run_id):
+        with self._fluent(), mlflow.start_run(run_id=run_id), _no_eprint():
             info = mlflow.pytorch.log_model(
                 model,
                 name="model",
@@ -255,6 +268,11 @@ class ModelRegistry:
                     raise
                 return None  # no such model or alias yet
         return RegisteredModel(name=self.name, version=int(mv.version), run_id=mv.run_id)
+
+    def architecture_of(self, model: RegisteredModel) -> str:
+        """The architecture (params.yaml's name) a registered version was trained as ("" if untagged)."""
+        with self.calling(f"read run {model.run_id}"):
+            return self.client.get_run(model.run_id).data.tags.get("flywheel.architecture", "")
 
     def load(self, model: RegisteredModel) -> nn.Module:
         """Load a registered version back as the same inference-model class (its task type's)."""

@@ -189,8 +189,14 @@ def fit(
     experiment: str,
     run_tags: dict[str, str],
     progress: bool = True,
+    start_from: nn.Module | None = None,
 ) -> TrainedModel:
     """Train `architecture` on a snapshot, tracked as one MLflow run.
+
+    From scratch, validation after each epoch stops training early and keeps the best checkpoint.
+    With `start_from` (the champion, same architecture and labels), its weights are fine-tuned for
+    exactly `max_steps` steps with no validation in between: the served loop's fast path. Either
+    way the result is judged on the whole validation split afterwards.
 
     Returns:
         The best (lowest validation loss) model wrapped for inference, its MLflow run id and its
@@ -203,19 +209,22 @@ def fit(
     logger = MLFlowLogger(experiment_name=experiment, tracking_uri=tracking_uri, tags=run_tags, log_model=False)
     with tempfile.TemporaryDirectory(prefix="flywheel-ckpt-") as checkpoints:
         best = ModelCheckpoint(dirpath=checkpoints, monitor="val_loss", mode="min", save_weights_only=True)
+        if start_from is not None:
+            module.net.load_state_dict(start_from.net.state_dict())
+            schedule: dict[str, Any] = dict(
+                max_epochs=-1, max_steps=max_steps, limit_val_batches=0, num_sanity_val_steps=0,
+                callbacks=[FaultPoint()], log_every_n_steps=10,
+            )
+        else:
+            schedule = dict(
+                max_epochs=max_epochs, min_steps=min_steps, max_steps=max_steps,
+                callbacks=[EarlyStopping(monitor="val_loss", patience=patience), best, FaultPoint()], log_every_n_steps=1,
+            )
         trainer = L.Trainer(
-            max_epochs=max_epochs,
-            min_steps=min_steps,
-            max_steps=max_steps,
-            deterministic=True,
-            logger=logger,
-            callbacks=[EarlyStopping(monitor="val_loss", patience=patience), best, FaultPoint()],
-            enable_progress_bar=progress,
-            enable_model_summary=False,
-            log_every_n_steps=1,
+            deterministic=True, logger=logger, enable_progress_bar=progress, enable_model_summary=False, **schedule
         )
         trainer.fit(module, datamodule=data)
-        if task.keeps_best_checkpoint and best.best_model_path:
+        if start_from is None and task.keeps_best_checkpoint and best.best_model_path:
             module.load_state_dict(torch.load(best.best_model_path, weights_only=True)["state_dict"])
     inference = task.inference_model(module.net, labels, image_size)
     scores = task.evaluate(inference, data.val_set, labels)
