@@ -278,10 +278,33 @@ def close_abandoned(ws: Workspace, closed_by: str) -> list[str]:
     return closed
 
 
-def train(ws: Workspace, snapshot_version: SnapshotVersion, architecture: str, progress: bool = True) -> TrainedModel:
-    """Train one architecture on the snapshot of `snapshot_version`, read by its revision."""
+def champion_to_tune(ws: Workspace, architecture: str) -> tuple[RegisteredModel, torch.nn.Module] | None:
+    """The champion and its model when the fast path may fine-tune it into `architecture`: it is of
+    that architecture, knows the project's labels and input size, and `train.finetune_steps` is set."""
+    champion = ws.models.champion() if ws.params.train.finetune_steps else None
+    if champion is None or ws.models.architecture_of(champion) != architecture:
+        return None
+    model = ws.models.load(champion)
+    same = list(getattr(model, "labels", [])) == list(ws.project.config.labels) and model.image_size == ws.params.train.image_size
+    return (champion, model) if same else None
+
+
+def train(
+    ws: Workspace, snapshot_version: SnapshotVersion, architecture: str, progress: bool = True, warm: bool = False
+) -> TrainedModel:
+    """Train one architecture on the snapshot of `snapshot_version`, read by its revision: from
+    scratch, or with `warm` (the served loop's fast path) by fine-tuning the champion's weights for
+    `train.finetune_steps` steps when the champion is of this architecture."""
     p = ws.params.train
     folder = ws.data.checkout(snapshot_version)
+    start = champion_to_tune(ws, architecture) if warm else None
+    schedule = (
+        dict(min_steps=0, max_steps=p.finetune_steps, lr=p.finetune_lr) if start
+        else dict(min_steps=p.min_steps, max_steps=p.max_steps, lr=p.lr)
+    )
+    tags = run_tags(ws, snapshot_version, architecture)
+    if start:
+        tags["flywheel.fine_tuned_from"] = start[0].model_version
     with ws.models.calling(f"track the training of {architecture}"):
         return fit(
             ws.task,
@@ -293,16 +316,15 @@ def train(ws: Workspace, snapshot_version: SnapshotVersion, architecture: str, p
             image_size=p.image_size,
             batch_size=p.batch_size,
             max_epochs=p.max_epochs,
-            min_steps=p.min_steps,
-            max_steps=p.max_steps,
             patience=p.patience,
-            lr=p.lr,
             augment=p.augment,
             seed=p.seed,
             tracking_uri=ws.settings.mlflow_tracking_uri,
             experiment=ws.params.registry.experiment,
-            run_tags=run_tags(ws, snapshot_version, architecture),
+            run_tags=tags,
             progress=progress,
+            start_from=start[1] if start else None,
+            **schedule,
         )
 
 
@@ -329,9 +351,9 @@ def _unreadable_unlabeled(ws: Workspace) -> set[int]:
 def predictions_stale(ws: Workspace, champion: RegisteredModel) -> bool:
     """True when Label Studio does not show a complete set of the champion's predictions and there is
     something to predict: the champion is not the version shown, or an unlabeled task (other than
-    one with an unreadable image) has no prediction: new, or left out by a write-back cut short."""
+    one with an unreadable image) lacks its prediction: new, or left out by a write cut short."""
     if ws.label_studio.shown_model_version(ws.project.id) == champion.model_version:
-        return bool(ws.label_studio.unlabeled_without_predictions(ws.project.id) - _unreadable_unlabeled(ws))
+        return bool(ws.label_studio.untouched_without(ws.project.id, champion.model_version) - _unreadable_unlabeled(ws))
     return bool(ws.label_studio.unlabeled_tasks(ws.project.id)) or bool(suspect_predictions(ws))
 
 
@@ -430,19 +452,25 @@ def _keep_versions(ws: Workspace, champion: RegisteredModel) -> set[str]:
     return (versions - set(ours)) | set(keep_ours)
 
 
-def write_back(ws: Workspace, champion: RegisteredModel) -> int:
+def write_back(ws: Workspace, champion: RegisteredModel, model: torch.nn.Module | None = None) -> int:
     """Predict and rank every unlabeled task with the champion and write it all as one model version.
 
-    Each unlabeled task gets the champion's answer scored by its confidence (what a person sees).
+    Each unlabeled task gets the champion's answer scored by its confidence (what a person sees);
+    the predictions of earlier versions stay until `tidy` (deleting is Label Studio's slow part).
     The "Label next" tab holds the `select.batch` tasks worth labeling first (uncertain, and unlike
     what is labeled or picked already). Each suspected label error of the last error check gets the
     out-of-fold model's suggestion, scored by its confidence. Label Studio shows that version. An
     unlabeled task whose image cannot be read gets no prediction and goes to "Needs attention".
 
+    Args:
+        ws: The workspace.
+        champion: The champion's registered version.
+        model: The champion itself when the caller holds it (just trained): saves loading it.
+
     Returns:
         The number of predictions written.
     """
-    model = ws.models.load(champion)
+    model = model if model is not None else ws.models.load(champion)
     tasks = ws.label_studio.unlabeled_tasks(ws.project.id)
     decoded, problems, sizes = decode_unlabeled(ws, tasks, model.image_size)
     outputs = infer_images(ws.task, model, decoded, ws.project.config, ws.params.predict.batch_size, sizes=sizes)
@@ -453,9 +481,8 @@ def write_back(ws: Workspace, champion: RegisteredModel) -> int:
         Prediction(task_id=task_id, result=tuple(reading.result), score=reading.confidence)
         for task_id, reading in zip(outputs.task_ids, outputs.readings, strict=True)
     ]
-    keep = _keep_versions(ws, champion)
-    written = ws.label_studio.replace_predictions(
-        ws.project, tasks, predictions, champion.model_version, keep, after_batch=lambda: pause_point("write-back")
+    written = ws.label_studio.write_predictions(
+        ws.project, predictions, champion.model_version, after_batch=lambda: pause_point("write-back"), untouched=tasks
     )
     doubted = suspect_predictions(ws)
     written += ws.label_studio.sync_marked_predictions(ws.project, doubted, champion.model_version, SUSPECT_MARK)
@@ -464,6 +491,21 @@ def write_back(ws: Workspace, champion: RegisteredModel) -> int:
     publish_views(ws, [outputs.task_ids[i] for i in order[: select.batch]], [int(t) for t in suspects(ws)["task_id"]])
     publish_needs_attention(ws, problems)
     return written
+
+
+def tidy(ws: Workspace, should_stop: Callable[[], bool] = lambda: False) -> int:
+    """Delete superseded pre-annotations from the unlabeled tasks: every flywheel version but the
+    champion's (and the `predict.keep_versions - 1` before it); other tools' stay. In small chunks,
+    asking `should_stop` before each, so it runs while the loop is idle and yields to new labels.
+
+    Returns:
+        The number of predictions deleted.
+    """
+    champion = ws.models.champion()
+    if champion is None:
+        return 0
+    keep = _keep_versions(ws, champion) | {champion.model_version}
+    return ws.label_studio.tidy_predictions(ws.project, keep, should_stop=should_stop)
 
 
 def label_next(ws: Workspace) -> list[int]:

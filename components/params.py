@@ -49,7 +49,10 @@ class DemoParams(_Section):
 
 
 class PollParams(_Section):
-    interval_s: float = Field(gt=0)
+    """How the served loop learns of new labels: Label Studio's webhooks, and a slow safety-net poll."""
+
+    webhooks: bool
+    safety_net_s: float = Field(gt=0)
     min_new_annotations: int = Field(ge=1)
 
 
@@ -85,6 +88,8 @@ class TrainParams(_Section):
     lr: float = Field(gt=0)
     augment: bool
     seed: int
+    finetune_steps: int = Field(ge=0)
+    finetune_lr: float = Field(gt=0)
 
 
 class RegistryParams(_Section):
@@ -95,6 +100,7 @@ class RegistryParams(_Section):
 class PredictParams(_Section):
     batch_size: int = Field(ge=1)
     keep_versions: int = Field(ge=1)
+    tidy_after_s: float = Field(ge=0)
 
 
 class RetrainParams(_Section):
@@ -106,7 +112,7 @@ class ErrorsParams(_Section):
 
     folds: int = Field(ge=2)
     steps: int = Field(ge=1)
-    interval_s: float = Field(gt=0)
+    after_idle_s: float = Field(ge=0)
 
 
 class SelectParams(_Section):

@@ -25,8 +25,11 @@ CLIENT_ENV = {
     "PREFECT_CLIENT_MAX_RETRIES": "1",  # each retry doubles its wait (2 s, 4 s, ...): a dead server is said in seconds
     "PREFECT_API_REQUEST_TIMEOUT": "20",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a bar per model load fills the terminal
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # "View run ... at" on stdout, twice per model
+    "MLFLOW_CONFIGURE_LOGGING": "false",  # MLflow's records reach flywheel's handlers (its INFO chatter: the log file)
 }
 CREDENTIALS_FILE = "credentials.env"
+WEBHOOK_SECRET_FILE = "webhook.secret"
 
 # Every phone-home of the stack, off: there may be no network, and they only slow things down.
 NO_PHONE_HOME = {
@@ -56,6 +59,11 @@ class Settings:
         label_studio_port, mlflow_port, prefect_port: Ports of the embedded servers.
         label_studio_bin: The `label-studio` executable (it lives in its own virtual environment).
         dvc_remote: The DVC remote snapshots are pushed to (a local folder, or any DVC URL).
+        receiver_host, receiver_port: Where `flywheel serve` receives Label Studio's webhooks
+            (127.0.0.1 by default: Label Studio on the same machine).
+        receiver_url: The receiver's address as Label Studio reaches it (default: host and port).
+        webhook_secret: The shared secret Label Studio's webhooks carry (FLYWHEEL_WEBHOOK_SECRET, or
+            the workspace's webhook.secret, created once by `flywheel serve`); never logged.
     """
 
     workspace: Path
@@ -69,6 +77,10 @@ class Settings:
     prefect_port: int
     label_studio_bin: Path
     dvc_remote: str
+    receiver_host: str = "127.0.0.1"
+    receiver_port: int = 8790
+    receiver_url: str = "http://127.0.0.1:8790"
+    webhook_secret: str = field(default="", repr=False)
 
     @property
     def image_root(self) -> Path:
@@ -85,6 +97,11 @@ class Settings:
     def credentials_path(self) -> Path:
         """Where `stack up` keeps the embedded Label Studio's admin login and token (mode 0600)."""
         return self.workspace / CREDENTIALS_FILE
+
+    @property
+    def webhook_secret_path(self) -> Path:
+        """Where the webhook secret is kept when FLYWHEEL_WEBHOOK_SECRET is not set (mode 0600)."""
+        return self.workspace / WEBHOOK_SECRET_FILE
 
 
 def _port(env: Mapping[str, str], key: str, default: int) -> int:
@@ -125,6 +142,9 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
         )
         if env.get(key)
     )
+    receiver_host = env.get("FLYWHEEL_RECEIVER_HOST") or "127.0.0.1"
+    receiver_port = _port(env, "FLYWHEEL_RECEIVER_PORT", 8790)
+    secret_file = workspace / WEBHOOK_SECRET_FILE
     ls_bin = env.get("FLYWHEEL_LABEL_STUDIO_BIN") or str(cwd / ".venv-ls" / "bin" / "label-studio")
     return Settings(
         workspace=workspace,
@@ -138,4 +158,8 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
         prefect_port=prefect_port,
         label_studio_bin=Path(ls_bin),
         dvc_remote=env.get("FLYWHEEL_DVC_REMOTE") or str(workspace / "dvc-remote"),
+        receiver_host=receiver_host,
+        receiver_port=receiver_port,
+        receiver_url=(env.get("FLYWHEEL_RECEIVER_URL") or f"http://{receiver_host}:{receiver_port}").rstrip("/"),
+        webhook_secret=env.get("FLYWHEEL_WEBHOOK_SECRET") or (secret_file.read_text().strip() if secret_file.is_file() else ""),
     )

@@ -120,6 +120,9 @@ def embedded_services(settings: Settings) -> list[Service]:
                     ("LABEL_STUDIO_USER_TOKEN", creds["LABEL_STUDIO_API_KEY"]),
                     ("LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN", "true"),
                     ("LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK", "true"),
+                    # Webhooks to flywheel's receiver on 127.0.0.1: Label Studio refuses loopback
+                    # targets (a reserved network) unless SSRF protection is off.
+                    ("SSRF_PROTECTION_ENABLED", "false"),
                 ),
                 startup_s=180,
             )

@@ -213,7 +213,7 @@ def fit(
             module.net.load_state_dict(start_from.net.state_dict())
             schedule: dict[str, Any] = dict(
                 max_epochs=-1, max_steps=max_steps, limit_val_batches=0, num_sanity_val_steps=0,
-                callbacks=[FaultPoint()], log_every_n_steps=10,
+                callbacks=[FaultPoint()], log_every_n_steps=10, enable_checkpointing=False,
             )
         else:
             schedule = dict(
@@ -221,7 +221,8 @@ def fit(
                 callbacks=[EarlyStopping(monitor="val_loss", patience=patience), best, FaultPoint()], log_every_n_steps=1,
             )
         trainer = L.Trainer(
-            deterministic=True, logger=logger, enable_progress_bar=progress, enable_model_summary=False, **schedule
+            deterministic=True, logger=logger, enable_progress_bar=progress, enable_model_summary=False,
+            default_root_dir=checkpoints, **schedule,
         )
         trainer.fit(module, datamodule=data)
         if start_from is None and task.keeps_best_checkpoint and best.best_model_path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import random
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -237,6 +238,7 @@ def demo(
         raise SettingsError(f"--task must be one of {', '.join(TASKS)}, not {task!r}.")
     stack.up(settings, echo=typer.echo)
     images = materialize(dataset, settings.workspace / "datasets", limit=limit)
+    random.Random(0).shuffle(images)  # the Data Manager opens on a mix of classes, not a run of zeros
     ls = LabelStudio.from_settings(load_settings())  # re-read: `up` may have just created the token
     project = ls.ensure_project(params.project.title, load_labeling_config(params.project.config))
     result = ls.import_images(project, [i.path for i in images], progress=_progress("importing demo images"))
@@ -258,13 +260,15 @@ def run_once(params: ParamsOption = Path("params.yaml")) -> None:
     """Run one flywheel iteration now: poll, and if enough changed, snapshot -> ... -> write back;
     then the strategy report when the iteration left it out of date."""
     _loop_settings()
-    from flows.flywheel import flywheel_iteration
+    from flows.flywheel import flywheel_iteration, tidy_predictions
 
     summary = flywheel_iteration(str(params))
     if not (summary["snapshot"] or summary["trained"] or summary["written"]):
         typer.echo(f"{summary['changed_tasks']} changed task(s): nothing to do.")
     if summary["trained"] or summary["snapshot"]:
         flywheel_iteration(str(params))  # an idle pass: the strategy report for the new model
+    if summary["written"]:
+        tidy_predictions(str(params))  # nobody waits on a one-off run: superseded pre-annotations go now
 
 
 @app.command("retrain")
@@ -360,18 +364,20 @@ def strategy_now(
 @app.command("serve")
 @clear_errors
 def serve(params: ParamsOption = Path("params.yaml")) -> None:
-    """Serve the loop: poll every poll.interval_s and retrain on retrain.cron (Ctrl-C stops)."""
+    """Serve the loop: answer Label Studio's webhooks within seconds, poll as a safety net, retrain on
+    retrain.cron (Ctrl-C stops)."""
     settings = _loop_settings()
     from components.params import load_params
     from flows.serve import serve as supervise
 
     loaded = load_params(params)
+    how = (f"on Label Studio's webhooks (receiver {settings.receiver_url}) and a safety-net poll every "
+           f"{loaded.poll.safety_net_s:g}s") if loaded.poll.webhooks else f"on a poll every {loaded.poll.safety_net_s:g}s"
     typer.echo(
-        f"Serving: poll every {loaded.poll.interval_s:g}s, retrain on '{loaded.retrain.cron}', check labels "
-        f"every {loaded.errors.interval_s:g}s. "
+        f"Serving: iterations {how}; retrain on '{loaded.retrain.cron}'; labels checked {loaded.errors.after_idle_s:g}s after the last change. "
         f"Runs: {settings.prefect_api_url.removesuffix('/api')}/runs"
     )
-    code = supervise(loaded, params, f"{settings.prefect_api_url}/health")
+    code = supervise(settings, params)
     if code:
         raise typer.Exit(code)
 

@@ -9,6 +9,7 @@ from prefect import flow
 from components import iteration
 from components.iteration import Workspace
 from components.label_studio import ChangeSet
+from components.training import TrainedModel
 from components.versioning import SnapshotVersion
 from flows.common import connect, io_task, one_at_a_time, report_failure, step
 
@@ -26,6 +27,7 @@ predictions_stale = io_task(iteration.predictions_stale)
 write_back = io_task(iteration.write_back)
 reported = io_task(iteration.reported)
 report = io_task(iteration.report)
+tidy = io_task(iteration.tidy)
 
 
 def version_changes(ws: Workspace, changes: ChangeSet) -> SnapshotVersion:
@@ -37,19 +39,24 @@ def version_changes(ws: Workspace, changes: ChangeSet) -> SnapshotVersion:
     return versioned
 
 
-def refresh_preannotations(ws: Workspace, labeled_set_changed: bool = False) -> tuple[str | None, int]:
+def refresh_preannotations(
+    ws: Workspace, labeled_set_changed: bool = False, trained: TrainedModel | None = None
+) -> tuple[str | None, int]:
     """Write the champion's predictions and label-next ranking when Label Studio does not show them yet,
-    or when the labeled set changed (the ranking depends on it): (champion, written)."""
+    or when the labeled set changed (the ranking depends on it): (champion, written). `trained`, when it
+    is the champion, is used as it is rather than loaded back."""
     champion = ws.models.champion()
     if champion is None:
         return None, 0
-    written = write_back(ws, champion) if labeled_set_changed or predictions_stale(ws, champion) else 0
+    model = trained.model if trained is not None and champion.run_id == trained.run_id else None
+    written = write_back(ws, champion, model) if labeled_set_changed or predictions_stale(ws, champion) else 0
     return champion.model_version, written
 
 
 @flow(name="flywheel-iteration", log_prints=True, on_failure=[report_failure])
-def flywheel_iteration(params_path: str = "params.yaml") -> dict[str, object]:
-    """Turn fresh Label Studio annotations into a new model, refreshed pre-annotations and a report."""
+def flywheel_iteration(params_path: str = "params.yaml", warm: bool = True, progress: bool = True) -> dict[str, object]:
+    """Turn fresh Label Studio annotations into a new model (fine-tuned from the champion when `warm`),
+    refreshed pre-annotations and a report (`progress`: a progress bar while training)."""
     ws = connect(params_path)
     summary: dict[str, object] = {"changed_tasks": 0, "snapshot": None, "trained": False, "written": 0}
     with one_at_a_time(ws):
@@ -58,14 +65,18 @@ def flywheel_iteration(params_path: str = "params.yaml") -> dict[str, object]:
         if len(changes.tasks) >= ws.params.poll.min_new_annotations:
             summary["snapshot"] = version_changes(ws, changes).rev
         latest = ws.data.latest()
+        trained = None
         if latest is not None and ready_to_train(ws, latest):
-            promotion = register(ws, train(ws, latest, ws.params.train.architecture))
+            trained = train(ws, latest, ws.params.train.architecture, progress, warm=warm)
+            promotion = register(ws, trained)
             summary.update(trained=True, promoted=promotion.promoted, score=promotion.candidate_score, metric=ws.task.metric_title)
-        summary["champion"], summary["written"] = refresh_preannotations(ws, summary["snapshot"] is not None)
+        summary["champion"], summary["written"] = refresh_preannotations(ws, summary["snapshot"] is not None, trained)
         champion = ws.models.champion()
         idle = summary["snapshot"] is None and not summary["trained"]  # never delays fresh pre-annotations
         if champion is not None and idle and not reported(ws, champion):
             summary["report"] = str(report(ws, champion)[1])
+        latest = ws.data.latest()
+        summary["cursor"] = latest.cursor if latest is not None else None
     if summary["snapshot"] or summary["trained"] or summary["written"]:
         log.info(describe_iteration(summary))
     return summary
@@ -82,3 +93,13 @@ def describe_iteration(summary: dict[str, object]) -> str:
     if summary.get("written"):
         parts.append(f"wrote {summary['written']} pre-annotations of {summary['champion']}")
     return "; ".join(parts) + "."
+
+
+@flow(name="flywheel-tidy", log_prints=True, on_failure=[report_failure])
+def tidy_predictions(params_path: str = "params.yaml") -> int:
+    """Delete superseded pre-annotations from the unlabeled tasks while the loop is idle (yields to new labels)."""
+    from flows.worker import interrupted  # the warm worker's flag: new labels are waiting
+
+    ws = connect(params_path)
+    with one_at_a_time(ws):
+        return tidy(ws, interrupted)

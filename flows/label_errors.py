@@ -15,6 +15,18 @@ check_labels = step(iteration.check_labels)
 log = logging.getLogger("flows.label_errors")  # by name: Prefect loads a served flow's file under another module name
 
 
+class Interrupted(Exception):
+    """New labels arrived while the check ran in the warm worker: it stops between folds, to run again when idle."""
+
+
+def _fold_done(message: str) -> None:
+    from flows.worker import interrupted  # the warm worker's flag: new labels are waiting
+
+    if interrupted():
+        raise Interrupted(message)
+    log.info("Checking labels: %s", message)
+
+
 @flow(name="flywheel-label-errors", log_prints=True, on_failure=[report_failure])
 def find_label_errors(params_path: str = "params.yaml", force: bool = False) -> dict[str, object]:
     """Flag the labels most likely wrong in the latest snapshot, in Label Studio's "Suspected label errors" tab."""
@@ -25,7 +37,11 @@ def find_label_errors(params_path: str = "params.yaml", force: bool = False) -> 
         if latest is None or latest.too_few or (labels_checked(ws, latest) and not force):
             log.info("Nothing to check: no trainable snapshot yet, or the latest one was checked already.")
             return summary
-        table = check_labels(ws, latest, progress=lambda message: log.info("Checking labels: %s", message))
+        try:
+            table = check_labels(ws, latest, progress=_fold_done)
+        except Interrupted:
+            log.info("Checking labels paused for new labels: it runs again when the loop is idle.")
+            return {**summary, "interrupted": True}
         summary.update(snapshot=latest.rev, suspected=int(table["suspected"].sum()))
         champion = ws.models.champion()
         if champion is not None:

@@ -29,12 +29,15 @@ def verbose() -> bool:
 
 
 class Terminal(logging.StreamHandler):
-    """stderr: our own messages, other libraries' warnings and errors; one line each, no traceback."""
+    """stderr: our own messages, other libraries' warnings and errors; one line each, no traceback.
+    A library's warning is shown the first time only (a served loop would repeat it every
+    iteration); its repeats, like everything, are in the log file."""
 
     PREFIX = {logging.WARNING: "warning: ", logging.ERROR: "error: ", logging.CRITICAL: "error: "}
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
+        self._warned: set[tuple[str, str]] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if verbose():
@@ -43,7 +46,14 @@ class Terminal(logging.StreamHandler):
             return False
         if record.name.startswith(OURS):
             return record.levelno >= logging.INFO
-        return record.levelno >= logging.WARNING and not record.name.startswith((*RUN_LOGGERS, "py.warnings"))
+        if record.levelno < logging.WARNING or record.name.startswith((*RUN_LOGGERS, "py.warnings")):
+            return False
+        if record.levelno == logging.WARNING:
+            seen = (record.name, (record.getMessage().splitlines() or [""])[0])
+            if seen in self._warned:
+                return False
+            self._warned.add(seen)
+        return True
 
     def format(self, record: logging.LogRecord) -> str:
         when = time.strftime("%H:%M:%S", time.localtime(record.created))

@@ -7,7 +7,7 @@ import logging
 from prefect import flow
 
 from flows.common import connect, one_at_a_time, report_failure
-from flows.flywheel import refresh_preannotations, register, train
+from flows.flywheel import refresh_preannotations, register, tidy, train
 
 log = logging.getLogger("flows.retrain")  # by name: Prefect loads a served flow's file under another module name
 
@@ -27,6 +27,8 @@ def retrain(params_path: str = "params.yaml") -> dict[str, object]:
             promotion = register(ws, train(ws, latest, architecture))
             summary["score"][architecture] = promotion.candidate_score  # type: ignore[index]
         summary["champion"], summary["written"] = refresh_preannotations(ws)
+        if summary["written"]:
+            tidy(ws)
     scores = ", ".join(f"{a} {v:.3f}" for a, v in summary["score"].items())  # type: ignore[union-attr]
     log.info("Retrained on %s: %s %s; champion %s.", summary["snapshot"], ws.task.metric_title, scores, summary["champion"])
     return summary

@@ -1,61 +1,75 @@
-"""Serve the deployments (polling on an interval, the full retrain on a cron, the label error check on
-its own slower interval) under a small supervisor.
+"""`flywheel serve`: react to Label Studio within seconds, and burn nothing while nobody labels.
 
-Prefect's runner serves in a child process (`python -m flows.serve PARAMS`); this process watches it:
+This process stays lean (no torch: ~160 MB, asleep between events) and runs four things:
 
-- Ctrl-C or SIGTERM stops serving within `STOP_S` seconds whatever state the servers are in: the
-  runner gets SIGTERM (it pauses the schedules and ends its runs), and whatever is left after
-  `GRACE_S` is killed. A run killed that way is closed by the next run (see `flows.common`).
-- When Prefect's server stops answering, serving pauses with one line saying so, and resumes when it
-  answers again, instead of the runner's error loop.
+- **the webhook receiver** (`components.webhooks`): Label Studio posts each label change of the
+  project; the receiver checks the shared secret and queues it; a burst coalesces into one wake-up.
+- **the safety-net poll**: every `poll.safety_net_s`, one request asks Label Studio for its newest
+  change; only when it moved since the last hand-off (a webhook never came) does work start. An
+  empty poll costs milliseconds and makes no flow run.
+- **the warm worker** (`flows.worker`): a child process that imported the training stack once and
+  runs each iteration in-process as a Prefect flow run, fine-tuning the champion (the fast path).
+  Once the loop has been idle `predict.tidy_after_s`, it deletes superseded pre-annotations in small
+  chunks; once idle `errors.after_idle_s` after a new snapshot, it checks its labels (k-fold). Both
+  stop (after a chunk, after a fold) when new labels arrive, and run again when idle.
+- **Prefect's runner** for the rare, long run, in a child process (`python -m flows.serve PARAMS`):
+  the full retrain on `retrain.cron` (from scratch, every architecture). When Prefect stops
+  answering, it pauses with one line and resumes.
+
+Ctrl-C or SIGTERM stops everything within `STOP_S` seconds; a run killed that way is closed by the
+next one (see `flows.common`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
+from components.errors import FlywheelError, LabelStudioError, SettingsError
+from components.label_studio import LabelStudio
+from components.labeling_config import load_labeling_config
 from components.params import Params, load_params
+from components.settings import Settings
 from components.stack import is_healthy
+from components.webhooks import ACTIONS, SECRET_HEADER, Inbox, Receiver, Wakeup, ensure_secret
 
-GRACE_S = 6.0  # the runner's own shutdown, before the rest is killed
+GRACE_S = 6.0  # a child's own shutdown, before the rest is killed
 STOP_S = 10.0  # the promise: serving has stopped this long after Ctrl-C or SIGTERM
-DOWN_AFTER_S = 10.0  # Prefect unreachable this long pauses serving
+DOWN_AFTER_S = 10.0  # Prefect unreachable this long pauses the runner
+HEALTH_S = 5.0  # how often the runner's health is looked at
 QUICK_EXITS = 3  # a runner that dies this many times in a row within a minute, with Prefect up, is a real error
+SAFETY_NET = "safety-net poll"
+# What the worker does once the loop is quiet: (its run, what it is called in a message).
+IDLE_WORK = {"pass": ("iteration", "idle pass"), "tidy": ("tidy", "tidy of superseded pre-annotations"), "check": ("check", "label check")}
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("flows.serve")
 
 
 def serve_deployments(params: Params, params_path: Path) -> None:
-    """Register the deployments and serve them until interrupted (the child process's work)."""
+    """Register the full retrain's deployment and serve it until interrupted (the runner child's work)."""
     from prefect import serve as prefect_serve
 
-    from flows.flywheel import flywheel_iteration
-    from flows.label_errors import find_label_errors
     from flows.retrain import retrain
 
     parameters = {"params_path": str(params_path.resolve())}
     prefect_serve(
-        flywheel_iteration.to_deployment(
-            name="poll", interval=params.poll.interval_s, parameters=parameters, concurrency_limit=1
-        ),
         retrain.to_deployment(name="retrain", cron=params.retrain.cron, parameters=parameters, concurrency_limit=1),
-        find_label_errors.to_deployment(
-            name="label-errors", interval=params.errors.interval_s, parameters=parameters, concurrency_limit=1
-        ),
         print_starting_message=False,
     )
 
 
 def _stop(child: subprocess.Popen) -> None:
-    """SIGTERM the runner, then kill whatever of it and its flow runs is still alive after GRACE_S."""
+    """SIGTERM a child, then kill whatever of it and its children is still alive after GRACE_S."""
     try:
         tree = [child.pid, *(p.pid for p in psutil.Process(child.pid).children(recursive=True))]
     except psutil.NoSuchProcess:
@@ -73,47 +87,270 @@ def _stop(child: subprocess.Popen) -> None:
     try:
         child.wait(timeout=STOP_S - GRACE_S)
     except subprocess.TimeoutExpired:
-        log.warning("The runner (pid %d) did not exit after SIGKILL.", child.pid)
+        log.warning("Process %d did not exit after SIGKILL.", child.pid)
 
 
-def serve(params: Params, params_path: Path, prefect_health_url: str) -> int:
-    """Serve under supervision until Ctrl-C or SIGTERM. Returns the exit code."""
+class Worker:
+    """The warm worker process (`flows.worker`): started once, restarted if it dies."""
+
+    def __init__(self, params_path: Path):
+        self.params_path = params_path
+        self.process: subprocess.Popen | None = None
+        self.running: str | None = None
+        self._to: Any = None
+        self._from: Any = None
+
+    def start(self) -> None:
+        to_r, to_w = os.pipe()
+        from_r, from_w = os.pipe()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "flows.worker", str(self.params_path), str(to_r), str(from_w)],
+            pass_fds=(to_r, from_w), start_new_session=True,
+        )
+        os.close(to_r)
+        os.close(from_w)
+        self._to, self._from = os.fdopen(to_w, "w"), os.fdopen(from_r)
+        if not json.loads(self._from.readline() or "{}").get("ready"):
+            raise FlywheelError(f"The warm worker exited while starting (exit code {self.process.wait()}); see the log file.")
+
+    def run(self, what: str, trigger: str) -> dict[str, Any]:
+        """Run `what` ("iteration" or "tidy") in the worker and wait for its reply."""
+        if self.process is None or self.process.poll() is not None:
+            if self.process is not None:
+                log.warning("The warm worker died (exit code %s): starting it again.", self.process.returncode)
+            self.start()
+        self.running = what
+        try:
+            self._to.write(json.dumps({"run": what, "trigger": trigger}) + "\n")
+            self._to.flush()
+            line = self._from.readline()
+        except BrokenPipeError:
+            line = ""
+        finally:
+            self.running = None
+        if not line:
+            self.process.wait()  # type: ignore[union-attr]
+            return {"ok": False, "error": f"the warm worker died during the {what} (exit code {self.process.returncode})"}  # type: ignore[union-attr]
+        return json.loads(line)
+
+    def yield_to_labels(self) -> None:
+        """New labels arrived: a running tidy stops after its chunk, a label check after its fold."""
+        if self.running in ("tidy", "check") and self.process is not None:
+            self.process.send_signal(signal.SIGUSR1)
+
+    def interrupt(self) -> None:
+        """Stop a run in flight (SIGTERM; `stop` kills what is left)."""
+        if self.running is not None and self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            try:
+                self._to.close()  # the worker's loop ends at EOF
+            except BrokenPipeError:
+                pass
+            _stop(self.process)
+
+
+class Runner(threading.Thread):
+    """Prefect's runner for the retrain and the label error check, supervised in a thread: paused
+    while Prefect does not answer, restarted when it exits."""
+
+    def __init__(self, params_path: Path, prefect_health_url: str, stopping: threading.Event):
+        super().__init__(name="prefect-runner", daemon=True)
+        self.params_path = params_path
+        self.health_url = prefect_health_url
+        self.stopping = stopping
+        self.failed = False
+
+    def run(self) -> None:
+        quick_exits = 0
+        while not self.stopping.is_set():
+            if not is_healthy(self.health_url):
+                log.warning("Prefect at %s does not answer: the scheduled runs pause until it does (start it with "
+                            "`flywheel stack up`).", self.health_url.removesuffix("/api/health"))
+                while not self.stopping.wait(HEALTH_S) and not is_healthy(self.health_url):
+                    pass
+                if self.stopping.is_set():
+                    break
+                log.info("Prefect answers again: the scheduled runs resume.")
+            started = time.monotonic()
+            child = subprocess.Popen([sys.executable, "-m", "flows.serve", str(self.params_path)], start_new_session=True)
+            unhealthy_since: float | None = None
+            while child.poll() is None and not self.stopping.wait(HEALTH_S):
+                if is_healthy(self.health_url):
+                    unhealthy_since = None
+                elif unhealthy_since is None:
+                    unhealthy_since = time.monotonic()
+                elif time.monotonic() - unhealthy_since > DOWN_AFTER_S:
+                    break  # the check above says so, once, and waits
+            if child.poll() is None:
+                _stop(child)
+                continue
+            quick_exits = quick_exits + 1 if time.monotonic() - started < 60 else 1
+            if quick_exits >= QUICK_EXITS and is_healthy(self.health_url):
+                log.error("The scheduled runs stopped %d times in a row (exit code %s); see the log file.", quick_exits, child.returncode)
+                self.failed = True
+                self.stopping.set()
+
+
+def _project_id(settings: Settings, params: Params, params_path: Path) -> tuple[LabelStudio, int]:
+    ls = LabelStudio.from_settings(settings)
+    config = load_labeling_config(params_path.parent / params.project.config)  # as `flows.common.connect` reads it
+    project = ls.ensure_project(params.project.title, config, create=False)
+    if project is None:
+        raise LabelStudioError(
+            f"Label Studio at {settings.label_studio_url} has no project {params.project.title!r}. Create it with "
+            "`flywheel import FOLDER` (or `flywheel demo`), or set project.title in params.yaml."
+        )
+    return ls, project.id
+
+
+def _start_receiver(settings: Settings, ls: LabelStudio, project_id: int, inbox: Inbox) -> tuple[Receiver, int]:
+    """Start the receiver and register the project's webhook to it (idempotently)."""
+    secret = ensure_secret(settings)
+    try:
+        receiver = Receiver(inbox, secret, project_id, settings.receiver_host, settings.receiver_port).start()
+    except OSError as e:
+        raise SettingsError(
+            f"The webhook receiver cannot listen on {settings.receiver_host}:{settings.receiver_port} ({e.strerror}). "
+            "Set FLYWHEEL_RECEIVER_PORT to a free port (or poll.webhooks: false in params.yaml to rely on the safety-net poll)."
+        ) from e
+    url = f"{settings.receiver_url}{receiver.path}"
+    hook = ls.ensure_webhook(project_id, url, {SECRET_HEADER: secret}, ACTIONS)
+    return receiver, hook
+
+
+class Dispatcher:
+    """Hands work to the warm worker: an iteration when enough labels changed (announced by a webhook,
+    or found by the safety-net poll), and once the loop is quiet, the idle work: the idle pass (the
+    strategy report), the tidy, the label check. One line on the terminal per thing that matters."""
+
+    def __init__(self, params: Params, ls: LabelStudio, project_id: int, inbox: Inbox, worker: Worker):
+        self.params, self.ls, self.project_id, self.inbox, self.worker = params, ls, project_id, inbox, worker
+        self.watermark: str | None = None  # Label Studio's newest change when work was last handed off
+        self.cursor: str | None = None  # the latest snapshot's cursor, as the last iteration reported it
+        self.next_poll = time.monotonic()  # a first poll at once: catch up on what changed while serving was down
+        self.idle_work: dict[str, float] = {"check": time.monotonic() + params.errors.after_idle_s}  # what -> when
+
+    def newest_change(self) -> str | None:
+        try:
+            return self.ls.newest_change(self.project_id)
+        except LabelStudioError as e:
+            log.warning("Safety-net poll: %s", e)
+            return self.watermark
+
+    def step(self, stopping: threading.Event) -> None:
+        """Wait for the next thing to do (at most HEALTH_S) and do it."""
+        now = time.monotonic()
+        deadline = min(self.next_poll, *self.idle_work.values(), now + HEALTH_S)
+        wakeup = self.inbox.take(max(deadline - now, 0))
+        if stopping.is_set():
+            return
+        now = time.monotonic()
+        if wakeup is None and now >= self.next_poll:
+            self.next_poll = now + self.params.poll.safety_net_s
+            if self.newest_change() != self.watermark:
+                wakeup = Wakeup(first_at=now)
+                wakeup.reasons[SAFETY_NET] += 1
+        if wakeup is not None and self.enough_changed():
+            self.iterate(wakeup, stopping)
+            return
+        if wakeup is not None:
+            return
+        due = [what for what, at in self.idle_work.items() if at <= now]
+        if not due:
+            return
+        what = min(due, key=lambda w: self.idle_work[w])
+        del self.idle_work[what]
+        reply = self.worker.run(IDLE_WORK[what][0], "idle")
+        summary = reply.get("summary")
+        if isinstance(summary, dict) and summary.get("interrupted"):
+            self.idle_work[what] = now  # again, once the new labels are handled and it is quiet
+        elif not reply.get("ok") and not stopping.is_set():
+            log.error("The %s failed: %s", IDLE_WORK[what][1], reply.get("error"))
+
+    def enough_changed(self) -> bool:
+        """Whether an iteration would have something to version: at least `poll.min_new_annotations`
+        tasks changed since the cursor (one cheap count, so a person's first few saves start no flow
+        run). Unknown before the first iteration reports the cursor: then yes."""
+        if self.cursor is None:
+            return True
+        try:
+            pending = self.ls.count_changed(self.project_id, self.cursor)
+        except LabelStudioError as e:
+            log.warning("Counting the label changes: %s", e)
+            return True
+        if pending < self.params.poll.min_new_annotations:
+            self.watermark = self.newest_change()  # seen: the safety net waits for something newer
+            return False
+        return True
+
+    def iterate(self, wakeup: Wakeup, stopping: threading.Event) -> None:
+        trigger = "webhook" if SAFETY_NET not in wakeup.reasons else "safety-net"
+        if trigger == "safety-net" and self.watermark is not None:
+            log.info("The safety-net poll found label changes no webhook announced.")
+        self.watermark = self.newest_change()  # before the run: a change during it is seen by the next
+        reply = self.worker.run("iteration", trigger)
+        now = time.monotonic()
+        self.next_poll = now + self.params.poll.safety_net_s
+        if not reply.get("ok"):
+            if not stopping.is_set():  # a run stopped by Ctrl-C is not a failure
+                log.error("The iteration failed: %s (retried at the next safety-net poll, in %g s)", reply.get("error"),
+                          self.params.poll.safety_net_s)
+            self.watermark = None
+            return
+        summary = reply.get("summary") or {}
+        self.cursor = summary.get("cursor") or self.cursor
+        quiet = {"pass": self.params.predict.tidy_after_s, "tidy": self.params.predict.tidy_after_s,
+                 "check": self.params.errors.after_idle_s}
+        if summary.get("snapshot") or summary.get("trained"):
+            self.idle_work["pass"] = now  # the idle pass: the strategy report for the new model
+        if summary.get("written"):
+            self.idle_work["tidy"] = now
+        if summary.get("snapshot"):
+            self.idle_work["check"] = now
+        for what, at in self.idle_work.items():  # idle work waits for quiet after the last labels
+            self.idle_work[what] = max(at, now + quiet[what])
+
+
+def serve(settings: Settings, params_path: Path) -> int:
+    """Serve until Ctrl-C or SIGTERM. Returns the exit code."""
+    params = load_params(params_path)
     stopping = threading.Event()
+
+    ls, project_id = _project_id(settings, params, params_path)
+    worker = Worker(params_path)
+    inbox = Inbox(on_put=worker.yield_to_labels)
 
     def request_stop(signum: int, frame: object) -> None:
         stopping.set()
+        inbox.interrupt()
+        worker.interrupt()  # a run in flight is stopped; the next run closes what it left open
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    quick_exits = 0
-    while not stopping.is_set():
-        if not is_healthy(prefect_health_url):
-            log.warning("Prefect at %s does not answer: serving pauses until it does (start it with `flywheel stack up`).",
-                        prefect_health_url.removesuffix("/health"))
-            while not stopping.wait(2) and not is_healthy(prefect_health_url):
-                pass
-            if stopping.is_set():
-                break
-            log.info("Prefect answers again: serving.")
-        started = time.monotonic()
-        child = subprocess.Popen([sys.executable, "-m", "flows.serve", str(params_path)], start_new_session=True)
-        unhealthy_since: float | None = None
-        while child.poll() is None and not stopping.wait(1):
-            if is_healthy(prefect_health_url):
-                unhealthy_since = None
-            elif unhealthy_since is None:
-                unhealthy_since = time.monotonic()
-            elif time.monotonic() - unhealthy_since > DOWN_AFTER_S:
-                break  # the check above says so, once, and waits
-        if child.poll() is None:
-            _stop(child)
-            continue
-        quick_exits = quick_exits + 1 if time.monotonic() - started < 60 else 1
-        if quick_exits >= QUICK_EXITS and is_healthy(prefect_health_url):
-            log.error("Serving stopped %d times in a row (exit code %s); see the log file.", quick_exits, child.returncode)
-            return 1
+    receiver, hook = _start_receiver(settings, ls, project_id, inbox) if params.poll.webhooks else (None, None)
+    runner = Runner(params_path, f"{settings.prefect_api_url}/health", stopping)
+    try:
+        worker.start()
+        runner.start()
+        dispatcher = Dispatcher(params, ls, project_id, inbox, worker)
+        while not stopping.is_set():
+            dispatcher.step(stopping)
+    finally:
+        stopping.set()
+        if hook is not None:
+            try:
+                ls.deactivate_webhook(hook)
+            except LabelStudioError as e:
+                log.warning("Could not deactivate the webhook: %s", e)
+        if receiver is not None:
+            receiver.stop()
+        worker.stop()
+        runner.join(timeout=STOP_S)
     log.info("Serving stopped.")
-    return 0
+    return 1 if runner.failed else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,73 @@
+"""The warm worker: one process that imports the training stack once (torch, Lightning, MLflow, Great
+Expectations: ~10 s on 2 cores) and then runs the loop's flows in-process whenever `flywheel serve`
+asks, so an iteration starts in milliseconds. Each run is still a Prefect flow run, in Prefect's
+history with its trigger as a tag (`trigger:webhook`, `trigger:safety-net`, `trigger:idle`).
+
+Why not Prefect's own runner: `prefect serve` and work pools start every flow run in a fresh process,
+so each would pay the imports again; the rare, long run (the scheduled full retrain) still goes that
+way (`flows.serve`).
+
+`flywheel serve` talks to it over two pipes, one JSON line per message: a request
+`{"run": "iteration" | "tidy" | "check", "trigger": "..."}` gets one reply `{"ok": true, "summary": ...}`
+or `{"ok": false, "error": "..."}`; the first line, `{"ready": true}`, says the imports are done.
+SIGUSR1 asks a running tidy (after its chunk) or label check (after its fold) to stop: new labels
+are waiting.
+
+Run: `python -m flows.worker PARAMS INBOX_FD OUTBOX_FD` (flows.serve does).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+
+from flows.logs import TRACEBACKS, describe
+
+_interrupted = threading.Event()  # this process's one flag, set by SIGUSR1: a running tidy yields
+log = logging.getLogger("flows.worker")
+
+
+def interrupted() -> bool:
+    """True when `flywheel serve` asked the running tidy or check to stop (new labels are waiting)."""
+    return _interrupted.is_set()
+
+
+def main(params_path: str, inbox_fd: int, outbox_fd: int) -> None:
+    signal.signal(signal.SIGUSR1, lambda signum, frame: _interrupted.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for `flywheel serve`, which stops this process
+    from prefect import tags
+
+    from flows.flywheel import flywheel_iteration, tidy_predictions
+    from flows.label_errors import find_label_errors
+
+    runs: dict[str, Callable[[], object]] = {
+        "iteration": lambda: flywheel_iteration(params_path, warm=True, progress=False),
+        "tidy": lambda: tidy_predictions(params_path),
+        "check": lambda: find_label_errors(params_path),
+    }
+    with os.fdopen(inbox_fd) as inbox, os.fdopen(outbox_fd, "w") as outbox:
+
+        def reply(message: dict[str, object]) -> None:
+            outbox.write(json.dumps(message, default=str) + "\n")
+            outbox.flush()
+
+        reply({"ready": True})
+        for line in inbox:
+            request = json.loads(line)
+            _interrupted.clear()
+            try:
+                with tags(f"trigger:{request['trigger']}"):
+                    summary = runs[request["run"]]()
+                reply({"ok": True, "summary": summary})
+            except Exception as e:  # reported to serve as one line; the traceback goes to the log file
+                logging.getLogger(TRACEBACKS).error("%s", e, exc_info=True)
+                reply({"ok": False, "error": describe(e)})
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
