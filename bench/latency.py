@@ -9,14 +9,15 @@ Method (one run, this machine, a fresh embedded stack in a temporary workspace):
 3. **Latency**, 5 rounds: a simulated person saves `poll.min_new_annotations` correct labels, one a
    second; the clock runs from the last save until a new model is registered in MLflow and every
    unlabeled task carries the champion's predictions, shown (the new model when it beat the old one).
-4. **Idle**, 5 minutes with nobody labeling (after the tidy is done): CPU seconds of the serving
+4. **Idle**, 5 minutes with nobody labeling (after the tidy and the label check of the last
+   snapshot, which start `poll.idle_after_s` and `errors.after_idle_s` after the last label): CPU seconds of the serving
    loop's own processes (serve, its warm worker, Prefect's runner) and, beside them, of the three
    servers; flow runs Prefect recorded in that window, per hour.
 5. **Missed webhook**: the project's webhook is switched off in Label Studio (as if it were lost),
    the person saves a round of labels; the clock runs until they are refreshed by the safety-net poll.
 6. Stage breakdown: one more round with the same steps called in-process (warm), each timed.
 
-Run: `flywheel bench latency` (~12 minutes). Writes bench/results.json and RESULTS.md.
+Run: `flywheel bench latency` (~20 minutes). Writes bench/results.json and RESULTS.md.
 """
 
 from __future__ import annotations
@@ -52,11 +53,13 @@ SAVE_EVERY_S = 1.0  # a quick annotator, accepting or correcting pre-annotations
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, every_s: float = 0.25) -> float:
-    """Poll `condition` every `every_s`; return the time it first held."""
+    """Poll `condition` every `every_s`; return when the first check that found it true began (the
+    check itself reads Label Studio for a second or two: its own time is not the loop's)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        began = time.perf_counter()
         if condition():
-            return time.perf_counter()
+            return began
         time.sleep(every_s)
     raise TimeoutError(f"{what} did not happen within {timeout_s:.0f} s")
 
@@ -180,8 +183,11 @@ def main() -> None:
                 print(f"round {round_ + 1}: {latencies[-1]:.1f} s", flush=True)
 
             # idle: once the tidy has cleared superseded pre-annotations, nobody labels for IDLE_S
-            wait_until(lambda: tidied(ws), 120, "the tidy after the last round", 1)
-            time.sleep(params.predict.tidy_after_s + 5)
+            wait_until(lambda: tidied(ws), params.predict.tidy_after_s + 300, "the tidy after the last round", 1)
+            checked_from = time.perf_counter()
+            wait_until(lambda: iteration.labels_checked(ws, ws.data.latest()), params.errors.after_idle_s + 900,
+                       "the label check of the last snapshot", 5)
+            check_s = time.perf_counter() - checked_from - params.errors.after_idle_s
             servers = [row.pid for row in embedded.status(settings) if row.pid]
             loop_before, servers_before = cpu_seconds([serving.pid]), cpu_seconds(servers)
             since = datetime.now(UTC)
@@ -237,6 +243,7 @@ every unlabeled task carries the champion's predictions, shown.
 | `idle_flow_runs_per_hour`: flow runs Prefect recorded in those minutes, per hour | **{idle_runs * 3600 / IDLE_S:.1f}** | <= 12 |
 | `missed_webhook_latency_s`: the webhook switched off, labels seen by the safety-net poll alone | **{missed:.1f} s** | <= {params.poll.safety_net_s:g} + 10 |
 | memory of the serving loop's processes while idle (the warm worker holds torch) | {rss_mb:.0f} MB | — |
+| the label check of the last snapshot, once per labeling session ({params.errors.after_idle_s:g} s after the last label; k-fold, before the idle minutes) | ~{check_s:.0f} s | — |
 
 Before this change (poll every 10 s, each flow run a fresh Prefect subprocess): median 33.1 s, about
 one core busy while idle, ~360 flow runs an hour.

@@ -175,7 +175,7 @@ Growth of the incremental fetch from 1k to 10k tasks: **{inc_10k / inc_1k:.2f}x*
 | path | predictions/s |
 |---|---|
 | adapter bulk (`write_predictions`: a bulk import of the new version; `tidy_predictions`: one delete action over the tasks, the kept ones re-imported) | {bulk_per_s:.0f} |
-| the same, keeping one earlier version (`predict.keep_versions: 2`: a re-import more) | {keep_per_s:.0f} |
+| the same, keeping one earlier version (`predict.keep_versions: 2`) | {keep_per_s:.0f} |
 | one `DELETE` + one `POST` per prediction | {single_per_s:.1f} |
 
 Ratio **{bulk_per_s / single_per_s:.0f}x** (`writeback_speedup`, target >= 20).

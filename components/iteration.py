@@ -286,7 +286,16 @@ def champion_to_tune(ws: Workspace, architecture: str) -> tuple[RegisteredModel,
         return None
     model = ws.models.load(champion)
     same = list(getattr(model, "labels", [])) == list(ws.project.config.labels) and model.image_size == ws.params.train.image_size
-    return (champion, model) if same else None
+    if not same:
+        return None
+    fresh = ws.task.module(architecture, ws.params.architectures.get(architecture, {}), ws.project.config.labels, 1.0, False)
+    try:  # architecture options changed since (another width): the weights do not fit, train from scratch
+        fresh.net.load_state_dict(model.net.state_dict())
+    except RuntimeError as e:
+        log.warning("Training from scratch: the champion's weights do not fit %s as params.yaml builds it now (%s).",
+                    architecture, str(e).splitlines()[0])
+        return None
+    return champion, model
 
 
 def train(

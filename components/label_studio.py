@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+from datetime import UTC, datetime
 from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -341,9 +342,12 @@ class LabelStudio:
         latest = max((t.updated_at for t in tasks), default=None)
         return ChangeSet(tasks=tasks, cursor=format_cursor(latest) if latest else cursor)
 
-    def count_changed(self, project_id: int, cursor: str) -> int:
-        """How many tasks changed after `cursor` (one row read: the count is in the answer)."""
-        after = [{"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": cursor}]
+    def count_changed(self, project_id: int, cursor: str | None) -> int:
+        """How many tasks changed after `cursor` (with no cursor: how many have an annotation); one
+        row read, the count is in the answer."""
+        after = LABELED if cursor is None else [
+            {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": cursor}
+        ]
         with self._calling(f"count the changed tasks of project {project_id}"):
             page = self.sdk.tasks.list(project=project_id, include="id", query=_query(after), page_size=1)
         return int(page.response.total) if page.response is not None else 0
@@ -444,15 +448,20 @@ class LabelStudio:
     ) -> int:
         """Delete the predictions of versions not in `keep` from the tasks nobody has touched.
 
-        In chunks of `chunk` tasks, asking `should_stop` before each (new labels never wait more
-        than one chunk): a chunk's predictions are deleted in one call, in which the server checks
-        again that each task is untouched (so no prediction a person started from is deleted), and
-        the kept ones are written back. A tidy cut short between the two leaves tasks with no
-        prediction at all, which `untouched_without` finds and the next write-back fills.
+        In chunks of `chunk` tasks, asking `should_stop` before each (new labels never wait more than
+        one chunk): a chunk's predictions are deleted in one Data Manager action, in which the server
+        checks again that each task is untouched, and the kept ones are written back. (Deleting
+        predictions one by one would move each task's `updated_at`, so the incremental poll would see
+        every tidied task as changed; the action does not.) The kept ones come back with new ids:
+        someone who opened a task before a tidy and saves after it is refused by Label Studio (the
+        prediction they started from is gone), so the loop tidies only after `predict.tidy_after_s`
+        without any label. A tidy cut short between the two calls leaves tasks without the champion's
+        prediction, which `untouched_without` finds and the next write-back fills.
 
         Returns:
-            The number of predictions deleted.
+            The number of predictions deleted that were not kept.
         """
+        began = format_cursor(datetime.now(UTC))
         with self._calling(f"read the predictions of project {project.id}'s unlabeled tasks"):
             pages = self.sdk.tasks.list(project=project.id, fields="all", query=_query(UNTOUCHED), page_size=BATCH)
             predictions = {
@@ -472,9 +481,10 @@ class LabelStudio:
                 f"delete superseded pre-annotations of project {project.id}",
                 json={"selectedItems": {"all": False, "included": part}, "filters": {"conjunction": "and", "items": UNTOUCHED}},
             )
-            still = self.untouched_ids(project.id)
-            self._import(project.id, [k for t in part if t in still for k in kept[t]], "the kept predictions", lambda: None)
-            deleted += sum(superseded[t] for t in part if t in still)
+            touched = {t.id for t in self.fetch_changed(project.id, began).tasks}  # the action left those alone
+            cleared = [t for t in part if t not in touched]
+            self._import(project.id, [k for t in cleared for k in kept[t]], "the kept predictions", lambda: None)
+            deleted += sum(superseded[t] for t in cleared)
         return deleted
 
     def sync_marked_predictions(
@@ -542,10 +552,14 @@ class LabelStudio:
                 return int(same[0].id)
             return int(self.sdk.webhooks.create(url=url, project=project_id, **body).id)
 
-    def deactivate_webhook(self, webhook_id: int) -> None:
-        """Stop Label Studio posting to a webhook (kept, so the next `ensure_webhook` re-activates it)."""
+    def deactivate_webhook(self, webhook_id: int, timeout_s: float = 2.0) -> None:
+        """Stop Label Studio posting to a webhook (kept, so the next `ensure_webhook` re-activates it;
+        Label Studio clears its actions on this update, and `ensure_webhook` sets them again). Quick:
+        it runs while serving stops."""
         with self._calling(f"deactivate webhook {webhook_id}"):
-            self.sdk.webhooks.update(id=webhook_id, is_active=False)
+            self.sdk.webhooks.update(
+                id=webhook_id, is_active=False, request_options={"timeout_in_seconds": timeout_s, "max_retries": 0}
+            )
 
     def webhooks(self, project_id: int) -> list[dict[str, Any]]:
         """The project's webhooks as Label Studio lists them."""

@@ -53,6 +53,7 @@ class PollParams(_Section):
 
     webhooks: bool
     safety_net_s: float = Field(gt=0)
+    idle_after_s: float = Field(ge=0)
     min_new_annotations: int = Field(ge=1)
 
 

@@ -29,8 +29,9 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-# The Label Studio actions that change what a snapshot holds.
-ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "TASKS_DELETED")
+# The Label Studio actions that change what a snapshot holds, and new tasks (they need pre-annotations).
+LABEL_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
+ACTIONS = (*LABEL_ACTIONS, "TASKS_CREATED", "TASKS_DELETED")
 SECRET_HEADER = "X-Flywheel-Secret"
 SECRET_ENV = "FLYWHEEL_WEBHOOK_SECRET"
 MAX_BODY = 1 << 20  # Label Studio sends no payload (send_payload off): a body this large is not from it
@@ -61,7 +62,7 @@ class Wakeup:
         return sum(self.reasons.values())
 
     def describe(self) -> str:
-        """One phrase for the terminal, e.g. "12 label changes (webhook)"."""
+        """One phrase, e.g. "12 label change(s) (webhook)"."""
         hooks = sum(n for reason, n in self.reasons.items() if reason in ACTIONS)
         parts = [f"{hooks} label change(s) (webhook)"] if hooks else []
         parts += [reason for reason in self.reasons if reason not in ACTIONS]
@@ -127,6 +128,8 @@ class Receiver:
     """
 
     def __init__(self, inbox: Inbox, secret: str, project_id: int, host: str = "127.0.0.1", port: int = 0):
+        if not secret:
+            raise ValueError("The webhook receiver needs a non-empty secret.")
         self.inbox = inbox
         self.path = f"/label-studio/{project_id}"
         self.counts: Counter[str] = Counter()
@@ -181,7 +184,11 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
         server_version = "flywheel-receiver"
 
         def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.headers.get("Content-Length") or "0"
+            if not raw.isdigit():
+                self._answer(HTTPStatus.BAD_REQUEST, "Content-Length is not a number")
+                return
+            length = int(raw)
             if length > MAX_BODY:
                 self._answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"bodies over {MAX_BODY} bytes are refused")
                 return
@@ -215,9 +222,12 @@ def ensure_secret(settings: Any) -> str:
         return settings.webhook_secret
     path = settings.webhook_secret_path
     settings.ensure_workspace()
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    path.unlink(missing_ok=True)  # empty (a write cut short): made again
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    except FileExistsError:  # another process made it meanwhile
         return path.read_text().strip()
     with os.fdopen(fd, "w") as f:
         secret = new_secret()

@@ -96,10 +96,10 @@ def describe_iteration(summary: dict[str, object]) -> str:
 
 
 @flow(name="flywheel-tidy", log_prints=True, on_failure=[report_failure])
-def tidy_predictions(params_path: str = "params.yaml") -> int:
+def tidy_predictions(params_path: str = "params.yaml") -> dict[str, object]:
     """Delete superseded pre-annotations from the unlabeled tasks while the loop is idle (yields to new labels)."""
     from flows.worker import interrupted  # the warm worker's flag: new labels are waiting
 
     ws = connect(params_path)
     with one_at_a_time(ws):
-        return tidy(ws, interrupted)
+        return {"deleted": tidy(ws, interrupted), "interrupted": interrupted()}

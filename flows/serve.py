@@ -9,9 +9,10 @@ This process stays lean (no torch: ~160 MB, asleep between events) and runs four
   empty poll costs milliseconds and makes no flow run.
 - **the warm worker** (`flows.worker`): a child process that imported the training stack once and
   runs each iteration in-process as a Prefect flow run, fine-tuning the champion (the fast path).
-  Once the loop has been idle `predict.tidy_after_s`, it deletes superseded pre-annotations in small
-  chunks; once idle `errors.after_idle_s` after a new snapshot, it checks its labels (k-fold). Both
-  stop (after a chunk, after a fold) when new labels arrive, and run again when idle.
+  Once nobody has labeled for `poll.idle_after_s`, it writes the strategy report (the idle pass);
+  after `predict.tidy_after_s`, it deletes superseded pre-annotations in small chunks; after
+  `errors.after_idle_s`, it checks a new snapshot's labels (k-fold). The tidy and the check stop
+  (after a chunk, after a fold) when new labels arrive, and run again when idle.
 - **Prefect's runner** for the rare, long run, in a child process (`python -m flows.serve PARAMS`):
   the full retrain on `retrain.cron` (from scratch, every architecture). When Prefect stops
   answering, it pauses with one line and resumes.
@@ -41,7 +42,7 @@ from components.labeling_config import load_labeling_config
 from components.params import Params, load_params
 from components.settings import Settings
 from components.stack import is_healthy
-from components.webhooks import ACTIONS, SECRET_HEADER, Inbox, Receiver, Wakeup, ensure_secret
+from components.webhooks import ACTIONS, LABEL_ACTIONS, SECRET_HEADER, Inbox, Receiver, Wakeup, ensure_secret
 
 GRACE_S = 6.0  # a child's own shutdown, before the rest is killed
 STOP_S = 10.0  # the promise: serving has stopped this long after Ctrl-C or SIGTERM
@@ -93,8 +94,9 @@ def _stop(child: subprocess.Popen) -> None:
 class Worker:
     """The warm worker process (`flows.worker`): started once, restarted if it dies."""
 
-    def __init__(self, params_path: Path):
+    def __init__(self, params_path: Path, stopping: threading.Event):
         self.params_path = params_path
+        self.stopping = stopping
         self.process: subprocess.Popen | None = None
         self.running: str | None = None
         self._to: Any = None
@@ -110,16 +112,22 @@ class Worker:
         os.close(to_r)
         os.close(from_w)
         self._to, self._from = os.fdopen(to_w, "w"), os.fdopen(from_r)
-        if not json.loads(self._from.readline() or "{}").get("ready"):
+        ready = json.loads(self._from.readline() or "{}").get("ready")
+        if not ready and not self.stopping.is_set():
             raise FlywheelError(f"The warm worker exited while starting (exit code {self.process.wait()}); see the log file.")
 
     def run(self, what: str, trigger: str) -> dict[str, Any]:
-        """Run `what` ("iteration" or "tidy") in the worker and wait for its reply."""
+        """Run `what` ("iteration", "tidy" or "check") in the worker and wait for its reply."""
+        if self.stopping.is_set():
+            return {"ok": False, "error": "serving is stopping"}
         if self.process is None or self.process.poll() is not None:
             if self.process is not None:
                 log.warning("The warm worker died (exit code %s): starting it again.", self.process.returncode)
             self.start()
         self.running = what
+        if self.stopping.is_set():  # Ctrl-C between the check above and here: the handler saw nothing running
+            self.running = None
+            return {"ok": False, "error": "serving is stopping"}
         try:
             self._to.write(json.dumps({"run": what, "trigger": trigger}) + "\n")
             self._to.flush()
@@ -129,7 +137,10 @@ class Worker:
         finally:
             self.running = None
         if not line:
-            self.process.wait()  # type: ignore[union-attr]
+            try:
+                self.process.wait(timeout=STOP_S)  # type: ignore[union-attr]
+            except subprocess.TimeoutExpired:
+                self.kill()
             return {"ok": False, "error": f"the warm worker died during the {what} (exit code {self.process.returncode})"}  # type: ignore[union-attr]
         return json.loads(line)
 
@@ -139,9 +150,23 @@ class Worker:
             self.process.send_signal(signal.SIGUSR1)
 
     def interrupt(self) -> None:
-        """Stop a run in flight (SIGTERM; `stop` kills what is left)."""
-        if self.running is not None and self.process is not None and self.process.poll() is None:
+        """Stop a run in flight (SIGTERM), and kill the worker's whole process group GRACE_S later if
+        it is still there (a flow run reporting its end to an unreachable server could take longer)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        if self.running is not None:
             self.process.send_signal(signal.SIGTERM)
+        timer = threading.Timer(GRACE_S, self.kill)
+        timer.daemon = True
+        timer.start()
+
+    def kill(self) -> None:
+        """SIGKILL the worker and anything it started (its own session)."""
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -153,8 +178,8 @@ class Worker:
 
 
 class Runner(threading.Thread):
-    """Prefect's runner for the retrain and the label error check, supervised in a thread: paused
-    while Prefect does not answer, restarted when it exits."""
+    """Prefect's runner for the scheduled full retrain, supervised in a thread: paused while Prefect
+    does not answer, restarted when it exits."""
 
     def __init__(self, params_path: Path, prefect_health_url: str, stopping: threading.Event):
         super().__init__(name="prefect-runner", daemon=True)
@@ -206,8 +231,9 @@ def _project_id(settings: Settings, params: Params, params_path: Path) -> tuple[
     return ls, project.id
 
 
-def _start_receiver(settings: Settings, ls: LabelStudio, project_id: int, inbox: Inbox) -> tuple[Receiver, int]:
-    """Start the receiver and register the project's webhook to it (idempotently)."""
+def _start_receiver(settings: Settings, ls: LabelStudio, project_id: int, inbox: Inbox) -> tuple[Receiver | None, int | None]:
+    """Start the receiver and register the project's webhook to it (idempotently); (None, None) when
+    Label Studio refuses the webhook: the safety-net poll serves alone."""
     secret = ensure_secret(settings)
     try:
         receiver = Receiver(inbox, secret, project_id, settings.receiver_host, settings.receiver_port).start()
@@ -217,7 +243,16 @@ def _start_receiver(settings: Settings, ls: LabelStudio, project_id: int, inbox:
             "Set FLYWHEEL_RECEIVER_PORT to a free port (or poll.webhooks: false in params.yaml to rely on the safety-net poll)."
         ) from e
     url = f"{settings.receiver_url}{receiver.path}"
-    hook = ls.ensure_webhook(project_id, url, {SECRET_HEADER: secret}, ACTIONS)
+    try:
+        hook = ls.ensure_webhook(project_id, url, {SECRET_HEADER: secret}, ACTIONS)
+    except LabelStudioError as e:
+        receiver.stop()
+        log.warning(
+            "Label Studio refused the webhook to %s (%s). Serving on the safety-net poll alone; set "
+            "FLYWHEEL_RECEIVER_URL to an address Label Studio can reach (a Label Studio on this machine needs "
+            "SSRF_PROTECTION_ENABLED=false for loopback), or poll.webhooks: false to say so.", url, e,
+        )
+        return None, None
     return receiver, hook
 
 
@@ -230,6 +265,7 @@ class Dispatcher:
         self.params, self.ls, self.project_id, self.inbox, self.worker = params, ls, project_id, inbox, worker
         self.watermark: str | None = None  # Label Studio's newest change when work was last handed off
         self.cursor: str | None = None  # the latest snapshot's cursor, as the last iteration reported it
+        self.retry = False  # the last iteration failed: the next wake-up runs one whatever changed
         self.next_poll = time.monotonic()  # a first poll at once: catch up on what changed while serving was down
         self.idle_work: dict[str, float] = {"check": time.monotonic() + params.errors.after_idle_s}  # what -> when
 
@@ -253,10 +289,10 @@ class Dispatcher:
             if self.newest_change() != self.watermark:
                 wakeup = Wakeup(first_at=now)
                 wakeup.reasons[SAFETY_NET] += 1
-        if wakeup is not None and self.enough_changed():
-            self.iterate(wakeup, stopping)
-            return
         if wakeup is not None:
+            self.postpone_idle_work()
+            if self.retry or not set(wakeup.reasons) <= set(LABEL_ACTIONS) or self.enough_changed():
+                self.iterate(wakeup, stopping)
             return
         due = [what for what, at in self.idle_work.items() if at <= now]
         if not due:
@@ -267,15 +303,16 @@ class Dispatcher:
         summary = reply.get("summary")
         if isinstance(summary, dict) and summary.get("interrupted"):
             self.idle_work[what] = now  # again, once the new labels are handled and it is quiet
+            self.postpone_idle_work()
         elif not reply.get("ok") and not stopping.is_set():
             log.error("The %s failed: %s", IDLE_WORK[what][1], reply.get("error"))
+        elif what == "pass" and isinstance(summary, dict):
+            self.handle(summary)
 
     def enough_changed(self) -> bool:
         """Whether an iteration would have something to version: at least `poll.min_new_annotations`
-        tasks changed since the cursor (one cheap count, so a person's first few saves start no flow
-        run). Unknown before the first iteration reports the cursor: then yes."""
-        if self.cursor is None:
-            return True
+        tasks changed since the cursor (or, before the first snapshot, labeled at all): one cheap
+        count, so a person's first few saves start no flow run."""
         try:
             pending = self.ls.count_changed(self.project_id, self.cursor)
         except LabelStudioError as e:
@@ -292,25 +329,34 @@ class Dispatcher:
             log.info("The safety-net poll found label changes no webhook announced.")
         self.watermark = self.newest_change()  # before the run: a change during it is seen by the next
         reply = self.worker.run("iteration", trigger)
-        now = time.monotonic()
-        self.next_poll = now + self.params.poll.safety_net_s
+        self.next_poll = time.monotonic() + self.params.poll.safety_net_s
         if not reply.get("ok"):
             if not stopping.is_set():  # a run stopped by Ctrl-C is not a failure
                 log.error("The iteration failed: %s (retried at the next safety-net poll, in %g s)", reply.get("error"),
                           self.params.poll.safety_net_s)
-            self.watermark = None
+            self.watermark, self.retry = None, True
             return
-        summary = reply.get("summary") or {}
+        self.retry = False
+        self.handle(reply.get("summary") or {})
+
+    def handle(self, summary: dict[str, Any]) -> None:
+        """Note what an iteration reported: the cursor, and the idle work it calls for."""
+        now = time.monotonic()
         self.cursor = summary.get("cursor") or self.cursor
-        quiet = {"pass": self.params.predict.tidy_after_s, "tidy": self.params.predict.tidy_after_s,
-                 "check": self.params.errors.after_idle_s}
         if summary.get("snapshot") or summary.get("trained"):
             self.idle_work["pass"] = now  # the idle pass: the strategy report for the new model
         if summary.get("written"):
             self.idle_work["tidy"] = now
         if summary.get("snapshot"):
             self.idle_work["check"] = now
-        for what, at in self.idle_work.items():  # idle work waits for quiet after the last labels
+        self.postpone_idle_work()
+
+    def postpone_idle_work(self) -> None:
+        """Idle work waits until nobody has labeled for a while: the idle pass `poll.idle_after_s`, the
+        tidy `predict.tidy_after_s`, the label check (minutes of k-fold training) `errors.after_idle_s`."""
+        now = time.monotonic()
+        quiet = {"pass": self.params.poll.idle_after_s, "tidy": self.params.predict.tidy_after_s, "check": self.params.errors.after_idle_s}
+        for what, at in self.idle_work.items():
             self.idle_work[what] = max(at, now + quiet[what])
 
 
@@ -320,7 +366,7 @@ def serve(settings: Settings, params_path: Path) -> int:
     stopping = threading.Event()
 
     ls, project_id = _project_id(settings, params, params_path)
-    worker = Worker(params_path)
+    worker = Worker(params_path, stopping)
     inbox = Inbox(on_put=worker.yield_to_labels)
 
     def request_stop(signum: int, frame: object) -> None:
@@ -340,6 +386,7 @@ def serve(settings: Settings, params_path: Path) -> int:
             dispatcher.step(stopping)
     finally:
         stopping.set()
+        worker.stop()
         if hook is not None:
             try:
                 ls.deactivate_webhook(hook)
@@ -347,7 +394,6 @@ def serve(settings: Settings, params_path: Path) -> int:
                 log.warning("Could not deactivate the webhook: %s", e)
         if receiver is not None:
             receiver.stop()
-        worker.stop()
         runner.join(timeout=STOP_S)
     log.info("Serving stopped.")
     return 1 if runner.failed else 0

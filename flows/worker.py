@@ -23,22 +23,25 @@ import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import Callable
 
 from flows.logs import TRACEBACKS, describe
 
-_interrupted = threading.Event()  # this process's one flag, set by SIGUSR1: a running tidy yields
+_flag = {"interrupted": False}  # this process's one flag, set by SIGUSR1 (a plain value: safe in a handler)
 log = logging.getLogger("flows.worker")
 
 
 def interrupted() -> bool:
     """True when `flywheel serve` asked the running tidy or check to stop (new labels are waiting)."""
-    return _interrupted.is_set()
+    return _flag["interrupted"]
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    _flag["interrupted"] = True
 
 
 def main(params_path: str, inbox_fd: int, outbox_fd: int) -> None:
-    signal.signal(signal.SIGUSR1, lambda signum, frame: _interrupted.set())
+    signal.signal(signal.SIGUSR1, _interrupt)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for `flywheel serve`, which stops this process
     from prefect import tags
 
@@ -53,13 +56,13 @@ def main(params_path: str, inbox_fd: int, outbox_fd: int) -> None:
     with os.fdopen(inbox_fd) as inbox, os.fdopen(outbox_fd, "w") as outbox:
 
         def reply(message: dict[str, object]) -> None:
+            _flag["interrupted"] = False  # cleared before the reply: a signal for the next request is never lost
             outbox.write(json.dumps(message, default=str) + "\n")
             outbox.flush()
 
         reply({"ready": True})
         for line in inbox:
             request = json.loads(line)
-            _interrupted.clear()
             try:
                 with tags(f"trigger:{request['trigger']}"):
                     summary = runs[request["run"]]()

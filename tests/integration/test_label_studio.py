@@ -126,10 +126,11 @@ def test_writing_and_tidying_pre_annotations_never_touches_labeled_tasks_or_thei
     assert label_studio.untouched_without(project.id, "model-2").isdisjoint(ids)
 
     chunks = iter([False, True])  # new labels arrive after the first chunk: the tidy stops there
-    partial = label_studio.tidy_predictions(project, keep={"model-2", "other-tool"}, chunk=10, should_stop=lambda: next(chunks))
-    assert 0 < partial < len(ids) - 2
-    assert label_studio.tidy_predictions(project, keep={"model-2", "other-tool"}, chunk=10) == len(ids) - 2 - partial
-    assert label_studio.tidy_predictions(project, keep={"model-2", "other-tool"}) == 0
+    keep = {"model-2", "other-tool"}
+    partial = label_studio.tidy_predictions(project, keep, chunk=10, should_stop=lambda: next(chunks))
+    assert partial == 10
+    assert label_studio.tidy_predictions(project, keep, chunk=10) == len(ids) - 2 - partial
+    assert label_studio.tidy_predictions(project, keep) == 0
 
     assert {t: annotations_with_provenance(label_studio, t) for t in ids[:2]} == human
     assert {t: [p["id"] for p in label_studio.task(t)["predictions"]] for t in ids[:2]} == shown_then  # history stays

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -75,7 +76,9 @@ def test_take_waits_for_the_first_event_and_interrupt_ends_the_wait():
     threading.Timer(0.1, inbox.put, args=("ANNOTATION_CREATED",)).start()
     assert inbox.take(timeout_s=5) is not None
     threading.Timer(0.1, inbox.interrupt).start()
+    started = time.monotonic()
     assert inbox.take(timeout_s=5) is None
+    assert time.monotonic() - started < 2  # ended by the interrupt, not by the timeout
 
 
 def test_the_secret_is_created_once_private_and_never_in_repr(tmp_path):
@@ -87,3 +90,18 @@ def test_the_secret_is_created_once_private_and_never_in_repr(tmp_path):
     assert secret not in repr(load_settings(environ={"FLYWHEEL_WORKSPACE": str(tmp_path / "ws")}, cwd=tmp_path))
     given = load_settings(environ={"FLYWHEEL_WORKSPACE": str(tmp_path / "ws"), "FLYWHEEL_WEBHOOK_SECRET": "mine"}, cwd=tmp_path)
     assert ensure_secret(given) == "mine"
+
+
+def test_a_body_with_a_bad_length_is_refused(receiver):
+    import socket
+
+    host, port = receiver.url.split("//")[1].split("/")[0].split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(f"POST {receiver.path} HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\n{SECRET_HEADER}: s3cret\r\n\r\n".encode())
+        assert b" 400 " in sock.recv(1024).split(b"\r\n")[0]
+    assert receiver.inbox.take(timeout_s=0.05) is None
+
+
+def test_an_empty_secret_is_refused():
+    with pytest.raises(ValueError):
+        Receiver(Inbox(), secret="", project_id=1)
