@@ -54,9 +54,12 @@ def refresh_preannotations(
 
 
 @flow(name="flywheel-iteration", log_prints=True, on_failure=[report_failure])
-def flywheel_iteration(params_path: str = "params.yaml", warm: bool = True, progress: bool = True) -> dict[str, object]:
+def flywheel_iteration(
+    params_path: str = "params.yaml", warm: bool = True, progress: bool = True, trigger: str = "manual"
+) -> dict[str, object]:
     """Turn fresh Label Studio annotations into a new model (fine-tuned from the champion when `warm`),
-    refreshed pre-annotations and a report (`progress`: a progress bar while training)."""
+    refreshed pre-annotations and a report (`progress`: a progress bar while training; `trigger`: what
+    started the run, kept in Prefect's history)."""
     ws = connect(params_path)
     summary: dict[str, object] = {"changed_tasks": 0, "snapshot": None, "trained": False, "written": 0}
     with one_at_a_time(ws):
@@ -96,7 +99,7 @@ def describe_iteration(summary: dict[str, object]) -> str:
 
 
 @flow(name="flywheel-tidy", log_prints=True, on_failure=[report_failure])
-def tidy_predictions(params_path: str = "params.yaml") -> dict[str, object]:
+def tidy_predictions(params_path: str = "params.yaml", trigger: str = "manual") -> dict[str, object]:
     """Delete superseded pre-annotations from the unlabeled tasks while the loop is idle (yields to new labels)."""
     from flows.worker import interrupted  # the warm worker's flag: new labels are waiting
 

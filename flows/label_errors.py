@@ -28,7 +28,7 @@ def _fold_done(message: str) -> None:
 
 
 @flow(name="flywheel-label-errors", log_prints=True, on_failure=[report_failure])
-def find_label_errors(params_path: str = "params.yaml", force: bool = False) -> dict[str, object]:
+def find_label_errors(params_path: str = "params.yaml", force: bool = False, trigger: str = "manual") -> dict[str, object]:
     """Flag the labels most likely wrong in the latest snapshot, in Label Studio's "Suspected label errors" tab."""
     ws = connect(params_path)
     summary: dict[str, object] = {"snapshot": None, "suspected": None, "written": 0}

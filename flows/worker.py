@@ -1,7 +1,8 @@
 """The warm worker: one process that imports the training stack once (torch, Lightning, MLflow, Great
 Expectations: ~10 s on 2 cores) and then runs the loop's flows in-process whenever `flywheel serve`
 asks, so an iteration starts in milliseconds. Each run is still a Prefect flow run, in Prefect's
-history with its trigger as a tag (`trigger:webhook`, `trigger:safety-net`, `trigger:idle`).
+history with what started it as its `trigger` parameter (webhook, safety-net, idle). (Not a Prefect
+tag: every task run would then ask the server for that tag's concurrency slots.)
 
 Why not Prefect's own runner: `prefect serve` and work pools start every flow run in a fresh process,
 so each would pay the imports again; the rare, long run (the scheduled full retrain) still goes that
@@ -43,15 +44,13 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(params_path: str, inbox_fd: int, outbox_fd: int) -> None:
     signal.signal(signal.SIGUSR1, _interrupt)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for `flywheel serve`, which stops this process
-    from prefect import tags
-
     from flows.flywheel import flywheel_iteration, tidy_predictions
     from flows.label_errors import find_label_errors
 
-    runs: dict[str, Callable[[], object]] = {
-        "iteration": lambda: flywheel_iteration(params_path, warm=True, progress=False),
-        "tidy": lambda: tidy_predictions(params_path),
-        "check": lambda: find_label_errors(params_path),
+    runs: dict[str, Callable[[str], object]] = {
+        "iteration": lambda trigger: flywheel_iteration(params_path, warm=True, progress=False, trigger=trigger),
+        "tidy": lambda trigger: tidy_predictions(params_path, trigger=trigger),
+        "check": lambda trigger: find_label_errors(params_path, trigger=trigger),
     }
     with os.fdopen(inbox_fd) as inbox, os.fdopen(outbox_fd, "w") as outbox:
 
@@ -64,9 +63,7 @@ def main(params_path: str, inbox_fd: int, outbox_fd: int) -> None:
         for line in inbox:
             request = json.loads(line)
             try:
-                with tags(f"trigger:{request['trigger']}"):
-                    summary = runs[request["run"]]()
-                reply({"ok": True, "summary": summary})
+                reply({"ok": True, "summary": runs[request["run"]](request["trigger"])})
             except Exception as e:  # reported to serve as one line; the traceback goes to the log file
                 logging.getLogger(TRACEBACKS).error("%s", e, exc_info=True)
                 reply({"ok": False, "error": describe(e)})

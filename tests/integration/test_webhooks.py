@@ -25,7 +25,6 @@ from prefect.client.schemas.filters import (
     FlowFilterName,
     FlowRunFilter,
     FlowRunFilterExpectedStartTime,
-    FlowRunFilterTags,
 )
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -101,13 +100,10 @@ def iteration_runs(stack: Any, params_path: Path, since: datetime, trigger: str)
     with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}), get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=["flywheel-iteration"])),
-            flow_run_filter=FlowRunFilter(
-                tags=FlowRunFilterTags(all_=[f"trigger:{trigger}"]),
-                expected_start_time=FlowRunFilterExpectedStartTime(after_=since),
-            ),
+            flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since)),
             sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=200,
         )
-    return [r for r in runs if r.parameters.get("params_path") == str(params_path.resolve())]
+    return [r for r in runs if r.parameters.get("params_path") == str(params_path.resolve()) and r.parameters.get("trigger") == trigger]
 
 
 def snapshot_task_ids(ws: Workspace) -> set[int]:
