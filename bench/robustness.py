@@ -125,13 +125,14 @@ def main() -> None:
             dead[f"{name}_at_{pause.replace('-', '_')}"] = timed_run(params_path, title, pause, name, settings)
             stack.up(settings, echo=lambda _: None)
 
-        from flows.flywheel import flywheel_iteration
+        from flows.flywheel import flywheel_iteration, tidy_predictions
 
         ws = open_workspace(load_settings(cwd=ROOT), params)
         before = len(ws.models.client.search_model_versions(f"name='{params.registry.model_name}'"))
         for _ in range(10):
             label_balanced(ls, project, truth, 10, rng)
             flywheel_iteration(str(params_path))
+            tidy_predictions(str(params_path))  # what `flywheel serve` does once nobody labels
         models = len(ws.models.client.search_model_versions(f"name='{params.registry.model_name}'")) - before
         tasks = [t.model_dump(mode="json") for t in ls.sdk.tasks.list(project=project.id, fields="all", page_size=1000)]
         per_task = [len(t["predictions"]) for t in tasks]
