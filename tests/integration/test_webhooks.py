@@ -34,7 +34,7 @@ from components.params import load_params
 from components.settings import load_settings
 from components.snapshot import read_manifest
 from components.stack import free_port
-from components.webhooks import SECRET_HEADER
+from components.webhooks import ACTIONS, SECRET_HEADER
 from flows.serve import STOP_S
 from tests.conftest import ROOT
 from tests.integration.test_loop import make_digits_project
@@ -133,6 +133,9 @@ def test_webhook_is_registered_once_with_the_secret_header(served_project, label
     assert len(hooks) == 1
     assert set(hooks[0]["headers"]) == {SECRET_HEADER}
     assert hooks[0]["url"].endswith(f"/label-studio/{project.id}")
+    again = label_studio.ensure_webhook(project.id, hooks[0]["url"], hooks[0]["headers"], ACTIONS)  # as a restarted serve does
+    assert again == hooks[0]["id"]
+    assert len([h for h in label_studio.webhooks(project.id) if h["url"] == hooks[0]["url"]]) == 1
 
 
 def test_a_burst_of_200_annotations_lands_in_a_snapshot_in_a_few_iterations(served_project, stack):
