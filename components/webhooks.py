@@ -21,7 +21,6 @@ import os
 import json
 import secrets
 import threading
-import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,12 +48,10 @@ class Wakeup:
 
     Attributes:
         reasons: How many of each action (or "safety-net poll") arrived.
-        first_at: `time.monotonic()` when the first of them arrived.
         dropped: Events the full inbox dropped (their changes are still polled).
     """
 
     reasons: Counter[str] = field(default_factory=Counter)
-    first_at: float = 0.0
     dropped: int = 0
 
     @property
@@ -78,7 +75,7 @@ class Inbox:
     """
 
     def __init__(self, capacity: int = INBOX_CAPACITY, on_put: Callable[[], None] = lambda: None):
-        self._events: deque[tuple[str, float]] = deque(maxlen=capacity)
+        self._events: deque[str] = deque(maxlen=capacity)
         self._dropped = 0
         self._interrupted = False
         self._ready = threading.Condition()
@@ -89,7 +86,7 @@ class Inbox:
         with self._ready:
             if len(self._events) == self._events.maxlen:
                 self._dropped += 1
-            self._events.append((reason, time.monotonic()))
+            self._events.append(reason)
             self._ready.notify_all()
         self._on_put()
 
@@ -106,7 +103,7 @@ class Inbox:
             self._interrupted = False
             if not self._events:
                 return None
-            wakeup = Wakeup(Counter(reason for reason, _ in self._events), self._events[0][1], self._dropped)
+            wakeup = Wakeup(Counter(self._events), self._dropped)
             self._events.clear()
             self._dropped = 0
             return wakeup

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -287,8 +288,7 @@ class Dispatcher:
         if wakeup is None and now >= self.next_poll:
             self.next_poll = now + self.params.poll.safety_net_s
             if self.newest_change() != self.watermark:
-                wakeup = Wakeup(first_at=now)
-                wakeup.reasons[SAFETY_NET] += 1
+                wakeup = Wakeup(Counter({SAFETY_NET: 1}))
         if wakeup is not None:
             self.postpone_idle_work()
             if self.retry or not set(wakeup.reasons) <= set(LABEL_ACTIONS) or self.enough_changed():
