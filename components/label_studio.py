@@ -311,6 +311,16 @@ class LabelStudio:
             pages = self.sdk.tasks.list(project=project_id, include="id,data", query=_query(UNTOUCHED), page_size=BATCH)
             return {t.id: dict(t.data or {}) for t in pages}
 
+    def all_tasks(self, project_id: int) -> dict[int, dict[str, Any]]:
+        """Task id -> data for every task of the project, labeled or not (the image pool)."""
+        with self._calling(f"list the tasks of project {project_id}"):
+            return {t.id: dict(t.data or {}) for t in self.sdk.tasks.list(project=project_id, include="id,data", page_size=BATCH)}
+
+    def task_count(self, project_id: int) -> int:
+        """How many tasks the project holds (one request)."""
+        with self._calling(f"count the tasks of project {project_id}"):
+            return int(self.sdk.projects.get(id=project_id).task_number or 0)
+
     def untouched_ids(self, project_id: int) -> set[int]:
         """The ids of the tasks nobody has touched (cheaper than `unlabeled_tasks`: no data)."""
         with self._calling(f"list the unlabeled tasks of project {project_id}"):

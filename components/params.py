@@ -91,6 +91,22 @@ class TrainParams(_Section):
     seed: int
     finetune_steps: int = Field(ge=0)
     finetune_lr: float = Field(gt=0)
+    freeze_backbone_below: int = Field(ge=0)
+    backbone_lr_scale: float = Field(ge=0)
+
+
+class PretrainParams(_Section):
+    """Self-supervised pretraining of the loop architecture's backbone on every image of the project."""
+
+    enabled: bool
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=2)
+    lr: float = Field(gt=0)
+    temperature: float = Field(gt=0)
+    flip: bool
+    max_images: int = Field(ge=2)
+    refresh_growth: float = Field(ge=0)
+    threads: int = Field(ge=1)
 
 
 class RegistryParams(_Section):
@@ -121,6 +137,7 @@ class SelectParams(_Section):
 
     batch: int = Field(ge=1)
     candidates: int = Field(ge=1)
+    cold_start_below: int = Field(ge=0)
 
 
 class ReportParams(_Section):
@@ -171,6 +188,7 @@ class Params(_Section):
     validate_: ValidateParams = Field(alias="validate")
     images: ImagesParams
     train: TrainParams
+    pretrain: PretrainParams
     architectures: dict[str, dict[str, Any]] = Field(min_length=1)
     registry: RegistryParams
     predict: PredictParams

@@ -269,10 +269,27 @@ class ModelRegistry:
                 return None  # no such model or alias yet
         return RegisteredModel(name=self.name, version=int(mv.version), run_id=mv.run_id)
 
+    def latest_pretraining(self, tags: dict[str, str]) -> Run | None:
+        """The newest finished self-supervised pretraining run carrying every one of `tags`."""
+        clauses = [f"tags.`{TAG_KIND}` = 'pretraining'", "attributes.status = 'FINISHED'"]
+        clauses += [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
+        runs = self.search_runs(" and ".join(clauses))
+        return runs[0] if runs else None
+
+    def artifact_tensors(self, run_id: str, name: str) -> dict[str, torch.Tensor]:
+        """A run's tensors saved with `torch.save` (a state dict), read back without unpickling code."""
+        with self.calling(f"download {name} of run {run_id}"), tempfile.TemporaryDirectory() as scratch:
+            path = self.client.download_artifacts(run_id, name, scratch)
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+    def tags_of(self, run_id: str) -> dict[str, str]:
+        """A run's tags."""
+        with self.calling(f"read run {run_id}"):
+            return dict(self.client.get_run(run_id).data.tags)
+
     def architecture_of(self, model: RegisteredModel) -> str:
         """The architecture (params.yaml's name) a registered version was trained as ("" if untagged)."""
-        with self.calling(f"read run {model.run_id}"):
-            return self.client.get_run(model.run_id).data.tags.get("flywheel.architecture", "")
+        return self.tags_of(model.run_id).get("flywheel.architecture", "")
 
     def load(self, model: RegisteredModel) -> nn.Module:
         """Load a registered version back as the same inference-model class (its task type's)."""

@@ -110,6 +110,49 @@ class FaultPoint(L.Callback):
             pause_point("train")
 
 
+class FrozenBackbone(L.Callback):
+    """Keeps a pretrained backbone as it is while the head trains: no gradients, and its batch norms
+    in eval mode (Lightning puts the whole module in train mode each epoch)."""
+
+    def __init__(self, backbone: nn.Module):
+        self.backbone = backbone
+        for parameter in backbone.parameters():
+            parameter.requires_grad_(False)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self.backbone.eval()
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """Pretrained backbone weights to start a model from, and how they train.
+
+    Attributes:
+        state: The weights of the network's `features` (`components.pretraining`).
+        run_id: The MLflow run that pretrained them.
+        frozen: Only the head trains (few labels).
+        lr_scale: Otherwise the backbone trains at lr x this.
+    """
+
+    state: dict[str, torch.Tensor]
+    run_id: str
+    frozen: bool
+    lr_scale: float
+
+
+def start_from_backbone(module: L.LightningModule, backbone: Backbone | None) -> list[L.Callback]:
+    """Load pretrained weights into the module's network and set how its backbone trains. Returns the
+    callbacks that keep it so (none when nothing is loaded: no backbone, or weights that do not fit)."""
+    from components.pretraining import backbone_of, load_backbone
+
+    if backbone is None or not load_backbone(module.net, backbone.state):
+        return []
+    if backbone.frozen:
+        return [FrozenBackbone(backbone_of(module.net))]
+    module.backbone_lr_scale = backbone.lr_scale
+    return []
+
+
 @dataclass(frozen=True)
 class TrainedModel:
     """A trained model and how it did on the snapshot's validation split.
@@ -146,15 +189,17 @@ def fit_steps(
     lr: float,
     augment: bool,
     seed: int,
+    backbone: Backbone | None = None,
 ) -> nn.Module:
     """Train on every row of `manifest` for a fixed number of steps, without validation or tracking
-    (one fold of a cross-validation). Returns the inference model."""
+    (one fold of a cross-validation), from a pretrained `backbone` if given. Returns the inference model."""
     L.seed_everything(seed, workers=True, verbose=False)
     data = task.datamodule(folder, manifest.assign(split="train"), labels, image_size, batch_size, augment)
     module = task.module(architecture, architecture_options, labels, lr, augment)
     trainer = L.Trainer(
         max_steps=steps, max_epochs=-1, deterministic=True, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        callbacks=start_from_backbone(module, backbone),
     )
     trainer.fit(module, train_dataloaders=_train_loader(data, seed))
     return task.inference_model(module.net, labels, image_size)
@@ -190,13 +235,16 @@ def fit(
     run_tags: dict[str, str],
     progress: bool = True,
     start_from: nn.Module | None = None,
+    backbone: Backbone | None = None,
 ) -> TrainedModel:
     """Train `architecture` on a snapshot, tracked as one MLflow run.
 
     From scratch, validation after each epoch stops training early and keeps the best checkpoint.
     With `start_from` (the champion, same architecture and labels), its weights are fine-tuned for
     exactly `max_steps` steps with no validation in between: the served loop's fast path. Either
-    way the result is judged on the whole validation split afterwards.
+    way the result is judged on the whole validation split afterwards. From scratch, a pretrained
+    `backbone` (self-supervised, `components.pretraining`) gives the network's starting features;
+    fine-tuning keeps it frozen if it was.
 
     Returns:
         The best (lowest validation loss) model wrapped for inference, its MLflow run id and its
@@ -209,16 +257,18 @@ def fit(
     logger = MLFlowLogger(experiment_name=experiment, tracking_uri=tracking_uri, tags=run_tags, log_model=False)
     with tempfile.TemporaryDirectory(prefix="flywheel-ckpt-") as checkpoints:
         best = ModelCheckpoint(dirpath=checkpoints, monitor="val_loss", mode="min", save_weights_only=True)
+        keep_backbone = start_from_backbone(module, backbone)
         if start_from is not None:
             module.net.load_state_dict(start_from.net.state_dict())
             schedule: dict[str, Any] = dict(
                 max_epochs=-1, max_steps=max_steps, limit_val_batches=0, num_sanity_val_steps=0,
-                callbacks=[FaultPoint()], log_every_n_steps=10, enable_checkpointing=False,
+                callbacks=[FaultPoint(), *keep_backbone], log_every_n_steps=10, enable_checkpointing=False,
             )
         else:
             schedule = dict(
                 max_epochs=max_epochs, min_steps=min_steps, max_steps=max_steps,
-                callbacks=[EarlyStopping(monitor="val_loss", patience=patience), best, FaultPoint()], log_every_n_steps=1,
+                callbacks=[EarlyStopping(monitor="val_loss", patience=patience), best, FaultPoint(), *keep_backbone],
+                log_every_n_steps=1,
             )
         trainer = L.Trainer(
             deterministic=True, logger=logger, enable_progress_bar=progress, enable_model_summary=False,

@@ -35,6 +35,7 @@ from components.errors import FlywheelError
 
 SNAPSHOT = "snapshot"
 STATE = "state.json"
+POOL = "pool"  # every image of the project (labeled or not) that self-supervised pretraining saw
 KEEP_CHECKOUTS = 3  # materialized snapshots kept on disk; older ones come back from DVC on demand
 
 
@@ -228,6 +229,48 @@ class DataRegistry:
         assert version is not None and version.rev == rev
         self._materialize(version, self.snapshot_dir)
         return version
+
+    def commit_pool(self, images: dict[str, Path], project_id: int) -> str:
+        """Version the image pool a backbone is pretrained on: `pool/<sha256><suffix>` (content
+        addressed, so DVC stores each image once, shared with the snapshots), `dvc add`, `dvc push`,
+        git commit and tag `pool-NNNN`. Call while holding the loop's lock (it commits to the same
+        repository as the snapshots).
+
+        Args:
+            images: Content hash -> the image file.
+            project_id: The Label Studio project, for the commit message.
+
+        Returns:
+            The pool's revision (its tag); that of the last pool when nothing changed.
+
+        Raises:
+            VersioningError: DVC or git failed; the registry is as it was.
+        """
+        tags = _git(self.root, "tag", "--list", "pool-*").split()
+        head = _git(self.root, "rev-parse", "HEAD")
+        folder = self.root / POOL
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        for sha, path in sorted(images.items()):
+            _link_or_copy(str(path), str(folder / f"{sha}{Path(path).suffix.lower()}"))
+        rev = f"pool-{len(tags) + 1:04d}"
+        try:
+            with Repo(str(self.root)) as repo:
+                repo.scm_context.quiet = True
+                repo.add(str(folder))
+                repo.push()
+            _git(self.root, "add", f"{POOL}.dvc", ".gitignore")
+            if not _git(self.root, "status", "--porcelain", "--untracked-files=no", f"{POOL}.dvc", ".gitignore"):
+                return sorted(tags)[-1] if tags else rev  # the same images as the last pool
+            _git(self.root, "commit", "--quiet", "-m", f"{rev}: {len(images)} images of project {project_id}")
+            _git(self.root, "tag", rev)
+        except (DvcException, OSError, VersioningError) as e:
+            subprocess.run(["git", "-C", str(self.root), "reset", "--quiet", "--hard", head], capture_output=True)
+            raise VersioningError(
+                f"DVC could not version the image pool or push it to {self.remote}: {' '.join(str(e).split())}. "
+                "Check the remote (FLYWHEEL_DVC_REMOTE) and disk space."
+            ) from e
+        return rev
 
     def _roll_back(self, head: str, rev: str, old: Path) -> None:
         """Put the registry back to commit `head` and its working copy back after a failed commit."""

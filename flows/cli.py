@@ -262,13 +262,32 @@ def run_once(params: ParamsOption = Path("params.yaml")) -> None:
     _loop_settings()
     from flows.flywheel import flywheel_iteration, tidy_predictions
 
+    from flows.pretrain import pretrain
+
     summary = flywheel_iteration(str(params))
     if not (summary["snapshot"] or summary["trained"] or summary["written"]):
         typer.echo(f"{summary['changed_tasks']} changed task(s): nothing to do.")
+    pretrain(str(params))  # after the pre-annotations: when the image pool grew, the next model starts from a fresh backbone
     if summary["trained"] or summary["snapshot"]:
         flywheel_iteration(str(params))  # an idle pass: the strategy report for the new model
     if summary["written"]:
         tidy_predictions(str(params))  # nobody waits on a one-off run: superseded pre-annotations go now
+
+
+@app.command("pretrain")
+@clear_errors
+def pretrain_now(
+    params: ParamsOption = Path("params.yaml"),
+    force: Annotated[bool, typer.Option(help="Pretrain even if the pool did not grow by pretrain.refresh_growth.")] = False,
+) -> None:
+    """Pretrain the loop architecture's backbone on every image of the project, labeled or not
+    (self-supervised, lightly's SimCLR); the loop's next models start from it."""
+    _loop_settings()
+    from flows.pretrain import pretrain
+
+    summary = pretrain(str(params), force=force)
+    if not summary["pretrained"]:
+        typer.echo(f"The backbone is up to date for {summary['pool_images']} images (--force pretrains again).")
 
 
 @app.command("retrain")

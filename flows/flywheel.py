@@ -28,6 +28,7 @@ write_back = io_task(iteration.write_back)
 reported = io_task(iteration.reported)
 report = io_task(iteration.report)
 tidy = io_task(iteration.tidy)
+publish_cold_start = io_task(iteration.publish_cold_start)
 
 
 def version_changes(ws: Workspace, changes: ChangeSet) -> SnapshotVersion:
@@ -74,6 +75,8 @@ def flywheel_iteration(
             promotion = register(ws, trained)
             summary.update(trained=True, promoted=promotion.promoted, score=promotion.candidate_score, metric=ws.task.metric_title)
         summary["champion"], summary["written"] = refresh_preannotations(ws, summary["snapshot"] is not None, trained)
+        if summary["champion"] is None and summary["snapshot"] is not None:
+            publish_cold_start(ws)  # no model yet: "Label next" from the pretrained backbone alone
         champion = ws.models.champion()
         idle = summary["snapshot"] is None and not summary["trained"]  # never delays fresh pre-annotations
         if champion is not None and idle and not reported(ws, champion):

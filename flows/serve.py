@@ -92,6 +92,40 @@ def _stop(child: subprocess.Popen) -> None:
         log.warning("Process %d did not exit after SIGKILL.", child.pid)
 
 
+class Pretrainer:
+    """Self-supervised pretraining in the background (`python -m flows.pretrain`): a child process at
+    low priority with `pretrain.threads` torch threads, so it never holds up a pre-annotation refresh.
+    Started when serving starts (it pretrains only if the pool grew, else exits) and whenever the
+    project's task count grew by `pretrain.refresh_growth` since the last start."""
+
+    NICE = 10
+
+    def __init__(self, params_path: Path, params: Params):
+        self.params_path, self.params = params_path, params
+        self.process: subprocess.Popen | None = None
+        self.started_at_tasks: int | None = None
+
+    def maybe_start(self, task_count: int | None) -> None:
+        """Start a pretraining child unless one runs, or the pool has not grown enough since the last."""
+        if not self.params.pretrain.enabled or (self.process is not None and self.process.poll() is None):
+            return
+        if self.process is not None and self.process.returncode:
+            log.error("The background pretraining failed (exit %d); details in the log file.", self.process.returncode)
+        last = self.started_at_tasks
+        if self.process is not None and (task_count is None or last is None or task_count <= last * (1 + self.params.pretrain.refresh_growth)):
+            return
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.params.pretrain.threads)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "flows.pretrain", str(self.params_path)], env=env,
+            preexec_fn=lambda: os.nice(self.NICE), stdin=subprocess.DEVNULL,
+        )
+        self.started_at_tasks = task_count
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            _stop(self.process)
+
+
 class Worker:
     """The warm worker process (`flows.worker`): started once, restarted if it dies."""
 
@@ -262,8 +296,10 @@ class Dispatcher:
     or found by the safety-net poll), and once the loop is quiet, the idle work: the idle pass (the
     strategy report), the tidy, the label check. One line on the terminal per thing that matters."""
 
-    def __init__(self, params: Params, ls: LabelStudio, project_id: int, inbox: Inbox, worker: Worker):
+    def __init__(self, params: Params, ls: LabelStudio, project_id: int, inbox: Inbox, worker: Worker,
+                 pretrainer: Pretrainer | None = None):
         self.params, self.ls, self.project_id, self.inbox, self.worker = params, ls, project_id, inbox, worker
+        self.pretrainer = pretrainer
         self.watermark: str | None = None  # Label Studio's newest change when work was last handed off
         self.cursor: str | None = None  # the latest snapshot's cursor, as the last iteration reported it
         self.retry = False  # the last iteration failed: the next wake-up runs one whatever changed
@@ -289,6 +325,8 @@ class Dispatcher:
             self.next_poll = now + self.params.poll.safety_net_s
             if self.newest_change() != self.watermark:
                 wakeup = Wakeup(Counter({SAFETY_NET: 1}))
+        if wakeup is not None and self.pretrainer is not None and "TASKS_CREATED" in wakeup.reasons:
+            self.pretrainer.maybe_start(self.task_count())
         if wakeup is not None:
             self.postpone_idle_work()
             if self.retry or not set(wakeup.reasons) <= set(LABEL_ACTIONS) or self.enough_changed():
@@ -308,6 +346,13 @@ class Dispatcher:
             log.error("The %s failed: %s", IDLE_WORK[what][1], reply.get("error"))
         elif what == "pass" and isinstance(summary, dict):
             self.handle(summary)
+
+    def task_count(self) -> int | None:
+        try:
+            return self.ls.task_count(self.project_id)
+        except LabelStudioError as e:
+            log.warning("Counting the tasks: %s", e)
+            return None
 
     def enough_changed(self) -> bool:
         """Whether an iteration would have something to version: at least `poll.min_new_annotations`
@@ -378,15 +423,18 @@ def serve(settings: Settings, params_path: Path) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     receiver, hook = _start_receiver(settings, ls, project_id, inbox) if params.poll.webhooks else (None, None)
     runner = Runner(params_path, f"{settings.prefect_api_url}/health", stopping)
+    pretrainer = Pretrainer(params_path, params)
     try:
         worker.start()
         runner.start()
-        dispatcher = Dispatcher(params, ls, project_id, inbox, worker)
+        dispatcher = Dispatcher(params, ls, project_id, inbox, worker, pretrainer)
+        pretrainer.maybe_start(dispatcher.task_count())
         while not stopping.is_set():
             dispatcher.step(stopping)
     finally:
         stopping.set()
         worker.stop()
+        pretrainer.stop()
         if hook is not None:
             try:
                 ls.deactivate_webhook(hook)

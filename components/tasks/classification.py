@@ -29,6 +29,7 @@ from components.architectures import ARCHITECTURES, build_network
 from components.conversions import Annotation
 from components.errors import AnnotationError
 from components.labeling_config import LabelingConfig
+from components.pretraining import backbone_of
 from components.tasks.base import Reading, Scores, TaskType, ranked_label_table
 from components.training import MEAN, STD, SplitsDataModule, load_images
 
@@ -147,6 +148,7 @@ class Classifier(L.LightningModule):
         self.jitter = v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)) if augment else nn.Identity()
         self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_f1 = MulticlassF1Score(num_classes=num_classes, average="macro")
+        self.backbone_lr_scale = 1.0  # a pretrained backbone learns slower than the head (training.fit sets it)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net((images - MEAN) / STD)
@@ -171,7 +173,12 @@ class Classifier(L.LightningModule):
         self.val_f1.reset()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
+        lr, backbone = self.hparams.lr, backbone_of(self.net)
+        if backbone is None or self.backbone_lr_scale == 1.0:
+            return torch.optim.AdamW(self.parameters(), lr=lr)
+        inside = {id(p) for p in backbone.parameters()}
+        head = [p for p in self.parameters() if id(p) not in inside]
+        return torch.optim.AdamW([{"params": head}, {"params": list(backbone.parameters()), "lr": lr * self.backbone_lr_scale}], lr=lr)
 
 
 def evaluate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, Any]:

@@ -45,6 +45,7 @@ def write_detection_params(folder: Path, title: str, task: str = "detection", co
     params["poll"]["min_new_annotations"] = 1
     params["train"].update({"image_size": 64, "max_epochs": 4, "min_steps": 0, "patience": 2, "batch_size": 8})
     params["errors"].update({"folds": 2, "steps": 10})
+    params["pretrain"]["enabled"] = False
     params["registry"] = {"model_name": f"test-{title}", "experiment": f"test-{title}"}
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(params))

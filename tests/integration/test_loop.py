@@ -38,6 +38,8 @@ def write_params(folder: Path, title: str, min_new_annotations: int = 10) -> Pat
     params["train"].update({"image_size": 16, "max_epochs": 6, "min_steps": 0, "patience": 2})
     params["registry"] = {"model_name": f"test-{title}", "experiment": f"test-{title}"}
     params["architectures"] = {"small_cnn": {"width": 8}, "resnet18": {"pretrained": False}}
+    params["train"]["architecture"] = "small_cnn"
+    params["pretrain"]["enabled"] = False  # tests/integration/test_pretraining.py covers it
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
