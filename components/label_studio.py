@@ -417,6 +417,16 @@ class LabelStudio:
             pages = self.sdk.tasks.list(project=project_id, fields="all", query=_query(UNTOUCHED), page_size=BATCH)
             return {t.id: {p.model_version or "" for p in t.predictions or []} for t in pages}
 
+    def untouched_predictions(self, project_id: int) -> dict[int, tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """Task id -> (data, its predictions as {model_version, result, score}) for every task nobody has touched."""
+        with self._calling(f"read the predictions of project {project_id}'s unlabeled tasks"):
+            pages = self.sdk.tasks.list(project=project_id, fields="all", query=_query(UNTOUCHED), page_size=BATCH)
+            return {
+                t.id: (dict(t.data or {}), [{"model_version": p.model_version or "", "result": p.result or [], "score": p.score}
+                                            for p in t.predictions or []])
+                for t in pages
+            }
+
     def write_predictions(
         self,
         project: Project,

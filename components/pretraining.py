@@ -182,10 +182,10 @@ def load_backbone(net: nn.Module, state: dict[str, torch.Tensor]) -> bool:
     backbone = backbone_of(net)
     if backbone is None:
         return False
-    try:
-        backbone.load_state_dict(state)
-    except RuntimeError:
-        return False
+    current = backbone.state_dict()
+    if current.keys() != state.keys() or any(current[k].shape != state[k].shape for k in state):
+        return False  # checked first: load_state_dict would copy the tensors that fit before it refuses
+    backbone.load_state_dict(state)
     return True
 
 

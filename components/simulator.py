@@ -41,6 +41,7 @@ class Step:
     acceptance: float | None
     iteration_s: float
     champion: str | None
+    preannotation_accuracy: float | None = None  # after the first block: the shown pre-annotations that equal the truth
 
 
 @dataclass(frozen=True)
@@ -98,28 +99,48 @@ class HeldOut:
         return self._scores[champion.model_version]
 
 
-def label_balanced(
-    ls: LabelStudio, project: Project, truth: dict[str, str], count: int, rng: random.Random
-) -> list[int]:
-    """A person labels `count` unlabeled tasks correctly, cycling over the true targets (so every
-    class gets labels early). Used to set up benchmarks and tests. Returns the task ids labeled."""
+def balanced_tasks(ls: LabelStudio, project: Project, truth: dict[str, str], count: int, rng: random.Random) -> list[int]:
+    """`count` unlabeled task ids cycling over the true targets (so every class gets labels early)."""
     tasks = list(ls.unlabeled_tasks(project.id).items())
     rng.shuffle(tasks)
     by_class: dict[str, list[int]] = {}
     for task_id, data in tasks:
         by_class.setdefault(truth[data["filename"]], []).append(task_id)
     depth = max(map(len, by_class.values()), default=0)
-    order = [ids[i] for i in range(depth) for ids in by_class.values() if i < len(ids)][:count]
-    data_of = dict(tasks)
+    return [ids[i] for i in range(depth) for ids in by_class.values() if i < len(ids)][:count]
+
+
+def label_balanced(
+    ls: LabelStudio, project: Project, truth: dict[str, str], count: int, rng: random.Random
+) -> list[int]:
+    """A person labels `count` unlabeled tasks correctly, cycling over the true targets (so every
+    class gets labels early). Used to set up benchmarks and tests. Returns the task ids labeled."""
+    order = balanced_tasks(ls, project, truth, count, rng)
     task_type = task_type_of(project.config)
     for task_id in order:
-        ls.annotate(task_id, task_type.result_of(truth[data_of[task_id]["filename"]], project.config))
+        ls.annotate(task_id, task_type.result_of(truth[ls.task(task_id)["data"]["filename"]], project.config))
     return order
 
 
 def shown_prediction(task: dict[str, Any], model_version: str) -> dict[str, Any] | None:
     """The pre-annotation a person sees on a task: the prediction of the project's model version."""
     return next((p for p in task.get("predictions") or [] if p.get("model_version") == model_version), None)
+
+
+def preannotation_accuracy(ls: LabelStudio, project: Project, truth: dict[str, str]) -> float | None:
+    """The share of unlabeled tasks whose shown pre-annotation equals the truth (None before the first model):
+    what a person who accepted every suggestion would get right."""
+    version = ls.shown_model_version(project.id)
+    if not version:
+        return None
+    task_type = task_type_of(project.config)
+    right = total = 0
+    for data, predictions in ls.untouched_predictions(project.id).values():
+        shown = next((p for p in predictions if p["model_version"] == version), None)
+        total += 1
+        if shown is not None and task_type.agree(shown["result"], task_type.result_of(truth[data["filename"]], project.config), project.config):
+            right += 1
+    return right / total if total else None
 
 
 def simulate(
@@ -135,6 +156,7 @@ def simulate(
     seed: int = 0,
     next_tasks: Callable[[], list[int]] | None = None,
     on_step: Callable[[Step], None] = lambda step: None,
+    first_block: Sequence[int] = (),
 ) -> Outcome:
     """Play the annotator for `budget` labels, running an iteration every `every` labels.
 
@@ -153,6 +175,8 @@ def simulate(
         seed: For the random order.
         next_tasks: Task ids in flywheel's recommended order (for "suggested").
         on_step: Called after each step (progress display).
+        first_block: Task ids labeled first, in place of the order's first block (e.g. 2 per class);
+            after that block, the pre-annotation accuracy on every unlabeled task is measured.
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, not {order!r}")
@@ -167,6 +191,8 @@ def simulate(
     while labels < budget and len(done) < pool:
         recommended = (next_tasks() if order == "suggested" and next_tasks else []) + random_order
         queue = list(dict.fromkeys(t for t in recommended if t not in done))[: min(every, budget - labels)]
+        if not steps and first_block:
+            queue = list(first_block)
         shown = accepted = 0
         model_version = ls.shown_model_version(project.id)
         for task_id in queue:
@@ -196,6 +222,7 @@ def simulate(
             acceptance=accepted / shown if shown else None,
             iteration_s=round(elapsed, 2),
             champion=champion.model_version if champion else None,
+            preannotation_accuracy=preannotation_accuracy(ls, project, truth) if not steps else None,
         )
         steps.append(step)
         on_step(step)

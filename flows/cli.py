@@ -502,6 +502,21 @@ def bench_simulate(
     main(SimulationConfig(dataset, tuple(order), pool, held_out, budget, every, seed, task), echo=typer.echo)
 
 
+@bench_app.command("every-image")
+@clear_errors
+def bench_every_image(
+    dataset: Annotated[list[str], typer.Option(help="mnist and/or fashion-mnist (repeat the option)")] = ["mnist", "fashion-mnist"],  # noqa: B006
+    seeds: Annotated[int, typer.Option(help="Seeds per dataset (pool draw and annotator order).")] = 3,
+    budget: Annotated[int, typer.Option(help="Labels the simulated person makes.")] = 300,
+    pool: Annotated[int, typer.Option(help="Images imported as tasks.")] = 1000,
+) -> None:
+    """Pretraining on every image: few-shot accuracy, acceptance, final accuracy, label savings over seeds."""
+    from bench.every_image import Config, main
+
+    _settings()
+    main(Config(datasets=tuple(dataset), seeds=tuple(range(seeds)), budget=budget, pool=pool), echo=typer.echo)
+
+
 @bench_app.command("strategy")
 @clear_errors
 def bench_strategy() -> None:

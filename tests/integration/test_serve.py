@@ -60,3 +60,51 @@ def test_two_loop_runs_never_overlap(stack):
                     pytest.fail("a second run entered while the first held the loop lock")
         with concurrency(LOOP_LOCK, occupy=1, strict=True, timeout_seconds=10):
             pass  # released once the first run is done
+
+
+def test_serve_pretrains_the_backbone_in_the_background_at_low_priority(stack, stack_env, label_studio, tmp_path):
+    import psutil
+    import yaml
+
+    from components.datasets import materialize
+    from components.iteration import open_workspace, pool_tags
+    from components.settings import load_settings
+
+    params_path = write_params(tmp_path, f"serve-pretrain-{uuid.uuid4().hex[:6]}")
+    raw = yaml.safe_load(params_path.read_text())
+    raw["train"]["architecture"] = "conv4"
+    raw["architectures"] = {"conv4": {"width": 8}}
+    raw["pretrain"].update(enabled=True, epochs=2, batch_size=16)
+    params_path.write_text(yaml.safe_dump(raw))
+    params = load_params(params_path)
+    project = label_studio.ensure_project(params.project.title, load_labeling_config(params.project.config))
+    label_studio.import_images(project, [i.path for i in materialize("digits", tmp_path / "datasets", limit=40)])
+    env = {**os.environ, **stack_env, "PREFECT_API_URL": stack.prefect_api_url, "MLFLOW_TRACKING_URI": stack.mlflow_tracking_uri,
+           "FLYWHEEL_RECEIVER_PORT": str(free_port())}
+    log = open(tmp_path / "serve.log", "w")
+    serving = subprocess.Popen(
+        [str(Path(sys.executable).parent / "flywheel"), "serve", "--params", str(params_path)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        child = None
+        while child is None and time.monotonic() < deadline:
+            assert serving.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            child = next((p for p in psutil.Process(serving.pid).children(recursive=True)
+                          if "flows.pretrain" in " ".join(p.cmdline())), None)
+            time.sleep(0.2)
+        assert child is not None, "serve started no background pretraining"
+        assert child.nice() >= 10  # below the loop's priority: it never holds up a refresh
+        ws = open_workspace(load_settings(), params)
+        deadline = time.monotonic() + 240
+        run = None
+        while run is None and time.monotonic() < deadline:
+            run = ws.models.latest_pretraining(pool_tags(ws, "conv4"))
+            time.sleep(1)
+        assert run is not None, (tmp_path / "serve.log").read_text()[-2000:]
+        assert 35 <= int(run.data.tags["flywheel.pool_images"]) <= 40  # a few 8x8 digits are pixel-identical
+    finally:
+        serving.terminate()
+        serving.wait(timeout=30)
+        log.close()
