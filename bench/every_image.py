@@ -142,6 +142,10 @@ def _labels_to_reach(labels: np.ndarray, curve: np.ndarray, target: float) -> in
     return int(labels[reached[0]]) if len(reached) else None
 
 
+def _first_model(outcome: Outcome) -> Step | None:
+    return next((s for s in outcome.steps if s.score is not None), None)
+
+
 def figures_of(runs: Sequence[Run]) -> tuple[dict[str, float], dict[str, list[float]], str]:
     """One dataset's figures (means over seeds), the per-seed values behind each, and a savings note."""
     by_order = {o: [r for r in runs if r.order == o] for o in ("random", "suggested")}
@@ -150,8 +154,10 @@ def figures_of(runs: Sequence[Run]) -> tuple[dict[str, float], dict[str, list[fl
         "few_shot_accuracy_2pc": [o.steps[0].preannotation_accuracy for o in rand if o.steps[0].preannotation_accuracy is not None],
         "acceptance_at_10pct": [a for o in rand if (a := o.acceptance_between(0.10, 0.20)) is not None],
         "final_accuracy": [o.final_score for o in rand if o.final_score is not None],
-        "cold_start_accuracy": [o.steps[0].preannotation_accuracy for o in (r.outcome for r in by_order["suggested"])
-                                if o.steps[0].preannotation_accuracy is not None],
+        # the suggested order's cold start: its first model (once every class has validate.min_per_class labels)
+        "first_model_labels_suggested": [float(first.labels) for o in by_order["suggested"] if (first := _first_model(o.outcome))],
+        "first_model_accuracy_suggested": [first.score for o in by_order["suggested"] if (first := _first_model(o.outcome))],
+        "first_model_labels_random": [float(first.labels) for o in rand if (first := _first_model(o))],
         "pretrain_s_per_1k": [r.pretrain_s * 1000 / r.pool_images for r in runs],
     }
     note, savings = "", None
@@ -240,8 +246,9 @@ Fashion-MNIST); then a simulated person labels {config.budget} tasks with a real
 {config.every} labels, scored on {config.held_out} held-out images never imported. The random order starts
 with {config.per_class} labels per class; `few_shot_accuracy_2pc` is then the share of the unlabeled
 tasks whose pre-annotation is right. The suggested order starts from the cold-start "Label next" tab
-(TypiClust on the pretrained embeddings); `cold_start_accuracy` is the same share after its first
-{config.every} labels. `active_label_savings` = 1 - labels the suggested order needs / labels the random
+(TypiClust on the pretrained embeddings); it trains a first model once every class has
+`validate.min_per_class` labels: `first_model_labels_suggested` and `first_model_accuracy_suggested`
+(held-out) say when and how good, beside `first_model_labels_random`. `active_label_savings` = 1 - labels the suggested order needs / labels the random
 order needs to reach the random order's final accuracy, on the mean curves over seeds.
 
 | dataset | figure | mean | sd over seeds | per seed | target |

@@ -286,8 +286,11 @@ def pretrain_now(
     from flows.pretrain import pretrain
 
     summary = pretrain(str(params), force=force)
-    if not summary["pretrained"]:
-        typer.echo(f"The backbone is up to date for {summary['pool_images']} images (--force pretrains again).")
+    if summary["pretrained"]:
+        typer.echo(f"Pretrained on {summary['pool_images']} images ({summary['pool_rev']}) in {summary['seconds']:.0f} s.")
+    else:
+        typer.echo("Nothing to pretrain: pretrain.enabled is off, the architecture has no backbone, or the pool did not grow "
+                   "by pretrain.refresh_growth since the last backbone (--force pretrains again).")
 
 
 @app.command("retrain")

@@ -22,8 +22,10 @@ def pretrain(params_path: str = "params.yaml", force: bool = False, progress: bo
     """Pretrain the loop architecture's backbone on the project's image pool when it grew (or `force`);
     before the first model, "Label next" then comes from it."""
     ws = connect(params_path)
+    if not ws.params.pretrain.enabled or not (force or pretraining_due(ws)):  # the task count stands in for the pool: one request
+        return {"pretrained": False, "pool_images": None}
     pool = image_pool(ws)
-    if not (force and ws.params.pretrain.enabled) and not pretraining_due(ws, len(pool)):
+    if not force and not pretraining_due(ws, len(pool)):  # tasks whose image cannot be read are not in the pool
         return {"pretrained": False, "pool_images": len(pool)}
     with one_at_a_time(ws):  # the pool is committed to the registry the snapshots are committed to
         rev = version_pool(ws, pool)
