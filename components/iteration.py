@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from components.architectures import build_network
 from components.conversions import Prediction, current_annotation, task_from_json
 from components.errors import AnnotationError, DataError, LabelStudioError, SettingsError
 from components.faults import pause_point
@@ -53,6 +54,7 @@ from components.pretraining import (
     Pretrained,
     backbone_of,
     embed_with,
+    load_backbone,
     pretrain,
     refresh_due,
     sample,
@@ -298,8 +300,9 @@ def pool_tags(ws: Workspace, architecture: str) -> dict[str, str]:
     """What identifies a project's pretrained backbone: the project, the architecture and input size.
     (Not the loop's project tag: a backbone pretrained in the background is RUNNING while the loop
     closes abandoned runs.)"""
+    options = json.dumps(ws.params.architectures.get(architecture, {}), sort_keys=True)
     return {TAG_POOL_PROJECT: str(ws.project.id), "flywheel.architecture": architecture,
-            "flywheel.image_size": str(ws.params.train.image_size)}
+            "flywheel.image_size": str(ws.params.train.image_size), "flywheel.architecture_options": options}
 
 
 def pretrained_run(ws: Workspace, architecture: str) -> Any:
@@ -316,6 +319,11 @@ def backbone_for(ws: Workspace, architecture: str, labeled: int, run: Any = None
         return None
     p = ws.params.train
     state = ws.models.artifact_tensors(run.info.run_id, BACKBONE_FILE)
+    net = ws.task.module(architecture, ws.params.architectures.get(architecture, {}), ws.project.config.labels, 1.0, False).net
+    if not load_backbone(net, state):
+        log.warning("Not starting from the pretrained backbone of run %s: it does not fit %s as params.yaml builds it now.",
+                    run.info.run_id, architecture)
+        return None
     return Backbone(state, run.info.run_id, frozen=labeled < p.freeze_backbone_below, lr_scale=p.backbone_lr_scale)
 
 
@@ -369,10 +377,11 @@ def pretrain_backbone(ws: Workspace, pool: Mapping[str, Path], pool_rev: str, pr
 
 def cold_start(ws: Workspace) -> bool:
     """Whether "Label next" should pick typical images of unlabeled clusters rather than uncertain ones:
-    fewer than `select.cold_start_below` images are labeled (the model is not trusted yet)."""
+    the model starts from a pretrained backbone (whose embeddings mean something before any label)
+    and fewer than `select.cold_start_below` images are labeled (the model is not trusted yet)."""
     latest = ws.data.latest()
     labeled = len(read_manifest(ws.data.checkout(latest))) if latest else 0
-    return labeled < ws.params.select.cold_start_below
+    return labeled < ws.params.select.cold_start_below and pretrained_run(ws, ws.params.train.architecture) is not None
 
 
 def publish_cold_start(ws: Workspace) -> list[int]:
@@ -383,9 +392,11 @@ def publish_cold_start(ws: Workspace) -> list[int]:
     if run is None:
         return []
     state = ws.models.artifact_tensors(run.info.run_id, BACKBONE_FILE)
+    options, classes = ws.params.architectures.get(architecture, {}), len(ws.project.config.labels)
+    if not load_backbone(build_network(architecture, classes, options), state):
+        return []  # pretrained for another shape of the architecture: a new pretraining is due
     tasks = ws.label_studio.unlabeled_tasks(ws.project.id)
     decoded, _, _ = decode_unlabeled(ws, tasks, ws.params.train.image_size)
-    options, classes = ws.params.architectures.get(architecture, {}), len(ws.project.config.labels)
     ids = list(decoded)
     embeddings = embed_with(state, architecture, options, classes, to_tensor([decoded[t] for t in ids], ws.params.train.image_size))
     _, folder = latest_snapshot(ws)

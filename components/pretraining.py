@@ -35,6 +35,7 @@ TAG_POOL_PROJECT = "flywheel.pool_project"
 TAG_POOL_SIZE = "flywheel.pool_images"
 TAG_POOL_REV = "flywheel.pool_rev"
 TAG_BACKBONE = "flywheel.backbone_run"
+TAG_READY = "flywheel.backbone_ready"  # set once backbone.pt is logged (Lightning marks the run FINISHED before that)
 BACKBONE_FILE = "backbone.pt"
 
 
@@ -174,6 +175,7 @@ def pretrain(
         for key, value in {"pretrain_seconds": seconds, "pool_images": len(images),
                            "pretrain_s_per_1k": seconds * 1000 / len(images)}.items():
             client.log_metric(logger.run_id, key, float(value))
+        client.set_tag(logger.run_id, TAG_READY, "true")
     return Pretrained(run_id=logger.run_id, state=state, pool_images=len(images), seconds=seconds)
 
 

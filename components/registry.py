@@ -270,8 +270,9 @@ class ModelRegistry:
         return RegisteredModel(name=self.name, version=int(mv.version), run_id=mv.run_id)
 
     def latest_pretraining(self, tags: dict[str, str]) -> Run | None:
-        """The newest finished self-supervised pretraining run carrying every one of `tags`."""
-        clauses = [f"tags.`{TAG_KIND}` = 'pretraining'", "attributes.status = 'FINISHED'"]
+        """The newest finished self-supervised pretraining run carrying every one of `tags` whose
+        backbone is logged (`flywheel.backbone_ready`)."""
+        clauses = [f"tags.`{TAG_KIND}` = 'pretraining'", "attributes.status = 'FINISHED'", "tags.`flywheel.backbone_ready` = 'true'"]
         clauses += [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
         runs = self.search_runs(" and ".join(clauses))
         return runs[0] if runs else None

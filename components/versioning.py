@@ -216,7 +216,8 @@ class DataRegistry:
                 repo.push()
             (self.root / STATE).write_text(json.dumps(state, indent=2))
             _git(self.root, "add", f"{SNAPSHOT}.dvc", ".gitignore", STATE)
-            _git(self.root, "commit", "--quiet", "-m", f"{rev}: project {project_id}, cursor {cursor}")
+            # only these paths: a pool commit killed halfway may have left pool.dvc staged
+            _git(self.root, "commit", "--quiet", "-m", f"{rev}: project {project_id}, cursor {cursor}", "--", f"{SNAPSHOT}.dvc", ".gitignore", STATE)
             _git(self.root, "tag", rev)
         except (DvcException, OSError, VersioningError) as e:
             self._roll_back(head, rev, old)
@@ -262,7 +263,7 @@ class DataRegistry:
             _git(self.root, "add", f"{POOL}.dvc", ".gitignore")
             if not _git(self.root, "status", "--porcelain", "--untracked-files=no", f"{POOL}.dvc", ".gitignore"):
                 return sorted(tags)[-1] if tags else rev  # the same images as the last pool
-            _git(self.root, "commit", "--quiet", "-m", f"{rev}: {len(images)} images of project {project_id}")
+            _git(self.root, "commit", "--quiet", "-m", f"{rev}: {len(images)} images of project {project_id}", "--", f"{POOL}.dvc", ".gitignore")
             _git(self.root, "tag", rev)
         except (DvcException, OSError, VersioningError) as e:
             subprocess.run(["git", "-C", str(self.root), "reset", "--quiet", "--hard", head], capture_output=True)

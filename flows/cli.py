@@ -267,11 +267,11 @@ def run_once(params: ParamsOption = Path("params.yaml")) -> None:
     summary = flywheel_iteration(str(params))
     if not (summary["snapshot"] or summary["trained"] or summary["written"]):
         typer.echo(f"{summary['changed_tasks']} changed task(s): nothing to do.")
-    pretrain(str(params))  # after the pre-annotations: when the image pool grew, the next model starts from a fresh backbone
     if summary["trained"] or summary["snapshot"]:
         flywheel_iteration(str(params))  # an idle pass: the strategy report for the new model
     if summary["written"]:
         tidy_predictions(str(params))  # nobody waits on a one-off run: superseded pre-annotations go now
+    pretrain(str(params))  # last: when the image pool grew, the next model starts from a fresh backbone
 
 
 @app.command("pretrain")

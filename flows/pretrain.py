@@ -32,8 +32,7 @@ def pretrain(params_path: str = "params.yaml", force: bool = False, progress: bo
     log.info("Pretraining the backbone on %d images (%s), self-supervised...", len(pool), rev)
     pretrained = pretrain_backbone(ws, pool, rev, progress)
     log.info("Pretrained the backbone on %d images in %.0f s (MLflow run %s).", len(pool), pretrained.seconds, pretrained.run_id)
-    with one_at_a_time(ws):
-        cold = publish_cold_start(ws) if ws.models.champion() is None else []
+    cold = publish_cold_start(ws) if ws.models.champion() is None else []  # not under the lock: it embeds every image
     return {"pretrained": True, "pool_images": len(pool), "pool_rev": rev, "run_id": pretrained.run_id,
             "seconds": round(pretrained.seconds, 1), "label_next": len(cold)}
 

@@ -116,8 +116,8 @@ class Pretrainer:
             return
         env = {**os.environ, "OMP_NUM_THREADS": str(self.params.pretrain.threads)}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "flows.pretrain", str(self.params_path)], env=env,
-            preexec_fn=lambda: os.nice(self.NICE), stdin=subprocess.DEVNULL,
+            ["nice", "-n", str(self.NICE), sys.executable, "-m", "flows.pretrain", str(self.params_path)], env=env,
+            stdin=subprocess.DEVNULL,
         )
         self.started_at_tasks = task_count
 

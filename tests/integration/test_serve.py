@@ -62,6 +62,15 @@ def test_two_loop_runs_never_overlap(stack):
             pass  # released once the first run is done
 
 
+def _runs(process, module: str) -> bool:
+    import psutil
+
+    try:
+        return module in " ".join(process.cmdline())
+    except psutil.Error:  # a short-lived grandchild (git, DVC) that has just exited
+        return False
+
+
 def test_serve_pretrains_the_backbone_in_the_background_at_low_priority(stack, stack_env, label_studio, tmp_path):
     import psutil
     import yaml
@@ -91,8 +100,7 @@ def test_serve_pretrains_the_backbone_in_the_background_at_low_priority(stack, s
         child = None
         while child is None and time.monotonic() < deadline:
             assert serving.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
-            child = next((p for p in psutil.Process(serving.pid).children(recursive=True)
-                          if "flows.pretrain" in " ".join(p.cmdline())), None)
+            child = next((p for p in psutil.Process(serving.pid).children(recursive=True) if _runs(p, "flows.pretrain")), None)
             time.sleep(0.2)
         assert child is not None, "serve started no background pretraining"
         assert child.nice() >= 10  # below the loop's priority: it never holds up a refresh
