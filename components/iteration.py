@@ -409,15 +409,19 @@ def publish_cold_start(ws: Workspace) -> list[int]:
     return picked
 
 
-def champion_to_tune(ws: Workspace, architecture: str, backbone_run: str = "") -> tuple[RegisteredModel, torch.nn.Module] | None:
+def champion_to_tune(ws: Workspace, architecture: str, backbone: Backbone | None = None) -> tuple[RegisteredModel, torch.nn.Module] | None:
     """The champion and its model when the fast path may fine-tune it into `architecture`: it is of
-    that architecture, started from the current pretrained backbone (`backbone_run`, "" for none),
-    knows the project's labels and input size, and `train.finetune_steps` is set."""
+    that architecture, started from the current pretrained backbone (if any) which is no longer
+    frozen for either (a head on a frozen backbone trains from scratch in seconds; at the switch the
+    whole network trains afresh), knows the project's labels and input size, and
+    `train.finetune_steps` is set."""
     champion = ws.models.champion() if ws.params.train.finetune_steps else None
-    if champion is None:
+    if champion is None or (backbone is not None and backbone.frozen):
         return None
     tags = ws.models.tags_of(champion.run_id)
-    if tags.get("flywheel.architecture", "") != architecture or tags.get(TAG_BACKBONE, "") != backbone_run:
+    if tags.get("flywheel.architecture", "") != architecture or tags.get(TAG_BACKBONE, "") != (backbone.run_id if backbone else ""):
+        return None
+    if tags.get("flywheel.backbone_frozen") == "true":
         return None
     model = ws.models.load(champion)
     same = list(getattr(model, "labels", [])) == list(ws.project.config.labels) and model.image_size == ws.params.train.image_size
@@ -443,8 +447,8 @@ def train(
     folder = ws.data.checkout(snapshot_version)
     rows = training_rows(read_manifest(folder))
     pretrained = pretrained_run(ws, architecture)
-    backbone_run = pretrained.info.run_id if pretrained is not None else ""
-    start = champion_to_tune(ws, architecture, backbone_run) if warm else None
+    backbone = backbone_for(ws, architecture, len(rows), pretrained) if pretrained is not None else None
+    start = champion_to_tune(ws, architecture, backbone) if warm else None
     schedule = (
         dict(min_steps=0, max_steps=p.finetune_steps, lr=p.finetune_lr) if start
         else dict(min_steps=p.min_steps, max_steps=p.max_steps, lr=p.lr)
@@ -452,7 +456,6 @@ def train(
     tags = run_tags(ws, snapshot_version, architecture)
     if start:
         tags["flywheel.fine_tuned_from"] = start[0].model_version
-    backbone = backbone_for(ws, architecture, len(rows), pretrained) if pretrained is not None else None
     if backbone is not None:
         tags.update({TAG_BACKBONE: backbone.run_id, "flywheel.backbone_frozen": str(backbone.frozen).lower()})
     with ws.models.calling(f"track the training of {architecture}"):

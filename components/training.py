@@ -244,7 +244,7 @@ def fit(
     exactly `max_steps` steps with no validation in between: the served loop's fast path. Either
     way the result is judged on the whole validation split afterwards. From scratch, a pretrained
     `backbone` (self-supervised, `components.pretraining`) gives the network's starting features;
-    fine-tuning keeps it frozen if it was.
+    a frozen one leaves only the head to train, for `min_steps` steps without early stopping.
 
     Returns:
         The best (lowest validation loss) model wrapped for inference, its MLflow run id and its
@@ -258,10 +258,15 @@ def fit(
     with tempfile.TemporaryDirectory(prefix="flywheel-ckpt-") as checkpoints:
         best = ModelCheckpoint(dirpath=checkpoints, monitor="val_loss", mode="min", save_weights_only=True)
         keep_backbone = start_from_backbone(module, backbone)
-        if start_from is not None:
-            module.net.load_state_dict(start_from.net.state_dict())
+        head_only = bool(keep_backbone) and start_from is None  # a frozen pretrained backbone: only the head trains
+        if start_from is not None or head_only:
+            if start_from is not None:
+                module.net.load_state_dict(start_from.net.state_dict())
+            # a head on frozen features trains `min_steps` steps: with a handful of labels, early stopping
+            # on a handful of validation images kept near-untrained heads (bench/RESULTS.md)
             schedule: dict[str, Any] = dict(
-                max_epochs=-1, max_steps=max_steps, limit_val_batches=0, num_sanity_val_steps=0,
+                max_epochs=-1, max_steps=max_steps if start_from is not None else max(min_steps, 1),
+                limit_val_batches=0, num_sanity_val_steps=0,
                 callbacks=[FaultPoint(), *keep_backbone], log_every_n_steps=10, enable_checkpointing=False,
             )
         else:
@@ -275,7 +280,7 @@ def fit(
             default_root_dir=checkpoints, **schedule,
         )
         trainer.fit(module, datamodule=data)
-        if start_from is None and task.keeps_best_checkpoint and best.best_model_path:
+        if start_from is None and not head_only and task.keeps_best_checkpoint and best.best_model_path:
             module.load_state_dict(torch.load(best.best_model_path, weights_only=True)["state_dict"])
     inference = task.inference_model(module.net, labels, image_size)
     scores = task.evaluate(inference, data.val_set, labels)

@@ -512,12 +512,13 @@ def bench_every_image(
     seeds: Annotated[int, typer.Option(help="Seeds per dataset (pool draw and annotator order).")] = 3,
     budget: Annotated[int, typer.Option(help="Labels the simulated person makes.")] = 300,
     pool: Annotated[int, typer.Option(help="Images imported as tasks.")] = 1000,
+    order: Annotated[list[str], typer.Option(help="random and/or suggested (repeat the option)")] = ["random", "suggested"],  # noqa: B006
 ) -> None:
     """Pretraining on every image: few-shot accuracy, acceptance, final accuracy, label savings over seeds."""
     from bench.every_image import Config, main
 
     _settings()
-    main(Config(datasets=tuple(dataset), seeds=tuple(range(seeds)), budget=budget, pool=pool), echo=typer.echo)
+    main(Config(datasets=tuple(dataset), seeds=tuple(range(seeds)), orders=tuple(order), budget=budget, pool=pool), echo=typer.echo)
 
 
 @bench_app.command("strategy")
