@@ -179,6 +179,8 @@ def figures_of(runs: Sequence[Run]) -> tuple[dict[str, float], dict[str, list[fl
             for r, s in pairs if r.final_score is not None
         ]
     means = {k: round(statistics.fmean(v), 4) for k, v in per_seed.items() if v}
+    if per_seed["pretrain_s_per_1k"]:  # the median: a run that shared the CPU with another job must not move it
+        means["pretrain_s_per_1k"] = round(statistics.median(per_seed["pretrain_s_per_1k"]), 1)
     if savings is not None:
         means["active_label_savings"] = round(savings, 4)  # on the mean curves; the per-seed values are noisier
     return means, per_seed, note
@@ -257,6 +259,7 @@ tasks whose pre-annotation is right. The suggested order starts from the cold-st
 `validate.min_per_class` labels: `first_model_labels_suggested` and `first_model_accuracy_suggested`
 (held-out) say when and how good, beside `first_model_labels_random`. `active_label_savings` = 1 - labels the suggested order needs / labels the random
 order needs to reach the random order's final accuracy, on the mean curves over seeds.
+`pretrain_s_per_1k`: the median over the MNIST runs (one run shared the CPU with another job).
 
 | dataset | figure | mean | sd over seeds | per seed | target |
 |---|---|---|---|---|---|

@@ -71,13 +71,12 @@ def _runs(process, module: str) -> bool:
         return False
 
 
-def test_serve_pretrains_the_backbone_in_the_background_at_low_priority(stack, stack_env, label_studio, tmp_path):
+def test_serve_pretrains_the_backbone_in_the_background_at_low_priority(stack, stack_env, loop_env, label_studio, tmp_path):
     import psutil
     import yaml
 
     from components.datasets import materialize
     from components.iteration import open_workspace, pool_tags
-    from components.settings import load_settings
 
     params_path = write_params(tmp_path, f"serve-pretrain-{uuid.uuid4().hex[:6]}")
     raw = yaml.safe_load(params_path.read_text())
@@ -104,7 +103,7 @@ def test_serve_pretrains_the_backbone_in_the_background_at_low_priority(stack, s
             time.sleep(0.2)
         assert child is not None, "serve started no background pretraining"
         assert child.nice() >= 10  # below the loop's priority: it never holds up a refresh
-        ws = open_workspace(load_settings(), params)
+        ws = open_workspace(loop_env, params)
         deadline = time.monotonic() + 240
         run = None
         while run is None and time.monotonic() < deadline:
