@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from components.architectures import build_network
 from components.conversions import Prediction, current_annotation, task_from_json
 from components.errors import AnnotationError, DataError, LabelStudioError, SettingsError
 from components.faults import pause_point
@@ -391,10 +390,11 @@ def publish_cold_start(ws: Workspace) -> list[int]:
     run = pretrained_run(ws, architecture)
     if run is None:
         return []
-    state = ws.models.artifact_tensors(run.info.run_id, BACKBONE_FILE)
-    options, classes = ws.params.architectures.get(architecture, {}), len(ws.project.config.labels)
-    if not load_backbone(build_network(architecture, classes, options), state):
+    backbone = backbone_for(ws, architecture, 0, run)
+    if backbone is None:
         return []  # pretrained for another shape of the architecture: a new pretraining is due
+    state = backbone.state
+    options, classes = ws.params.architectures.get(architecture, {}), len(ws.project.config.labels)
     tasks = ws.label_studio.unlabeled_tasks(ws.project.id)
     decoded, _, _ = decode_unlabeled(ws, tasks, ws.params.train.image_size)
     ids = list(decoded)
