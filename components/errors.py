@@ -44,3 +44,7 @@ class AnnotationError(DataError):
 
 class StackError(FlywheelError):
     """A server of the embedded stack would not start or stop."""
+
+
+class ExportError(FlywheelError):
+    """A model that cannot be written in an export format."""

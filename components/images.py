@@ -29,7 +29,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -106,19 +106,30 @@ def read_image(path: Path, image_size: int, max_pixels: int) -> np.ndarray:
     """
     if path.stat().st_size == 0:
         raise ValueError("the image file is empty (0 bytes)")
+    return decode_image(path, image_size, max_pixels)[0]
+
+
+def decode_image(source: Path | BinaryIO, image_size: int, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode an image (a file, or bytes in a `BytesIO`) as `read_image` does. Returns the (S, S, 3)
+    uint8 pixels and the upright image's (width, height).
+
+    Raises:
+        ValueError: As `read_image`.
+    """
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise ValueError(
                     f"the image is {width}x{height} px, over images.max_pixels = {max_pixels:,}; "
                     "downscale it, or raise images.max_pixels in params.yaml"
                 )
+            shown = (height, width) if image.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (width, height)
             image.draft("RGB", (image_size, image_size))  # JPEG: decode at a reduced scale, much faster
             # upright as a browser (and so Label Studio) shows it: boxes are drawn on that picture
             upright = ImageOps.exif_transpose(image)
             rgb = upright.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8)
+            return np.asarray(rgb, dtype=np.uint8), shown
     except UnidentifiedImageError as e:
         raise ValueError("the file is not an image PIL can read") from e
     except Image.DecompressionBombError as e:

@@ -42,7 +42,7 @@ from components.label_studio import (
 from components.labeling_config import load_labeling_config
 from components.params import Params
 from components.prediction import embed, infer_images
-from components.registry import TAG_KIND, TAG_PROJECT, TAG_REGISTERED, ModelRegistry, Promotion, RegisteredModel
+from components.registry import TAG_KIND, TAG_PROJECT, TAG_REGISTERED, ModelRegistry, Promotion, Recipe, RegisteredModel
 from components.report import LearningPoint, Report, build_report, measure_acceptance, write_report
 from components.pretraining import (
     BACKBONE_FILE,
@@ -484,7 +484,14 @@ def train(
 
 def register(ws: Workspace, trained: TrainedModel) -> Promotion:
     """Log and register the model; move `champion` if it does better on the same val set."""
-    registered = ws.models.register(trained.model, trained.run_id)
+    recipe = Recipe(
+        task=ws.task.name,
+        architecture=trained.architecture,
+        options=dict(ws.params.architectures.get(trained.architecture, {})),
+        labels=list(ws.project.config.labels),
+        image_size=int(trained.model.image_size),
+    )
+    registered = ws.models.register(trained.model, trained.run_id, recipe)
     ws.models.set_tags(trained.run_id, {TAG_REGISTERED: str(registered.version)})
     labels = list(ws.project.config.labels)
 

@@ -23,7 +23,9 @@ annotation's `parent_prediction`).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import os
 import shutil
 from datetime import UTC, datetime
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -279,6 +281,36 @@ class LabelStudio:
                 )
             created.extend(response.task_ids or [])
         return ImportResult(created=tuple(created), skipped=skipped)
+
+    def task_with_hash(self, project_id: int, digest: str) -> int | None:
+        """The task whose image has this content hash (`data.sha256`), if any: one filtered query."""
+        query = _query([{"filter": "filter:tasks:data.sha256", "operator": "equal", "type": "String", "value": digest}])
+        with self._calling(f"look up image {digest[:12]} in project {project_id}"):
+            found = list(self.sdk.tasks.list(project=project_id, query=query, include="id", page_size=1))
+        return int(found[0].id) if found else None
+
+    def import_with_prediction(
+        self, project: Project, body: bytes, suffix: str, data: dict[str, Any], prediction: Prediction, model_version: str
+    ) -> int:
+        """Store image bytes under the image root (content-addressed) and create one task for them,
+        with `data` beside the image URL and the hash, and `prediction` as its pre-annotation, in one
+        request (the task never exists without it). Returns its id."""
+        self._ensure_local_storage(project.id)
+        digest = hashlib.sha256(body).hexdigest()
+        target = self.image_root / OBJECTS_DIR / digest[:2] / f"{digest}{suffix}"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.{os.getpid()}")
+            partial.write_bytes(body)
+            partial.replace(target)
+        url = f"/data/local-files/?d={target.relative_to(self.image_root).as_posix()}"
+        task = {
+            "data": {**data, project.config.data_key: url, "sha256": digest},
+            "predictions": [{k: v for k, v in prediction_to_ls(prediction, model_version).items() if k != "task"}],
+        }
+        with self._calling(f"import an image into project {project.id}"):
+            response = self.sdk.projects.import_tasks(id=project.id, request=[task], return_task_ids=True)
+        return int((response.task_ids or [0])[0])
 
     def download(self, url: str, task_id: int, *, max_bytes: int, timeout_s: float) -> bytes:
         """A file Label Studio serves: a path on the server (`/data/upload/...`, `/data/local-files/...`),

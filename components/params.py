@@ -177,6 +177,18 @@ class StrategyParams(_Section):
         return self
 
 
+class ProductionParams(_Section):
+    """`flywheel serve-model`: the champion behind an HTTP endpoint, and its hard images back to labeling."""
+
+    port: int = Field(gt=0, lt=65536)
+    max_batch_size: int = Field(ge=1)
+    batch_timeout_ms: float = Field(ge=0)
+    reload_s: float = Field(gt=0)
+    route_below: float = Field(ge=0, le=1)
+    max_routed_per_hour: int = Field(ge=0)
+    max_request_bytes: int = Field(gt=0)
+
+
 class Params(_Section):
     """All of params.yaml."""
 
@@ -197,6 +209,7 @@ class Params(_Section):
     select: SelectParams
     report: ReportParams
     strategy: StrategyParams
+    production: ProductionParams
 
     @model_validator(mode="after")
     def _known_architecture(self) -> Params:

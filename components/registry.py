@@ -1,9 +1,11 @@
 """The MLflow adapter: runs, the model registry, and the `champion` alias moved fairly.
 
-A model is logged with MLflow's pytorch flavor (pickle serialization, so it loads back as the same
-class), a signature and an input example, and registered under one name. The `champion` alias
-moves when the new model does better than the current champion on the *same* validation set (see
-`promote_if_better`). A TorchScript export is logged beside each model.
+A model is logged without pickle: its weights (a state dict) and the recipe that rebuilds it
+(`flywheel/`), its ONNX and TorchScript exports with the preprocessing inside (`export/`), and as
+MLflow's model the ONNX file (MLflow's onnx flavor; the box task types, whose decoding ONNX cannot
+write, fall back to the pytorch flavor's pickle). It is registered under one name. The `champion`
+alias moves when the new model does better than the current champion on the *same* validation set
+(see `promote_if_better`).
 
 This module is the only one that calls MLflow's client (Lightning's `MLFlowLogger` aside). Every
 call goes through `calling`, which turns an unreachable or failing server into one `TrackingError`
@@ -18,25 +20,32 @@ import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import mlflow
 import mlflow.pytorch
+import numpy as np
 import requests
 import torch
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature
+from mlflow.types.schema import Schema, TensorSpec
 from mlflow.tracking import MlflowClient
 import pandas as pd
 from torch import nn
 
 from components.errors import TrackingError
+from components.export import FILES, INPUT, Preprocessed, example_pixels, export, exports_onnx, output_names
+from components.tasks import task_type_named
 from components.tasks.base import Scores
 
 CHAMPION = "champion"
+WEIGHTS = PurePosixPath("flywheel/weights.pt")  # the inference model's state dict
+RECIPE = PurePosixPath("flywheel/recipe.json")  # what rebuilds it (`Recipe`)
 TAG_KIND = "flywheel.kind"
 TAG_REGISTERED = "flywheel.registered_version"
 TAG_PROJECT = "flywheel.label_studio_project"
@@ -77,6 +86,26 @@ class RegisteredModel:
     @property
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What rebuilds a registered model from its weights: its task type, architecture (params.yaml's
+    name and options), labels and input size."""
+
+    task: str
+    architecture: str
+    options: dict[str, Any]
+    labels: list[str]
+    image_size: int
+
+    def build(self, weights: dict[str, torch.Tensor]) -> nn.Module:
+        """The inference model with these weights (strictly: a misfit is an error, never half-loaded)."""
+        task = task_type_named(self.task)
+        net = task.module(self.architecture, self.options, self.labels, lr=1e-3, augment=False).net
+        model = task.inference_model(net, self.labels, self.image_size)
+        model.load_state_dict(weights)
+        return model.eval()
 
 
 @dataclass(frozen=True)
@@ -211,10 +240,10 @@ class ModelRegistry:
                 self.client.set_terminated(run.info.run_id, status="FAILED")
         return [r.info.run_id for r in runs]
 
-    def register(self, model: nn.Module, run_id: str) -> RegisteredModel:
-        """Log `model` into its training run (pytorch flavor + TorchScript export) and register it."""
+    def register(self, model: nn.Module, run_id: str, recipe: Recipe) -> RegisteredModel:
+        """Log `model` into its training run (its weights, recipe and exports) and register it."""
         with self.calling("log and register the model"):
-            return self._register(model, run_id)
+            return self._register(model, run_id, recipe)
 
     @contextmanager
     def _fluent(self) -> Iterator[None]:
@@ -229,34 +258,53 @@ class ModelRegistry:
             mlflow.set_tracking_uri(previous[0])
             mlflow.set_registry_uri(previous[1])
 
-    def _register(self, model: nn.Module, run_id: str) -> RegisteredModel:
-        example = torch.rand(2, 3, model.image_size, model.image_size)
+    def _register(self, model: nn.Module, run_id: str, recipe: Recipe) -> RegisteredModel:
         model.eval()
+        onnx_ready = exports_onnx(model)
+        with tempfile.TemporaryDirectory() as scratch, self._fluent(), mlflow.start_run(run_id=run_id), _no_eprint():
+            folder = Path(scratch)
+            (folder / "flywheel").mkdir()
+            torch.save(model.state_dict(), folder / "flywheel" / WEIGHTS.name)
+            (folder / "flywheel" / RECIPE.name).write_text(json.dumps(asdict(recipe)))
+            export(model, ["onnx", "torchscript"] if onnx_ready else ["torchscript"], folder / "export", f"run {run_id}")
+            mlflow.log_artifacts(str(folder / "flywheel"), artifact_path="flywheel")
+            mlflow.log_artifacts(str(folder / "export"), artifact_path="export")
+            if onnx_ready:  # MLflow's onnx flavor: a protobuf, no pickle; runs under `mlflow models serve` too
+                import onnx
+                from mlflow import onnx as mlflow_onnx
+
+                info = mlflow_onnx.log_model(
+                    onnx.load(str(folder / "export" / FILES["onnx"])),
+                    name="model",
+                    signature=self._pixels_signature(model),
+                    registered_model_name=self.name,
+                    pip_requirements=[f"onnxruntime=={version('onnxruntime')}"],
+                )
+            else:  # no safe MLflow format fits a box model's decoding (pt2 drops its methods): pickled, named here
+                info = mlflow.pytorch.log_model(
+                    model,
+                    name="model",
+                    serialization_format="pickle",
+                    signature=self._pixels_signature(model),
+                    registered_model_name=self.name,
+                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                )
+        return RegisteredModel(name=self.name, version=int(info.registered_model_version), run_id=run_id)
+
+    @staticmethod
+    def _pixels_signature(model: nn.Module) -> ModelSignature:
+        """uint8 pixels (N, H, W, 3) in, the model's named outputs out."""
+        example = example_pixels(model)
         with torch.no_grad():
-            output = model(example)
-        if isinstance(output, tuple):  # several outputs (a segmenter's detections and masks), named by the model
-            names = getattr(model, "output_names", [f"output_{i}" for i in range(len(output))])
-            signature = infer_signature(example.numpy(), {n: o.numpy() for n, o in zip(names, output, strict=True)})
-        else:
-            signature = infer_signature(example.numpy(), output.numpy())
-        with self._fluent(), mlflow.start_run(run_id=run_id), _no_eprint():
-            info = mlflow.pytorch.log_model(
-                model,
-                name="model",
-                serialization_format="pickle",
-                signature=signature,
-                input_example=example.numpy(),
-                registered_model_name=self.name,
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            )
-            with tempfile.TemporaryDirectory() as folder:
-                scripted = Path(folder) / "model.torchscript.pt"
-                torch.jit.trace(model, example).save(str(scripted))
-                (Path(folder) / "labels.json").write_text(json.dumps(model.labels))
-                mlflow.log_artifact(str(scripted), artifact_path="export")
-                mlflow.log_artifact(str(Path(folder) / "labels.json"), artifact_path="export")
-        version = int(info.registered_model_version)
-        return RegisteredModel(name=self.name, version=version, run_id=run_id)
+            output = Preprocessed(model)(example)
+        outputs = output if isinstance(output, tuple) else (output,)
+        return ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3), INPUT)]),
+            outputs=Schema([
+                TensorSpec(np.dtype(np.float32), (-1, *o.shape[1:]), name)
+                for name, o in zip(output_names(model), outputs, strict=True)
+            ]),
+        )
 
     def champion(self) -> RegisteredModel | None:
         """The model version under the `champion` alias, if any."""
@@ -293,10 +341,45 @@ class ModelRegistry:
         return self.tags_of(model.run_id).get("flywheel.architecture", "")
 
     def load(self, model: RegisteredModel) -> nn.Module:
-        """Load a registered version back as the same inference-model class (its task type's)."""
-        with self.calling(f"load model {model.model_version}"):
-            with self._fluent():
+        """Load a registered version back as its task type's inference model: rebuilt from its recipe
+        and its weights (read without unpickling code). Versions logged before recipes existed load
+        through MLflow's pytorch flavor."""
+        recipe = self.recipe_of(model)
+        if recipe is None:
+            with self.calling(f"load model {model.model_version}"), self._fluent():
                 return mlflow.pytorch.load_model(model.uri, map_location="cpu").eval()
+        return recipe.build(self.artifact_tensors(model.run_id, WEIGHTS.as_posix()))
+
+    def recipe_of(self, model: RegisteredModel) -> Recipe | None:
+        """How a registered version was built (None for one logged before recipes existed)."""
+        with self.calling(f"read the recipe of {model.model_version}"), tempfile.TemporaryDirectory() as scratch:
+            try:
+                path = self.client.download_artifacts(model.run_id, RECIPE.as_posix(), scratch)
+            except MlflowException as e:
+                if e.get_http_status_code() >= 500 or "API request to" in str(e):
+                    raise
+                return None
+            except OSError:  # a missing artifact in a local store
+                return None
+            return Recipe(**json.loads(Path(path).read_text()))
+
+    def download_export(self, model: RegisteredModel, fmt: str, out: Path) -> Path | None:
+        """The export of `fmt` logged with a version, downloaded into `out` (None if it was not logged)."""
+        with self.calling(f"download the {fmt} export of {model.model_version}"):
+            try:
+                return Path(self.client.download_artifacts(model.run_id, f"export/{FILES[fmt]}", str(out)))
+            except MlflowException as e:
+                if e.get_http_status_code() >= 500 or "API request to" in str(e):
+                    raise
+                return None
+            except OSError:
+                return None
+
+    def version(self, number: int) -> RegisteredModel:
+        """A registered version by number."""
+        with self.calling(f"read version {number} of {self.name}"):
+            mv = self.client.get_model_version(self.name, str(number))
+        return RegisteredModel(name=self.name, version=int(mv.version), run_id=mv.run_id)
 
     def _trained_images(self, run_id: str) -> float:
         with self.calling(f"read run {run_id}"):

@@ -404,6 +404,51 @@ def serve(params: ParamsOption = Path("params.yaml")) -> None:
         raise typer.Exit(code)
 
 
+@app.command("serve-model")
+@clear_errors
+def serve_model_now(
+    params: ParamsOption = Path("params.yaml"),
+    port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (default: production.port).")] = None,
+) -> None:
+    """Serve the champion over HTTP (POST image bytes to /predict; /feedback for a wrong answer); images it
+    is unsure of go back to Label Studio as tasks. It swaps to a newly promoted champion by itself (Ctrl-C stops)."""
+    settings = _loop_settings()
+    from components.params import load_params
+    from flows.serve_model import serve_model
+
+    loaded = load_params(params)
+    port = port or int(os.environ.get("FLYWHEEL_SERVE_MODEL_PORT", loaded.production.port))
+    typer.echo(
+        f"Serving {loaded.registry.model_name}@champion at http://127.0.0.1:{port}/predict (POST image bytes); "
+        f"answers under {loaded.production.route_below:g} confidence and /feedback go to Label Studio's "
+        f"\"From production\" tab ({settings.label_studio_url})."
+    )
+    serve_model(params, port)
+
+
+@app.command("export")
+@clear_errors
+def export_now(
+    out: Annotated[Path, typer.Option(help="Folder to write the model file and its card (.json) into.")],
+    format: Annotated[list[str], typer.Option("--format", help="onnx and/or torchscript (repeat the option).")] = ["onnx"],  # noqa: B006
+    version: Annotated[int | None, typer.Option(help="A registered version number (default: the champion).")] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Export the champion (or --version N) with its preprocessing inside: uint8 RGB pixels (N, H, W, 3) in."""
+    settings = _settings()
+    from components.export import export
+    from components.params import load_params
+    from components.registry import ModelRegistry
+
+    loaded = load_params(params)
+    models = ModelRegistry(settings.mlflow_tracking_uri, loaded.registry.model_name, loaded.registry.experiment)
+    chosen = models.version(version) if version is not None else models.champion()
+    if chosen is None:
+        raise FlywheelError(f"No champion of {loaded.registry.model_name!r} yet: run `flywheel run` first, or pass --version.")
+    for path in export(models.load(chosen), format, out, chosen.model_version):
+        typer.echo(f"Wrote {path}")
+
+
 pipeline_app = typer.Typer(help="The dvc.yaml stages (run them with `dvc repro`).", no_args_is_help=True)
 app.add_typer(pipeline_app, name="pipeline")
 

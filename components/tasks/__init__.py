@@ -13,12 +13,18 @@ from components.tasks.base import Reading, Scores, TaskType
 
 
 def task_type_of(config: LabelingConfig) -> TaskType:
-    """The task type of a parsed labeling config (imported lazily: each pulls its own libraries)."""
-    if config.task == "segmentation":
+    """The task type of a parsed labeling config."""
+    return task_type_named(config.task)
+
+
+def task_type_named(name: str) -> TaskType:
+    """A task type by its name: "classification", "detection" or "segmentation" (imported lazily:
+    each pulls its own libraries)."""
+    if name == "segmentation":
         from components.tasks.segmentation import Segmentation
 
         return Segmentation()
-    if config.task == "detection":
+    if name == "detection":
         from components.tasks.detection import Detection
 
         return Detection()
@@ -27,4 +33,4 @@ def task_type_of(config: LabelingConfig) -> TaskType:
     return Classification()
 
 
-__all__ = ["Reading", "Scores", "TaskType", "task_type_of"]
+__all__ = ["Reading", "Scores", "TaskType", "task_type_named", "task_type_of"]

@@ -90,6 +90,21 @@ def choice_result(label: str, config: LabelingConfig) -> list[dict[str, Any]]:
     ]
 
 
+def readings_of(probabilities: np.ndarray, labels: Sequence[str], config: LabelingConfig) -> list[Reading]:
+    """Class probabilities (N, C) -> one reading per image: the likeliest class, its probability as
+    the confidence, the margin as the uncertainty."""
+    uncertainty = margin_uncertainty(probabilities)
+    return [
+        Reading(
+            target=labels[int(row.argmax())],
+            result=choice_result(labels[int(row.argmax())], config),
+            confidence=round(float(row.max()), 4),
+            uncertainty=float(u),
+        )
+        for row, u in zip(probabilities, uncertainty, strict=True)
+    ]
+
+
 def margin_uncertainty(probabilities: np.ndarray) -> np.ndarray:
     """1 - (top-1 probability - top-2 probability) per row, in [0, 1]; 1 is a coin toss."""
     if probabilities.shape[1] < 2:
@@ -305,18 +320,7 @@ class Classification(TaskType):
     ) -> tuple[list[Reading], np.ndarray]:
         with torch.no_grad():
             probabilities, embeddings = model.probabilities_and_embeddings(images)
-        p = probabilities.numpy()
-        uncertainty = margin_uncertainty(p)
-        readings = [
-            Reading(
-                target=model.labels[int(row.argmax())],
-                result=choice_result(model.labels[int(row.argmax())], config),
-                confidence=round(float(row.max()), 4),
-                uncertainty=float(u),
-            )
-            for row, u in zip(p, uncertainty, strict=True)
-        ]
-        return readings, embeddings.numpy()
+        return readings_of(probabilities.numpy(), model.labels, config), embeddings.numpy()
 
     def find_label_errors(
         self,

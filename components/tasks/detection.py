@@ -227,7 +227,9 @@ def _xyxy(target: Mapping[str, Any], image_size: int) -> tuple[torch.Tensor, lis
 class DetectionModel(nn.Module):
     """What is logged and served: images (N, 3, S, S) in [0, 1] -> detections (N, K, 6), each row
     (x1, y1, x2, y2, score, class index) in input pixels, best first, rows past the last detection
-    zero. A fixed-size tensor, so it traces and exports like any model."""
+    zero. A fixed-size tensor, so it traces (TorchScript) like any model."""
+
+    exports_onnx = False  # its top-k decoding uses a sort the TorchScript-based ONNX exporter cannot write
 
     def __init__(self, net: nn.Module, labels: Sequence[str], image_size: int, max_detections: int = MAX_DETECTIONS):
         super().__init__()

@@ -130,7 +130,7 @@ def test_the_model_links_to_its_data(digits_project, loop_env, tmp_path):
     artifacts = {a.path for a in client.list_artifacts(champion.run_id)}
     assert "confusion_matrix.png" in artifacts
     assert {a.path for a in client.list_artifacts(champion.run_id, "export")} == {
-        "export/model.torchscript.pt", "export/labels.json",
+        "export/model.onnx", "export/model.onnx.json", "export/model.torchscript.pt", "export/model.torchscript.pt.json",
     }
     assert loop_env.label_studio_api_key not in str(run.data.params) + str(run.data.tags)
 

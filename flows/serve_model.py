@@ -1,0 +1,185 @@
+"""`flywheel serve-model`: the champion behind an HTTP endpoint (LitServe), hard images back to labeling.
+
+Why LitServe (measured, bench/RESULTS.md "Serving"): it batches requests by itself, runs the model
+in its own worker process beside the HTTP server, and its `LitAPI` hooks take the request's raw
+bytes; MLflow's model server takes JSON/CSV frames (base64 images), answers one request at a time
+and serves one fixed model URI (a new champion means a restart); BentoML brings 24 more packages
+(OpenTelemetry, its own process supervisor) for the same FastAPI + uvicorn core.
+
+Endpoints: `POST /predict` and `POST /feedback` (an answer the client found wrong), both taking an
+image file's bytes or a `.npy` uint8 array; `GET /health`. Each has its own worker process; both
+route hard images (`components.serving.Router`).
+"""
+
+# No `from __future__ import annotations`: LitServe hands `decode_request`'s annotation to FastAPI as is.
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import litserve as ls
+from fastapi import Body
+from fastapi.responses import JSONResponse
+
+from components.errors import SettingsError
+from components.params import load_params
+from components.registry import ModelRegistry
+from components.serving import (
+    Decoded,
+    Refusal,
+    Router,
+    ServingStats,
+    decode_request,
+    ensure_production_view,
+    load_champion,
+    load_version,
+    stats_path,
+)
+from components.settings import load_settings
+
+log = logging.getLogger("flywheel.serve_model")
+
+
+class EmptyBody:
+    """An ASGI middleware answering a POST without a body with one clear 400 (FastAPI's own answer,
+    a 422 "Field required", says nothing of what to send)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = dict(scope.get("headers") or [])
+            if headers.get(b"content-length") == b"0":
+                detail = "The request body is empty: POST the image file's bytes (PNG, JPEG, ...) or an .npy uint8 array."
+                await JSONResponse({"detail": detail}, status_code=400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class ChampionAPI(ls.LitAPI):
+    """One endpoint answering with the registry's champion; `flagged` marks the feedback endpoint
+    (every image it gets is routed to Label Studio).
+
+    Args:
+        params_path: The project's params.yaml (read again in the worker process).
+        api_path: "/predict" or "/feedback".
+        flagged: Whether every image is one a client found answered wrong.
+    """
+
+    def __init__(self, params_path: Path, api_path: str, flagged: bool):
+        p = load_params(params_path).production
+        super().__init__(max_batch_size=p.max_batch_size, batch_timeout=p.batch_timeout_ms / 1000, api_path=api_path)
+        self.params_path = params_path
+        self.flagged = flagged
+
+    def setup(self, device: str) -> None:
+        from components.label_studio import LabelStudio
+        from components.labeling_config import load_labeling_config
+
+        import torch
+
+        torch.set_num_threads(1)  # one core for the model, one for the HTTP server
+        settings = load_settings()
+        params = load_params(self.params_path)
+        self.params = params
+        self.max_pixels = params.images.max_pixels
+        self.max_bytes = params.production.max_request_bytes
+        label_studio = LabelStudio.from_settings(settings)
+        project = label_studio.ensure_project(params.project.title, load_labeling_config(params.project.config), create=False)
+        if project is None:
+            raise SettingsError(f"Label Studio has no project {params.project.title!r}: run `flywheel demo` or `flywheel import` first.")
+        self.config = project.config
+        self.models = ModelRegistry(settings.mlflow_tracking_uri, params.registry.model_name, params.registry.experiment)
+        champion = load_champion(self.models, self.config)
+        if champion is None:
+            raise SettingsError(
+                f"No champion of {params.registry.model_name!r} in MLflow yet: label some images and run `flywheel run` "
+                "(or `flywheel serve`) first."
+            )
+        self.champion = champion
+        self.router = Router(label_studio, project, params.production.route_below, params.production.max_routed_per_hour)
+        if not self.flagged:
+            ensure_production_view(label_studio, project.id)
+        self.stats = ServingStats(stats_path(settings.workspace, params.registry.model_name)) if not self.flagged else None
+        threading.Thread(target=self._follow_champion, name="follow-champion", daemon=True).start()
+        log.info("%s answers with %s", self.api_path, champion.model_version)
+
+    def _follow_champion(self) -> None:
+        """Swap in a newly promoted champion, loaded beside the one serving (never a dropped request)."""
+        while True:
+            time.sleep(self.params.production.reload_s)
+            try:
+                current = self.models.champion()
+                if current is not None and current.version != self.champion.registered.version:
+                    self.champion = load_version(self.models, current, self.config)
+                    log.info("%s now answers with %s", self.api_path, current.model_version)
+            except Exception as e:  # noqa: BLE001 - MLflow away: keep serving the model we have
+                log.warning("Could not check the champion (%s); still answering with %s", e, self.champion.model_version)
+
+    def decode_request(self, request: Annotated[bytes, Body(media_type="application/octet-stream")]) -> bytes:
+        return request  # decoded in `predict`, at the input size of the model that answers the batch
+
+    def batch(self, inputs: list[bytes]) -> list[bytes]:
+        return inputs
+
+    def predict(self, bodies: list[bytes]) -> list[dict[str, Any] | Refusal]:
+        champion = self.champion  # one model for the whole batch, even if a new one is swapped in meanwhile
+        decoded = [decode_request(body, champion.image_size, self.max_pixels, self.max_bytes) for body in bodies]
+        images = [d for d in decoded if isinstance(d, Decoded)]
+        readings = iter(champion.answer(images))
+        answers: list[dict[str, Any] | Refusal] = []
+        routed = 0
+        answered = []
+        for item in decoded:
+            if isinstance(item, Refusal):
+                answers.append(item)
+                continue
+            reading = next(readings)
+            answered.append(reading)
+            route = self.router.consider(item, reading, champion.model_version, flagged=self.flagged)
+            routed += route in ("low confidence", "flagged")
+            answers.append({
+                "model_version": champion.model_version,
+                "answer": reading.target,
+                "confidence": reading.confidence,
+                "result": reading.result,
+                "routed": route,
+            })
+        if self.stats is not None:
+            self.stats.record(champion.model_version, answered, routed)
+        return answers
+
+    def unbatch(self, output: list[Any]) -> list[Any]:
+        return output
+
+    def encode_response(self, output: dict[str, Any] | Refusal) -> Any:
+        if isinstance(output, Refusal):
+            return JSONResponse({"detail": output.detail}, status_code=output.status)
+        return output
+
+
+def serve_model(params_path: Path, port: int | None = None) -> None:
+    """Run the endpoint until stopped (Ctrl+C or SIGTERM)."""
+    params = load_params(params_path)
+    settings = load_settings()
+    port = port or int(os.environ.get("FLYWHEEL_SERVE_MODEL_PORT", params.production.port))
+    # fail here, with the message, rather than in a worker process whose error LitServe only logs
+    models = ModelRegistry(settings.mlflow_tracking_uri, params.registry.model_name, params.registry.experiment)
+    if models.champion() is None:
+        raise SettingsError(
+            f"No champion of {params.registry.model_name!r} in MLflow at {settings.mlflow_tracking_uri} yet: label some "
+            "images and run `flywheel run` (or `flywheel serve`) first."
+        )
+    path = params_path.resolve()
+    server = ls.LitServer(
+        [ChampionAPI(path, "/predict", flagged=False), ChampionAPI(path, "/feedback", flagged=True)],
+        accelerator="cpu",
+        max_payload_size=params.production.max_request_bytes,
+        middlewares=[EmptyBody],
+        fast_queue=True,
+        timeout=30,
+    )
+    server.run(host="127.0.0.1", port=port, generate_client_file=False, log_level="warning")
