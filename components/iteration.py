@@ -15,6 +15,7 @@ it never stops the rest. Every step after `version` reads the snapshot by its re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -43,7 +44,8 @@ from components.labeling_config import load_labeling_config
 from components.params import Params
 from components.prediction import embed, infer_images
 from components.registry import TAG_KIND, TAG_PROJECT, TAG_REGISTERED, ModelRegistry, Promotion, Recipe, RegisteredModel
-from components.report import LearningPoint, Report, build_report, measure_acceptance, write_report
+from components.report import LearningPoint, Report, build_report, measure_acceptance, production_view, write_report
+from components.serving import read_stats
 from components.pretraining import (
     BACKBONE_FILE,
     TAG_BACKBONE,
@@ -750,6 +752,11 @@ def report(ws: Workspace, champion: RegisteredModel) -> tuple[Report, Path]:
         per_class=scores.per_class, metric_title=task.metric_title, per_class_title=task.per_class_metric.upper(),
         labeled=len(manifest),
     )
+    stats = read_stats(ws.settings.workspace, ws.params.registry.model_name)
+    if stats is not None and hasattr(data.val_set, "tensors"):  # classification: its val split is images and targets
+        readings, _ = task.read(model, data.val_set.tensors[0], ws.project.config)
+        view = production_view(stats, [r.confidence for r in readings], ws.params.production.route_below)
+        result = dataclasses.replace(result, production=view)
     out = reports_dir(ws) / "report"
     path = write_report(result, labels, out, f"flywheel report: {ws.project.title}", strategy=reports_dir(ws) / "strategy")
     tags = {TAG_KIND: "report", TAG_PROJECT: str(ws.project.id), "flywheel.champion": champion.model_version}
@@ -760,6 +767,9 @@ def report(ws: Workspace, champion: RegisteredModel) -> tuple[Report, Path]:
         metrics["acceptance_rate"] = acceptance.rate
     if result.labels_to_target is not None:
         metrics["labels_to_target"] = float(result.labels_to_target)
+    if result.production is not None:
+        metrics.update(production_share_routed=result.production.share_routed, production_ks=result.production.ks_statistic,
+                       production_median_confidence=result.production.production_median)
     ws.models.record_run(tags, metrics=metrics, artifacts=(out, "report"))
     return result, path
 

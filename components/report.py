@@ -75,6 +75,75 @@ class Acceptance:
         return self.accepted / self.shown if self.shown else None
 
 
+BINS = 20  # confidence histograms: bins of 0.05
+
+
+@dataclass(frozen=True)
+class ProductionView:
+    """How the endpoint's answers compare with the champion's on its validation split (drift).
+
+    Attributes:
+        model_version: The model the endpoint answered with last.
+        requests: Answers given.
+        routed: Images sent back to Label Studio (low confidence or flagged).
+        production_median, validation_median: Median confidence of the answers.
+        below_route_production, below_route_validation: Share of answers under `production.route_below`.
+        ks_statistic, ks_pvalue: Two-sample Kolmogorov-Smirnov test of the two confidence samples.
+        production_hist, validation_hist: Share of answers per confidence bin (`BINS` over [0, 1]).
+    """
+
+    model_version: str
+    requests: int
+    routed: int
+    production_median: float
+    validation_median: float
+    below_route_production: float
+    below_route_validation: float
+    ks_statistic: float
+    ks_pvalue: float
+    production_hist: list[float]
+    validation_hist: list[float]
+
+    @property
+    def share_routed(self) -> float:
+        return self.routed / self.requests if self.requests else 0.0
+
+    @property
+    def drifted(self) -> bool:
+        """Production answers clearly less sure than validation ones: the images differ from those labeled."""
+        return self.ks_pvalue < 0.01 and self.production_median < self.validation_median
+
+
+def production_view(stats: Mapping[str, Any], validation: Sequence[float], route_below: float) -> ProductionView | None:
+    """The endpoint's counts (`serving.read_stats`) against the champion's confidences on its
+    validation split; None when the endpoint has not answered or there is no validation split."""
+    from scipy.stats import ks_2samp
+
+    production = np.asarray(stats.get("confidences") or [], dtype=float)
+    validation = np.asarray(validation, dtype=float)
+    if not len(production) or not len(validation):
+        return None
+    test = ks_2samp(production, validation)
+
+    def hist(values: np.ndarray) -> list[float]:
+        counts, _ = np.histogram(values, bins=BINS, range=(0.0, 1.0))
+        return [round(float(c) / len(values), 4) for c in counts]
+
+    return ProductionView(
+        model_version=str(stats.get("model_version", "")),
+        requests=int(stats.get("requests", 0)),
+        routed=int(stats.get("routed", 0)),
+        production_median=round(float(np.median(production)), 4),
+        validation_median=round(float(np.median(validation)), 4),
+        below_route_production=round(float((production < route_below).mean()), 4),
+        below_route_validation=round(float((validation < route_below).mean()), 4),
+        ks_statistic=round(float(test.statistic), 4),
+        ks_pvalue=float(test.pvalue),
+        production_hist=hist(production),
+        validation_hist=hist(validation),
+    )
+
+
 @dataclass(frozen=True)
 class Report:
     labeled: int
@@ -87,6 +156,7 @@ class Report:
     confusion: list[list[int]] | None
     metric_title: str = "validation accuracy"
     per_class_title: str = "F1"
+    production: ProductionView | None = None
 
     @property
     def labels_to_target(self) -> int | None:
@@ -244,6 +314,14 @@ def summary_lines(report: Report) -> list[str]:
         "Suggestions accepted unchanged: "
         + (f"{rate:.1%} ({report.acceptance.accepted}/{report.acceptance.shown})" if rate is not None else "none made from a suggestion yet")
     )
+    p = report.production
+    if p is not None:
+        lines.append(
+            f"Production ({p.model_version}): {p.requests:,} answers, {p.share_routed:.1%} sent back to labeling; median "
+            f"confidence {p.production_median:.2f} in production vs {p.validation_median:.2f} on validation "
+            f"(KS {p.ks_statistic:.2f}, p={p.ks_pvalue:.1g})"
+            + (": production images differ from the labeled ones, label the \"From production\" tab" if p.drifted else "")
+        )
     return lines
 
 
@@ -308,6 +386,21 @@ def _plots(report: Report, labels: Sequence[str], folder: Path) -> dict[str, str
     files["acceptance"] = "acceptance.png"
     fig.savefig(folder / files["acceptance"], dpi=100)
     plt.close(fig)
+
+    if report.production is not None:
+        p = report.production
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        edges = np.linspace(0, 1, BINS + 1)
+        ax.stairs(p.validation_hist, edges, label=f"validation (median {p.validation_median:.2f})", linewidth=2)
+        ax.stairs(p.production_hist, edges, label=f"production (median {p.production_median:.2f})", linewidth=2)
+        ax.set_xlabel("confidence of the answer")
+        ax.set_ylabel("share of answers")
+        ax.legend(loc="upper left")
+        ax.set_title(f"Confidence: production vs validation ({p.model_version})")
+        fig.tight_layout()
+        files["production"] = "production.png"
+        fig.savefig(folder / files["production"], dpi=100)
+        plt.close(fig)
     return files
 
 
@@ -352,6 +445,7 @@ def write_report(report: Report, labels: Sequence[str], folder: Path, title: str
 <img src="{plots['per_class']}" alt="per class">
 {confused}
 <h2>Suggestions accepted</h2><img src="{plots['acceptance']}" alt="acceptance">
+{'<h2>Production</h2><img src="production.png" alt="production">' if "production" in plots else ""}
 {_strategy_section(strategy, folder)}
 </body></html>"""
     path = folder / "report.html"

@@ -616,12 +616,23 @@ def bench_robustness() -> None:
     main()
 
 
+@bench_app.command("serving")
+@clear_errors
+def bench_serving() -> None:
+    """`flywheel serve-model` on loopback: p50 latency, throughput at 16 in flight, errors, seconds to Label Studio."""
+    from bench.serving import main
+
+    _settings()
+    main()
+
+
 @bench_app.command("all")
 @clear_errors
 def bench_all() -> None:
     """Every benchmark with its defaults (about 100 minutes on a 2-core CPU)."""
     bench_micro()
     bench_latency()
+    bench_serving()
     bench_simulate()
     bench_simulate(task="detection", order=["random"], budget=200, held_out=300)
     bench_simulate(task="segmentation", order=["random"], budget=200, held_out=500)

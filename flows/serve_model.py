@@ -14,6 +14,7 @@ route hard images (`components.serving.Router`).
 # No `from __future__ import annotations`: LitServe hands `decode_request`'s annotation to FastAPI as is.
 import logging
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -182,4 +183,14 @@ def serve_model(params_path: Path, port: int | None = None) -> None:
         fast_queue=True,
         timeout=30,
     )
+    main = os.getpid()
+
+    def stop(signum: int, frame: Any) -> None:
+        if os.getpid() != main:  # a forked HTTP server process: die as LitServe expects
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise KeyboardInterrupt  # LitServe's graceful shutdown: it stops its HTTP server and worker processes
+
+    signal.signal(signal.SIGTERM, stop)
     server.run(host="127.0.0.1", port=port, generate_client_file=False, log_level="warning")

@@ -88,9 +88,16 @@ def served(loop_env, cli_env, label_studio, tmp_path_factory):
         yield {"client": client, "params": params_path, "project": project, "person": person, "log": log,
                "fresh": [i.path for i in images[240:]], "ws": open_workspace(load_settings(), loaded)}
     finally:
-        process.terminate()
+        import psutil
+
+        children = psutil.Process(process.pid).children(recursive=True)
+        process.terminate()  # SIGTERM stops the endpoint with its HTTP server and worker processes
         process.wait(timeout=30)
+        _, alive = psutil.wait_procs(children, timeout=20)
+        for leftover in alive:
+            leftover.kill()
         client.close()
+        assert not alive, f"SIGTERM left {len(alive)} of the endpoint's processes running"
 
 
 def test_an_unsure_image_sent_three_times_becomes_one_task_with_its_preannotation(served, label_studio):
