@@ -7,8 +7,8 @@ and serves one fixed model URI (a new champion means a restart); BentoML brings 
 (OpenTelemetry, its own process supervisor) for the same FastAPI + uvicorn core.
 
 Endpoints: `POST /predict` and `POST /feedback` (an answer the client found wrong), both taking an
-image file's bytes or a `.npy` uint8 array; `GET /health`. Each has its own worker process; both
-route hard images (`components.serving.Router`).
+image file's bytes or a `.npy` uint8 array; `GET /health`. One worker process answers both and
+routes hard images (`components.serving.Router`).
 """
 
 # No `from __future__ import annotations`: LitServe hands `decode_request`'s annotation to FastAPI as is.
@@ -18,9 +18,13 @@ import signal
 import threading
 import time
 from pathlib import Path
+from queue import Empty
 from typing import Annotated, Any
 
 import litserve as ls
+from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
+from litserve.loops.simple_loops import BatchedLoop
+from litserve.utils import LitAPIStatus, LoopResponseType
 from fastapi import Body
 from fastapi.responses import JSONResponse
 
@@ -43,38 +47,79 @@ from components.settings import load_settings
 log = logging.getLogger("flywheel.serve_model")
 
 
-class EmptyBody:
-    """An ASGI middleware answering a POST without a body with one clear 400 (FastAPI's own answer,
-    a 422 "Field required", says nothing of what to send)."""
+FEEDBACK = b"\x00flywheel-feedback\x00"  # marks a body that came to /feedback (a client cannot route more by it)
+
+
+class Requests:
+    """ASGI middleware in front of LitServe's app: a POST without a body gets one clear 400 (FastAPI's
+    own answer, a 422 "Field required", says nothing of what to send), and `POST /feedback` goes to
+    `/predict`'s worker with its body marked, so one worker process (and one model) answers both."""
 
     def __init__(self, app: Any):
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            headers = dict(scope.get("headers") or [])
-            if headers.get(b"content-length") == b"0":
+            if dict(scope.get("headers") or []).get(b"content-length") == b"0":
                 detail = "The request body is empty: POST the image file's bytes (PNG, JPEG, ...) or an .npy uint8 array."
                 await JSONResponse({"detail": detail}, status_code=400)(scope, receive, send)
                 return
+            if scope["path"] == "/feedback":
+                scope = {**scope, "path": "/predict", "raw_path": b"/predict"}
+                receive = _prefixed(receive, FEEDBACK)
         await self.app(scope, receive, send)
 
 
+def _prefixed(receive: Any, prefix: bytes) -> Any:
+    first = True
+
+    async def wrapped() -> dict[str, Any]:
+        nonlocal first
+        message = await receive()
+        if first and message["type"] == "http.request":
+            first = False
+            message = {**message, "body": prefix + message.get("body", b"")}
+        return message
+
+    return wrapped
+
+
+class QuietBatchedLoop(BatchedLoop):
+    """LitServe's batched loop, but waiting for a batch's first request in one blocking call: its own
+    loop polls the request queue every millisecond even while nobody sends anything (measured: 34% of
+    a core for an idle endpoint with two workers; bench/RESULTS.md "Serving"). After the first, the
+    batch fills as LitServe fills it (so it may hold `max_batch_size` + 1 requests)."""
+
+    def get_batch_requests(self, lit_api: ls.LitAPI, request_queue: Any, transport: Any) -> tuple[list, list]:
+        try:
+            first = request_queue.get(timeout=1.0)
+        except Empty:
+            return [], []
+        if first == _SENTINEL_VALUE:
+            raise _StopLoopError()
+        response_queue_id, uid, timestamp, payload = first
+        self.put_response(transport, response_queue_id, uid, (), LitAPIStatus.START, LoopResponseType.REGULAR)
+        batch, timed_out = [], []
+        if lit_api.request_timeout not in (-1, False) and time.monotonic() - timestamp > lit_api.request_timeout:
+            timed_out.append((response_queue_id, uid))
+        else:
+            batch.append((response_queue_id, uid, payload))
+        more, more_timed_out = super().get_batch_requests(lit_api, request_queue, transport)
+        return batch + more, timed_out + more_timed_out
+
+
 class ChampionAPI(ls.LitAPI):
-    """One endpoint answering with the registry's champion; `flagged` marks the feedback endpoint
-    (every image it gets is routed to Label Studio).
+    """`/predict` (and `/feedback`, marked by `Requests`) answered with the registry's champion.
 
     Args:
         params_path: The project's params.yaml (read again in the worker process).
-        api_path: "/predict" or "/feedback".
-        flagged: Whether every image is one a client found answered wrong.
     """
 
-    def __init__(self, params_path: Path, api_path: str, flagged: bool):
+    def __init__(self, params_path: Path):
         p = load_params(params_path).production
-        super().__init__(max_batch_size=p.max_batch_size, batch_timeout=p.batch_timeout_ms / 1000, api_path=api_path)
+        super().__init__(max_batch_size=p.max_batch_size, batch_timeout=p.batch_timeout_ms / 1000, api_path="/predict",
+                         loop=QuietBatchedLoop())
         self.params_path = params_path
-        self.flagged = flagged
 
     def setup(self, device: str) -> None:
         from components.label_studio import LabelStudio
@@ -102,11 +147,10 @@ class ChampionAPI(ls.LitAPI):
             )
         self.champion = champion
         self.router = Router(label_studio, project, params.production.route_below, params.production.max_routed_per_hour)
-        if not self.flagged:
-            ensure_production_view(label_studio, project.id)
-        self.stats = ServingStats(stats_path(settings.workspace, params.registry.model_name)) if not self.flagged else None
+        ensure_production_view(label_studio, project.id)
+        self.stats = ServingStats(stats_path(settings.workspace, params.registry.model_name))
         threading.Thread(target=self._follow_champion, name="follow-champion", daemon=True).start()
-        log.info("%s answers with %s", self.api_path, champion.model_version)
+        log.info("answering with %s", champion.model_version)
 
     def _follow_champion(self) -> None:
         """Swap in a newly promoted champion, loaded beside the one serving (never a dropped request)."""
@@ -116,7 +160,7 @@ class ChampionAPI(ls.LitAPI):
                 current = self.models.champion()
                 if current is not None and current.version != self.champion.registered.version:
                     self.champion = load_version(self.models, current, self.config)
-                    log.info("%s now answers with %s", self.api_path, current.model_version)
+                    log.info("now answering with %s", current.model_version)
             except Exception as e:  # noqa: BLE001 - MLflow away: keep serving the model we have
                 log.warning("Could not check the champion (%s); still answering with %s", e, self.champion.model_version)
 
@@ -128,19 +172,21 @@ class ChampionAPI(ls.LitAPI):
 
     def predict(self, bodies: list[bytes]) -> list[dict[str, Any] | Refusal]:
         champion = self.champion  # one model for the whole batch, even if a new one is swapped in meanwhile
-        decoded = [decode_request(body, champion.image_size, self.max_pixels, self.max_bytes) for body in bodies]
+        flagged = [body.startswith(FEEDBACK) for body in bodies]
+        decoded = [decode_request(body[len(FEEDBACK):] if flag else body, champion.image_size, self.max_pixels, self.max_bytes)
+                   for body, flag in zip(bodies, flagged, strict=True)]
         images = [d for d in decoded if isinstance(d, Decoded)]
         readings = iter(champion.answer(images))
         answers: list[dict[str, Any] | Refusal] = []
         routed = 0
         answered = []
-        for item in decoded:
+        for item, flag in zip(decoded, flagged, strict=True):
             if isinstance(item, Refusal):
                 answers.append(item)
                 continue
             reading = next(readings)
             answered.append(reading)
-            route = self.router.consider(item, reading, champion.model_version, flagged=self.flagged)
+            route = self.router.consider(item, reading, champion.model_version, flagged=flag)
             routed += route in ("low confidence", "flagged")
             answers.append({
                 "model_version": champion.model_version,
@@ -149,8 +195,7 @@ class ChampionAPI(ls.LitAPI):
                 "result": reading.result,
                 "routed": route,
             })
-        if self.stats is not None:
-            self.stats.record(champion.model_version, answered, routed)
+        self.stats.record(champion.model_version, answered, routed)
         return answers
 
     def unbatch(self, output: list[Any]) -> list[Any]:
@@ -176,10 +221,10 @@ def serve_model(params_path: Path, port: int | None = None) -> None:
         )
     path = params_path.resolve()
     server = ls.LitServer(
-        [ChampionAPI(path, "/predict", flagged=False), ChampionAPI(path, "/feedback", flagged=True)],
+        ChampionAPI(path),
         accelerator="cpu",
         max_payload_size=params.production.max_request_bytes,
-        middlewares=[EmptyBody],
+        middlewares=[Requests],
         fast_queue=True,
         timeout=30,
     )
