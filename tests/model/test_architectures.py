@@ -55,3 +55,35 @@ def test_fast_dev_run_on_cpu(tmp_path):
     probabilities = InferenceModel(module.net, ["0", "1"], 16).eval()(data.val_set.tensors[0])
     assert probabilities.shape == (2, 2)
     assert torch.allclose(probabilities.sum(dim=1), torch.ones(2))
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS.architectures))
+def test_every_architecture_exports_with_its_preprocessing_and_rebuilds_from_its_recipe(name, tmp_path):
+    """Each exports as its task type allows (classifiers to ONNX and TorchScript, the box models to
+    TorchScript), the files answer as the model does, and the registry's recipe rebuilds it."""
+    from components.export import Preprocessed, export, exports_onnx
+    from components.registry import Recipe
+    from components.tasks import task_type_named
+
+    task = next(t for t in ("classification", "detection", "segmentation") if task_type_named(t).builds(name))
+    recipe = Recipe(task, name, dict(PARAMS.architectures[name]), ["a", "b", "c"], 32)
+    built = task_type_named(task).module(name, recipe.options, recipe.labels, lr=1e-3, augment=False).net
+    model = task_type_named(task).inference_model(built, recipe.labels, recipe.image_size).eval()
+    formats = ["onnx", "torchscript"] if exports_onnx(model) else ["torchscript"]
+    export(model, formats, tmp_path, "test")
+    pixels = torch.randint(0, 256, (2, 40, 36, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = Preprocessed(model)(pixels)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        scripted = torch.jit.load(str(tmp_path / "model.torchscript.pt"))(pixels)
+        scripted = scripted if isinstance(scripted, tuple) else (scripted,)
+        assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(scripted, expected, strict=True))
+        if "onnx" in formats:
+            import onnxruntime
+
+            session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+            assert np.allclose(session.run(None, {"images": pixels.numpy()})[0], expected[0].numpy(), atol=1e-4)
+        rebuilt = recipe.build(model.state_dict())
+        again = Preprocessed(rebuilt)(pixels)
+        again = again if isinstance(again, tuple) else (again,)
+        assert all(torch.equal(a, b) for a, b in zip(again, expected, strict=True))

@@ -11,6 +11,8 @@ from PIL import Image
 from components.report import production_view, summary_lines
 from components.serving import Decoded, Refusal, RouteLedger, decode_request
 
+pytestmark = pytest.mark.unit
+
 
 def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
