@@ -490,7 +490,7 @@ def register(ws: Workspace, trained: TrainedModel) -> Promotion:
         task=ws.task.name,
         architecture=trained.architecture,
         options=dict(ws.params.architectures.get(trained.architecture, {})),
-        labels=list(ws.project.config.labels),
+        labels=list(trained.model.labels),
         image_size=int(trained.model.image_size),
     )
     registered = ws.models.register(trained.model, trained.run_id, recipe)
@@ -753,7 +753,8 @@ def report(ws: Workspace, champion: RegisteredModel) -> tuple[Report, Path]:
         labeled=len(manifest),
     )
     stats = read_stats(ws.settings.workspace, ws.params.registry.model_name)
-    if stats is not None and hasattr(data.val_set, "tensors"):  # classification: its val split is images and targets
+    served = stats is not None and stats.get("model_version") == champion.model_version  # another model's answers say nothing of this one
+    if served and hasattr(data.val_set, "tensors"):  # classification: its val split is images and targets
         readings, _ = task.read(model, data.val_set.tensors[0], ws.project.config)
         view = production_view(stats, [r.confidence for r in readings], ws.params.production.route_below)
         result = dataclasses.replace(result, production=view)

@@ -102,7 +102,8 @@ class Recipe:
     def build(self, weights: dict[str, torch.Tensor]) -> nn.Module:
         """The inference model with these weights (strictly: a misfit is an error, never half-loaded)."""
         task = task_type_named(self.task)
-        net = task.module(self.architecture, self.options, self.labels, lr=1e-3, augment=False).net
+        options = {**self.options, **({"pretrained": False} if "pretrained" in self.options else {})}  # weights follow: no download
+        net = task.module(self.architecture, options, self.labels, lr=1e-3, augment=False).net
         model = task.inference_model(net, self.labels, self.image_size)
         model.load_state_dict(weights)
         return model.eval()
@@ -276,7 +277,7 @@ class ModelRegistry:
                 info = mlflow_onnx.log_model(
                     onnx.load(str(folder / "export" / FILES["onnx"])),
                     name="model",
-                    signature=self._pixels_signature(model),
+                    signature=self._signature(model, pixels=True),
                     registered_model_name=self.name,
                     pip_requirements=[f"onnxruntime=={version('onnxruntime')}"],
                 )
@@ -285,21 +286,24 @@ class ModelRegistry:
                     model,
                     name="model",
                     serialization_format="pickle",
-                    signature=self._pixels_signature(model),
+                    signature=self._signature(model, pixels=False),
                     registered_model_name=self.name,
                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                 )
         return RegisteredModel(name=self.name, version=int(info.registered_model_version), run_id=run_id)
 
     @staticmethod
-    def _pixels_signature(model: nn.Module) -> ModelSignature:
-        """uint8 pixels (N, H, W, 3) in, the model's named outputs out."""
-        example = example_pixels(model)
+    def _signature(model: nn.Module, pixels: bool) -> ModelSignature:
+        """What the logged model takes: uint8 pixels (N, H, W, 3) for the export with its
+        preprocessing, else the inference model's float images (N, 3, S, S) in [0, 1]."""
+        size = int(model.image_size)
+        example = example_pixels(model) if pixels else torch.rand(2, 3, size, size)
         with torch.no_grad():
-            output = Preprocessed(model)(example)
+            output = (Preprocessed(model) if pixels else model)(example)
         outputs = output if isinstance(output, tuple) else (output,)
+        inputs = TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3), INPUT) if pixels else TensorSpec(np.dtype(np.float32), (-1, 3, size, size), INPUT)
         return ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3), INPUT)]),
+            inputs=Schema([inputs]),
             outputs=Schema([
                 TensorSpec(np.dtype(np.float32), (-1, *o.shape[1:]), name)
                 for name, o in zip(output_names(model), outputs, strict=True)
@@ -359,7 +363,9 @@ class ModelRegistry:
                 if e.get_http_status_code() >= 500 or "API request to" in str(e):
                     raise
                 return None
-            except OSError:  # a missing artifact in a local store
+            except OSError as e:  # a missing artifact in a local store; a failing server is not "missing"
+                if isinstance(e, requests.RequestException):
+                    raise
                 return None
             return Recipe(**json.loads(Path(path).read_text()))
 
@@ -372,7 +378,9 @@ class ModelRegistry:
                 if e.get_http_status_code() >= 500 or "API request to" in str(e):
                     raise
                 return None
-            except OSError:
+            except OSError as e:
+                if isinstance(e, requests.RequestException):
+                    raise
                 return None
 
     def version(self, number: int) -> RegisteredModel:

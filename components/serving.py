@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import queue
 import tempfile
 import threading
@@ -79,19 +80,37 @@ def decode_request(body: bytes, image_size: int, max_pixels: int, max_bytes: int
         return Refusal(400, "The request body is empty: POST the image file's bytes (PNG, JPEG, ...) or an .npy uint8 array.")
     if len(body) > max_bytes:
         return Refusal(413, f"The request body is {len(body):,} bytes, over production.max_request_bytes = {max_bytes:,}: send a smaller image.")
-    if body.startswith(NPY_MAGIC):
-        return _decode_array(body, image_size, max_pixels)
     try:
+        if body.startswith(NPY_MAGIC):
+            return _decode_array(body, image_size, max_pixels)
         pixels, size = decode_image(io.BytesIO(body), image_size, max_pixels)
         with Image.open(io.BytesIO(body)) as image:
             suffix = SUFFIXES.get(image.format or "", ".png")
     except ValueError as e:
         status = 413 if "max_pixels" in str(e) or "bomb" in str(e) else 415
         return Refusal(status, f"Cannot answer: {e}. POST an image file's bytes (PNG, JPEG, ...) or an .npy uint8 array.")
+    except Exception as e:  # noqa: BLE001 - whatever else a decoder raises on crafted bytes is this request's alone
+        return Refusal(415, f"Cannot answer: the image cannot be decoded ({type(e).__name__}). POST an image file's bytes "
+                            "(PNG, JPEG, ...) or an .npy uint8 array.")
     return Decoded(body, pixels, size, suffix)
 
 
 def _decode_array(body: bytes, image_size: int, max_pixels: int) -> Decoded | Refusal:
+    stream = io.BytesIO(body)
+    try:  # the header first: a tiny body must not make numpy allocate the shape it claims
+        version = np.lib.format.read_magic(stream)
+        reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if reader is None:
+            raise ValueError(f".npy format version {version} is not one numpy.save writes for pixels")
+        shape, _, dtype = reader(stream)
+    except (ValueError, OSError, EOFError, SyntaxError) as e:
+        return Refusal(400, f"The .npy body cannot be read ({' '.join(str(e).split())[:200]}): send numpy.save's bytes of a uint8 (H, W, 3) array.")
+    if dtype != np.uint8:
+        return Refusal(422, f"The array is {dtype}: send uint8 RGB pixels (0-255), shape (H, W, 3).")
+    if len(shape) >= 2 and shape[0] * shape[1] > max_pixels:
+        return Refusal(413, f"The image is {shape[1]}x{shape[0]} px, over images.max_pixels = {max_pixels:,}: downscale it.")
+    if int(np.prod(shape)) > len(body) - stream.tell():
+        return Refusal(400, f"The .npy body is shorter than its header's shape {shape}: send numpy.save's bytes of the whole array.")
     try:
         array = np.load(io.BytesIO(body), allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
@@ -189,7 +208,7 @@ class RouteLedger:
 
     max_per_hour: int
     known: set[str] = field(default_factory=set)
-    times: deque = field(default_factory=deque)
+    times: deque = field(default_factory=deque)  # (time, digest) of each import, oldest first
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def claim(self, digest: str, now: float) -> str:
@@ -197,18 +216,19 @@ class RouteLedger:
         with self.lock:
             if digest in self.known:
                 return "duplicate"
-            while self.times and self.times[0] <= now - 3600:
+            while self.times and self.times[0][0] <= now - 3600:
                 self.times.popleft()
             if len(self.times) >= self.max_per_hour:
                 return "capped"
             self.known.add(digest)
-            self.times.append(now)
+            self.times.append((now, digest))
             return "new"
 
     def release(self, digest: str) -> None:
-        """An import that failed: the image may be routed again."""
+        """An import that failed: the image may be routed again, and it does not count for the hour."""
         with self.lock:
             self.known.discard(digest)
+            self.times = deque(entry for entry in self.times if entry[1] != digest)
 
 
 class Router:
@@ -268,7 +288,10 @@ class Router:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Finish the queued imports (up to `timeout_s`) and stop."""
-        self.queue.put(None)
+        try:
+            self.queue.put(None, timeout=timeout_s)
+        except queue.Full:
+            return
         self.thread.join(timeout_s)
 
 
@@ -292,6 +315,8 @@ class ServingStats:
         self._written = time.monotonic()
 
     def record(self, model_version: str, readings: Sequence[Reading], routed: int) -> None:
+        if model_version != self.model_version:  # a new champion: its confidences alone say how it does
+            self.confidences.clear()
         self.model_version = model_version
         self.requests += len(readings)
         self.routed += routed
@@ -300,14 +325,18 @@ class ServingStats:
             self.write()
 
     def write(self) -> None:
+        """Write the counts (never fails a request: a full disk only costs the drift view)."""
         self._written = time.monotonic()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".tmp")
-        partial.write_text(json.dumps({
-            "model_version": self.model_version, "requests": self.requests, "routed": self.routed,
-            "confidences": [round(c, 4) for c in self.confidences],
-        }))
-        partial.replace(self.path)
+        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps({
+                "model_version": self.model_version, "requests": self.requests, "routed": self.routed,
+                "written": time.time(), "confidences": [round(c, 4) for c in self.confidences],
+            }))
+            partial.replace(self.path)
+        except OSError as e:
+            log.warning("Could not write the serving counts to %s (%s)", self.path, e)
 
 
 def stats_path(workspace: Path, model_name: str) -> Path:

@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from components.errors import StackError
 from components.settings import NO_PHONE_HOME, Settings
 
 LABEL_STUDIO_ADMIN = "admin@flywheel.local"
-TITLES = {"label_studio": "Label Studio", "mlflow": "MLflow", "prefect": "Prefect"}
+TITLES = {"label_studio": "Label Studio", "mlflow": "MLflow", "prefect": "Prefect", "serve_model": "Model endpoint"}
 
 
 @dataclass(frozen=True)
@@ -253,8 +253,23 @@ def _wait_healthy(settings: Settings, service: Service, pid: int) -> None:
     )
 
 
-def up(settings: Settings, echo: Callable[[str], None] = print) -> list[ServiceStatus]:
-    """Start every embedded service that is not already running, and wait until each is healthy.
+def model_endpoint(settings: Settings, params_path: Path, port: int) -> Service:
+    """`flywheel serve-model` as an optional service of the stack (`flywheel stack up --serve-model`),
+    started once the servers it needs are healthy."""
+    return Service(
+        name="serve_model",
+        url=f"http://127.0.0.1:{port}/predict",
+        health_url=f"http://127.0.0.1:{port}/health",
+        port=port,
+        command=(_bin("flywheel"), "serve-model", "--params", str(Path(params_path).resolve()), "--port", str(port)),
+        env=(),
+        startup_s=120,
+    )
+
+
+def up(settings: Settings, echo: Callable[[str], None] = print, then: Sequence[Service] = ()) -> list[ServiceStatus]:
+    """Start every embedded service that is not already running, and wait until each is healthy;
+    then the services of `then` (the model endpoint), which need the others.
 
     Running `up` twice is harmless: a healthy service started earlier is left as it is.
 
@@ -262,8 +277,21 @@ def up(settings: Settings, echo: Callable[[str], None] = print) -> list[ServiceS
         StackError: A port is taken by another program, or a server did not become healthy in time
             (the message holds the end of its log).
     """
+    _bring_up(settings, embedded_services(settings), echo)
+    if then:
+        _bring_up(settings, list(then), echo)
+        _extra_path(settings).write_text("".join(f"{s.name} {s.url} {s.health_url}\n" for s in then))
+    return status(settings)
+
+
+def _extra_path(settings: Settings) -> Path:
+    """Where `up` notes the optional services it started (`status` shows them)."""
+    return settings.workspace / "run" / "optional.txt"
+
+
+def _bring_up(settings: Settings, services: list[Service], echo: Callable[[str], None]) -> None:
     started = []
-    for service in embedded_services(settings):
+    for service in services:
         pid = _read_pid(settings, service.name)
         if pid is not None and is_healthy(service.health_url):
             echo(f"{service.name}: already running (pid {pid})")
@@ -276,7 +304,6 @@ def up(settings: Settings, echo: Callable[[str], None] = print) -> list[ServiceS
     for service, pid in started:
         _wait_healthy(settings, service, pid)
         echo(f"{service.name}: healthy")
-    return status(settings)
 
 
 def _stop(settings: Settings, name: str, timeout_s: float = 20.0) -> bool:
@@ -303,10 +330,10 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def down(settings: Settings, echo: Callable[[str], None] = print) -> list[str]:
-    """Stop the servers `up` started (and nothing else). Returns the names stopped."""
+def down(settings: Settings, echo: Callable[[str], None] = print, only: Sequence[str] | None = None) -> list[str]:
+    """Stop the servers `up` started (and nothing else; `only` these of them). Returns the names stopped."""
     stopped = []
-    for name in ("prefect", "mlflow", "label_studio"):
+    for name in [n for n in ("serve_model", "prefect", "mlflow", "label_studio") if only is None or n in only]:
         if _stop(settings, name):
             echo(f"{name}: stopped")
             stopped.append(name)
@@ -333,6 +360,14 @@ def status(settings: Settings) -> list[ServiceStatus]:
                 healthy=is_healthy(service.health_url if service else health),
             )
         )
+    try:
+        optional = [line.split() for line in _extra_path(settings).read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        optional = []
+    for name, url, health in optional:
+        pid = _read_pid(settings, name)
+        if pid is not None:
+            rows.append(ServiceStatus(name=name, url=url, managed=True, pid=pid, healthy=is_healthy(health)))
     return rows
 
 

@@ -118,7 +118,7 @@ def _loop_settings() -> Settings:
     from components import stack
 
     settings = _settings()
-    down = [row for row in stack.status(settings) if not row.healthy]
+    down = [row for row in stack.status(settings) if not row.healthy and row.name != "serve_model"]
     if down:
         raise FlywheelError(
             "; ".join(f"{row.title} at {row.url} does not answer" for row in down)
@@ -136,11 +136,21 @@ ParamsOption = Annotated[Path, typer.Option("--params", help="The params.yaml to
 
 @stack_app.command("up")
 @clear_errors
-def stack_up() -> None:
+def stack_up(
+    serve_model: Annotated[bool, typer.Option("--serve-model", help="Also serve the champion (`flywheel serve-model`) once the servers are up.")] = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
     """Start the servers that are not running yet (twice is harmless) and print their URLs."""
     from components import stack
 
-    rows = stack.up(_settings(), echo=typer.echo)
+    settings = _settings()
+    then = []
+    if serve_model:
+        from components.params import load_params
+
+        port = int(os.environ.get("FLYWHEEL_SERVE_MODEL_PORT", load_params(params).production.port))
+        then.append(stack.model_endpoint(settings, params, port))
+    rows = stack.up(settings, echo=typer.echo, then=then)
     typer.echo(stack.describe(rows))
     if not all(r.healthy for r in rows):
         raise FlywheelError("An external service does not answer; check the URL you set for it.")
@@ -412,7 +422,7 @@ def serve_model_now(
 ) -> None:
     """Serve the champion over HTTP (POST image bytes to /predict; /feedback for a wrong answer); images it
     is unsure of go back to Label Studio as tasks. It swaps to a newly promoted champion by itself (Ctrl-C stops)."""
-    settings = _loop_settings()
+    settings = _settings()  # Label Studio and MLflow are checked by serve_model; Prefect is not needed
     from components.params import load_params
     from flows.serve_model import serve_model
 
@@ -430,13 +440,14 @@ def serve_model_now(
 @clear_errors
 def export_now(
     out: Annotated[Path, typer.Option(help="Folder to write the model file and its card (.json) into.")],
-    format: Annotated[list[str], typer.Option("--format", help="onnx and/or torchscript (repeat the option).")] = ["onnx"],  # noqa: B006
+    format: Annotated[list[str] | None, typer.Option("--format", help="onnx and/or torchscript (repeat the option; default: "
+                                                                     "onnx, torchscript for the box task types).")] = None,
     version: Annotated[int | None, typer.Option(help="A registered version number (default: the champion).")] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Export the champion (or --version N) with its preprocessing inside: uint8 RGB pixels (N, H, W, 3) in."""
     settings = _settings()
-    from components.export import export
+    from components.export import export, exports_onnx
     from components.params import load_params
     from components.registry import ModelRegistry
 
@@ -445,7 +456,9 @@ def export_now(
     chosen = models.version(version) if version is not None else models.champion()
     if chosen is None:
         raise FlywheelError(f"No champion of {loaded.registry.model_name!r} yet: run `flywheel run` first, or pass --version.")
-    for path in export(models.load(chosen), format, out, chosen.model_version):
+    model = models.load(chosen)
+    formats = format or (["onnx"] if exports_onnx(model) else ["torchscript"])
+    for path in export(model, formats, out, chosen.model_version):
         typer.echo(f"Wrote {path}")
 
 

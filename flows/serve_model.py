@@ -150,7 +150,16 @@ class ChampionAPI(ls.LitAPI):
         ensure_production_view(label_studio, project.id)
         self.stats = ServingStats(stats_path(settings.workspace, params.registry.model_name))
         threading.Thread(target=self._follow_champion, name="follow-champion", daemon=True).start()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._finish)  # LitServe stops this worker process with SIGTERM
         log.info("answering with %s", champion.model_version)
+
+    def _finish(self, signum: int, frame: Any) -> None:
+        """Before this worker goes: the images queued for Label Studio (up to 4 s: LitServe kills a
+        worker 5 s after asking) and the counts."""
+        self.router.stop(timeout_s=4.0)
+        self.stats.write()
+        raise SystemExit(0)
 
     def _follow_champion(self) -> None:
         """Swap in a newly promoted champion, loaded beside the one serving (never a dropped request)."""
@@ -213,6 +222,9 @@ def serve_model(params_path: Path, port: int | None = None) -> None:
     settings = load_settings()
     port = port or int(os.environ.get("FLYWHEEL_SERVE_MODEL_PORT", params.production.port))
     # fail here, with the message, rather than in a worker process whose error LitServe only logs
+    from components.label_studio import LabelStudio
+
+    LabelStudio.from_settings(settings).check()
     models = ModelRegistry(settings.mlflow_tracking_uri, params.registry.model_name, params.registry.experiment)
     if models.champion() is None:
         raise SettingsError(

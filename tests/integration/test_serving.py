@@ -55,7 +55,8 @@ def served(loop_env, cli_env, label_studio, tmp_path_factory):
     folder = tmp_path_factory.mktemp("serving")
     params_path = write_params(folder, f"serving-{uuid.uuid4().hex[:6]}")
     params = yaml.safe_load(params_path.read_text())
-    params["production"].update({"route_below": 1.0, "reload_s": 0.5})  # every answer under full confidence is routed
+    # every answer under full confidence is routed; concurrent requests share a batch (a bad one must spoil none)
+    params["production"].update({"route_below": 1.0, "reload_s": 0.5, "batch_timeout_ms": 50})
     params["images"]["max_pixels"] = 1_000_000
     params_path.write_text(yaml.safe_dump(params))
     loaded = load_params(params_path)
@@ -148,8 +149,9 @@ def npy(array: np.ndarray) -> bytes:
         (npy(np.zeros((8, 8, 5), dtype=np.uint8)), 422, "channel"),
         (npy(np.zeros((8, 8, 3), dtype=np.float32)), 422, "uint8"),
         (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, 415, "Cannot answer"),
+        (npy(np.zeros((8, 8, 3), np.uint8))[:128] + b"\x00" * 10, 400, "shorter"),
     ],
-    ids=["empty", "not-an-image", "huge", "five-channels", "float-array", "truncated-png"],
+    ids=["empty", "not-an-image", "huge", "five-channels", "float-array", "truncated-png", "truncated-array"],
 )
 def test_a_bad_request_gets_its_4xx_and_the_server_keeps_serving(served, body, status, says):
     client = served["client"]
@@ -162,14 +164,16 @@ def test_a_bad_request_gets_its_4xx_and_the_server_keeps_serving(served, body, s
 
 def test_a_bad_request_in_a_batch_spoils_no_other_answer(served):
     client = served["client"]
-    bodies = [served["fresh"][i].read_bytes() if i % 2 else b"no image" for i in range(2, 18)]
+    # bad ones of both kinds: bytes PIL refuses, and an array whose header claims more than the body holds
+    bodies = [served["fresh"][i].read_bytes() if i % 2 else b"no image" if i % 4 else npy(np.zeros((64, 64, 3), np.uint8))[:200]
+              for i in range(2, 18)]
     answers: list[int] = []
     threads = [threading.Thread(target=lambda b=b: answers.append(client.post("/predict", content=b).status_code)) for b in bodies]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(answers) == [200] * 8 + [415] * 8
+    assert sorted(answers) == [200] * 8 + [400] * 4 + [415] * 4
 
 
 def test_after_a_promotion_the_endpoint_answers_with_the_new_version_dropping_nothing(served):
@@ -238,3 +242,19 @@ def test_the_export_runs_outside_flywheel_as_pytorch_does(served, cli_env, tmp_p
     # the registered model is MLflow's onnx flavor: a protobuf, nothing unpickled to load it
     info = mlflow.models.get_model_info(f"models:/{ws.models.name}/{champion.version}")  # MLFLOW_TRACKING_URI: loop_env
     assert "onnx" in info.flavors and "pytorch" not in info.flavors
+
+
+def test_the_stack_starts_and_stops_the_endpoint_as_an_optional_service(served, stack):
+    from components import stack as embedded
+
+    endpoint = embedded.model_endpoint(stack, served["params"], free_port())
+    rows = embedded.up(stack, echo=lambda _: None, then=[endpoint])
+    try:
+        [row] = [r for r in rows if r.name == "serve_model"]
+        assert row.healthy and row.pid is not None
+        answer = httpx.post(endpoint.url, content=served["fresh"][0].read_bytes(), timeout=30)
+        assert answer.status_code == 200 and answer.json()["model_version"] == served["ws"].models.champion().model_version
+    finally:
+        assert embedded.down(stack, echo=lambda _: None, only=["serve_model"]) == ["serve_model"]
+    assert not [r for r in embedded.status(stack) if r.name == "serve_model"]
+    assert all(r.healthy for r in embedded.status(stack))  # the rest of the stack is untouched

@@ -60,6 +60,20 @@ def test_what_cannot_be_answered_is_refused_with_a_4xx_that_says_what_to_send(bo
     assert isinstance(refusal, Refusal) and refusal.status == status and len(refusal.detail) > 20
 
 
+def crafted_npy(shape: tuple[int, ...], payload: bytes = b"") -> bytes:
+    """An .npy whose header claims `shape`, followed by `payload` only."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + payload  # write_array_header_1_0 writes the magic too
+
+
+def test_an_array_header_is_checked_before_numpy_allocates_what_it_claims():
+    huge = decode_request(crafted_npy((100_000, 100_000, 3)), 8, 10_000, 2_000_000)
+    assert isinstance(huge, Refusal) and huge.status == 413
+    short = decode_request(crafted_npy((50, 50, 3), b"\x00" * 10), 8, 10_000, 2_000_000)
+    assert isinstance(short, Refusal) and short.status == 400 and "shorter" in short.detail
+
+
 def test_an_image_over_max_pixels_is_refused_before_it_is_decoded():
     refusal = decode_request(encoded(Image.new("RGB", (200, 100))), 8, 10_000, 2_000_000)
     assert isinstance(refusal, Refusal) and refusal.status == 413 and "max_pixels" in refusal.detail
