@@ -84,6 +84,40 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def model_runtimes(ws, champion, batch: int = 16, repeats: int = 300) -> dict[str, float]:
+    """Milliseconds per batch of `batch` images of the champion in eager PyTorch and in ONNX Runtime
+    (its logged export), one thread each, as the endpoint runs it."""
+    import tempfile
+
+    import numpy as np
+    import onnxruntime
+    import torch
+
+    from components.export import Preprocessed
+
+    torch.set_num_threads(1)
+    model = Preprocessed(ws.models.load(champion)).eval()
+    pixels = np.random.default_rng(0).integers(0, 256, (batch, 28, 28, 3), dtype=np.uint8)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    with tempfile.TemporaryDirectory() as scratch:
+        session = onnxruntime.InferenceSession(str(ws.models.download_export(champion, "onnx", Path(scratch))), options,
+                                               providers=["CPUExecutionProvider"])
+
+    def timed(run) -> float:
+        for _ in range(20):
+            run()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            run()
+        return (time.perf_counter() - start) / repeats * 1000
+
+    with torch.inference_mode():
+        eager = timed(lambda: model(torch.from_numpy(pixels)))
+    onnx = timed(lambda: session.run(None, {"images": pixels}))
+    return {"torch": eager, "onnx": onnx}
+
+
 def main() -> None:
     with throwaway_stack() as (settings, workspace):
         endpoint = None
@@ -152,6 +186,7 @@ def main() -> None:
                     break
             route = statistics.median(route_s)
 
+            runtime_ms = model_runtimes(ws, champion)
             before = cpu_seconds(endpoint.pid)
             time.sleep(IDLE_S)
             idle = (cpu_seconds(endpoint.pid) - before) / IDLE_S * 100
@@ -166,6 +201,8 @@ def main() -> None:
         "serve_errors": failures + seq_failures,
         "route_to_label_studio_s": round(route, 3),
         "serve_idle_cpu_percent": round(idle, 1),
+        "serve_model_ms_b16_torch": round(runtime_ms["torch"], 2),
+        "serve_model_ms_b16_onnx": round(runtime_ms["onnx"], 2),
     }
     q = statistics.quantiles(concurrent, n=100)
     markdown = f"""## Serving
@@ -181,11 +218,12 @@ the same 2 cores. Measured {time.strftime('%Y-%m-%d')}.
 | `serve_errors` over the {CONCURRENT:,} (and the {SEQUENTIAL:,}) | **{failures + seq_failures}** | 0 |
 | `route_to_label_studio_s`: an unsure answer -> its task listed by Label Studio (median of {ROUTED}) | **{route:.2f} s** ({', '.join(f'{s:.2f}' for s in route_s)}) | <= 5 |
 | endpoint idle, % of one core ({IDLE_S} s, no requests) | {idle:.1f} % | - |
+| the champion on a batch of 16, one thread: eager PyTorch / ONNX Runtime (its logged export) | {runtime_ms["torch"]:.2f} / {runtime_ms["onnx"]:.2f} ms | - |
 
-How the endpoint was chosen (same machine, a conv4 at 28x28, measured with a prototype before building it):
+How the endpoint was chosen (same machine, a conv4 at 28x28; the runtime row above is this benchmark's, the
+rest was measured with a throwaway prototype before building it, not kept in `bench/`):
 
-- Model runtime: a batch of 16 takes 6.4 ms in eager PyTorch and 2.5 ms in ONNX Runtime (one thread each; one
-  image 0.90 vs 0.18 ms), outputs equal within 2e-8. The endpoint runs the ONNX export (classification).
+- Model runtime: see the table; the endpoint runs the ONNX export (classification).
 - LitServe batching: at 16 in flight, batches of 16 within 2 ms gave 803-921 images/s (fast_queue on); 32 within
   5 ms 753; 16 within 1 ms 854; two torch threads instead of one 639 (the HTTP server needs the other core).
 - Most of the endpoint's time per request is LitServe's plumbing (the HTTP process, the queues to and from the

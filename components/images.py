@@ -109,9 +109,9 @@ def read_image(path: Path, image_size: int, max_pixels: int) -> np.ndarray:
     return decode_image(path, image_size, max_pixels)[0]
 
 
-def decode_image(source: Path | BinaryIO, image_size: int, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
+def decode_image(source: Path | BinaryIO, image_size: int, max_pixels: int) -> tuple[np.ndarray, tuple[int, int], str]:
     """Decode an image (a file, or bytes in a `BytesIO`) as `read_image` does. Returns the (S, S, 3)
-    uint8 pixels and the upright image's (width, height).
+    uint8 pixels, the upright image's (width, height) and its file type as PIL names it ("PNG", "JPEG", "").
 
     Raises:
         ValueError: As `read_image`.
@@ -129,7 +129,7 @@ def decode_image(source: Path | BinaryIO, image_size: int, max_pixels: int) -> t
             # upright as a browser (and so Label Studio) shows it: boxes are drawn on that picture
             upright = ImageOps.exif_transpose(image)
             rgb = upright.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8), shown
+            return np.asarray(rgb, dtype=np.uint8), shown, image.format or ""
     except UnidentifiedImageError as e:
         raise ValueError("the file is not an image PIL can read") from e
     except Image.DecompressionBombError as e:

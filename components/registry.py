@@ -345,14 +345,18 @@ class ModelRegistry:
         return self.tags_of(model.run_id).get("flywheel.architecture", "")
 
     def load(self, model: RegisteredModel) -> nn.Module:
-        """Load a registered version back as its task type's inference model: rebuilt from its recipe
-        and its weights (read without unpickling code). Versions logged before recipes existed load
-        through MLflow's pytorch flavor."""
+        """Load a registered version back as its task type's inference model (`load_with_recipe`)."""
+        return self.load_with_recipe(model)[0]
+
+    def load_with_recipe(self, model: RegisteredModel) -> tuple[nn.Module, Recipe | None]:
+        """A registered version as its task type's inference model, rebuilt from its recipe and its
+        weights (read without unpickling code), and the recipe. Versions logged before recipes
+        existed load through MLflow's pytorch flavor (recipe None)."""
         recipe = self.recipe_of(model)
         if recipe is None:
             with self.calling(f"load model {model.model_version}"), self._fluent():
-                return mlflow.pytorch.load_model(model.uri, map_location="cpu").eval()
-        return recipe.build(self.artifact_tensors(model.run_id, WEIGHTS.as_posix()))
+                return mlflow.pytorch.load_model(model.uri, map_location="cpu").eval(), None
+        return recipe.build(self.artifact_tensors(model.run_id, WEIGHTS.as_posix())), recipe
 
     def recipe_of(self, model: RegisteredModel) -> Recipe | None:
         """How a registered version was built (None for one logged before recipes existed)."""

@@ -83,9 +83,8 @@ def decode_request(body: bytes, image_size: int, max_pixels: int, max_bytes: int
     try:
         if body.startswith(NPY_MAGIC):
             return _decode_array(body, image_size, max_pixels)
-        pixels, size = decode_image(io.BytesIO(body), image_size, max_pixels)
-        with Image.open(io.BytesIO(body)) as image:
-            suffix = SUFFIXES.get(image.format or "", ".png")
+        pixels, size, kind = decode_image(io.BytesIO(body), image_size, max_pixels)
+        suffix = SUFFIXES.get(kind, ".png")
     except ValueError as e:
         status = 413 if "max_pixels" in str(e) or "bomb" in str(e) else 415
         return Refusal(status, f"Cannot answer: {e}. POST an image file's bytes (PNG, JPEG, ...) or an .npy uint8 array.")
@@ -188,8 +187,7 @@ def load_champion(models: ModelRegistry, config: Any) -> Champion | None:
 
 def load_version(models: ModelRegistry, registered: RegisteredModel, config: Any) -> Champion:
     """A registered version, ready to answer."""
-    recipe = models.recipe_of(registered)
-    model = models.load(registered)
+    model, recipe = models.load_with_recipe(registered)
     task = task_type_named(recipe.task) if recipe else _task_of(model)
     with tempfile.TemporaryDirectory() as scratch:
         onnx_file = models.download_export(registered, "onnx", Path(scratch))
