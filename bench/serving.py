@@ -232,7 +232,7 @@ rest was measured with a throwaway prototype before building it, not kept in `be
 - Idle: LitServe's batched loop polls its request queue every millisecond; with a worker each for /predict and
   /feedback the idle endpoint took 34.1% of a core. Now one worker answers both (a middleware marks feedback
   bodies) and waits for a batch's first request in one blocking call: 0.5%. The same change took throughput
-  from 671 to 770-853 images/s (two runs).
+  from 671 to 770-853 images/s (three runs: 770, 853, 788).
 - Throughput is short of 1,000 images/s: on 2 cores the load generator, the HTTP process and the worker share
   the CPU, and per request LitServe passes two messages (a start and the answer) through its queues besides the
   HTTP work; a prototype without flywheel's routing and Label Studio results peaked at 720-920 images/s the same
