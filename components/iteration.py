@@ -116,6 +116,7 @@ def open_workspace(
         LabelConfigError: The project's labeling config does not match params.yaml's.
     """
     settings.ensure_workspace()
+    settings.apply_client_env()
     label_studio = LabelStudio.from_settings(settings)
     config = load_labeling_config(project_root / params.project.config)
     project = label_studio.ensure_project(params.project.title, config, create=create_project)
@@ -125,7 +126,9 @@ def open_workspace(
             "`flywheel import FOLDER` (or `flywheel demo`), or set project.title in params.yaml. A project "
             f"deleted in Label Studio is gone there; its versioned snapshots stay under {settings.workspace / 'registry'}."
         )
-    data = DataRegistry(settings.workspace / "registry" / f"project-{project.id}", settings.dvc_remote).open()
+    data = DataRegistry(
+        settings.workspace / "registry" / f"project-{project.id}", settings.dvc_remote, endpoint_url=settings.s3_endpoint_url
+    ).open()
     i = params.images
     return Workspace(
         settings=settings,

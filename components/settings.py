@@ -3,6 +3,12 @@
 With nothing set, every service is the embedded one started by `flywheel stack up` on 127.0.0.1.
 A team points at its own servers by setting `LABEL_STUDIO_URL` / `LABEL_STUDIO_API_KEY`,
 `MLFLOW_TRACKING_URI` and `PREFECT_API_URL` (in the environment or in `.env`).
+
+The **team profile** (`flywheel stack up --profile team`, or `FLYWHEEL_PROFILE=team`) runs the same
+servers on PostgreSQL and an S3 object store: the databases of Label Studio, MLflow and Prefect in
+one PostgreSQL server (`FLYWHEEL_POSTGRES_URL` for the team's own), the DVC remote and MLflow's
+artifacts in a bucket (`AWS_ENDPOINT_URL_S3` + `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` for a
+MinIO or S3 of the team's own; without them, moto's server stands in on 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ CLIENT_ENV = {
 }
 CREDENTIALS_FILE = "credentials.env"
 WEBHOOK_SECRET_FILE = "webhook.secret"
+PROFILE_FILE = "profile"  # the profile `stack up --profile` started this workspace with
+PROFILES = ("embedded", "team")
 
 # Every phone-home of the stack, off: there may be no network, and they only slow things down.
 NO_PHONE_HOME = {
@@ -54,8 +62,8 @@ class Settings:
         label_studio_api_key: Its API token (legacy token or personal access token); never logged.
         mlflow_tracking_uri: MLflow tracking server.
         prefect_api_url: Prefect API.
-        external: Which of "label_studio", "mlflow", "prefect" the user points at their own server;
-            `stack up` leaves those alone.
+        external: Which of "label_studio", "mlflow", "prefect" (and in the team profile "postgres",
+            "object_store") the user points at their own server; `stack up` leaves those alone.
         label_studio_port, mlflow_port, prefect_port: Ports of the embedded servers.
         label_studio_bin: The `label-studio` executable (it lives in its own virtual environment).
         dvc_remote: The DVC remote snapshots are pushed to (a local folder, or any DVC URL).
@@ -64,6 +72,13 @@ class Settings:
         receiver_url: The receiver's address as Label Studio reaches it (default: host and port).
         webhook_secret: The shared secret Label Studio's webhooks carry (FLYWHEEL_WEBHOOK_SECRET, or
             the workspace's webhook.secret, created once by `flywheel serve`); never logged.
+        profile: "embedded" (SQLite, local folders) or "team" (PostgreSQL, an S3 object store).
+        postgres_port, object_store_port: Ports of the team profile's own PostgreSQL and object store.
+        postgres_url: The team profile's PostgreSQL, without a database name (never logged).
+        s3_endpoint_url: The S3 endpoint (empty: AWS itself, or no object store).
+        bucket: The team profile's bucket (DVC remote and MLflow artifacts under it).
+        mlflow_artifacts: Where the embedded MLflow server stores artifacts (a folder, or s3://...).
+        aws_access_key_id, aws_secret_access_key: The object store's credentials (never logged).
     """
 
     workspace: Path
@@ -81,6 +96,39 @@ class Settings:
     receiver_port: int = 8790
     receiver_url: str = "http://127.0.0.1:8790"
     webhook_secret: str = field(default="", repr=False)
+    profile: str = "embedded"
+    postgres_port: int = 5433
+    object_store_port: int = 9000
+    postgres_url: str = field(default="", repr=False)
+    s3_endpoint_url: str = ""
+    bucket: str = "flywheel"
+    mlflow_artifacts: str = ""
+    aws_access_key_id: str = field(default="", repr=False)
+    aws_secret_access_key: str = field(default="", repr=False)
+
+    @property
+    def team(self) -> bool:
+        """True in the team profile (PostgreSQL and an object store)."""
+        return self.profile == "team"
+
+    def database_url(self, name: str, driver: str = "") -> str:
+        """The URL of database `name` on the team profile's PostgreSQL (`driver`: "psycopg", "asyncpg")."""
+        scheme = f"postgresql+{driver}" if driver else "postgresql"
+        return f"{scheme}://{self.postgres_url.split('://', 1)[1].rstrip('/')}/{name}"
+
+    def client_env(self) -> dict[str, str]:
+        """What DVC's and MLflow's S3 clients read from the environment (team profile; {} otherwise)."""
+        if not self.team:
+            return {}
+        env = {"AWS_ACCESS_KEY_ID": self.aws_access_key_id, "AWS_SECRET_ACCESS_KEY": self.aws_secret_access_key}
+        if self.s3_endpoint_url:
+            env.update(AWS_ENDPOINT_URL_S3=self.s3_endpoint_url, MLFLOW_S3_ENDPOINT_URL=self.s3_endpoint_url)
+        return {k: v for k, v in env.items() if v}
+
+    def apply_client_env(self) -> None:
+        """Export `client_env` into this process (what is set already wins)."""
+        for key, value in self.client_env().items():
+            os.environ.setdefault(key, value)
 
     @property
     def image_root(self) -> Path:
@@ -88,9 +136,12 @@ class Settings:
         return self.workspace / "images"
 
     def ensure_workspace(self) -> Path:
-        """Create the workspace, private to its user (0700): it holds the token, the models and the data."""
-        self.workspace.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.workspace, 0o700)
+        """Create the workspace, private to its user (0700): it holds the token, the models and the data.
+        (0711 when root runs the team profile's own PostgreSQL, whose user must pass through to its
+        data; nobody else can list it, and what is inside stays private.)"""
+        mode = 0o711 if self.team and "postgres" not in self.external and os.geteuid() == 0 else 0o700
+        self.workspace.mkdir(parents=True, exist_ok=True, mode=mode)
+        os.chmod(self.workspace, mode)
         return self.workspace
 
     @property
@@ -130,6 +181,17 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
         k: v for k, v in dotenv_values(workspace / CREDENTIALS_FILE).items() if v is not None
     }
 
+    profile = env.get("FLYWHEEL_PROFILE") or (
+        (workspace / PROFILE_FILE).read_text().strip() if (workspace / PROFILE_FILE).is_file() else "embedded"
+    )
+    if profile not in PROFILES:
+        raise SettingsError(f"FLYWHEEL_PROFILE={profile!r} is not a profile; set it to one of {', '.join(PROFILES)}.")
+    team = profile == "team"
+    pg_port = _port(env, "FLYWHEEL_POSTGRES_PORT", 5433)
+    store_port = _port(env, "FLYWHEEL_OBJECT_STORE_PORT", 9000)
+    bucket = env.get("FLYWHEEL_BUCKET") or "flywheel"
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or ""
+    own_store = team and not endpoint and not env.get("FLYWHEEL_DVC_REMOTE")
     ls_port = _port(env, "FLYWHEEL_LABEL_STUDIO_PORT", 8080)
     mlflow_port = _port(env, "FLYWHEEL_MLFLOW_PORT", 5000)
     prefect_port = _port(env, "FLYWHEEL_PREFECT_PORT", 4200)
@@ -139,9 +201,10 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
             ("label_studio", "LABEL_STUDIO_URL"),
             ("mlflow", "MLFLOW_TRACKING_URI"),
             ("prefect", "PREFECT_API_URL"),
+            ("postgres", "FLYWHEEL_POSTGRES_URL"),
         )
         if env.get(key)
-    )
+    ) | ({"object_store"} if team and not own_store else set())
     receiver_host = env.get("FLYWHEEL_RECEIVER_HOST") or "127.0.0.1"
     receiver_port = _port(env, "FLYWHEEL_RECEIVER_PORT", 8790)
     secret_file = workspace / WEBHOOK_SECRET_FILE
@@ -157,9 +220,22 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
         mlflow_port=mlflow_port,
         prefect_port=prefect_port,
         label_studio_bin=Path(ls_bin),
-        dvc_remote=env.get("FLYWHEEL_DVC_REMOTE") or str(workspace / "dvc-remote"),
+        dvc_remote=env.get("FLYWHEEL_DVC_REMOTE") or (f"s3://{bucket}/dvc" if team else str(workspace / "dvc-remote")),
         receiver_host=receiver_host,
         receiver_port=receiver_port,
         receiver_url=(env.get("FLYWHEEL_RECEIVER_URL") or f"http://{receiver_host}:{receiver_port}").rstrip("/"),
         webhook_secret=env.get("FLYWHEEL_WEBHOOK_SECRET") or (secret_file.read_text().strip() if secret_file.is_file() else ""),
+        profile=profile,
+        postgres_port=pg_port,
+        object_store_port=store_port,
+        postgres_url=env.get("FLYWHEEL_POSTGRES_URL") or (
+            f"postgresql://flywheel:{credentials.get('FLYWHEEL_POSTGRES_PASSWORD', '')}@127.0.0.1:{pg_port}" if team else ""
+        ),
+        s3_endpoint_url=endpoint or (f"http://127.0.0.1:{store_port}" if own_store else ""),
+        bucket=bucket,
+        mlflow_artifacts=env.get("FLYWHEEL_MLFLOW_ARTIFACTS") or (
+            f"s3://{bucket}/mlflow" if team else str(workspace / "mlflow" / "artifacts")
+        ),
+        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID") or credentials.get("AWS_ACCESS_KEY_ID", ""),
+        aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or credentials.get("AWS_SECRET_ACCESS_KEY", ""),
     )

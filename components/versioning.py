@@ -114,11 +114,14 @@ class DataRegistry:
         root: The registry folder (created on first use).
         remote: The DVC remote URL: a local folder by default, any DVC remote (s3://...) by config.
         checkouts: Where snapshots are materialized by revision (default: beside the registries).
+        endpoint_url: The S3 endpoint of an s3:// remote other than AWS (MinIO, moto); credentials
+            come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), never the config.
     """
 
-    def __init__(self, root: Path, remote: str, checkouts: Path | None = None):
+    def __init__(self, root: Path, remote: str, checkouts: Path | None = None, endpoint_url: str = ""):
         self.root = Path(root)
         self.remote = remote
+        self.endpoint_url = endpoint_url
         self.checkouts = Path(checkouts) if checkouts else self.root.parent.parent / "snapshots" / self.root.name
 
     @property
@@ -141,6 +144,8 @@ class DataRegistry:
                 conf["core"]["check_update"] = False
                 conf["core"]["remote"] = "storage"
                 conf["remote"]["storage"] = {"url": self.remote}
+                if self.endpoint_url and self.remote.startswith("s3://"):
+                    conf["remote"]["storage"]["endpointurl"] = self.endpoint_url
             _git(self.root, "add", ".dvc", ".dvcignore")
             _git(self.root, "commit", "--quiet", "-m", "Data registry for flywheel snapshots")
         return self

@@ -101,6 +101,7 @@ def _settings() -> Settings:
     for key, value in {**NO_PHONE_HOME, **CLIENT_ENV}.items():
         os.environ.setdefault(key, value)
     settings = load_settings()
+    settings.apply_client_env()  # the team profile's object store, for DVC and MLflow clients
     os.environ.setdefault("PREFECT_API_URL", settings.prefect_api_url)
     os.environ.setdefault("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
@@ -139,10 +140,14 @@ ParamsOption = Annotated[Path, typer.Option("--params", help="The params.yaml to
 def stack_up(
     serve_model: Annotated[bool, typer.Option("--serve-model", help="Also serve the champion (`flywheel serve-model`) once the servers are up.")] = False,
     params: ParamsOption = Path("params.yaml"),
+    profile: Annotated[str | None, typer.Option(
+        "--profile", help="embedded (SQLite, folders) or team (PostgreSQL, an S3 object store, a work pool); "
+        "chosen at a workspace's first `up`.")] = None,
 ) -> None:
     """Start the servers that are not running yet (twice is harmless) and print their URLs."""
     from components import stack
 
+    stack.choose_profile(load_settings().workspace, profile)
     settings = _settings()
     then = []
     if serve_model:
