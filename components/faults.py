@@ -1,15 +1,23 @@
-"""A hook for fault tests: pause a run at a named point so a test can kill it exactly there.
+"""Surviving a kill: who owns a half-done thing, and a hook for fault tests.
 
-Does nothing unless the environment names the point (`FLYWHEEL_PAUSE_AT=write-back`). Then the
-process writes its pid to `FLYWHEEL_PAUSE_FILE` and waits until that file is removed (the test lets
-it go on) or the process is killed (the test's fault), for at most ten minutes.
+`owner()` names this process (host, pid, start time); `owner_gone` tells whether the process that
+wrote such a name is dead, so a run can close what a killed one left (an MLflow run still RUNNING, a
+staging folder) without touching what another live worker is doing right now.
+
+`pause_point` is a test hook: it does nothing unless the environment names the point
+(`FLYWHEEL_PAUSE_AT=write-back`). Then the process writes its pid to `FLYWHEEL_PAUSE_FILE` and
+waits until that file is removed (the test lets it go on) or the process is killed (the test's
+fault), for at most ten minutes. Points: poll, version, train, register, write-back.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
+
+import psutil
 
 PAUSE_AT = "FLYWHEEL_PAUSE_AT"
 PAUSE_FILE = "FLYWHEEL_PAUSE_FILE"
@@ -24,3 +32,38 @@ def pause_point(name: str) -> None:
     deadline = time.monotonic() + 600
     while marker.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def owner() -> str:
+    """This process as "host:pid:start" (the start time tells a reused pid apart)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{int(psutil.Process().create_time())}"
+
+
+def owner_gone(name: str) -> bool:
+    """True when `name` (from `owner`) is a process of this host that is no longer running. A process
+    of another host is never called gone: its own host's runs close what it leaves. No name (a run
+    from before owners were recorded) counts as gone."""
+    if not name:
+        return True
+    host, _, rest = name.partition(":")
+    pid, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        return int(psutil.Process(int(pid)).create_time()) != int(started or 0)
+    except psutil.NoSuchProcess:
+        return True
+
+
+def dead_pid_in(name: str) -> bool:
+    """For a leftover named "<prefix>-<pid>-<random>" by `owned_name`: whether its pid is dead (a name
+    without a pid, from before, counts as dead)."""
+    parts = name.rsplit("-", 2)
+    if len(parts) < 3 or not parts[1].isdigit():
+        return True
+    return not psutil.pid_exists(int(parts[1]))
+
+
+def owned_name(prefix: str) -> str:
+    """"<prefix>-<pid>-<random>": a temporary name `dead_pid_in` can judge."""
+    return f"{prefix}-{os.getpid()}-{os.urandom(4).hex()}"

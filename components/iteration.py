@@ -29,7 +29,7 @@ import torch
 
 from components.conversions import Prediction, current_annotation, task_from_json
 from components.errors import AnnotationError, DataError, LabelStudioError, SettingsError
-from components.faults import pause_point
+from components.faults import owner, pause_point
 from components.images import ImageError, ImageStore, StoredImage, shown_size
 from components.label_errors import find_label_errors
 from components.label_studio import (
@@ -43,7 +43,7 @@ from components.label_studio import (
 from components.labeling_config import load_labeling_config
 from components.params import Params
 from components.prediction import embed, infer_images
-from components.registry import TAG_KIND, TAG_PROJECT, TAG_REGISTERED, ModelRegistry, Promotion, Recipe, RegisteredModel
+from components.registry import TAG_KIND, TAG_OWNER, TAG_PROJECT, TAG_REGISTERED, ModelRegistry, Promotion, Recipe, RegisteredModel
 from components.report import LearningPoint, Report, build_report, measure_acceptance, production_view, write_report
 from components.serving import read_stats
 from components.pretraining import (
@@ -162,6 +162,7 @@ def poll(ws: Workspace) -> ChangeSet:
     that may work now (`images.retry_failed_s` passed)."""
     latest, folder = latest_snapshot(ws)
     changes = ws.label_studio.fetch_changed(ws.project.id, latest.cursor if latest else None)
+    pause_point("poll")
     quarantine = latest.quarantine if latest else {}
     changed = real_changes(read_manifest(folder), quarantine, changes.tasks, ws.project.config.data_key)
     seen = {t.id for t in changed}
@@ -284,6 +285,7 @@ def run_tags(ws: Workspace, snapshot_version: SnapshotVersion, architecture: str
         "flywheel.cursor": snapshot_version.cursor or "",
         "flywheel.architecture": architecture,
         "mlflow.runName": f"{architecture}@{snapshot_version.rev}",
+        TAG_OWNER: owner(),
     }
 
 
@@ -497,6 +499,7 @@ def register(ws: Workspace, trained: TrainedModel) -> Promotion:
         image_size=int(trained.model.image_size),
     )
     registered = ws.models.register(trained.model, trained.run_id, recipe)
+    pause_point("register")  # registered, the champion not judged yet
     ws.models.set_tags(trained.run_id, {TAG_REGISTERED: str(registered.version)})
     labels = list(ws.project.config.labels)
 
@@ -713,7 +716,9 @@ def check_labels(
     )
     out = reports_dir(ws)
     out.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(out / "label_errors.parquet", index=False)
+    partial = out / f".label_errors-{owner().replace(':', '-')}.parquet"
+    table.to_parquet(partial, index=False)
+    partial.replace(out / "label_errors.parquet")  # whole or not at all: a write-back may read it meanwhile
     tags = {**run_tags(ws, snapshot_version, p.architecture), TAG_KIND: "label-errors",
             "mlflow.runName": f"label-errors@{snapshot_version.rev}"}
     ws.models.record_run(
@@ -763,7 +768,7 @@ def report(ws: Workspace, champion: RegisteredModel) -> tuple[Report, Path]:
         result = dataclasses.replace(result, production=view)
     out = reports_dir(ws) / "report"
     path = write_report(result, labels, out, f"flywheel report: {ws.project.title}", strategy=reports_dir(ws) / "strategy")
-    tags = {TAG_KIND: "report", TAG_PROJECT: str(ws.project.id), "flywheel.champion": champion.model_version}
+    tags = {TAG_KIND: "report", TAG_PROJECT: str(ws.project.id), "flywheel.champion": champion.model_version, TAG_OWNER: owner()}
     if latest is not None:
         tags.update({TAG_MD5: latest.md5, "flywheel.dvc_rev": latest.rev, "mlflow.runName": f"report@{latest.rev}"})
     metrics = {"labeled": float(result.labeled)}

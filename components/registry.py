@@ -39,6 +39,7 @@ import pandas as pd
 from torch import nn
 
 from components.errors import TrackingError
+from components.faults import owner_gone
 from components.export import FILES, INPUT, Preprocessed, example_pixels, export, exports_onnx, output_names
 from components.tasks import task_type_named
 from components.tasks.base import Scores
@@ -49,6 +50,7 @@ RECIPE = PurePosixPath("flywheel/recipe.json")  # what rebuilds it (`Recipe`)
 TAG_KIND = "flywheel.kind"
 TAG_REGISTERED = "flywheel.registered_version"
 TAG_PROJECT = "flywheel.label_studio_project"
+TAG_OWNER = "flywheel.owner"  # the process that runs it (components.faults.owner): alive, or killed
 
 
 @contextmanager
@@ -230,11 +232,14 @@ class ModelRegistry:
             self.client.set_terminated(run_id)
 
     def close_abandoned_runs(self, project_id: int, closed_by: str) -> list[str]:
-        """Mark FAILED every run of this project's loop still RUNNING: called while holding the loop's
-        lock, when no other loop run can be alive, so these were killed mid-way. Returns their ids."""
-        runs = self.search_runs(
-            f"attributes.status = 'RUNNING' and tags.`{TAG_PROJECT}` = '{project_id}'", max_results=100
-        )
+        """Mark FAILED every run of this project's loop still RUNNING whose process is gone (killed
+        mid-way); a run of a live worker, or of another host, is left running. Returns their ids."""
+        runs = [
+            run for run in self.search_runs(
+                f"attributes.status = 'RUNNING' and tags.`{TAG_PROJECT}` = '{project_id}'", max_results=100
+            )
+            if owner_gone(run.data.tags.get(TAG_OWNER, ""))
+        ]
         with self.calling("close abandoned runs"):
             for run in runs:
                 self.client.set_tag(run.info.run_id, "flywheel.closed_by", closed_by)

@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 import subprocess
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from dvc.exceptions import DvcException
 from dvc.repo import Repo
 
 from components.errors import FlywheelError
+from components.faults import dead_pid_in, owned_name, pause_point
 
 SNAPSHOT = "snapshot"
 STATE = "state.json"
@@ -154,14 +154,15 @@ class DataRegistry:
         """The last versioned snapshot (from the committed HEAD), or None before the first one."""
         if not (self.root / ".git").exists():
             return None
-        try:
-            state = json.loads(_git(self.root, "show", f"HEAD:{STATE}"))
-            dvc_file = yaml.safe_load(_git(self.root, "show", f"HEAD:{SNAPSHOT}.dvc"))
+        try:  # one commit for both files: another worker may commit the next snapshot meanwhile
+            commit = _git(self.root, "rev-parse", "HEAD")
+            state = json.loads(_git(self.root, "show", f"{commit}:{STATE}"))
+            dvc_file = yaml.safe_load(_git(self.root, "show", f"{commit}:{SNAPSHOT}.dvc"))
         except VersioningError:
             return None  # nothing versioned yet
         return SnapshotVersion(
             rev=state["rev"],
-            commit=_git(self.root, "rev-parse", "HEAD"),
+            commit=commit,
             md5=dvc_file["outs"][0]["md5"],
             project_id=int(state["project_id"]),
             cursor=state.get("cursor"),
@@ -175,7 +176,7 @@ class DataRegistry:
     def stage(self) -> Iterator[Path]:
         """A fresh folder to build the next snapshot in, outside the registry; removed afterwards
         unless `commit` took it."""
-        staging = self.root.parent.parent / "staging" / f"{self.root.name}-{uuid.uuid4().hex[:8]}"
+        staging = self.root.parent.parent / "staging" / owned_name(self.root.name)
         staging.mkdir(parents=True)
         try:
             yield staging
@@ -210,7 +211,7 @@ class DataRegistry:
             "too_few": list(too_few or []),
         }
         head = _git(self.root, "rev-parse", "HEAD")
-        old = self.root.parent / f".{self.root.name}-replaced-{uuid.uuid4().hex[:8]}"
+        old = self.root.parent / owned_name(f".{self.root.name}-replaced")
         if self.snapshot_dir.exists():
             self.snapshot_dir.rename(old)
         staged.rename(self.snapshot_dir)
@@ -219,6 +220,7 @@ class DataRegistry:
                 repo.scm_context.quiet = True  # no "To track the changes with git, run: ..." hint: we commit
                 repo.add(str(self.snapshot_dir))
                 repo.push()
+            pause_point("version")  # pushed, not committed: the cursor has not moved
             (self.root / STATE).write_text(json.dumps(state, indent=2))
             _git(self.root, "add", f"{SNAPSHOT}.dvc", ".gitignore", STATE)
             # only these paths: a pool commit killed halfway may have left pool.dvc staged
@@ -296,7 +298,8 @@ class DataRegistry:
         if folder.is_dir():
             os.utime(folder)  # in use: the last to be pruned
             return folder
-        tmp = self.checkouts / f".tmp-{uuid.uuid4().hex[:8]}"
+        self.checkouts.mkdir(parents=True, exist_ok=True)
+        tmp = self.checkouts / owned_name(".tmp")
         try:
             fs = DVCFileSystem(str(self.root), rev=version.commit)
             try:
@@ -319,7 +322,7 @@ class DataRegistry:
         folder = self._checkout_dir(version)
         if not folder.is_dir():
             self.checkouts.mkdir(parents=True, exist_ok=True)
-            tmp = self.checkouts / f".tmp-{uuid.uuid4().hex[:8]}"
+            tmp = self.checkouts / owned_name(".tmp")
             link_tree(source, tmp)
             self._publish(tmp, folder)
         done = sorted((p for p in self.checkouts.iterdir() if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime)
@@ -337,15 +340,17 @@ class DataRegistry:
         return folder
 
     def sweep(self) -> None:
-        """Remove what a killed run left half-done: staging folders, a replaced working copy, partial
-        checkouts. Call only while holding the loop's lock (nothing else is building then)."""
+        """Remove what a killed process left half-done: staging folders, a replaced working copy,
+        partial checkouts, each named with its process's pid; a live process's are left alone (another
+        worker may be checking out a snapshot right now)."""
         leftovers = [
             *(self.root.parent.parent / "staging").glob(f"{self.root.name}-*"),
             *self.root.parent.glob(f".{self.root.name}-replaced-*"),
             *(self.checkouts.glob(".tmp-*") if self.checkouts.is_dir() else []),
         ]
         for path in leftovers:
-            shutil.rmtree(path, ignore_errors=True)
+            if dead_pid_in(path.name):
+                shutil.rmtree(path, ignore_errors=True)
 
     def title(self) -> str:
         """The Label Studio project title recorded with the last snapshot ("" before the first)."""

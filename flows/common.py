@@ -1,5 +1,16 @@
 """Prefect glue shared by the flows: the I/O task options, the task that opens the workspace, the
-loop's lock, and the failure hook of served runs."""
+loop's two locks, and the failure hook of served runs.
+
+The locks guard only what must be serial, so any worker can run any step and slow work (training,
+the label check's k folds, the report) never holds up new labels:
+
+- `CURSOR_LOCK`: poll -> snapshot -> version (the cursor moves in the snapshot's commit), and the
+  image pool's commit to the same data registry;
+- `PUBLISH_LOCK`: registering a model (the champion alias moves once at a time) and writing one
+  model version's pre-annotations, views and tidy to Label Studio.
+
+Everything else reads its inputs by revision (snapshot rev, registry version) and runs unlocked.
+"""
 
 from __future__ import annotations
 
@@ -28,8 +39,9 @@ from components.params import load_params
 from components.settings import load_settings
 from flows.logs import describe
 
-LOOP_LOCK = "flywheel-loop"
-HOLDER = "flywheel-loop-holder"  # a Prefect Variable: the flow run holding the loop lock
+CURSOR_LOCK = "flywheel-cursor"
+PUBLISH_LOCK = "flywheel-publish"
+LOOP_LOCK = CURSOR_LOCK  # the lock a new label waits for
 LEASE_S = 60  # Prefect's minimum: a killed holder's slot is reclaimed within about a minute
 
 log = logging.getLogger(__name__)
@@ -59,11 +71,16 @@ def _current_run() -> str:
     return str(flow_run.id or "")
 
 
-def _close_abandoned(ws: Workspace) -> None:
-    """The last holder of the lock is not running any more (we hold it now): if it never finished, it
-    was killed; close its Prefect flow run and its MLflow runs as crashed/failed."""
+def _holder(name: str) -> str:
+    """The Prefect Variable naming the flow run that holds lock `name`."""
+    return f"{name}-holder"
+
+
+def _close_abandoned(ws: Workspace, name: str) -> None:
+    """The last holder of lock `name` is not running any more (we hold it now): if it never finished,
+    it was killed; close its Prefect flow run as crashed, and MLflow runs whose process is gone as failed."""
     current = _current_run()
-    holder = Variable.get(HOLDER, default=None) or {}
+    holder = Variable.get(_holder(name), default=None) or {}
     if holder.get("flow_run_id") and holder["flow_run_id"] != current:
         with get_client(sync_client=True) as client:
             try:
@@ -79,8 +96,8 @@ def _close_abandoned(ws: Workspace) -> None:
 
 
 @contextmanager
-def one_at_a_time(ws: Workspace | None = None, name: str = LOOP_LOCK) -> Iterator[None]:
-    """Hold a Prefect global concurrency limit of 1, so two loop runs (poll or retrain) never overlap.
+def one_at_a_time(ws: Workspace | None = None, name: str = CURSOR_LOCK) -> Iterator[None]:
+    """Hold the Prefect global concurrency limit `name` (one slot: `CURSOR_LOCK` or `PUBLISH_LOCK`).
 
     Says so when it has to wait. Once it holds the lock, whatever a killed run left open is closed.
     """
@@ -88,19 +105,19 @@ def one_at_a_time(ws: Workspace | None = None, name: str = LOOP_LOCK) -> Iterato
         client.upsert_global_concurrency_limit_by_name(name=name, limit=1)
         busy = client.read_global_concurrency_limit_by_name(name).active_slots > 0
     if busy:
-        holder = (Variable.get(HOLDER, default=None) or {}).get("flow_run_name", "another run")
-        log.info("Waiting for the loop lock, held by %s (a killed run's hold expires within %d s)...", holder, LEASE_S)
+        holder = (Variable.get(_holder(name), default=None) or {}).get("flow_run_name", "another run")
+        log.info("Waiting for the loop lock %s, held by %s (a killed run's hold expires within %d s)...", name, holder, LEASE_S)
     with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S):
         if ws is not None:
-            _close_abandoned(ws)
+            _close_abandoned(ws, name)
         current = _current_run()
         if current:
-            Variable.set(HOLDER, {"flow_run_id": current, "flow_run_name": str(flow_run.name)}, overwrite=True)
+            Variable.set(_holder(name), {"flow_run_id": current, "flow_run_name": str(flow_run.name)}, overwrite=True)
         try:
             yield
         finally:  # a run that ends, even by an exception, leaves no holder: only a killed one does
             if current:
-                Variable.set(HOLDER, {}, overwrite=True)
+                Variable.set(_holder(name), {}, overwrite=True)
 
 
 def report_failure(flow: Any, run: Any, state: Any) -> None:

@@ -11,7 +11,7 @@ from components.iteration import Workspace
 from components.label_studio import ChangeSet
 from components.training import TrainedModel
 from components.versioning import SnapshotVersion
-from flows.common import connect, io_task, one_at_a_time, report_failure, step
+from flows.common import CURSOR_LOCK, PUBLISH_LOCK, connect, io_task, one_at_a_time, report_failure, step
 
 poll = io_task(iteration.poll)
 snapshot = io_task(iteration.snapshot)
@@ -63,26 +63,28 @@ def flywheel_iteration(
     started the run, kept in Prefect's history)."""
     ws = connect(params_path)
     summary: dict[str, object] = {"changed_tasks": 0, "snapshot": None, "trained": False, "written": 0}
-    with one_at_a_time(ws):
+    with one_at_a_time(ws, CURSOR_LOCK):  # serial: the cursor moves in the snapshot's commit
         changes = poll(ws)
         summary["changed_tasks"] = len(changes.tasks)
         if len(changes.tasks) >= ws.params.poll.min_new_annotations:
             summary["snapshot"] = version_changes(ws, changes).rev
-        latest = ws.data.latest()
-        trained = None
-        if latest is not None and ready_to_train(ws, latest):
-            trained = train(ws, latest, ws.params.train.architecture, progress, warm=warm)
+    latest = ws.data.latest()
+    trained = None
+    if latest is not None and ready_to_train(ws, latest):  # unlocked: it reads the snapshot by its revision
+        trained = train(ws, latest, ws.params.train.architecture, progress, warm=warm)
+    with one_at_a_time(ws, PUBLISH_LOCK):  # serial: the champion alias, one version's write-back
+        if trained is not None:
             promotion = register(ws, trained)
             summary.update(trained=True, promoted=promotion.promoted, score=promotion.candidate_score, metric=ws.task.metric_title)
         summary["champion"], summary["written"] = refresh_preannotations(ws, summary["snapshot"] is not None, trained)
         if summary["champion"] is None and summary["snapshot"] is not None:
             publish_cold_start(ws)  # no model yet: "Label next" from the pretrained backbone alone
-        champion = ws.models.champion()
-        idle = summary["snapshot"] is None and not summary["trained"]  # never delays fresh pre-annotations
-        if champion is not None and idle and not reported(ws, champion):
-            summary["report"] = str(report(ws, champion)[1])
-        latest = ws.data.latest()
-        summary["cursor"] = latest.cursor if latest is not None else None
+    champion = ws.models.champion()
+    idle = summary["snapshot"] is None and not summary["trained"]  # never delays fresh pre-annotations
+    if champion is not None and idle and not reported(ws, champion):
+        summary["report"] = str(report(ws, champion)[1])
+    latest = ws.data.latest()
+    summary["cursor"] = latest.cursor if latest is not None else None
     if summary["snapshot"] or summary["trained"] or summary["written"]:
         log.info(describe_iteration(summary))
     return summary
@@ -107,5 +109,5 @@ def tidy_predictions(params_path: str = "params.yaml", trigger: str = "manual") 
     from flows.worker import interrupted  # the warm worker's flag: new labels are waiting
 
     ws = connect(params_path)
-    with one_at_a_time(ws):
+    with one_at_a_time(ws, PUBLISH_LOCK):  # never deletes while a version is being written
         return {"deleted": tidy(ws, interrupted), "interrupted": interrupted()}

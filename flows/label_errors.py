@@ -7,7 +7,7 @@ import logging
 from prefect import flow
 
 from components import iteration
-from flows.common import connect, io_task, one_at_a_time, report_failure, step
+from flows.common import PUBLISH_LOCK, connect, io_task, one_at_a_time, report_failure, step
 from flows.flywheel import write_back
 
 labels_checked = io_task(iteration.labels_checked)
@@ -32,17 +32,17 @@ def find_label_errors(params_path: str = "params.yaml", force: bool = False, tri
     """Flag the labels most likely wrong in the latest snapshot, in Label Studio's "Suspected label errors" tab."""
     ws = connect(params_path)
     summary: dict[str, object] = {"snapshot": None, "suspected": None, "written": 0}
-    with one_at_a_time(ws):
-        latest = ws.data.latest()
-        if latest is None or latest.too_few or (labels_checked(ws, latest) and not force):
-            log.info("Nothing to check: no trainable snapshot yet, or the latest one was checked already.")
-            return summary
-        try:
-            table = check_labels(ws, latest, progress=_fold_done)
-        except Interrupted:
-            log.info("Checking labels paused for new labels: it runs again when the loop is idle.")
-            return {**summary, "interrupted": True}
-        summary.update(snapshot=latest.rev, suspected=int(table["suspected"].sum()))
+    latest = ws.data.latest()  # unlocked: the k folds read the snapshot by its revision, new labels never wait
+    if latest is None or latest.too_few or (labels_checked(ws, latest) and not force):
+        log.info("Nothing to check: no trainable snapshot yet, or the latest one was checked already.")
+        return summary
+    try:
+        table = check_labels(ws, latest, progress=_fold_done)
+    except Interrupted:
+        log.info("Checking labels paused for new labels: it runs again when the loop is idle.")
+        return {**summary, "interrupted": True}
+    summary.update(snapshot=latest.rev, suspected=int(table["suspected"].sum()))
+    with one_at_a_time(ws, PUBLISH_LOCK):
         champion = ws.models.champion()
         if champion is not None:
             summary["written"] = write_back(ws, champion)

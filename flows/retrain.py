@@ -6,7 +6,7 @@ import logging
 
 from prefect import flow
 
-from flows.common import connect, one_at_a_time, report_failure
+from flows.common import PUBLISH_LOCK, connect, one_at_a_time, report_failure
 from flows.flywheel import refresh_preannotations, register, tidy, train
 
 log = logging.getLogger("flows.retrain")  # by name: Prefect loads a served flow's file under another module name
@@ -17,15 +17,16 @@ def retrain(params_path: str = "params.yaml") -> dict[str, object]:
     """Compare every architecture on the latest snapshot in one MLflow experiment; refresh pre-annotations."""
     ws = connect(params_path)
     summary: dict[str, object] = {"snapshot": None, "score": {}, "written": 0}
-    with one_at_a_time(ws):
-        latest = ws.data.latest()
-        if latest is None or latest.too_few:
-            log.info("No trainable snapshot yet: label some tasks of every class and let the loop run first.")
-            return summary
-        summary["snapshot"] = latest.rev
-        for architecture in (a for a in ws.params.architectures if ws.task.builds(a)):
-            promotion = register(ws, train(ws, latest, architecture))
-            summary["score"][architecture] = promotion.candidate_score  # type: ignore[index]
+    latest = ws.data.latest()  # unlocked: training reads the snapshot by its revision
+    if latest is None or latest.too_few:
+        log.info("No trainable snapshot yet: label some tasks of every class and let the loop run first.")
+        return summary
+    summary["snapshot"] = latest.rev
+    for architecture in (a for a in ws.params.architectures if ws.task.builds(a)):
+        trained = train(ws, latest, architecture)
+        with one_at_a_time(ws, PUBLISH_LOCK):
+            summary["score"][architecture] = register(ws, trained).candidate_score  # type: ignore[index]
+    with one_at_a_time(ws, PUBLISH_LOCK):
         summary["champion"], summary["written"] = refresh_preannotations(ws)
         if summary["written"]:
             tidy(ws)
