@@ -2,7 +2,7 @@
 # clash with ours; the project only talks to it over HTTP). Both install from lock files.
 PYTHON ?= python3
 
-.PHONY: install demo test bench stack-down repro
+.PHONY: install demo test bench faults stack-down repro
 
 install: .venv/.installed .venv-ls/.installed
 
@@ -25,6 +25,9 @@ test: install
 
 bench: install   # every benchmark with its defaults, ~100 minutes on 2 cores
 	.venv/bin/flywheel bench all
+
+faults: install   # the full fault matrix on a throwaway team-profile stack (~25 minutes on 2 cores)
+	.venv/bin/flywheel bench faults
 
 stack-down:
 	.venv/bin/flywheel stack down

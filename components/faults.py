@@ -50,7 +50,7 @@ def owner_gone(name: str) -> bool:
     if host != socket.gethostname() or not pid.isdigit():
         return False
     try:
-        return int(psutil.Process(int(pid)).create_time()) != int(started or 0)
+        return bool(started) and int(psutil.Process(int(pid)).create_time()) != int(started)
     except psutil.NoSuchProcess:
         return True
 

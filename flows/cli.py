@@ -108,6 +108,9 @@ def _settings() -> Settings:
     os.environ.setdefault("PREFECT_LOGGING_SETTINGS_PATH", str(logs.SETTINGS_PATH))
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "components,flows")  # their records reach the Prefect UI too
     os.environ.setdefault(logs.LOG_FILE, str(settings.workspace / "logs" / "flywheel.log"))
+    # A logging handler that fails (Prefect's log shipper with its server down) stays quiet: the run's
+    # own one-line error says what failed, and "--- Error logging to API ---" noise would bury it.
+    logging.raiseExceptions = False
     if "prefect" not in sys.modules:  # Prefect configures logging when imported; before that, ours
         logging.basicConfig(level=logging.INFO, handlers=[logs.Terminal(), logs.WorkspaceFile()], force=True)
     return settings
@@ -642,6 +645,20 @@ def bench_serving() -> None:
 
     _settings()
     main()
+
+
+@bench_app.command("faults")
+@clear_errors
+def bench_faults(
+    case: Annotated[list[str] | None, typer.Option("--case", help="Only this case, as component:step (repeatable).")] = None,
+) -> None:
+    """The fault matrix on a throwaway team-profile stack: kill -9 each server and the worker during each step."""
+    from bench.faults import main
+
+    _settings()
+    results = main(case or None, echo=typer.echo)
+    if not all(c.passed for c in results):
+        raise FlywheelError(f"{sum(not c.passed for c in results)} of {len(results)} fault cases failed (bench/RESULTS.md).")
 
 
 @bench_app.command("all")

@@ -26,14 +26,16 @@ import httpx
 import requests
 from prefect import get_client, task
 from prefect.cache_policies import NONE
-from prefect.exceptions import ObjectNotFound
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import deployment, flow_run
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.objects import StateType
 from prefect.states import Crashed
 from prefect.variables import Variable
 
 from components import iteration
 from components.errors import FlywheelError
+from components.faults import owner, owner_gone
 from components.iteration import Workspace, open_workspace
 from components.params import load_params
 from components.settings import load_settings
@@ -60,10 +62,17 @@ io_task = partial(task, retries=2, retry_delay_seconds=3, retry_condition_fn=is_
 step = partial(task, cache_policy=NONE)
 
 
+OWNER_LABEL = "flywheel.owner"  # a flow run's label: the process running it (components.faults.owner)
+
+
 @io_task
 def connect(params_path: str) -> Workspace:
-    """Read settings and params, reach Label Studio, open the project's data registry."""
+    """Read settings and params, reach Label Studio, open the project's data registry; label this flow
+    run with the process running it, so a run that finds it dead later closes it as crashed."""
     path = Path(params_path)
+    if flow_run.id:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run_labels(UUID(str(flow_run.id)), {OWNER_LABEL: owner()})
     return open_workspace(load_settings(), load_params(path), project_root=path.parent)
 
 
@@ -76,22 +85,20 @@ def _holder(name: str) -> str:
     return f"{name}-holder"
 
 
-def _close_abandoned(ws: Workspace, name: str) -> None:
-    """The last holder of lock `name` is not running any more (we hold it now): if it never finished,
-    it was killed; close its Prefect flow run as crashed, and MLflow runs whose process is gone as failed."""
+def _close_abandoned(ws: Workspace) -> None:
+    """Close what killed runs left open (called holding a lock): their Prefect flow runs, still
+    RUNNING though their process is gone, as crashed; their MLflow runs as failed; their folders.
+    A live worker's runs are left alone."""
     current = _current_run()
-    holder = Variable.get(_holder(name), default=None) or {}
-    if holder.get("flow_run_id") and holder["flow_run_id"] != current:
-        with get_client(sync_client=True) as client:
-            try:
-                run = client.read_flow_run(UUID(holder["flow_run_id"]))
-            except ObjectNotFound:
-                run = None  # deleted in the UI meanwhile: nothing to close
-            if run is not None and run.state is not None and not run.state.is_final():
-                client.set_flow_run_state(
-                    run.id, Crashed(message=f"Killed while holding the loop lock; closed by flow run {current}."), force=True
-                )
-                log.warning("Closed flow run %r (%s), killed while it held the loop lock, as crashed.", run.name, run.id)
+    running = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])))
+    with get_client(sync_client=True) as client:
+        for run in client.read_flow_runs(flow_run_filter=running, limit=200):
+            own = (run.labels or {}).get(OWNER_LABEL)
+            if str(run.id) == current or not own or not owner_gone(str(own)):
+                continue
+            client.set_flow_run_state(run.id, Crashed(message=f"Its process was killed; closed by flow run {current}."), force=True)
+            log.warning("Closed flow run %r (%s) as crashed: its process was killed (it may have held the loop lock).",
+                        run.name, run.id)
     iteration.close_abandoned(ws, closed_by=current or "flywheel")
 
 
@@ -109,7 +116,7 @@ def one_at_a_time(ws: Workspace | None = None, name: str = CURSOR_LOCK) -> Itera
         log.info("Waiting for the loop lock %s, held by %s (a killed run's hold expires within %d s)...", name, holder, LEASE_S)
     with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S):
         if ws is not None:
-            _close_abandoned(ws, name)
+            _close_abandoned(ws)
         current = _current_run()
         if current:
             Variable.set(_holder(name), {"flow_run_id": current, "flow_run_name": str(flow_run.name)}, overwrite=True)

@@ -120,7 +120,7 @@ def test_flywheel_killed_during_write_back_rerun_leaves_one_complete_set(project
 
     code, output, _ = run_cli(cli_env, "run", "--params", str(params_path))
     assert code == 0, output[-3000:]
-    assert "Waiting for the loop lock" in output and "killed while it held the loop lock" in output
+    assert "Waiting for the loop lock" in output and "its process was killed" in output
 
     champion = ws.models.champion()
     unlabeled = ws.label_studio.unlabeled_tasks(ls_project.id)
