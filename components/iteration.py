@@ -445,11 +445,13 @@ def champion_to_tune(ws: Workspace, architecture: str, backbone: Backbone | None
 
 
 def train(
-    ws: Workspace, snapshot_version: SnapshotVersion, architecture: str, progress: bool = True, warm: bool = False
+    ws: Workspace, snapshot_version: SnapshotVersion, architecture: str, progress: bool = True, warm: bool = False,
+    parallel: bool = False,
 ) -> TrainedModel:
     """Train one architecture on the snapshot of `snapshot_version`, read by its revision: from
     scratch, or with `warm` (the served loop's fast path) by fine-tuning the champion's weights for
-    `train.finetune_steps` steps when the champion is of this architecture."""
+    `train.finetune_steps` steps when the champion is of this architecture. With `parallel` (the
+    scheduled full retrain), on `retrain.devices` processes (DDP) when params.yaml says so."""
     p = ws.params.train
     folder = ws.data.checkout(snapshot_version)
     rows = training_rows(read_manifest(folder))
@@ -485,6 +487,8 @@ def train(
             progress=progress,
             start_from=start[1] if start else None,
             backbone=backbone,
+            **(dict(devices=ws.params.retrain.devices, accelerator=ws.params.retrain.accelerator,
+                    strategy=ws.params.retrain.strategy) if parallel else {}),
             **schedule,
         )
 

@@ -121,7 +121,12 @@ class PredictParams(_Section):
 
 
 class RetrainParams(_Section):
+    """The scheduled full retrain: every architecture from scratch, on one process or several (DDP)."""
+
     cron: str
+    devices: int = Field(default=1, ge=1)
+    accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
+    strategy: Literal["ddp_fork", "ddp_spawn", "ddp"] = "ddp_fork"
 
 
 class ErrorsParams(_Section):

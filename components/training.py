@@ -236,6 +236,9 @@ def fit(
     progress: bool = True,
     start_from: nn.Module | None = None,
     backbone: Backbone | None = None,
+    devices: int = 1,
+    accelerator: str = "cpu",
+    strategy: str = "ddp_fork",
 ) -> TrainedModel:
     """Train `architecture` on a snapshot, tracked as one MLflow run.
 
@@ -250,11 +253,17 @@ def fit(
         The best (lowest validation loss) model wrapped for inference, its MLflow run id and its
         validation scores; the run holds `best_val_<metric>` for every metric of the task type, one
         per class (`best_val_f1_<label>`, `best_val_ap_<label>`), the image counts and the task type's figures.
+
+    With `devices` > 1, Lightning's DDP trains on that many processes (`strategy`; gloo on CPU),
+    each on its share of every batch, so the effective batch stays `batch_size`.
     """
     L.seed_everything(seed, workers=True, verbose=False)
-    data = task.datamodule(snapshot_dir, manifest, labels, image_size, batch_size, augment)
+    parallel = dict(accelerator=accelerator, devices=devices, strategy=strategy) if devices > 1 else {}
+    data = task.datamodule(snapshot_dir, manifest, labels, image_size, max(1, batch_size // devices), augment)
+    data.setup("fit")  # here, in this process: DDP's processes get it, and the splits are judged here afterwards
     module = task.module(architecture, architecture_options, labels, lr, augment)
     logger = MLFlowLogger(experiment_name=experiment, tracking_uri=tracking_uri, tags=run_tags, log_model=False)
+    _ = logger.run_id  # the run is created here, in this process: DDP's processes log into it, not into runs of their own
     with tempfile.TemporaryDirectory(prefix="flywheel-ckpt-") as checkpoints:
         best = ModelCheckpoint(dirpath=checkpoints, monitor="val_loss", mode="min", save_weights_only=True)
         keep_backbone = start_from_backbone(module, backbone)
@@ -277,7 +286,7 @@ def fit(
             )
         trainer = L.Trainer(
             deterministic=True, logger=logger, enable_progress_bar=progress, enable_model_summary=False,
-            default_root_dir=checkpoints, **schedule,
+            default_root_dir=checkpoints, **schedule, **parallel,
         )
         trainer.fit(module, datamodule=data)
         if start_from is None and not head_only and task.keeps_best_checkpoint and best.best_model_path:

@@ -1,0 +1,48 @@
+"""The scheduled full retrain on two CPU processes (Lightning DDP, gloo) learns as well as on one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from components.tasks.classification import Classification
+from components.training import fit
+
+pytestmark = pytest.mark.model
+LABELS = [str(d) for d in range(10)]
+
+
+def digits_snapshot(folder, count=600):
+    (folder / "images").mkdir(parents=True)
+    digits = load_digits()
+    rows = []
+    for i in range(count):
+        image = (digits.images[i] * (255 / 16)).round().astype(np.uint8)
+        Image.fromarray(image).save(folder / "images" / f"{i}.png")
+        rows.append({"task_id": i, "image": f"images/{i}.png", "label": str(digits.target[i]), "split": "val" if i % 5 == 0 else "train"})
+    return pd.DataFrame(rows)
+
+
+def train(folder, manifest, tracking_uri, devices):
+    return fit(
+        Classification(), folder, manifest, LABELS, "small_cnn", {"width": 8}, image_size=16, batch_size=32,
+        max_epochs=12, min_steps=0, patience=3, lr=3e-3, augment=False, seed=0, tracking_uri=tracking_uri,
+        experiment="ddp", run_tags={"devices": str(devices)}, progress=False, devices=devices, strategy="ddp_fork",
+    )
+
+
+def test_ddp_on_two_cpu_processes_learns_as_well_as_one(tmp_path):
+    manifest = digits_snapshot(tmp_path / "snapshot")
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    one = train(tmp_path / "snapshot", manifest, tracking_uri, 1)
+    two = train(tmp_path / "snapshot", manifest, tracking_uri, 2)
+    assert one.metrics["best_val_accuracy"] > 0.8
+    assert abs(two.metrics["best_val_accuracy"] - one.metrics["best_val_accuracy"]) <= 0.05, (one.metrics, two.metrics)
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
+    assert sorted(r.data.tags["devices"] for r in runs) == ["1", "2"]  # DDP's processes logged into its one run
+    assert "best_val_accuracy" in client.get_run(two.run_id).data.metrics
