@@ -13,8 +13,9 @@ Studio, MLflow and Prefect on them):
    nothing left RUNNING in MLflow or Prefect.
 
 The components: Label Studio, MLflow, PostgreSQL, the object store (moto's server, the stand-in for
-S3: it replays its recorded requests when it starts again), and the worker (the process running the
-flow, as a Prefect process worker's flow-run process is). The steps: poll, version (after the push,
+S3: it replays its recorded requests when it starts again), and a worker of the team profile's
+Prefect process pool (the iteration is run on the pool; the worker that runs it is killed together
+with its flow-run process, as when its machine dies; the rerun goes through the pool too). The steps: poll, version (after the push,
 before the commit that moves the cursor), train (after the first epoch), register (the model
 logged and registered, the champion not judged) and write-back (after the first batch of
 predictions). Nothing is faked: every kill is a real SIGKILL of a real process.
@@ -83,6 +84,7 @@ def team_environ(workspace: Path) -> dict[str, str]:
         "FLYWHEEL_PREFECT_PORT": str(stack.free_port()),
         "FLYWHEEL_POSTGRES_PORT": str(stack.free_port()),
         "FLYWHEEL_OBJECT_STORE_PORT": str(stack.free_port()),
+        "FLYWHEEL_WORKER_PORT": str(stack.free_port()),
         "FLYWHEEL_LABEL_STUDIO_BIN": str(ROOT / ".venv-ls" / "bin" / "label-studio"),
     }
 
@@ -281,12 +283,16 @@ def check(settings: Settings, project: Project, before: dict[int, tuple[int, str
 
 def run_case(settings: Settings, env: dict[str, str], project: Project, component: str, step: str, scratch: Path,
              echo: Callable[[str], None] = print) -> Case:
-    """One case: label, run held at `step`, kill `component`, go on, restart, rerun, check."""
+    """One case: label, run held at `step`, kill `component`, go on, restart, rerun, check. A server's
+    case runs the loop as `flywheel run`; the worker's on the work pool (`_pool_worker_case`)."""
     case = Case(component, step)
     started = time.monotonic()
     project.label(NEW_LABELS)
     before = project.annotations()
     marker = scratch / f"paused-{component}-{step}"
+    if component == "worker":
+        case.failures += _pool_worker_case(settings, project, step, marker)
+        return _finish(case, settings, project, before, env, started, echo)
     run = flywheel(env, "run", "--params", str(project.params_path), pause=(step, marker))
     output = ""
     try:
@@ -313,6 +319,11 @@ def run_case(settings: Settings, env: dict[str, str], project: Project, componen
     output, _ = rerun.communicate(timeout=RUN_TIMEOUT_S)
     if rerun.returncode != 0:
         case.failures.append(f"the rerun failed ({rerun.returncode}): {output[-1500:]}")
+    return _finish(case, settings, project, before, env, started, echo)
+
+
+def _finish(case: Case, settings: Settings, project: Project, before: dict[int, tuple[int, str]], env: dict[str, str],
+            started: float, echo: Callable[[str], None]) -> Case:
     case.failures += check(settings, project, before, env)
     case.passed = not case.failures
     case.seconds = time.monotonic() - started
@@ -321,16 +332,59 @@ def run_case(settings: Settings, env: dict[str, str], project: Project, componen
     return case
 
 
-def run_matrix(cases: list[tuple[str, str]], echo: Callable[[str], None] = print) -> list[Case]:
-    """Run `cases` on one team-profile stack and one project (each case adds labels and a model)."""
-    with team_stack() as (settings, env, scratch):
-        project = Project(settings, scratch / "project")
-        project.label(30)
-        first = flywheel(env, "run", "--params", str(project.params_path))
-        output, _ = first.communicate(timeout=RUN_TIMEOUT_S)
-        if first.returncode != 0:
-            raise RuntimeError(f"the first iteration failed on the team stack: {output[-3000:]}")
-        return [run_case(settings, env, project, component, step, scratch, echo) for component, step in cases]
+def _pool_worker_case(settings: Settings, project: Project, step: str, marker: Path) -> list[str]:
+    """The worker case, for real: the iteration runs on the team profile's work pool; the Prefect
+    worker running it is killed with its flow-run process (SIGKILL, as a machine dies); the stack
+    restarts it and the rerun goes through the pool too."""
+    import psutil
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.deploy import deploy
+
+    parameters = {"params_path": str(project.params_path.resolve()), "trigger": "fault matrix"}
+    with temporary_settings(updates={PREFECT_API_URL: settings.prefect_api_url}):
+        ids = deploy(project.params, project.params_path)
+        run_deployment(ids["iteration"], parameters=parameters, timeout=0,
+                       job_variables={"env": {PAUSE_AT: step, PAUSE_FILE: str(marker)}})
+        deadline = time.monotonic() + 240
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not marker.exists():
+            return [f"the pool's run never reached {step}"]
+        paused = psutil.Process(int(marker.read_text()))
+        workers = {stack._read_pid(settings, f"worker_{i + 1}") for i in range(settings.workers)}
+        owner = next((p for p in paused.parents() if p.pid in workers), None)
+        if owner is None:
+            return ["the paused run is not a child of a pool worker"]
+        for victim in [owner, *owner.children(recursive=True)]:
+            try:
+                victim.kill()
+            except psutil.NoSuchProcess:
+                pass
+        marker.unlink()
+        stack.up(settings, echo=lambda _: None)  # the worker comes back
+        rerun = run_deployment(ids["iteration"], parameters=parameters, timeout=RUN_TIMEOUT_S, poll_interval=1)
+    if rerun.state is None or not rerun.state.is_completed():
+        return [f"the rerun on the pool ended {rerun.state.name if rerun.state else None}: {rerun.state.message if rerun.state else ''}"]
+    return []
+
+
+def run_matrix(cases: list[tuple[str, str]], echo: Callable[[str], None] = print,
+               on: tuple[Settings, dict[str, str], Path] | None = None) -> list[Case]:
+    """Run `cases` on one team-profile stack (`on`, or a throwaway one) and one fresh project (each
+    case adds labels and a model)."""
+    if on is None:
+        with team_stack() as started:
+            return run_matrix(cases, echo, started)
+    settings, env, scratch = on
+    project = Project(settings, scratch / f"project-{uuid.uuid4().hex[:6]}")
+    project.label(30)
+    first = flywheel(env, "run", "--params", str(project.params_path))
+    output, _ = first.communicate(timeout=RUN_TIMEOUT_S)
+    if first.returncode != 0:
+        raise RuntimeError(f"the first iteration failed on the team stack: {output[-3000:]}")
+    return [run_case(settings, env, project, component, step, scratch, echo) for component, step in cases]
 
 
 def main(only: list[str] | None = None, echo: Callable[[str], None] = print) -> list[Case]:

@@ -19,7 +19,6 @@ Run: `flywheel bench load [--annotations 5000]`.
 from __future__ import annotations
 
 import queue
-import subprocess
 import sys
 import threading
 import time

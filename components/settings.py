@@ -79,6 +79,8 @@ class Settings:
         bucket: The team profile's bucket (DVC remote and MLflow artifacts under it).
         mlflow_artifacts: Where the embedded MLflow server stores artifacts (a folder, or s3://...).
         aws_access_key_id, aws_secret_access_key: The object store's credentials (never logged).
+        workers: How many Prefect process workers the team profile runs (FLYWHEEL_WORKERS).
+        worker_port: The first worker's health port (FLYWHEEL_WORKER_PORT; the next ones follow).
     """
 
     workspace: Path
@@ -105,6 +107,8 @@ class Settings:
     mlflow_artifacts: str = ""
     aws_access_key_id: str = field(default="", repr=False)
     aws_secret_access_key: str = field(default="", repr=False)
+    workers: int = 2
+    worker_port: int = 8795
 
     @property
     def team(self) -> bool:
@@ -159,6 +163,13 @@ def _port(env: Mapping[str, str], key: str, default: int) -> int:
     raw = env.get(key) or str(default)
     if not raw.isdigit() or not 0 < int(raw) < 65536:
         raise SettingsError(f"{key}={raw!r} is not a port number; set it to an integer in 1-65535.")
+    return int(raw)
+
+
+def _count(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key) or str(default)
+    if not raw.isdigit():
+        raise SettingsError(f"{key}={raw!r} is not a count; set it to a whole number (0 runs none).")
     return int(raw)
 
 
@@ -238,4 +249,6 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
         ),
         aws_access_key_id=env.get("AWS_ACCESS_KEY_ID") or credentials.get("AWS_ACCESS_KEY_ID", ""),
         aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or credentials.get("AWS_SECRET_ACCESS_KEY", ""),
+        workers=_count(env, "FLYWHEEL_WORKERS", 2),
+        worker_port=_port(env, "FLYWHEEL_WORKER_PORT", 8795),
     )

@@ -39,7 +39,17 @@ TITLES = {"label_studio": "Label Studio", "mlflow": "MLflow", "prefect": "Prefec
           "postgres": "PostgreSQL", "object_store": "Object store (moto, a stand-in for S3)"}
 DATABASES = {"label_studio": "labelstudio", "mlflow": "mlflow", "prefect": "prefect"}  # service -> its database
 PG_USER = "flywheel"
-PG_BIN = Path(os.environ.get("FLYWHEEL_POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def _postgres_bin() -> Path:
+    """Debian's PostgreSQL server programs (the newest installed), or FLYWHEEL_POSTGRES_BIN."""
+    if os.environ.get("FLYWHEEL_POSTGRES_BIN"):
+        return Path(os.environ["FLYWHEEL_POSTGRES_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _postgres_bin()
 
 
 @dataclass(frozen=True)
@@ -80,7 +90,7 @@ class ServiceStatus:
     @property
     def title(self) -> str:
         """The server's name as people write it."""
-        return TITLES[self.name]
+        return TITLES.get(self.name, self.name.replace("_", " "))
 
 
 def _bin(name: str) -> str:
@@ -302,7 +312,55 @@ def embedded_services(settings: Settings) -> list[Service]:
                 startup_s=90,
             )
         )
+    services += pool_workers(settings)
     return services
+
+
+def pool_workers(settings: Settings) -> list[Service]:
+    """The team profile's Prefect process workers (`settings.workers` of them) on the pool `flywheel`:
+    each runs the loop's flow runs in fresh processes with the workspace's settings."""
+    if not settings.team or not settings.workers:
+        return []
+    from components.settings import CLIENT_ENV
+
+    ws = settings.workspace
+    env = {
+        **CLIENT_ENV,
+        **settings.client_env(),
+        "PREFECT_API_URL": settings.prefect_api_url,
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "FLYWHEEL_WORKSPACE": str(ws),
+        "FLYWHEEL_PROFILE": "team",
+        "FLYWHEEL_LABEL_STUDIO_PORT": str(settings.label_studio_port),
+        "FLYWHEEL_MLFLOW_PORT": str(settings.mlflow_port),
+        "FLYWHEEL_PREFECT_PORT": str(settings.prefect_port),
+        "FLYWHEEL_POSTGRES_PORT": str(settings.postgres_port),
+        "FLYWHEEL_OBJECT_STORE_PORT": str(settings.object_store_port),
+        # a flow run's summary is read back by `flywheel serve` (flows.deploy.PoolWorker)
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+        "PREFECT_LOCAL_STORAGE_PATH": str(ws / "prefect" / "results"),
+        "PREFECT_LOGGING_SETTINGS_PATH": str(Path(__file__).resolve().parents[1] / "flows" / "logging.yml"),
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "components,flows",
+        "FLYWHEEL_LOG_FILE": str(ws / "logs" / "flywheel.log"),
+        "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",  # a queued run starts within ~2 s (one cheap request per poll)
+    }
+    workers = []
+    for i in range(settings.workers):
+        port = settings.worker_port + i
+        workers.append(
+            Service(
+                name=f"worker_{i + 1}",
+                url=f"prefect work pool flywheel: worker {i + 1}",
+                health_url=f"http://127.0.0.1:{port}/health",
+                port=port,
+                command=(_bin("prefect"), "worker", "start", "--pool", "flywheel", "--type", "process",
+                         "--name", f"flywheel-worker-{i + 1}", "--limit", "1", "--with-healthcheck", "--install-policy", "never"),
+                env=tuple({**env, "PREFECT_WORKER_WEBSERVER_PORT": str(port)}.items()),
+                startup_s=90,
+            )
+        )
+    return workers
 
 
 def _pid_path(settings: Settings, name: str) -> Path:
@@ -523,8 +581,10 @@ def up(settings: Settings, echo: Callable[[str], None] = print, then: Sequence[S
     """
     services = embedded_services(settings)
     first = [s for s in services if s.name in ("postgres", "object_store")]
+    last = [s for s in services if s.name.startswith("worker_")]  # they need Prefect
     _bring_up(settings, first, echo)
-    _bring_up(settings, [s for s in services if s not in first], echo)
+    _bring_up(settings, [s for s in services if s not in first and s not in last], echo)
+    _bring_up(settings, last, echo)
     if then:
         _bring_up(settings, list(then), echo)
         _extra_path(settings).write_text("".join(f"{s.name} {s.url} {s.health_url}\n" for s in then))
@@ -581,7 +641,8 @@ def _reap(pid: int) -> None:
 def down(settings: Settings, echo: Callable[[str], None] = print, only: Sequence[str] | None = None) -> list[str]:
     """Stop the servers `up` started (and nothing else; `only` these of them). Returns the names stopped."""
     stopped = []
-    order = ("serve_model", "prefect", "mlflow", "label_studio", "object_store", "postgres")
+    order = ("serve_model", *(f"worker_{i + 1}" for i in range(settings.workers)), "prefect", "mlflow", "label_studio",
+             "object_store", "postgres")
     for name in [n for n in order if only is None or n in only]:
         if _stop(settings, name):
             echo(f"{name}: stopped")
@@ -612,6 +673,9 @@ def status(settings: Settings) -> list[ServiceStatus]:
                 healthy=is_healthy(service.health_url if service else health, any_answer=name == "object_store"),
             )
         )
+    for service in (s for s in managed.values() if s.name.startswith("worker_")):
+        rows.append(ServiceStatus(name=service.name, url=service.url, managed=True, pid=_read_pid(settings, service.name),
+                                  healthy=is_healthy(service.health_url)))
     try:
         optional = [line.split() for line in _extra_path(settings).read_text().splitlines() if line.strip()]
     except FileNotFoundError:

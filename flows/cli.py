@@ -122,7 +122,7 @@ def _loop_settings() -> Settings:
     from components import stack
 
     settings = _settings()
-    down = [row for row in stack.status(settings) if not row.healthy and row.name != "serve_model"]
+    down = [row for row in stack.status(settings) if not row.healthy and row.name != "serve_model" and not row.name.startswith("worker_")]
     if down:
         raise FlywheelError(
             "; ".join(f"{row.title} at {row.url} does not answer" for row in down)

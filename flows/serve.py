@@ -17,6 +17,10 @@ This process stays lean (no torch: ~160 MB, asleep between events) and runs four
   the full retrain on `retrain.cron` (from scratch, every architecture). When Prefect stops
   answering, it pauses with one line and resumes.
 
+In the team profile, the work goes to the Prefect process pool instead (`flows.deploy.PoolWorker`):
+its workers run the iterations, the tidy, the label check (submitted, not waited for: it holds no
+lock new labels wait for) and the scheduled retrain, each in a fresh process on any worker.
+
 Ctrl-C or SIGTERM stops everything within `STOP_S` seconds; a run killed that way is closed by the
 next one (see `flows.common`).
 """
@@ -411,7 +415,13 @@ def serve(settings: Settings, params_path: Path) -> int:
     stopping = threading.Event()
 
     ls, project_id = _project_id(settings, params, params_path)
-    worker = Worker(params_path, stopping)
+    if settings.team:  # the work pool's workers run the flows (and the scheduled retrain); see flows.deploy
+        from flows.deploy import PoolWorker
+
+        os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(settings.workspace / "prefect" / "results"))
+        worker: Worker | PoolWorker = PoolWorker(params, params_path)
+    else:
+        worker = Worker(params_path, stopping)
     inbox = Inbox(on_put=worker.yield_to_labels)
 
     def request_stop(signum: int, frame: object) -> None:
@@ -426,7 +436,8 @@ def serve(settings: Settings, params_path: Path) -> int:
     pretrainer = Pretrainer(params_path, params)
     try:
         worker.start()
-        runner.start()
+        if not settings.team:
+            runner.start()
         dispatcher = Dispatcher(params, ls, project_id, inbox, worker, pretrainer)
         pretrainer.maybe_start(dispatcher.task_count())
         while not stopping.is_set():
@@ -442,7 +453,8 @@ def serve(settings: Settings, params_path: Path) -> int:
                 log.warning("Could not deactivate the webhook: %s", e)
         if receiver is not None:
             receiver.stop()
-        runner.join(timeout=STOP_S)
+        if runner.is_alive():
+            runner.join(timeout=STOP_S)
     log.info("Serving stopped.")
     return 1 if runner.failed else 0
 

@@ -74,3 +74,39 @@ def test_a_section_left_out_is_an_error_naming_it_not_a_silent_default(tmp_path)
 def test_missing_params_file(tmp_path):
     with pytest.raises(SettingsError, match="No .*params.yaml"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_team_profile_puts_the_data_in_postgres_and_a_bucket(tmp_path):
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "credentials.env").write_text("FLYWHEEL_POSTGRES_PASSWORD=pw\nAWS_ACCESS_KEY_ID=k\nAWS_SECRET_ACCESS_KEY=s\n")
+    env = {"FLYWHEEL_WORKSPACE": str(tmp_path / "ws"), "FLYWHEEL_PROFILE": "team", "FLYWHEEL_POSTGRES_PORT": "6543"}
+    settings = load_settings(environ=env, cwd=tmp_path)
+    assert settings.team and settings.dvc_remote == "s3://flywheel/dvc" and settings.mlflow_artifacts == "s3://flywheel/mlflow"
+    assert settings.s3_endpoint_url == "http://127.0.0.1:9000" and not {"postgres", "object_store"} & settings.external
+    assert settings.database_url("mlflow", "psycopg") == "postgresql+psycopg://flywheel:pw@127.0.0.1:6543/mlflow"
+    assert settings.client_env()["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:9000"
+    assert "pw" not in repr(settings) and "AWS_SECRET" not in repr(settings) and "'s'" not in repr(settings)
+
+
+def test_team_profile_on_a_teams_own_servers_is_configuration_only(tmp_path):
+    env = {"FLYWHEEL_WORKSPACE": str(tmp_path / "ws"), "FLYWHEEL_PROFILE": "team",
+           "FLYWHEEL_POSTGRES_URL": "postgresql://u:p@db.internal:5432", "AWS_ENDPOINT_URL_S3": "http://minio.internal:9000",
+           "FLYWHEEL_DVC_REMOTE": "s3://team-bucket/dvc"}
+    settings = load_settings(environ=env, cwd=tmp_path)
+    assert {"postgres", "object_store"} <= settings.external
+    assert settings.dvc_remote == "s3://team-bucket/dvc" and settings.s3_endpoint_url == "http://minio.internal:9000"
+    from components import stack
+
+    assert [s.name for s in stack.infrastructure(settings)] == []  # nothing of theirs is started here
+
+
+def test_a_workspace_keeps_its_profile(tmp_path):
+    from components import stack
+    from components.errors import StackError
+
+    stack.choose_profile(tmp_path / "ws", "team")
+    assert load_settings(environ={"FLYWHEEL_WORKSPACE": str(tmp_path / "ws")}, cwd=tmp_path).team
+    with pytest.raises(StackError, match="runs the team profile"):
+        stack.choose_profile(tmp_path / "ws", "embedded")
+    with pytest.raises(SettingsError, match="FLYWHEEL_PROFILE='big'"):
+        load_settings(environ={"FLYWHEEL_WORKSPACE": str(tmp_path / "ws"), "FLYWHEEL_PROFILE": "big"}, cwd=tmp_path)
