@@ -99,11 +99,14 @@ def team_stack() -> Iterator[tuple[Settings, dict[str, str], Path]]:
     scratch = Path(tempfile.mkdtemp(prefix="flywheel-team-"))
     os.chmod(scratch, 0o711)
     environ = team_environ(scratch / "ws")
+    saved = dict(os.environ)  # put back afterwards: later tests of the same session run the embedded profile
     for key in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "MLFLOW_TRACKING_URI", "PREFECT_API_URL",
                 "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "FLYWHEEL_DVC_REMOTE", "FLYWHEEL_POSTGRES_URL"):
         os.environ.pop(key, None)
     os.environ.update(environ)
     settings = load_settings(environ=environ, cwd=ROOT)
+    umask = os.umask(0o022)
+    os.umask(umask)
     try:
         stack.up(settings, echo=lambda _: None)
         settings = load_settings(environ=environ, cwd=ROOT)  # with the credentials `up` created
@@ -113,6 +116,9 @@ def team_stack() -> Iterator[tuple[Settings, dict[str, str], Path]]:
     finally:
         stack.down(settings, echo=lambda _: None)
         subprocess.run(["rm", "-rf", str(scratch)], check=False)
+        os.environ.clear()
+        os.environ.update(saved)
+        os.umask(umask)
 
 
 def write_params(folder: Path, title: str) -> Path:
@@ -245,17 +251,21 @@ def check(settings: Settings, project: Project, before: dict[int, tuple[int, str
     else:
         if ws.label_studio.shown_model_version(project.project.id) != champion.model_version:
             failures.append("Label Studio does not show the champion's predictions")
-        if versions.get(champion.model_version) != len(unlabeled):
-            failures.append(f"{versions.get(champion.model_version)} predictions of the champion for {len(unlabeled)} unlabeled tasks")
-        aliases = MlflowClient(settings.mlflow_tracking_uri).get_registered_model(ws.models.name).aliases
-        if str(aliases.get("champion")) != str(champion.version):
-            failures.append(f"the champion alias is {aliases.get('champion')}, the champion read is {champion.version}")
+        untouched = ws.label_studio.untouched_predictions(project.project.id)
+        with_champion = sum(1 for _, predictions in untouched.values() if any(p["model_version"] == champion.model_version for p in predictions))
+        if with_champion != len(unlabeled) or versions.get(champion.model_version, 0) < len(unlabeled):
+            failures.append(f"{with_champion} of {len(unlabeled)} unlabeled tasks carry the champion's prediction")
+        mlflow = MlflowClient(settings.mlflow_tracking_uri)
+        versions_registered = mlflow.search_model_versions(f"name = '{ws.models.name}'")
+        promoted = [v for v in versions_registered if mlflow.get_run(v.run_id).data.tags.get("flywheel.promoted") == "true"]
+        if champion.version not in {int(v.version) for v in promoted}:
+            failures.append(f"the champion v{champion.version} was never promoted by a run that finished registering")
         try:
             ws.models.load(champion)
         except Exception as e:  # noqa: BLE001 - a case's finding, not the runner's failure
             failures.append(f"the champion does not load from the registry: {e}")
-    for task_id in list(unlabeled)[:40]:
-        shown = [p["model_version"] for p in ws.label_studio.task(task_id)["predictions"]]
+    for task_id, (_, predictions) in ws.label_studio.untouched_predictions(project.project.id).items():
+        shown = [p["model_version"] for p in predictions]
         if len(shown) != len(set(shown)):
             failures.append(f"task {task_id} has a prediction duplicated: {shown}")
             break
@@ -274,8 +284,12 @@ def check(settings: Settings, project: Project, before: dict[int, tuple[int, str
         if rev and subprocess.run(["git", "-C", str(ws.data.root), "rev-parse", "--verify", "--quiet", rev],
                                   capture_output=True).returncode != 0:
             failures.append(f"model run {run.info.run_id} names snapshot {rev}, which the registry does not hold")
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    running = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])))
     with temporary_settings(updates={PREFECT_API_URL: settings.prefect_api_url}), get_client(sync_client=True) as client:
-        stuck = [r.name for r in client.read_flow_runs(limit=200) if r.state is not None and r.state.is_running()]
+        stuck = [r.name for r in client.read_flow_runs(flow_run_filter=running, limit=50)]
     if stuck:
         failures.append(f"Prefect flow runs left running: {stuck}")
     return failures

@@ -92,7 +92,9 @@ def lock_wait_during_check(settings: Settings, env: dict[str, str], project: Pro
         if log.exists() and "Checking labels: fold" in log.read_text(errors="replace")[-20000:]:
             break
         time.sleep(0.2)
-    project.label(1)
+    task_id = next(iter(project.ls.labeled_tasks(project.project.id)))["id"]  # a person saves a label (a second opinion on a task)
+    filename = project.filenames([task_id])[task_id]
+    project.ls.annotate(task_id, project.task_type.result_of(project.truth[filename], project.project.config))
     t0 = time.monotonic()
     with temporary_settings(updates={PREFECT_API_URL: settings.prefect_api_url}), one_at_a_time(None, CURSOR_LOCK):
         waited = time.monotonic() - t0

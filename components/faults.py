@@ -50,20 +50,22 @@ def owner_gone(name: str) -> bool:
     if host != socket.gethostname() or not pid.isdigit():
         return False
     try:
-        return bool(started) and int(psutil.Process(int(pid)).create_time()) != int(started)
+        return started.isdigit() and int(psutil.Process(int(pid)).create_time()) != int(started)
     except psutil.NoSuchProcess:
         return True
 
 
 def dead_pid_in(name: str) -> bool:
-    """For a leftover named "<prefix>-<pid>-<random>" by `owned_name`: whether its pid is dead (a name
-    without a pid, from before, counts as dead)."""
-    parts = name.rsplit("-", 2)
-    if len(parts) < 3 or not parts[1].isdigit():
+    """For a leftover named by `owned_name`: whether the process that made it is gone (on this host;
+    another host's is never called gone). A name from before owners were recorded counts as gone."""
+    parts = name.split("~")
+    if len(parts) != 5:
         return True
-    return not psutil.pid_exists(int(parts[1]))
+    _, host, pid, started, _ = parts
+    return owner_gone(f"{host}:{pid}:{started}")
 
 
 def owned_name(prefix: str) -> str:
-    """"<prefix>-<pid>-<random>": a temporary name `dead_pid_in` can judge."""
-    return f"{prefix}-{os.getpid()}-{os.urandom(4).hex()}"
+    """"<prefix>~<host>~<pid>~<start>~<random>": a temporary name `dead_pid_in` can judge."""
+    host, pid, started = owner().split(":")
+    return f"{prefix}~{host.replace('~', '-')}~{pid}~{started}~{os.urandom(4).hex()}"

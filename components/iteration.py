@@ -720,18 +720,33 @@ def check_labels(
     )
     out = reports_dir(ws)
     out.mkdir(parents=True, exist_ok=True)
-    partial = out / f".label_errors-{owner().replace(':', '-')}.parquet"
-    table.to_parquet(partial, index=False)
-    partial.replace(out / "label_errors.parquet")  # whole or not at all: a write-back may read it meanwhile
+    table["snapshot_rev"] = snapshot_version.rev
+    path = out / "label_errors.parquet"
+    if _checked_rev(path) <= _rev_number(snapshot_version.rev):  # a check of an older snapshot never replaces a newer one's
+        partial = out / f".label_errors-{owner().replace(':', '-')}.parquet"
+        table.to_parquet(partial, index=False)
+        partial.replace(path)  # whole or not at all: a write-back may read it meanwhile
     tags = {**run_tags(ws, snapshot_version, p.architecture), TAG_KIND: "label-errors",
             "mlflow.runName": f"label-errors@{snapshot_version.rev}"}
     ws.models.record_run(
         tags,
         params={"folds": e.folds, "steps": e.steps},
         metrics={"labeled": len(table), "suspected": int(table["suspected"].sum()), f"out_of_fold_{ws.task.metric}": accuracy},
-        table=(table.drop(columns=["image"]), "label_errors.json"),
+        table=(table.drop(columns=["image", "snapshot_rev"]), "label_errors.json"),
     )
     return table
+
+
+def _rev_number(rev: str) -> int:
+    return int(rev.rsplit("-", 1)[1]) if rev.rsplit("-", 1)[-1].isdigit() else 0
+
+
+def _checked_rev(path: Path) -> int:
+    """The snapshot number the label error table at `path` was computed on (0: none, or from before this was recorded)."""
+    if not path.is_file():
+        return 0
+    revs = pd.read_parquet(path, columns=None).get("snapshot_rev")
+    return _rev_number(str(revs.iloc[0])) if revs is not None and len(revs) else 0
 
 
 def learning_points(ws: Workspace) -> list[LearningPoint]:

@@ -126,7 +126,8 @@ class RetrainParams(_Section):
     cron: str
     devices: int = Field(default=1, ge=1)
     accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
-    strategy: Literal["ddp_fork", "ddp_spawn", "ddp"] = "ddp_fork"
+    # not "ddp": it re-runs the process's command per device, which inside a flow run is the whole flow
+    strategy: Literal["ddp_fork", "ddp_spawn"] = "ddp_fork"
 
 
 class ErrorsParams(_Section):

@@ -144,6 +144,8 @@ class Settings:
         (0711 when root runs the team profile's own PostgreSQL, whose user must pass through to its
         data; nobody else can list it, and what is inside stays private.)"""
         mode = 0o711 if self.team and "postgres" not in self.external and os.geteuid() == 0 else 0o700
+        if mode != 0o700:
+            os.umask(0o077)  # what this process (and the servers it starts) writes inside stays private
         self.workspace.mkdir(parents=True, exist_ok=True, mode=mode)
         os.chmod(self.workspace, mode)
         return self.workspace

@@ -17,6 +17,7 @@ Logs and PID files live under `<workspace>/logs` and `<workspace>/run`.
 from __future__ import annotations
 
 import contextlib
+import re
 import os
 import secrets
 import signal
@@ -234,7 +235,8 @@ def _team_env(settings: Settings, name: str) -> tuple[tuple[str, str], ...]:
         )
     if name == "prefect":
         return (("PREFECT_API_DATABASE_CONNECTION_URL", _database(postgres_url(settings, creds), DATABASES[name], "asyncpg")),)
-    return s3
+    # MLflow: its database in the environment, not on its command line (where `ps` would show the password)
+    return (*s3, ("MLFLOW_BACKEND_STORE_URI", _database(postgres_url(settings, creds), DATABASES[name], "psycopg")))
 
 
 def embedded_services(settings: Settings) -> list[Service]:
@@ -281,10 +283,7 @@ def embedded_services(settings: Settings) -> list[Service]:
                 port=port,
                 command=(
                     _bin("mlflow"), "server",
-                    "--backend-store-uri", (
-                        _database(postgres_url(settings), DATABASES["mlflow"], "psycopg") if settings.team
-                        else f"sqlite:///{ws / 'mlflow' / 'mlflow.db'}"
-                    ),
+                    *(() if settings.team else ("--backend-store-uri", f"sqlite:///{ws / 'mlflow' / 'mlflow.db'}")),
                     "--artifacts-destination", settings.mlflow_artifacts or str(ws / "mlflow" / "artifacts"),
                     "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                 ),
@@ -336,8 +335,7 @@ def pool_workers(settings: Settings) -> list[Service]:
         "FLYWHEEL_PREFECT_PORT": str(settings.prefect_port),
         "FLYWHEEL_POSTGRES_PORT": str(settings.postgres_port),
         "FLYWHEEL_OBJECT_STORE_PORT": str(settings.object_store_port),
-        # a flow run's summary is read back by `flywheel serve` (flows.deploy.PoolWorker)
-        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+        # a flow run's summary (flows persist theirs; tasks nothing) is read back by `flywheel serve`
         "PREFECT_LOCAL_STORAGE_PATH": str(ws / "prefect" / "results"),
         "PREFECT_LOGGING_SETTINGS_PATH": str(Path(__file__).resolve().parents[1] / "flows" / "logging.yml"),
         "PREFECT_LOGGING_EXTRA_LOGGERS": "components,flows",
@@ -435,7 +433,7 @@ def _start(settings: Settings, service: Service) -> int:
     if service.name == "postgres":
         _init_postgres(settings, service)
     if service.name == "object_store":
-        (settings.workspace / "object-store").mkdir(parents=True, exist_ok=True)
+        _mend_recording(settings.workspace / "object-store" / "requests.jsonl")
     env = {**os.environ, **NO_PHONE_HOME, **dict(service.env)}
     env.pop("PORT", None)  # Label Studio would take it over the -p flag
     with open(logs / f"{service.name}.log", "ab") as log:
@@ -451,6 +449,11 @@ def _start(settings: Settings, service: Service) -> int:
         )
     _pid_path(settings, service.name).write_text(str(process.pid))
     return process.pid
+
+
+def _without_password(url: str) -> str:
+    """A URL fit for a message: user:password@ becomes user@."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1@", url)
 
 
 def _init_postgres(settings: Settings, service: Service) -> None:
@@ -497,6 +500,17 @@ def _init_postgres(settings: Settings, service: Service) -> None:
         pwfile.unlink(missing_ok=True)
     if done.returncode != 0:
         raise StackError(f"initdb failed for {data}: {done.stderr.strip()[-800:]}")
+
+
+def _mend_recording(path: Path) -> None:
+    """Drop a request the object store was killed while recording (a last line cut short): replaying
+    it would fail, and a write it never acknowledged is not data."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
 
 
 def _prepare(settings: Settings, service: Service) -> None:
@@ -550,7 +564,7 @@ def _wait_healthy(settings: Settings, service: Service, pid: int) -> None:
     tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
     _stop(settings, service.name)
     raise StackError(
-        f"{service.name} did not become healthy at {service.health_url} within {service.startup_s:.0f} s "
+        f"{service.name} did not become healthy at {_without_password(service.health_url)} within {service.startup_s:.0f} s "
         f"(pid {pid}). Its log is {log}; last lines:\n  " + "\n  ".join(tail)
     )
 
@@ -579,6 +593,7 @@ def up(settings: Settings, echo: Callable[[str], None] = print, then: Sequence[S
         StackError: A port is taken by another program, or a server did not become healthy in time
             (the message holds the end of its log).
     """
+    settings.ensure_workspace()
     services = embedded_services(settings)
     first = [s for s in services if s.name in ("postgres", "object_store")]
     last = [s for s in services if s.name.startswith("worker_")]  # they need Prefect

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ SNAPSHOT = "snapshot"
 STATE = "state.json"
 POOL = "pool"  # every image of the project (labeled or not) that self-supervised pretraining saw
 KEEP_CHECKOUTS = 3  # materialized snapshots kept on disk; older ones come back from DVC on demand
+CHECKOUT_IN_USE_S = 3600  # an older checkout handed out within this long may still be read: kept
 
 
 class VersioningError(FlywheelError):
@@ -327,7 +329,9 @@ class DataRegistry:
             self._publish(tmp, folder)
         done = sorted((p for p in self.checkouts.iterdir() if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime)
         for stale in done[:-KEEP_CHECKOUTS]:
-            if stale != folder:
+            # another worker may be reading an older one right now (training, the label check): a checkout
+            # is touched each time it is handed out, and only one untouched for an hour is removed
+            if stale != folder and time.time() - stale.stat().st_mtime > CHECKOUT_IN_USE_S:
                 shutil.rmtree(stale, ignore_errors=True)
 
     @staticmethod
@@ -344,9 +348,9 @@ class DataRegistry:
         partial checkouts, each named with its process's pid; a live process's are left alone (another
         worker may be checking out a snapshot right now)."""
         leftovers = [
-            *(self.root.parent.parent / "staging").glob(f"{self.root.name}-*"),
-            *self.root.parent.glob(f".{self.root.name}-replaced-*"),
-            *(self.checkouts.glob(".tmp-*") if self.checkouts.is_dir() else []),
+            *(self.root.parent.parent / "staging").glob(f"{self.root.name}[~-]*"),
+            *self.root.parent.glob(f".{self.root.name}-replaced*"),
+            *(self.checkouts.glob(".tmp*") if self.checkouts.is_dir() else []),
         ]
         for path in leftovers:
             if dead_pid_in(path.name):

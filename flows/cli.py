@@ -105,6 +105,7 @@ def _settings() -> Settings:
     os.environ.setdefault("PREFECT_API_URL", settings.prefect_api_url)
     os.environ.setdefault("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(settings.workspace / "prefect" / "results"))  # flow summaries
     os.environ.setdefault("PREFECT_LOGGING_SETTINGS_PATH", str(logs.SETTINGS_PATH))
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "components,flows")  # their records reach the Prefect UI too
     os.environ.setdefault(logs.LOG_FILE, str(settings.workspace / "logs" / "flywheel.log"))
@@ -422,6 +423,21 @@ def serve(params: ParamsOption = Path("params.yaml")) -> None:
         raise typer.Exit(code)
 
 
+@app.command("deploy")
+@clear_errors
+def deploy_flows(params: ParamsOption = Path("params.yaml")) -> None:
+    """Deploy the loop's flows (iteration, label check, tidy, the retrain on retrain.cron) to the Prefect
+    process pool `flywheel`, whose workers run them (`flywheel stack up --profile team` starts two)."""
+    _loop_settings()
+    from components.params import load_params
+    from flows.deploy import POOL, deploy, workers_online
+
+    ids = deploy(load_params(params), params)
+    online = workers_online()
+    typer.echo(f"Deployed {', '.join(sorted(ids))} to the work pool {POOL!r}; {len(online)} worker(s) online"
+               + (f": {', '.join(online)}" if online else " (start them with `flywheel stack up --profile team`)") + ".")
+
+
 @app.command("serve-model")
 @clear_errors
 def serve_model_now(
@@ -645,6 +661,29 @@ def bench_serving() -> None:
 
     _settings()
     main()
+
+
+@bench_app.command("ddp")
+@clear_errors
+def bench_ddp() -> None:
+    """The full retrain on one process vs two (Lightning DDP on CPU): validation accuracy and seconds."""
+    from bench.ddp import main
+
+    _settings()
+    main(echo=typer.echo)
+
+
+@bench_app.command("load")
+@clear_errors
+def bench_load(
+    annotations: Annotated[int, typer.Option(help="How many annotations the 20 simulated annotators save.")] = 5000,
+) -> None:
+    """20 annotators save 5,000 labels while two loop workers run (team profile): each in a snapshot once?
+    Then how long a poll waits for the lock while the label check trains."""
+    from bench.load import main
+
+    _settings()
+    main(annotations, echo=typer.echo)
 
 
 @bench_app.command("faults")

@@ -58,8 +58,9 @@ def is_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 # The tasks that talk to Label Studio, MLflow or the DVC remote: a short retry for a server restarting.
-io_task = partial(task, retries=2, retry_delay_seconds=3, retry_condition_fn=is_transient, cache_policy=NONE)
-step = partial(task, cache_policy=NONE)
+# Never persisted (`connect`'s Workspace holds the settings' secrets): only a flow's summary is.
+io_task = partial(task, retries=2, retry_delay_seconds=3, retry_condition_fn=is_transient, cache_policy=NONE, persist_result=False)
+step = partial(task, cache_policy=NONE, persist_result=False)
 
 
 OWNER_LABEL = "flywheel.owner"  # a flow run's label: the process running it (components.faults.owner)

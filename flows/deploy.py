@@ -14,6 +14,7 @@ of its warm worker, so a label check on one worker never holds up an iteration o
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -86,8 +87,9 @@ class PoolWorker:
 
     WAIT_S = 1800.0
 
-    def __init__(self, params: Params, params_path: Path):
+    def __init__(self, params: Params, params_path: Path, stopping: threading.Event | None = None):
         self.params, self.params_path = params, params_path
+        self.stopping = stopping or threading.Event()
         self.ids: dict[str, UUID] = {}
 
     def start(self) -> None:
@@ -107,9 +109,11 @@ class PoolWorker:
                     return {"ok": True, "summary": {"submitted": False}}
                 run_deployment(self.ids["check"], parameters=parameters, timeout=0)
                 return {"ok": True, "summary": {"submitted": True}}
-            run = run_deployment(self.ids[what], parameters=parameters, timeout=self.WAIT_S, poll_interval=1)
+            run = self._wait(run_deployment(self.ids[what], parameters=parameters, timeout=0))
         except Exception as e:  # noqa: BLE001 - the dispatcher says it in one line and retries
             return {"ok": False, "error": f"{e.__class__.__name__}: {e}"}
+        if self.stopping.is_set():
+            return {"ok": False, "error": "serving is stopping (the run goes on in the pool)"}
         state = run.state
         if state is None or not state.is_completed():
             return {"ok": False, "error": f"flow run {run.name} ended {state.name if state else 'without a state'}: "
@@ -119,6 +123,18 @@ class PoolWorker:
         except Exception:  # noqa: BLE001 - a result not persisted: the run completed, its summary is unknown
             summary = {}
         return {"ok": True, "summary": summary if isinstance(summary, dict) else {}}
+
+    def _wait(self, run: Any) -> Any:
+        """The flow run once it ended, or as it is when serving stops or WAIT_S passed."""
+        from prefect import get_client
+
+        deadline = time.monotonic() + self.WAIT_S
+        with get_client(sync_client=True) as client:
+            while not self.stopping.wait(0.5):
+                run = client.read_flow_run(run.id)
+                if (run.state is not None and run.state.is_final()) or time.monotonic() > deadline:
+                    break
+        return run
 
     def _active(self, what: str) -> bool:
         from prefect import get_client

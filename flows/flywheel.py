@@ -21,6 +21,7 @@ log = logging.getLogger("flows.flywheel")  # by name: Prefect loads a served flo
 
 publish_needs_attention = io_task(iteration.publish_needs_attention)
 ready_to_train = io_task(iteration.ready_to_train)
+trained_run = io_task(iteration.trained_run)
 train = step(iteration.train)
 register = io_task(iteration.register)
 predictions_stale = io_task(iteration.predictions_stale)
@@ -54,7 +55,7 @@ def refresh_preannotations(
     return champion.model_version, written
 
 
-@flow(name="flywheel-iteration", log_prints=True, on_failure=[report_failure])
+@flow(name="flywheel-iteration", log_prints=True, on_failure=[report_failure], persist_result=True)
 def flywheel_iteration(
     params_path: str = "params.yaml", warm: bool = True, progress: bool = True, trigger: str = "manual"
 ) -> dict[str, object]:
@@ -73,6 +74,9 @@ def flywheel_iteration(
     if latest is not None and ready_to_train(ws, latest):  # unlocked: it reads the snapshot by its revision
         trained = train(ws, latest, ws.params.train.architecture, progress, warm=warm)
     with one_at_a_time(ws, PUBLISH_LOCK):  # serial: the champion alias, one version's write-back
+        if trained is not None and trained_run(ws, latest) is not None:
+            log.info("Another worker registered a model of %s meanwhile: this one is not registered.", latest.rev)
+            trained = None
         if trained is not None:
             promotion = register(ws, trained)
             summary.update(trained=True, promoted=promotion.promoted, score=promotion.candidate_score, metric=ws.task.metric_title)
@@ -103,7 +107,7 @@ def describe_iteration(summary: dict[str, object]) -> str:
     return "; ".join(parts) + "."
 
 
-@flow(name="flywheel-tidy", log_prints=True, on_failure=[report_failure])
+@flow(name="flywheel-tidy", log_prints=True, on_failure=[report_failure], persist_result=True)
 def tidy_predictions(params_path: str = "params.yaml", trigger: str = "manual") -> dict[str, object]:
     """Delete superseded pre-annotations from the unlabeled tasks while the loop is idle (yields to new labels)."""
     from flows.worker import interrupted  # the warm worker's flag: new labels are waiting

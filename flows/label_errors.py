@@ -27,7 +27,7 @@ def _fold_done(message: str) -> None:
     log.info("Checking labels: %s", message)
 
 
-@flow(name="flywheel-label-errors", log_prints=True, on_failure=[report_failure])
+@flow(name="flywheel-label-errors", log_prints=True, on_failure=[report_failure], persist_result=True)
 def find_label_errors(params_path: str = "params.yaml", force: bool = False, trigger: str = "manual") -> dict[str, object]:
     """Flag the labels most likely wrong in the latest snapshot, in Label Studio's "Suspected label errors" tab."""
     ws = connect(params_path)

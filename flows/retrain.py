@@ -12,7 +12,7 @@ from flows.flywheel import refresh_preannotations, register, tidy, train
 log = logging.getLogger("flows.retrain")  # by name: Prefect loads a served flow's file under another module name
 
 
-@flow(name="flywheel-retrain", log_prints=True, on_failure=[report_failure])
+@flow(name="flywheel-retrain", log_prints=True, on_failure=[report_failure], persist_result=True)
 def retrain(params_path: str = "params.yaml") -> dict[str, object]:
     """Compare every architecture on the latest snapshot in one MLflow experiment; refresh pre-annotations."""
     ws = connect(params_path)

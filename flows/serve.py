@@ -419,7 +419,7 @@ def serve(settings: Settings, params_path: Path) -> int:
         from flows.deploy import PoolWorker
 
         os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(settings.workspace / "prefect" / "results"))
-        worker: Worker | PoolWorker = PoolWorker(params, params_path)
+        worker: Worker | PoolWorker = PoolWorker(params, params_path, stopping)
     else:
         worker = Worker(params_path, stopping)
     inbox = Inbox(on_put=worker.yield_to_labels)

@@ -177,7 +177,7 @@ class Classifier(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, targets = batch
         logits = self(images)
-        self.log("val_loss", self.loss(logits, targets), prog_bar=True)
+        self.log("val_loss", self.loss(logits, targets), prog_bar=True, sync_dist=True)
         self.val_accuracy.update(logits, targets)
         self.val_f1.update(logits, targets)
 

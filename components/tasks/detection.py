@@ -335,7 +335,7 @@ class Detector(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, list[dict[str, torch.Tensor]]], batch_idx: int) -> None:
         images, targets = batch
-        self.log("val_loss", self.net.loss(self.net(images), targets), prog_bar=True, batch_size=len(images))
+        self.log("val_loss", self.net.loss(self.net(images), targets), prog_bar=True, batch_size=len(images), sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         # One cycle over the run, peaking at `lr` (bench/detector_choice.md): from scratch, the warm-up
