@@ -703,7 +703,7 @@ def bench_faults(
 @bench_app.command("all")
 @clear_errors
 def bench_all() -> None:
-    """Every benchmark with its defaults (about 100 minutes on a 2-core CPU)."""
+    """Every benchmark with its defaults but the fault matrix (about 2 hours on a 2-core CPU)."""
     bench_micro()
     bench_latency()
     bench_serving()
@@ -713,6 +713,8 @@ def bench_all() -> None:
     bench_strategy()
     bench_errors()
     bench_robustness()
+    bench_load()
+    bench_ddp()  # the fault matrix (~35 minutes) runs on its own: `make faults`
 
 
 def _progress(description: str) -> Callable[[Any], Any]:
