@@ -84,9 +84,23 @@ def team_environ(workspace: Path) -> dict[str, str]:
         "FLYWHEEL_PREFECT_PORT": str(stack.free_port()),
         "FLYWHEEL_POSTGRES_PORT": str(stack.free_port()),
         "FLYWHEEL_OBJECT_STORE_PORT": str(stack.free_port()),
-        "FLYWHEEL_WORKER_PORT": str(stack.free_port()),
+        "FLYWHEEL_WORKER_PORT": str(_two_free_ports()),
         "FLYWHEEL_LABEL_STUDIO_BIN": str(ROOT / ".venv-ls" / "bin" / "label-studio"),
     }
+
+
+def _two_free_ports() -> int:
+    """A port p with p + 1 free too (the two workers' health ports)."""
+    import socket
+
+    while True:
+        port = stack.free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
 
 
 @contextmanager
