@@ -34,6 +34,7 @@ from components.images import ImageError, ImageStore, StoredImage, shown_size
 from components.label_errors import find_label_errors
 from components.label_studio import (
     BY_ID,
+    OVERLAP_S,
     LEAST_CONFIDENT_FIRST,
     MOST_CONFIDENT_FIRST,
     ChangeSet,
@@ -161,7 +162,7 @@ def poll(ws: Workspace) -> ChangeSet:
     touched only by a prediction edit is not counted), and the tasks left out for an image fetch
     that may work now (`images.retry_failed_s` passed)."""
     latest, folder = latest_snapshot(ws)
-    changes = ws.label_studio.fetch_changed(ws.project.id, latest.cursor if latest else None)
+    changes = ws.label_studio.fetch_changed(ws.project.id, latest.cursor if latest else None, overlap_s=OVERLAP_S)
     pause_point("poll")
     quarantine = latest.quarantine if latest else {}
     changed = real_changes(read_manifest(folder), quarantine, changes.tasks, ws.project.config.data_key)

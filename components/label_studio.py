@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import shutil
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -40,7 +40,7 @@ import httpx
 from label_studio_sdk import LabelStudio as SDKClient
 from label_studio_sdk.core.api_error import ApiError
 
-from components.conversions import LabeledTask, Prediction, format_cursor, prediction_to_ls, task_from_json
+from components.conversions import LabeledTask, Prediction, format_cursor, parse_timestamp, prediction_to_ls, task_from_json
 from components.errors import LabelConfigError, LabelStudioError
 from components.images import STORAGE_SCHEMES, file_sha256, read_capped
 from components.labeling_config import LabelingConfig, parse_labeling_config
@@ -48,6 +48,7 @@ from components.labeling_config import LabelingConfig, parse_labeling_config
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 OBJECTS_DIR = "objects"  # under the image root: Label Studio refuses a storage at the root itself
 BATCH = 1000
+OVERLAP_S = 5.0  # fetch_changed reads this much before its cursor again (saves that committed late)
 # Tasks nobody has touched: no annotation, not even a skip. Pre-annotations are written (and
 # replaced) on these only, so no prediction an annotation started from is ever deleted.
 UNTOUCHED = [
@@ -362,7 +363,7 @@ class LabelStudio:
         """Untouched tasks that carry no prediction of `model_version` (new tasks, or a write cut short)."""
         return {t for t, versions in self.versions_on_untouched(project_id).items() if model_version not in versions}
 
-    def fetch_changed(self, project_id: int, cursor: str | None) -> ChangeSet:
+    def fetch_changed(self, project_id: int, cursor: str | None, overlap_s: float = 0.0) -> ChangeSet:
         """The tasks whose annotations were created, updated or deleted after `cursor`.
 
         Uses the Data Manager filter on the task's `updated_at` (which moves on every annotation
@@ -370,19 +371,33 @@ class LabelStudio:
         number of changed tasks rather than the project size. With no cursor, every task that has
         an annotation.
 
+        Safe while people save: pages are read by key (`updated_at` after the last page's), not by
+        offset, so a task saved again meanwhile is read again (its newest state kept, never twice)
+        instead of shifting another one out of reach. With `overlap_s` (the loop's poll: `OVERLAP_S`)
+        the last seconds before the cursor are read again, for a save whose transaction committed
+        after a later one's; the caller drops what its snapshot already holds.
+
         Args:
             project_id: The project.
             cursor: `updated_at` of the last change already consumed (from a previous ChangeSet).
         """
-        if cursor is None:
-            items = LABELED
-        else:
-            items = [{"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": cursor}]
+        found: dict[int, LabeledTask] = {}
+        boundary = format_cursor(parse_timestamp(cursor) - timedelta(seconds=overlap_s)) if cursor else None
         with self._calling(f"fetch changed tasks of project {project_id}"):
-            pages = self.sdk.tasks.list(project=project_id, fields="all", query=_query(items, ordering=["tasks:updated_at"]), page_size=BATCH)
-            tasks = tuple(task_from_json(t.model_dump(mode="json")) for t in pages)
+            while True:  # keyset pages: a task saved again meanwhile moves past the boundary, never out of reach
+                items = ([] if cursor else list(LABELED)) + ([
+                    {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": boundary}
+                ] if boundary else [])
+                page = self.sdk.tasks.list(project=project_id, fields="all", query=_query(items, ordering=["tasks:updated_at"]), page_size=BATCH)
+                batch = [task_from_json(t.model_dump(mode="json")) for t in page.items or []]
+                found.update((t.id, t) for t in batch)  # seen twice (saved again while paging): its newest state
+                if len(batch) < BATCH:
+                    break
+                stamps = sorted({t.updated_at for t in batch})
+                boundary = format_cursor(stamps[-2] if len(stamps) > 1 else stamps[-1])  # ties at the edge are read again
+        tasks = tuple(sorted(found.values(), key=lambda t: (t.updated_at, t.id)))
         latest = max((t.updated_at for t in tasks), default=None)
-        return ChangeSet(tasks=tasks, cursor=format_cursor(latest) if latest else cursor)
+        return ChangeSet(tasks=tasks, cursor=format_cursor(max(latest, parse_timestamp(cursor)) if cursor else latest) if latest else cursor)
 
     def count_changed(self, project_id: int, cursor: str | None) -> int:
         """How many tasks changed after `cursor` (with no cursor: how many have an annotation); one
