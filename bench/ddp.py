@@ -63,8 +63,8 @@ process with two), seed 0, CPU:
 | 1 | {acc1:.4f} | {s1:.0f} |
 | 2 (DDP, gloo, `ddp_fork`) | {acc2:.4f} | {s2:.0f} |
 
-The same quality (difference {acc2 - acc1:+.4f}). On this 2-core machine the two processes share the cores one
-process already used (torch's intra-op threads), so DDP does not make it faster here; it is for a
+Quality: difference {acc2 - acc1:+.4f}. On this 2-core machine two processes share the cores one
+process already uses (torch's intra-op threads), so the seconds say what DDP costs or saves here, not on a
 machine with a core group or a GPU per process.
 """)
     return figures
