@@ -117,8 +117,7 @@ class Settings:
 
     def database_url(self, name: str, driver: str = "") -> str:
         """The URL of database `name` on the team profile's PostgreSQL (`driver`: "psycopg", "asyncpg")."""
-        scheme = f"postgresql+{driver}" if driver else "postgresql"
-        return f"{scheme}://{self.postgres_url.split('://', 1)[1].rstrip('/')}/{name}"
+        return database_url(self.postgres_url, name, driver)
 
     def client_env(self) -> dict[str, str]:
         """What DVC's and MLflow's S3 clients read from the environment (team profile; {} otherwise)."""
@@ -159,6 +158,13 @@ class Settings:
     def webhook_secret_path(self) -> Path:
         """Where the webhook secret is kept when FLYWHEEL_WEBHOOK_SECRET is not set (mode 0600)."""
         return self.workspace / WEBHOOK_SECRET_FILE
+
+
+def database_url(server: str, name: str, driver: str = "") -> str:
+    """Database `name` on the PostgreSQL server `server` (postgresql://user:password@host:port), with a
+    SQLAlchemy `driver` ("psycopg", "asyncpg") when given."""
+    scheme = f"postgresql+{driver}" if driver else "postgresql"
+    return f"{scheme}://{server.split('://', 1)[1].rstrip('/')}/{name}"
 
 
 def _port(env: Mapping[str, str], key: str, default: int) -> int:

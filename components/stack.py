@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.errors import StackError
-from components.settings import NO_PHONE_HOME, Settings
+from components.settings import NO_PHONE_HOME, Settings, database_url
 
 LABEL_STUDIO_ADMIN = "admin@flywheel.local"
 TITLES = {"label_studio": "Label Studio", "mlflow": "MLflow", "prefect": "Prefect", "serve_model": "Model endpoint",
@@ -141,11 +141,6 @@ def postgres_url(settings: Settings, creds: dict[str, str] | None = None) -> str
     return f"postgresql://{PG_USER}:{password}@127.0.0.1:{settings.postgres_port}"
 
 
-def _database(url: str, name: str, driver: str = "") -> str:
-    scheme = f"postgresql+{driver}" if driver else "postgresql"
-    return f"{scheme}://{url.split('://', 1)[1].rstrip('/')}/{name}"
-
-
 def choose_profile(workspace: Path, profile: str | None) -> None:
     """Record the workspace's profile at its first `up`; refuse to switch an existing workspace.
 
@@ -234,9 +229,9 @@ def _team_env(settings: Settings, name: str) -> tuple[tuple[str, str], ...]:
             ("POSTGRE_PORT", str(url.port or 5432)),
         )
     if name == "prefect":
-        return (("PREFECT_API_DATABASE_CONNECTION_URL", _database(postgres_url(settings, creds), DATABASES[name], "asyncpg")),)
+        return (("PREFECT_API_DATABASE_CONNECTION_URL", database_url(postgres_url(settings, creds), DATABASES[name], "asyncpg")),)
     # MLflow: its database in the environment, not on its command line (where `ps` would show the password)
-    return (*s3, ("MLFLOW_BACKEND_STORE_URI", _database(postgres_url(settings, creds), DATABASES[name], "psycopg")))
+    return (*s3, ("MLFLOW_BACKEND_STORE_URI", database_url(postgres_url(settings, creds), DATABASES[name], "psycopg")))
 
 
 def embedded_services(settings: Settings) -> list[Service]:
@@ -529,7 +524,7 @@ def create_databases(settings: Settings) -> None:
     import psycopg
 
     url = postgres_url(settings)
-    with psycopg.connect(_database(url, "postgres"), autocommit=True, connect_timeout=10) as conn:
+    with psycopg.connect(database_url(url, "postgres"), autocommit=True, connect_timeout=10) as conn:
         present = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
         for name in sorted(set(DATABASES.values()) - present):
             conn.execute(f'CREATE DATABASE "{name}"')
