@@ -23,7 +23,7 @@ demo: install
 test: install
 	.venv/bin/pytest
 
-bench: install   # every benchmark with its defaults, ~100 minutes on 2 cores
+bench: install   # every benchmark that writes a figure and is not measured on this code yet (~4 hours on 2 cores; resumes)
 	.venv/bin/flywheel bench all
 
 faults: install   # the full fault matrix on a throwaway team-profile stack (~25 minutes on 2 cores)

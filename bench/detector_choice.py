@@ -24,6 +24,7 @@ from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_iou
 
+from bench.results import write_study
 from components.composites import CATEGORIES, make_detection_set, read_coco
 from components.detectors import build_detector, jitter, keep_confident
 
@@ -255,12 +256,9 @@ def write_report(rows: list[str], exact: list[str]) -> None:
         "| train images | answer | " + " | ".join(f"score >= {t}" for t in THRESHOLDS) + " |\n"
         + "|---|---|" + "---|" * len(THRESHOLDS) + "\n"
     )
-    (ROOT / "bench" / "detector_choice.md").write_text(
-        "# Detector choice\n\n"
-        + RESULT_TEXT.format(
-            table=header + "\n".join(rows), exact=exact_header + "\n".join(exact), threshold=ANSWER_THRESHOLD
-        )
-    )
+    write_study("detector-choice", "# Detector choice\n\n" + RESULT_TEXT.format(
+        table=header + "\n".join(rows), exact=exact_header + "\n".join(exact), threshold=ANSWER_THRESHOLD
+    ))
 
 
 RESULT_TEXT = """\

@@ -11,20 +11,18 @@ over seeds with their spread; learning curves are drawn with a band (mean +- one
 
 from __future__ import annotations
 
-import csv
 import json
 import random
-import re
 import statistics
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from bench.results import BENCH, record
+from bench.results import BENCH, ROOT, record
 from bench.simulate import scratch_params
 from components.datasets import materialize
 from components.iteration import label_next, open_workspace
@@ -33,7 +31,6 @@ from components.settings import Settings
 from components.simulator import HeldOut, Outcome, Step, balanced_tasks, simulate, split_pool, write_csv
 
 OUT = BENCH / "every_image"
-FEW_SHOT = OUT / "few_shot"  # runs of the first block only (`--budget 20 --order random`): the few-shot point alone
 SUFFIX = {"mnist": "", "fashion-mnist": "_fashion"}
 TARGETS = {  # figure -> (MNIST target, Fashion-MNIST target)
     "few_shot_accuracy_2pc": (0.8, 0.6), "acceptance_at_10pct": (0.9, 0.75), "final_accuracy": (0.95, 0.82),
@@ -96,7 +93,7 @@ def run_one(settings: Settings, scratch: Path, config: Config, dataset: str, see
         first_block=first,
     )
     run = Run(dataset, seed, order, outcome, float(pretrained["seconds"]), int(pretrained["pool_images"]))
-    save(run, FEW_SHOT if config.budget <= config.every else OUT)
+    save(run, OUT if config.budget > config.every else ROOT / ".flywheel" / "bench" / "every-image")
     return run
 
 
@@ -105,30 +102,6 @@ def save(run: Run, folder: Path = OUT) -> None:
     stem = folder / f"{run.dataset}_{run.order}_seed{run.seed}"
     write_csv(run.outcome, stem.with_suffix(".csv"))
     stem.with_suffix(".json").write_text(json.dumps({"pretrain_s": run.pretrain_s, "pool_images": run.pool_images}))
-
-
-def load_runs(folder: Path = OUT) -> list[Run]:
-    """Every run saved under `folder` (each dataset may come from another invocation)."""
-    runs = []
-    for meta in sorted(folder.glob("*_seed*.json")):
-        dataset, order, seed = re.fullmatch(r"(.+)_(random|suggested)_seed(\d+)", meta.stem).groups()
-        with open(meta.with_suffix(".csv")) as f:
-            steps = tuple(Step(**{k: _value(v) for k, v in row.items()}) for row in csv.DictReader(f))
-        info = json.loads(meta.read_text())
-        outcome = Outcome(steps=steps, pool=round(steps[0].labels / steps[0].fraction_labeled), order=order)
-        runs.append(Run(dataset, int(seed), order, outcome, info["pretrain_s"], info["pool_images"]))
-    return runs
-
-
-def _value(text: str) -> float | int | str | None:
-    if text == "":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def mean_curve(outcomes: Sequence[Outcome]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -148,42 +121,55 @@ def _first_model(outcome: Outcome) -> Step | None:
     return next((s for s in outcome.steps if s.score is not None), None)
 
 
-def figures_of(runs: Sequence[Run]) -> tuple[dict[str, float], dict[str, list[float]], str]:
-    """One dataset's figures (means over seeds), the per-seed values behind each, and a savings note."""
-    by_order = {o: [r for r in runs if r.order == o] for o in ("random", "suggested")}
+def per_seed_values(runs: Sequence[Run]) -> tuple[dict[str, list[float]], str]:
+    """One dataset's figures as one value per seed (in seed order), and a note on the mean curves.
+
+    Raises:
+        ValueError: the orders ran on different seeds (their means would not compare like with like).
+    """
+    by_order = {o: sorted((r for r in runs if r.order == o), key=lambda r: r.seed) for o in ("random", "suggested")}
+    seeds = {o: [r.seed for r in rs] for o, rs in by_order.items() if rs}
+    if len({tuple(s) for s in seeds.values()}) > 1:
+        raise ValueError(f"every order needs the same seeds for a fair mean: {seeds}")
     rand = [r.outcome for r in by_order["random"]]
-    per_seed: dict[str, list[float]] = {
+    suggested = [r.outcome for r in by_order["suggested"]]
+    values: dict[str, list[float]] = {
         "few_shot_accuracy_2pc": [o.steps[0].preannotation_accuracy for o in rand if o.steps[0].preannotation_accuracy is not None],
         "acceptance_at_10pct": [a for o in rand if (a := o.acceptance_between(0.10, 0.20)) is not None],
         "final_accuracy": [o.final_score for o in rand if o.final_score is not None],
         # the suggested order's cold start: its first model (once every class has validate.min_per_class labels)
-        "first_model_labels_suggested": [float(first.labels) for o in by_order["suggested"] if (first := _first_model(o.outcome))],
-        "first_model_accuracy_suggested": [first.score for o in by_order["suggested"] if (first := _first_model(o.outcome))],
+        "first_model_labels_suggested": [float(first.labels) for o in suggested if (first := _first_model(o))],
+        "first_model_accuracy_suggested": [first.score for o in suggested if (first := _first_model(o))],
         "first_model_labels_random": [float(first.labels) for o in rand if (first := _first_model(o))],
         "pretrain_s_per_1k": [r.pretrain_s * 1000 / r.pool_images for r in runs],
     }
-    note, savings = "", None
-    if by_order["suggested"] and rand:
+    note = ""
+    if rand and suggested:
+        # per seed: 1 - labels the suggested order needs / labels the random order needs to reach the random
+        # order's final accuracy (a run that never reaches it counts all its labels)
+        values["active_label_savings"] = [
+            1 - (s.labels_to_reach(r.final_score) or labels_done(s)) / (r.labels_to_reach(r.final_score) or labels_done(r))
+            for r, s in zip(rand, suggested, strict=True) if r.final_score is not None
+        ]
         labels, random_mean, _ = mean_curve(rand)
-        s_labels, suggested_mean, _ = mean_curve([r.outcome for r in by_order["suggested"]])
+        s_labels, suggested_mean, _ = mean_curve(suggested)
         target = float(random_mean[-1])
         random_needs = _labels_to_reach(labels, random_mean, target)
         suggested_needs = _labels_to_reach(s_labels, suggested_mean, target)
-        if random_needs and suggested_needs:
-            savings = 1 - suggested_needs / random_needs
-        note = (f"mean curves: random reaches its final {target:.3f} at {random_needs} labels, suggested at "
+        if random_needs and suggested_needs:  # a different figure from the mean of the per-seed savings: its own name
+            values["active_label_savings_mean_curve"] = [1 - suggested_needs / random_needs]
+        note = (f"on the mean curves, random reaches its final {target:.3f} at {random_needs} labels, suggested at "
                 f"{suggested_needs if suggested_needs else 'more than the budget'}")
-        pairs = [(r.outcome, s.outcome) for r in by_order["random"] for s in by_order["suggested"] if r.seed == s.seed]
-        per_seed["active_label_savings"] = [
-            1 - (s.labels_to_reach(r.final_score) or labels_done(s)) / (r.labels_to_reach(r.final_score) or labels_done(r))
-            for r, s in pairs if r.final_score is not None
-        ]
-    means = {k: round(statistics.fmean(v), 4) for k, v in per_seed.items() if v}
-    if per_seed["pretrain_s_per_1k"]:  # the median: a run that shared the CPU with another job must not move it
-        means["pretrain_s_per_1k"] = round(statistics.median(per_seed["pretrain_s_per_1k"]), 1)
-    if savings is not None:
-        means["active_label_savings"] = round(savings, 4)  # on the mean curves; the per-seed values are noisier
-    return means, per_seed, note
+    return {k: v for k, v in values.items() if v}, note
+
+
+def figures_of(name: str, values: Sequence[float]) -> dict[str, Any]:
+    """`name` (the mean of the per-seed values), `name_sd` (their sample standard deviation) and `name_seeds`."""
+    if name.startswith("active_label_savings_mean_curve"):  # one value from the mean curves: no spread of its own
+        return {name: round(values[0], 4)}
+    sd = statistics.stdev(values) if len(values) > 1 else None
+    return {name: round(statistics.fmean(values), 4), f"{name}_sd": None if sd is None else round(sd, 4),
+            f"{name}_seeds": [round(v, 4) for v in values]}
 
 
 def labels_done(outcome: Outcome) -> int:
@@ -217,49 +203,45 @@ def plot(runs: Sequence[Run], dataset: str, out: Path) -> None:
     plt.close(fig)
 
 
-def summarize(config: Config, runs: Sequence[Run], few_shot: Sequence[Run] = ()) -> tuple[dict[str, float], str]:
-    """results.json figures and the RESULTS.md section."""
-    figures: dict[str, float] = {}
+def summarize(config: Config, runs: Sequence[Run]) -> tuple[dict[str, Any], str]:
+    """results.json figures (means of per-seed values, their sd and the per-seed list) and the RESULTS.md section."""
+    figures: dict[str, Any] = {}
     rows, notes, plots = [], [], []
     for dataset in sorted({r.dataset for r in runs}, key=lambda d: (d != "mnist", d)):
         mine = [r for r in runs if r.dataset == dataset]
-        if not mine:
-            continue
-        means, per_seed, note = figures_of(mine)
-        alone = [r.outcome for r in few_shot if r.dataset == dataset and r.order == "random"]
-        if alone:  # measured again on its own, with newer code than the full runs: it replaces theirs
-            per_seed["few_shot_accuracy_2pc"] = [o.steps[0].preannotation_accuracy for o in alone]
-            means["few_shot_accuracy_2pc"] = round(statistics.fmean(per_seed["few_shot_accuracy_2pc"]), 4)
-            note += f"; `few_shot_accuracy_2pc` from {len(alone)} runs of the first block alone (bench/every_image/few_shot/)"
+        values, note = per_seed_values(mine)
         suffix = SUFFIX.get(dataset, f"_{dataset}")
-        for name, value in means.items():
-            key = name if name == "pretrain_s_per_1k" and dataset == "mnist" else f"{name}{suffix}"
-            if name == "pretrain_s_per_1k" and dataset != "mnist":
-                continue
-            figures[key] = value
-            spread = statistics.pstdev(per_seed[name]) if len(per_seed[name]) > 1 else float("nan")
+        for name, per_seed in values.items():
+            key = f"{name}{suffix}"
+            figures.update({k: v for k, v in figures_of(key, per_seed).items() if v is not None})
+            sd = figures.get(f"{key}_sd")
             target = TARGETS.get(name, (None, None))[0 if dataset == "mnist" else 1]
-            seeds = ", ".join(f"{v:.3f}" for v in per_seed[name])
-            rows.append(f"| {dataset} | `{key}` | **{value:.3f}** | {spread:.3f} | {seeds} | {'>= ' + str(target) if target else '-'} |")
-        notes.append(f"- {dataset}: {note}.")
+            seeds = ", ".join(f"{v:.3f}" for v in per_seed)
+            rows.append(f"| {dataset} | `{key}` | **{figures[key]:.3f}** | {'-' if sd is None else f'{sd:.3f}'} | {seeds} | "
+                        f"{'>= ' + str(target) if target else '-'} |")
+        notes.append(f"- {dataset}: {note}." if note else f"- {dataset}: one order only.")
         png = BENCH / f"every_image_{dataset}_learning.png"
         plot(mine, dataset, png)
         plots.append(f"![{dataset} learning curve]({png.name})")
+    seeds = sorted({r.seed for r in runs})
     markdown = f"""## Learning from every image (`flywheel bench every-image`)
 
-Measured {datetime.now(UTC):%Y-%m-%d} on this machine (2 cores, no GPU), on a throwaway embedded stack.
-Per dataset and seed (seeds {', '.join(sorted({str(r.seed) for r in runs}))}: a different pool/held-out draw and annotator
-order), per order, a fresh project of {config.pool} tasks; its backbone (`conv4`) pretrained with SimCLR
-on the whole pool by the real `flywheel-pretrain` flow (params.yaml's `pretrain`; `flip: true` for
-Fashion-MNIST); then a simulated person labels {config.budget} tasks with a real flywheel iteration every
-{config.every} labels, scored on {config.held_out} held-out images never imported. The random order starts
-with {config.per_class} labels per class; `few_shot_accuracy_2pc` is then the share of the unlabeled
-tasks whose pre-annotation is right. The suggested order starts from the cold-start "Label next" tab
-(TypiClust on the pretrained embeddings); it trains a first model once every class has
-`validate.min_per_class` labels: `first_model_labels_suggested` and `first_model_accuracy_suggested`
-(held-out) say when and how good, beside `first_model_labels_random`. `active_label_savings` = 1 - labels the suggested order needs / labels the random
-order needs to reach the random order's final accuracy, on the mean curves over seeds.
-`pretrain_s_per_1k`: the median over the MNIST runs (one run shared the CPU with another job).
+Per dataset and seed (seeds {', '.join(map(str, seeds))}: a different pool/held-out draw and annotator
+order), per order ({', '.join(config.orders)}, each on the same seeds), a fresh project of {config.pool} tasks on a
+throwaway embedded stack; its backbone (`conv4`) pretrained with SimCLR on the whole pool by the real
+`flywheel-pretrain` flow (params.yaml's `pretrain`; `flip: true` for Fashion-MNIST); then a simulated person
+labels {config.budget} tasks with a real flywheel iteration every {config.every} labels, scored on
+{config.held_out} held-out images never imported. The random order starts with {config.per_class} labels per
+class; `few_shot_accuracy_2pc` is then the share of the unlabeled tasks whose pre-annotation is right. The
+suggested order starts from the cold-start "Label next" tab (TypiClust on the pretrained embeddings) and
+trains a first model once every class has `validate.min_per_class` labels: `first_model_labels_suggested`
+and `first_model_accuracy_suggested` (held-out) say when and how good, beside `first_model_labels_random`.
+
+Every figure is the **mean of its per-seed values**; `<figure>_sd` is their sample standard deviation and
+`<figure>_seeds` the values, in seed order. `active_label_savings` = 1 - labels the suggested order needs /
+labels the random order needs to reach the random order's final accuracy, per seed (a run that never reaches
+it counts all its labels), then averaged; `active_label_savings_mean_curve` is the same read off the mean
+curves, a different figure. `pretrain_s_per_1k`: seconds of pretraining per 1,000 pool images, every run.
 
 | dataset | figure | mean | sd over seeds | per seed | target |
 |---|---|---|---|---|---|
@@ -274,14 +256,24 @@ CSV per run: `bench/every_image/<dataset>_<order>_seed<seed>.csv`.
 
 
 def main(config: Config = Config(), echo=print) -> None:
-    """Run every dataset x seed x order on a throwaway stack; record after each dataset."""
+    """Run every dataset x seed x order on a throwaway stack, then record the figures of this run alone
+    (only the full default protocol records; a shorter run writes its summary under .flywheel/bench/)."""
     from bench.stack import throwaway_stack
 
+    runs = []
     with throwaway_stack() as (settings, scratch):
         for dataset in config.datasets:
             for seed in config.seeds:
                 for order in config.orders:
-                    run_one(settings, scratch, config, dataset, seed, order, echo=echo)
-            figures, markdown = summarize(config, load_runs(), load_runs(FEW_SHOT))
-            record(figures, "every-image", markdown)
+                    runs.append(run_one(settings, scratch, config, dataset, seed, order, echo=echo))
+    figures, markdown = summarize(config, runs)
+    default = Config()
+    if (config.budget, config.pool, config.every, config.orders, config.datasets) == (
+            default.budget, default.pool, default.every, default.orders, default.datasets):
+        record(figures, "every-image", markdown, seeds=config.seeds)
+    else:
+        out = ROOT / ".flywheel" / "bench" / "every-image"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.md").write_text(markdown)
+        echo(f"not the full protocol: not a figure of bench/results.json; written to {out}")
     echo(markdown)

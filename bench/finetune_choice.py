@@ -6,7 +6,7 @@ before (`train.min_steps` 400, early stopping, best checkpoint) and, for each le
 previous fine-tuned model is fine-tuned for `train.finetune_steps` steps (the chain starts from the
 model trained from scratch at 100 labels). Held-out accuracy and seconds of training, 2 cores.
 
-Run: `.venv/bin/python -m bench.finetune_choice`. Writes a section of bench/RESULTS.md.
+Run: `.venv/bin/python -m bench.finetune_choice`. Writes docs/studies/finetune-choice.md.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bench.results import record
+from bench.results import write_study
 from components.datasets import materialize
 from components.labeling_config import load_labeling_config
 from components.params import load_params
@@ -107,7 +107,7 @@ previous one, each from-scratch model the loop's old training (400+ steps, early
 Chosen: fine-tune at lr / 10 (`train.finetune_lr`): as good as training from scratch or better, about
 4x faster, and steady; at the training lr the fine-tuned models swing (0.62 at 130 labels).
 """
-    record({}, "finetune", markdown)
+    write_study("finetune-choice", markdown)
     print(markdown)
 
 

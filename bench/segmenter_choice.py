@@ -6,7 +6,7 @@ Every candidate trains from scratch on 200 images of the composited digit set wi
 (`training.fit_steps`, 400 steps); torchvision's Mask R-CNN (ResNet-50 FPN, `weights=None`) gets
 the same wall time as the default, on the same threads. One seed.
 
-Run: `.venv/bin/python -m bench.segmenter_choice`. Writes its section of bench/RESULTS.md.
+Run: `.venv/bin/python -m bench.segmenter_choice`. Writes docs/studies/segmenter-choice.md.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torchmetrics.detection import MeanAveragePrecision
 
-from bench.results import record
+from bench.results import write_study
 from components.datasets import SEGMENTATION, materialize
 from components.tasks.segmentation import Segmentation
 from components.training import fit_steps
@@ -119,7 +119,7 @@ outlines) for {rows[1][1] / rows[0][1]:.1f}x the training time, which the loop p
 `architectures.mask_centernet: {{mask_size: 40}}` in params.yaml buys the tighter outlines. Mask R-CNN from scratch gets {rows[2][2]} steps in the same time on 2 cores
 ({sizes[0]:.1f}M parameters against {sizes[1]:.2f}M).
 """
-    record({}, "segmenter-choice", markdown)
+    write_study("segmenter-choice", markdown)
     print(markdown)
 
 

@@ -220,26 +220,7 @@ the same 2 cores. Measured {time.strftime('%Y-%m-%d')}.
 | endpoint idle, % of one core ({IDLE_S} s, no requests) | {idle:.1f} % | - |
 | the champion on a batch of 16, one thread: eager PyTorch / ONNX Runtime (its logged export) | {runtime_ms["torch"]:.2f} / {runtime_ms["onnx"]:.2f} ms | - |
 
-How the endpoint was chosen (same machine, a conv4 at 28x28; the runtime row above is this benchmark's, the
-rest was measured with a throwaway prototype before building it, not kept in `bench/`):
-
-- Model runtime: see the table; the endpoint runs the ONNX export (classification).
-- LitServe batching: at 16 in flight, batches of 16 within 2 ms gave 803-921 images/s (fast_queue on); 32 within
-  5 ms 753; 16 within 1 ms 854; two torch threads instead of one 639 (the HTTP server needs the other core).
-- Most of the endpoint's time per request is LitServe's plumbing (the HTTP process, the queues to and from the
-  worker process, a multiprocessing manager), not the model: profiled, the model's forward pass was 45% of the
-  worker's time.
-- Idle: LitServe's batched loop polls its request queue every millisecond; with a worker each for /predict and
-  /feedback the idle endpoint took 34.1% of a core. Now one worker answers both (a middleware marks feedback
-  bodies) and waits for a batch's first request in one blocking call: 0.5%. The same change took throughput
-  from 671 to 770-853 images/s (three runs: 770, 853, 788).
-- Throughput is short of 1,000 images/s: on 2 cores the load generator, the HTTP process and the worker share
-  the CPU, and per request LitServe passes two messages (a start and the answer) through its queues besides the
-  HTTP work; a prototype without flywheel's routing and Label Studio results peaked at 720-920 images/s the same
-  way. Serving processes on more cores (`num_api_servers`, `workers_per_device`) is the lever a real machine has.
-- Not measured: MLflow's model server (JSON/CSV frames only, so base64 images; no batching; one fixed model URI,
-  a restart per new champion) and BentoML (24 more packages for the same FastAPI + uvicorn core): both were ruled
-  out on what they cannot do here rather than on speed.
+How the endpoint was chosen (LitServe, batching, one worker) is a design study: `docs/studies/serving-choice.md`.
 """
     record(figures, "serving", markdown)
     print(markdown)

@@ -5,7 +5,7 @@ The default, `centernet`, is a small anchor-free detector after "Objects as Poin
 with the penalty-reduced focal loss, and box size and centre offset regressed at the centres. It was
 chosen over torchvision's detectors trained from scratch by `bench/detector_choice.py`: on 2 CPU
 cores and 200 labeled images it reaches a far higher mAP in the same ~40 s (see
-bench/detector_choice.md).
+docs/studies/detector-choice.md).
 
 Every detector maps a batch (N, 3, S, S) of RGB in [0, 1] to a dict of raw outputs; `loss`,
 `decode` and `embed` interpret that dict, so a Lightning wrapper needs nothing model-specific.

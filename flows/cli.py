@@ -702,19 +702,45 @@ def bench_faults(
 
 @bench_app.command("all")
 @clear_errors
-def bench_all() -> None:
-    """Every benchmark with its defaults but the fault matrix (about 2 hours on a 2-core CPU)."""
-    bench_micro()
-    bench_latency()
-    bench_serving()
-    bench_simulate()
-    bench_simulate(task="detection", order=["random"], budget=200, held_out=300)
-    bench_simulate(task="segmentation", order=["random"], budget=200, held_out=500)
-    bench_strategy()
-    bench_errors()
-    bench_robustness()
-    bench_load()
-    bench_ddp()  # the fault matrix (~35 minutes) runs on its own: `make faults`
+def bench_all(
+    force: Annotated[bool, typer.Option(help="Rerun every benchmark, also those measured on the code as it is now.")] = False,
+    only: Annotated[list[str] | None, typer.Option(help="Only these benchmarks (names as in `flywheel bench status`).")] = None,
+) -> None:
+    """Every benchmark that writes a figure, each in its own process, on the code as it is now (about 4
+    hours on a 2-core CPU). Those already measured on this code are skipped, so a stopped run resumes."""
+    import subprocess
+
+    from bench.results import CATALOG, benchmark, stale
+
+    chosen = [benchmark(name) for name in only] if only else list(CATALOG)
+    todo = chosen if force else stale(b.name for b in chosen)
+    for entry in chosen:
+        if entry not in todo:
+            typer.echo(f"{entry.name}: measured on this code already (--force reruns it)")
+    failed = []
+    for number, entry in enumerate(todo, 1):
+        typer.echo(f"[{number}/{len(todo)}] {entry.command}  (about {entry.minutes} min)")
+        done = subprocess.run([str(Path(sys.executable).parent / "flywheel"), "bench", *entry.args.split()], check=False)
+        if done.returncode != 0:
+            failed.append(entry.name)
+    if failed:
+        raise FlywheelError(f"{len(failed)} benchmark(s) failed: {', '.join(failed)}; their figures stay as they were "
+                            f"(`flywheel bench status`). Rerun one with `flywheel bench all --only NAME`.")
+
+
+@bench_app.command("status")
+@clear_errors
+def bench_status() -> None:
+    """Which figures were measured on the code as it is now, which on older code, which never."""
+    from bench.results import orphans, standings
+
+    for s in standings():
+        stamp = s.stamp
+        where = (f"{stamp['commit']}{'+dirty' if stamp.get('dirty') else ''} {stamp['date'][:10]}"
+                 + (f", {s.commits_behind} commit(s) before HEAD" if s.commits_behind else "")) if stamp else ""
+        typer.echo(f"{s.benchmark.name:22s} {s.state:18s} {s.figures:3d} figures  {where}")
+    for key in orphans():
+        typer.echo(f"{key}: in bench/results.json but not one benchmark's figure (bench/results.py CATALOG)")
 
 
 def _progress(description: str) -> Callable[[Any], Any]:

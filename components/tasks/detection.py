@@ -43,7 +43,7 @@ from components.training import SplitsDataModule, load_images
 
 log = logging.getLogger(__name__)
 
-SHOWN_FROM = 0.3  # boxes scored at least this are suggested (bench/detector_choice.md: best exact-match share)
+SHOWN_FROM = 0.3  # boxes scored at least this are suggested (docs/studies/detector-choice.md: best exact-match share)
 MATCH_IOU = 0.5  # a suggested box agrees with a drawn one at IoU >= this, same class; and one box per object:
 SAME_OBJECT_IOU = 0.5  # a box overlapping a better-scored one (any class) by more is a second guess, not shown
 MAX_DETECTIONS = 50
@@ -338,7 +338,7 @@ class Detector(L.LightningModule):
         self.log("val_loss", self.net.loss(self.net(images), targets), prog_bar=True, batch_size=len(images), sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        # One cycle over the run, peaking at `lr` (bench/detector_choice.md): from scratch, the warm-up
+        # One cycle over the run, peaking at `lr` (docs/studies/detector-choice.md): from scratch, the warm-up
         # keeps the focal loss stable and the decay settles the boxes.
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=1e-4)
         schedule = torch.optim.lr_scheduler.OneCycleLR(
