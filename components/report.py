@@ -3,6 +3,12 @@ pairs, and how often people accept the model's suggestions, measured in Label St
 
 `build_report` computes it from plain inputs; `write_report` renders it as HTML with PNG plots and a
 JSON summary (what `flywheel report` prints).
+
+Per-class figures are only as honest as the examples behind them: each class carries its support (the
+examples of it the figure was computed on) and a 95% Wilson interval, the figures come from the label
+check's out-of-fold predictions over every label when they are at hand (`read_out_of_fold`) and from
+the champion's validation split otherwise, and "Classes that most need labels" names only a class whose
+interval lies below the other classes', saying "too early to tell" while the support cannot tell them apart.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from scipy.optimize import OptimizeWarning, curve_fit
 
 from components.conversions import current_annotation, task_from_json
@@ -51,15 +58,151 @@ class CurveFit:
         return (self.scale / (self.ceiling - accuracy)) ** (1 / self.exponent)
 
 
+MIN_SUPPORT = 5  # examples of a class below which its per-class figure tells it apart from no other
+Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
+
+
+def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion: `successes` of `n` (95% by default).
+
+    Chosen over the plain normal interval and the percentile bootstrap because it stays honest at the
+    supports an early report sees: 0 of 1 gives (0.00, 0.79), not (0, 0). `successes` may be fractional
+    (an AP times its number of boxes, as an approximation).
+
+    Args:
+        successes: Examples counted right (0 <= successes <= n).
+        n: Examples (the support).
+        z: The normal quantile of the interval's confidence.
+
+    Returns:
+        (low, high) within [0, 1]; (0, 1) when `n` is 0: nothing is known.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    share = min(max(successes / n, 0.0), 1.0)
+    denominator = 1 + z * z / n
+    centre = (share + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 @dataclass(frozen=True)
 class ClassRow:
-    """One class: how many labels it has and the task type's per-class score (F1, AP)."""
+    """One class: how many labels it has, the task type's per-class scores, and what backs them.
+
+    Attributes:
+        label: The class.
+        labeled: Its labels (images, boxes) in the latest snapshot, both splits.
+        precision, recall: From the confusion matrix (classification); None without one.
+        f1: The task type's per-class score: F1 for classification, AP@0.5 for detection and masks.
+        support: Examples of the class the figures were computed on (validation or out-of-fold images,
+            validation boxes); None when unknown.
+        low, high: The 95% Wilson interval of `ranked` over `support` examples. For recall it is the
+            interval of a proportion; for an AP it treats the AP as a share of the class's boxes, an
+            approximation (an AP is no plain proportion, and varies at least that much).
+    """
 
     label: str
     labeled: int
     precision: float | None
     recall: float | None
-    f1: float  # the per-class score: F1 for classification, AP@0.5 for detection
+    f1: float
+    support: int | None = None
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def ranked(self) -> float:
+        """The figure the classes are ranked by: recall where there is a confusion matrix (a share of
+        the class's examples, so its interval is exact), else the per-class score (AP)."""
+        return self.recall if self.recall is not None else self.f1
+
+
+@dataclass(frozen=True)
+class OutOfFold:
+    """The label check's out-of-fold predictions as a confusion matrix over every checked label.
+
+    Attributes:
+        confusion: Rows = the given label, columns = the out-of-fold model's class, in `labels` order.
+        snapshot_rev: The snapshot the label check ran on ("" when the table does not say).
+    """
+
+    confusion: np.ndarray
+    snapshot_rev: str = ""
+
+
+def out_of_fold_confusion(table: pd.DataFrame, labels: Sequence[str]) -> np.ndarray | None:
+    """The confusion matrix of the label check's table (`label_errors.TABLE_COLUMNS`): each label
+    against the out-of-fold model's suggestion.
+
+    Args:
+        table: The label error table; its `label` and `suggested` are class names for single-label
+            classification.
+        labels: The label set (the matrix's row and column order).
+
+    Returns:
+        The matrix, or None when the table is empty or its targets are not classes of `labels` (boxes,
+        masks, or a label set that changed since the check).
+    """
+    if table.empty or not {"label", "suggested"} <= set(table.columns):
+        return None
+    index = {label: i for i, label in enumerate(labels)}
+    given, suggested = table["label"].astype(str).tolist(), table["suggested"].astype(str).tolist()
+    if not all(g in index and s in index for g, s in zip(given, suggested, strict=True)):
+        return None
+    confusion = np.zeros((len(labels), len(labels)), dtype=int)
+    np.add.at(confusion, ([index[g] for g in given], [index[s] for s in suggested]), 1)
+    return confusion
+
+
+def read_out_of_fold(path: Path, labels: Sequence[str], snapshot_rev: str | None = None) -> OutOfFold | None:
+    """The label check's out-of-fold predictions (its `label_errors.parquet`) for `build_report`.
+
+    Args:
+        path: The label error table the label check kept in the workspace.
+        labels: The label set.
+        snapshot_rev: When given, only a check of this snapshot counts (an older one saw other labels).
+
+    Returns:
+        None when there is no table, it is of another snapshot, or its targets are not classes.
+    """
+    if not path.is_file():
+        return None
+    table = pd.read_parquet(path)
+    revs = table["snapshot_rev"].astype(str).unique().tolist() if "snapshot_rev" in table.columns else []
+    rev = revs[0] if len(revs) == 1 else ""
+    if snapshot_rev is not None and rev != snapshot_rev:
+        return None
+    confusion = out_of_fold_confusion(table, labels)
+    return None if confusion is None else OutOfFold(confusion, rev)
+
+
+def clearly_worse(rows: Sequence[ClassRow], min_support: int = MIN_SUPPORT) -> list[ClassRow]:
+    """The classes whose figure is told apart from the rest: worst first.
+
+    A class counts when it has at least `min_support` examples and the top of its 95% interval lies
+    below the bottom of the interval of all other classes together (their support-weighted mean
+    `ranked`, over their pooled support: for recall, the other classes' pooled recall).
+
+    Args:
+        rows: Every class.
+        min_support: Fewer examples of a class than this tell nothing.
+
+    Returns:
+        The classes clearly worse than the others, lowest `ranked` first (more support breaks ties).
+    """
+    worse = []
+    for row in rows:
+        if row.support is None or row.support < min_support or row.high is None:
+            continue
+        others = [r for r in rows if r.label != row.label and r.support]
+        pooled = sum(r.support or 0 for r in others)
+        if not pooled:
+            continue
+        rest = sum(r.ranked * (r.support or 0) for r in others) / pooled
+        if row.high < wilson_interval(rest * pooled, pooled)[0]:
+            worse.append(row)
+    return sorted(worse, key=lambda r: (r.ranked, -(r.support or 0)))
 
 
 @dataclass(frozen=True)
@@ -146,6 +289,26 @@ def production_view(stats: Mapping[str, Any], validation: Sequence[float], route
 
 @dataclass(frozen=True)
 class Report:
+    """The strategy report.
+
+    Attributes:
+        labeled: Labeled images.
+        target_accuracy: The target of the task's score.
+        points: The learning curve, fewest labels first.
+        fit: The fitted learning curve; None with too few points.
+        classes: Every class with its figures, support and interval.
+        confused_pairs: The most confused pairs of classes, with how often.
+        acceptance: How often people kept the model's suggestion.
+        confusion: The confusion matrix the per-class figures came from; None without one.
+        metric_title: What the learning curve's score is called.
+        per_class_title: What the task type's per-class score is called (F1, AP).
+        production: The endpoint's answers against validation; None when it has not answered.
+        source: Where the per-class figures came from, with their number of examples.
+        count_noun: What a class's support counts ("images", "boxes").
+        min_support: Examples of a class below which it is never named as needing labels.
+        out_of_fold: The per-class figures (and `confusion`) are the label check's out-of-fold ones.
+    """
+
     labeled: int
     target_accuracy: float
     points: tuple[LearningPoint, ...]
@@ -157,6 +320,10 @@ class Report:
     metric_title: str = "validation accuracy"
     per_class_title: str = "F1"
     production: ProductionView | None = None
+    source: str = "the champion's validation split"
+    count_noun: str = "images"
+    min_support: int = MIN_SUPPORT
+    out_of_fold: bool = False
 
     @property
     def labels_to_target(self) -> int | None:
@@ -167,9 +334,21 @@ class Report:
         return None if needed is None else max(0, math.ceil(needed) - self.labeled)
 
     @property
+    def ranked_title(self) -> str:
+        """What the classes are ranked by: recall with a confusion matrix, else the per-class score."""
+        return "recall" if self.confusion is not None else self.per_class_title
+
+    @property
     def classes_needing_labels(self) -> list[str]:
-        """Worst F1 first (fewest labels breaking ties): where the next labels help most."""
-        return [c.label for c in sorted(self.classes, key=lambda c: (c.f1, c.labeled))]
+        """Every class, lowest `ClassRow.ranked` first (fewest labels breaking ties): an ordering by the
+        point figures, not a verdict (`classes_clearly_needing_labels` is)."""
+        return [c.label for c in sorted(self.classes, key=lambda c: (c.ranked, c.labeled))]
+
+    @property
+    def classes_clearly_needing_labels(self) -> list[str]:
+        """The classes whose interval lies below the others' (`clearly_worse`), worst first; empty while
+        it is too early to tell."""
+        return [c.label for c in clearly_worse(self.classes, self.min_support)]
 
 
 def fit_learning_curve(points: Sequence[LearningPoint]) -> CurveFit | None:
@@ -236,8 +415,18 @@ def build_report(
     metric_title: str = "validation accuracy",
     per_class_title: str = "F1",
     labeled: int | None = None,
+    *,
+    out_of_fold: OutOfFold | None = None,
+    support: Mapping[str, int] | None = None,
+    count_noun: str = "images",
+    min_support: int = MIN_SUPPORT,
 ) -> Report:
     """Assemble the report.
+
+    The per-class figures come from the label check's out-of-fold predictions over every label when
+    `out_of_fold` is given (every label is then an example, not only the validation split's), else
+    from `confusion`, else from `per_class` with `support`; `Report.source` says which. Each class
+    carries its support and the 95% Wilson interval (`wilson_interval`) of the figure it is ranked by.
 
     Args:
         points: One per trained snapshot, any order.
@@ -251,40 +440,87 @@ def build_report(
         metric_title: What the learning curve's score is called.
         per_class_title: What the per-class score is called.
         labeled: Labeled images (default: the sum of `class_counts`, right when each image has one class).
+        out_of_fold: The label check's out-of-fold predictions (`read_out_of_fold`); preferred over
+            `confusion` when given.
+        support: Class -> examples the `per_class` scores were computed on (validation boxes, masks);
+            without it (and without a confusion matrix) no class is told apart.
+        count_noun: What the support counts ("images", "boxes", "masks").
+        min_support: Examples of a class below which it is never named as needing labels.
     """
     labeled = int(sum(class_counts.values())) if labeled is None else labeled
     points = tuple(sorted(points, key=lambda p: p.labels))
-    if confusion is None:
-        rows = [ClassRow(label, int(class_counts.get(label, 0)), None, None, round(float((per_class or {}).get(label, 0.0)), 4))
-                for label in labels]
-        return Report(
-            labeled=labeled, target_accuracy=target_accuracy, points=points,
-            fit=fit_learning_curve(points), classes=tuple(rows), confused_pairs=(), acceptance=acceptance,
-            confusion=None, metric_title=metric_title, per_class_title=per_class_title,
-        )
+    matrix = out_of_fold.confusion if out_of_fold is not None else confusion
+    common = {
+        "labeled": labeled, "target_accuracy": target_accuracy, "points": points, "fit": fit_learning_curve(points),
+        "acceptance": acceptance, "metric_title": metric_title, "per_class_title": per_class_title,
+        "count_noun": count_noun, "min_support": min_support,
+    }
+    if matrix is None:
+        rows = []
+        for label in labels:
+            score = round(float((per_class or {}).get(label, 0.0)), 4)
+            n = None if support is None else int(support.get(label, 0))
+            low, high = (None, None) if n is None else wilson_interval(score * n, n)
+            rows.append(ClassRow(label, int(class_counts.get(label, 0)), None, None, score, n, _round(low), _round(high)))
+        examples = f", {sum(support.values())} {count_noun}" if support is not None else ""
+        return Report(**common, classes=tuple(rows), confused_pairs=(), confusion=None,
+                      source=f"the champion's validation split{examples}")
+    matrix = np.asarray(matrix)
     rows = []
     for i, label in enumerate(labels):
-        tp = float(confusion[i, i])
-        precision = tp / confusion[:, i].sum() if confusion[:, i].sum() else 0.0
-        recall = tp / confusion[i, :].sum() if confusion[i, :].sum() else 0.0
+        tp = float(matrix[i, i])
+        n = int(matrix[i, :].sum())
+        precision = tp / matrix[:, i].sum() if matrix[:, i].sum() else 0.0
+        recall = tp / n if n else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        rows.append(ClassRow(label, int(class_counts.get(label, 0)), round(precision, 4), round(recall, 4), round(f1, 4)))
+        low, high = wilson_interval(tp, n)
+        rows.append(ClassRow(label, int(class_counts.get(label, 0)), round(precision, 4), round(recall, 4), round(f1, 4),
+                             n, _round(low), _round(high)))
     off_diagonal = [
-        (labels[i], labels[j], int(confusion[i, j]) + int(confusion[j, i]))
+        (labels[i], labels[j], int(matrix[i, j]) + int(matrix[j, i]))
         for i in range(len(labels)) for j in range(i + 1, len(labels))
-        if confusion[i, j] + confusion[j, i] > 0
+        if matrix[i, j] + matrix[j, i] > 0
     ]
     pairs = tuple(sorted(off_diagonal, key=lambda p: -p[2])[:5])
-    return Report(
-        labeled=labeled,
-        target_accuracy=target_accuracy,
-        points=points,
-        fit=fit_learning_curve(points),
-        classes=tuple(rows),
-        confused_pairs=pairs,
-        acceptance=acceptance,
-        confusion=confusion.astype(int).tolist(),
-    )
+    total = int(matrix.sum())
+    if out_of_fold is not None:
+        of = f" of snapshot {out_of_fold.snapshot_rev}" if out_of_fold.snapshot_rev else ""
+        source = f"the label check's out-of-fold predictions over every label, {total} {count_noun}{of}"
+    else:
+        source = f"the champion's validation split, {total} {count_noun}"
+    return Report(**common, classes=tuple(rows), confused_pairs=pairs, confusion=matrix.astype(int).tolist(), source=source,
+                  out_of_fold=out_of_fold is not None)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _figure(row: ClassRow, report: Report) -> str:
+    """One class as the summary names it: its figure, interval, support and labels."""
+    f1 = f"; {report.per_class_title} {row.f1:.2f}" if row.recall is not None else ""
+    return (f"{row.label} ({report.ranked_title} {row.ranked:.2f}, 95% interval {row.low:.2f}-{row.high:.2f}, "
+            f"{row.support} {report.count_noun}{f1}; {row.labeled} labeled)")
+
+
+def needing_labels_line(report: Report) -> str:
+    """"Classes that most need labels": only those clearly below the others (`clearly_worse`), else
+    "too early to tell" with the support per class."""
+    worse = clearly_worse(report.classes, report.min_support)
+    if worse:
+        return (f"Classes that most need labels ({report.ranked_title} on {report.source}, with its 95% interval): "
+                + ", ".join(_figure(c, report) for c in worse[:3]))
+    supports = [c.support for c in report.classes if c.support is not None]
+    if not supports:
+        return (f"Classes that most need labels: too early to tell: the number of {report.count_noun} behind each "
+                f"class's {report.ranked_title} is unknown")
+    low, high = min(supports), max(supports)
+    spread = f"{report.count_noun} per class: {low}" + (f" to {high}" if high != low else "")
+    if high < report.min_support:
+        return (f"Classes that most need labels: too early to tell ({spread} on {report.source}; a class needs "
+                f"{report.min_support} to be told apart). Label more.")
+    return (f"Classes that most need labels: too early to tell: no class's {report.ranked_title} is clearly below the "
+            f"others' (95% intervals overlap; {spread} on {report.source}). Label more.")
 
 
 def summary_lines(report: Report) -> list[str]:
@@ -304,9 +540,7 @@ def summary_lines(report: Report) -> list[str]:
     else:
         lines.append(f"Target {report.metric_title.removeprefix('validation ')} {report.target_accuracy:.2f}: not enough iterations yet to fit a curve (need 3)")
     if report.classes:
-        weakest = [c for c in sorted(report.classes, key=lambda c: (c.f1, c.labeled))][:3]
-        lines.append("Classes that most need labels: " + ", ".join(
-            f"{c.label} ({report.per_class_title} {c.f1:.2f}, {c.labeled} labeled)" for c in weakest))
+        lines.append(needing_labels_line(report))
     if report.confused_pairs:
         lines.append("Most confused: " + ", ".join(f"{a}<->{b} ({n})" for a, b, n in report.confused_pairs[:3]))
     rate = report.acceptance.rate
@@ -355,21 +589,27 @@ def _plots(report: Report, labels: Sequence[str], folder: Path) -> dict[str, str
 
     fig, ax1 = plt.subplots(figsize=(7, 4.2))
     x = np.arange(len(report.classes))
-    ax1.bar(x, [c.f1 for c in report.classes], color="tab:blue", label=report.per_class_title)
+    ranked = np.array([c.ranked for c in report.classes])
+    known = all(c.low is not None and c.high is not None for c in report.classes)
+    errors = (np.array([[c.ranked - (c.low or 0.0) for c in report.classes], [(c.high or 0.0) - c.ranked for c in report.classes]])
+              .clip(min=0) if known and len(report.classes) else None)
+    ax1.bar(x, ranked, yerr=errors, capsize=3, color="tab:blue", label=report.ranked_title)
     ax1.set_ylim(0, 1.05)
-    ax1.set_ylabel(f"{report.per_class_title} (validation)")
-    ax1.set_xticks(x, [c.label for c in report.classes], rotation=45, ha="right")
+    ax1.set_ylabel(f"{report.ranked_title} (95% interval)" if known else report.ranked_title)
+    ax1.set_xticks(x, [f"{c.label}\n(n={c.support})" if c.support is not None else c.label for c in report.classes],
+                   rotation=45, ha="right")
     ax2 = ax1.twinx()
     ax2.plot(x, [c.labeled for c in report.classes], "o-", color="tab:orange", label="labeled")
-    ax2.set_ylabel("labeled images")
-    ax1.set_title(f"Per class: {report.per_class_title} (bars) and labels (line)")
+    ax2.set_ylabel(f"labeled {report.count_noun}")
+    ax1.set_title(f"Per class: {report.ranked_title} (bars, n = support) and labels (line)", fontsize=10)
     fig.tight_layout()
     files["per_class"] = "per_class.png"
     fig.savefig(folder / files["per_class"], dpi=100)
     plt.close(fig)
 
     if report.confusion is not None:
-        fig = confusion_figure(np.array(report.confusion), labels, "Champion on the latest validation split")
+        title = "Out-of-fold predictions over every label" if report.out_of_fold else "Champion on the latest validation split"
+        fig = confusion_figure(np.array(report.confusion), labels, title)
         files["confusion"] = "confusion.png"
         fig.savefig(folder / files["confusion"], dpi=100)
         plt.close(fig)
@@ -408,6 +648,10 @@ def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _interval(row: ClassRow) -> str:
+    return "-" if row.low is None or row.high is None else f"{row.low:.3f} to {row.high:.3f}"
+
+
 def _strategy_section(strategy: Path | None, folder: Path) -> str:
     """The last `flywheel strategy` comparison (boxes or masks, in annotation hours), if one was run."""
     import shutil
@@ -426,12 +670,18 @@ def write_report(report: Report, labels: Sequence[str], folder: Path, title: str
     folder.mkdir(parents=True, exist_ok=True)
     plots = _plots(report, labels, folder)
     summary = {**asdict(report), "labels_to_target": report.labels_to_target, "acceptance_rate": report.acceptance.rate,
-               "classes_needing_labels": report.classes_needing_labels, "summary": summary_lines(report)}
+               "classes_needing_labels": report.classes_needing_labels,
+               "classes_clearly_needing_labels": report.classes_clearly_needing_labels, "summary": summary_lines(report)}
     (folder / "report.json").write_text(json.dumps(summary, indent=2, default=str))
     rows = "".join(
-        f"<tr><td>{html.escape(c.label)}</td><td>{c.labeled}</td><td>{_cell(c.precision)}</td><td>{_cell(c.recall)}</td><td>{c.f1:.3f}</td></tr>"
-        for c in sorted(report.classes, key=lambda c: (c.f1, c.labeled))
+        f"<tr><td>{html.escape(c.label)}</td><td>{c.labeled}</td><td>{'-' if c.support is None else c.support}</td>"
+        f"<td>{_cell(c.precision)}</td><td>{_cell(c.recall)}</td><td>{c.f1:.3f}</td><td>{_interval(c)}</td></tr>"
+        for c in sorted(report.classes, key=lambda c: (c.ranked, c.labeled))
     )
+    per_class_note = (f"<p>Figures from {html.escape(report.source)}; support: the {html.escape(report.count_noun)} of each "
+                      f"class they were computed on; 95% Wilson interval of {html.escape(report.ranked_title)}"
+                      + (" (an approximation for an AP)" if report.confusion is None else "")
+                      + f". {html.escape(needing_labels_line(report))}</p>")
     pairs = "".join(f"<li>{html.escape(a)} &harr; {html.escape(b)}: {n}</li>" for a, b, n in report.confused_pairs)
     confused = (f"<h2>Most confused pairs</h2><ul>{pairs or '<li>none</li>'}</ul><img src=\"{plots['confusion']}\" alt=\"confusion\">"
                 if "confusion" in plots else "")
@@ -440,8 +690,10 @@ def write_report(report: Report, labels: Sequence[str], folder: Path, title: str
 <body><h1>{html.escape(title)}</h1>
 <ul>{''.join(f'<li>{html.escape(line)}</li>' for line in summary_lines(report))}</ul>
 <h2>Learning curve</h2><img src="{plots['learning_curve']}" alt="learning curve">
-<h2>Per class (worst first: label these next)</h2>
-<table><tr><th>class</th><th>labeled</th><th>precision</th><th>recall</th><th>{html.escape(report.per_class_title)}</th></tr>{rows}</table>
+<h2>Per class (lowest {html.escape(report.ranked_title)} first)</h2>
+{per_class_note}
+<table><tr><th>class</th><th>labeled</th><th>support</th><th>precision</th><th>recall</th><th>{html.escape(report.per_class_title)}</th>
+<th>95% interval of {html.escape(report.ranked_title)}</th></tr>{rows}</table>
 <img src="{plots['per_class']}" alt="per class">
 {confused}
 <h2>Suggestions accepted</h2><img src="{plots['acceptance']}" alt="acceptance">
