@@ -59,6 +59,7 @@ SAFETY_NET = "safety-net poll"
 IDLE_WORK = {"pass": ("iteration", "idle pass"), "tidy": ("tidy", "tidy of superseded pre-annotations"), "check": ("check", "label check")}
 
 log = logging.getLogger("flows.serve")
+polls = logging.getLogger("flywheel.polls")  # not under flows.*: the log file only (an idle serve polls all day)
 
 
 def serve_deployments(params: Params, params_path: Path) -> None:
@@ -329,6 +330,8 @@ class Dispatcher:
             self.next_poll = now + self.params.poll.safety_net_s
             if self.newest_change() != self.watermark:
                 wakeup = Wakeup(Counter({SAFETY_NET: 1}))
+            else:
+                polls.info("Safety-net poll: nothing new since %s.", self.watermark)
         if wakeup is not None and self.pretrainer is not None and "TASKS_CREATED" in wakeup.reasons:
             self.pretrainer.maybe_start(self.task_count())
         if wakeup is not None:

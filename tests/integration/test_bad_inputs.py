@@ -322,10 +322,10 @@ def test_settings_case(name, corpus, cli_env, tmp_path):
     extra, edit, message = SETTINGS_CASES[name]
     env = {**cli_env, **{k: v.format(port=free_port()) for k, v in extra.items()}}
     params = broken_params(tmp_path, corpus["params"], edit) if edit is not None else corpus["params"]
-    code, output, seconds = run_cli(env, "run", "--params", str(params), timeout=60)
+    code, output, _ = run_cli(env, "run", "--params", str(params), timeout=60)  # how soon: bench/robustness.py
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert code == 1 and len(errors) == 1 and re.search(message, errors[0]), output[-2000:]
-    assert "Traceback" not in output and seconds < 20
+    assert "Traceback" not in output
 
 
 def test_settings_case_deleted_project(label_studio, cli_env, loop_env, tmp_path):
@@ -339,10 +339,9 @@ def test_settings_case_deleted_project(label_studio, cli_env, loop_env, tmp_path
     kept = registry.latest()
 
     label_studio.sdk.projects.delete(id=project.id)  # someone deletes the project in Label Studio
-    code, output, seconds = run_cli(cli_env, "run", "--params", str(params_path), timeout=60)
+    code, output, _ = run_cli(cli_env, "run", "--params", str(params_path), timeout=60)  # how soon: bench/robustness.py
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert code == 1 and len(errors) == 1, output[-2000:]
     assert f"no project {params.project.title!r}" in errors[0] and "snapshots stay under" in errors[0]
     assert label_studio.ensure_project(params.project.title, load_labeling_config(params.project.config), create=False) is None
     assert registry.latest() == kept and registry.checkout(kept).is_dir()  # the versioned data is intact
-    assert seconds < 20

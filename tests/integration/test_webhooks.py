@@ -35,7 +35,7 @@ from components.settings import load_settings
 from components.snapshot import read_manifest
 from components.stack import free_port
 from components.webhooks import ACTIONS, SECRET_HEADER
-from flows.serve import STOP_S
+from flows.logs import LOG_FILE
 from tests.conftest import ROOT
 from tests.integration.test_loop import make_digits_project
 
@@ -62,7 +62,7 @@ def set_poll(params_path: Path, **poll: Any) -> None:
 @contextmanager
 def serving(params_path: Path, env: dict[str, str], log_path: Path) -> Iterator[str]:
     """`flywheel serve` as a user runs it, on a free receiver port; yields the receiver's base URL
-    once it answers. Stopped with SIGTERM (as Ctrl-C) at the end."""
+    once it answers. Stopped with SIGTERM (as Ctrl-C) at the end: it must exit on its own, children and all."""
     port = free_port()
     log = open(log_path, "w")
     process = subprocess.Popen(
@@ -86,11 +86,15 @@ def serving(params_path: Path, env: dict[str, str], log_path: Path) -> Iterator[
         children = psutil.Process(process.pid).children(recursive=True)
         process.terminate()  # as Ctrl-C
         try:
-            process.wait(timeout=STOP_S + 2)
-        finally:
-            process.kill()
-            log.close()
-        _, alive = psutil.wait_procs(children, timeout=2)
+            process.wait(timeout=60)  # a generous deadline: the behaviour is that it stops by itself
+        except subprocess.TimeoutExpired:
+            pass
+        stopped = process.poll() is not None
+        process.kill()
+        process.wait()
+        log.close()
+        assert stopped, f"serve did not exit after SIGTERM (it was killed):\n{log_path.read_text()[-3000:]}"
+        _, alive = psutil.wait_procs(children, timeout=30)
         assert not alive, f"left running after serve stopped: {alive}"
 
 
@@ -150,17 +154,18 @@ def test_a_burst_of_200_annotations_lands_in_a_snapshot_in_a_few_iterations(serv
         person.ls.annotate(task_id, task_type.result_of(person.truth[data["filename"]], project.config))
         return task_id
 
-    started = time.monotonic()
     with ThreadPoolExecutor(max_workers=4) as people:  # four people saving at once
         saved = set(people.map(save, unlabeled))
-    burst_s = time.monotonic() - started
     assert len(saved) == 200
     wait_for(lambda: saved <= snapshot_task_ids(ws), 300, "every one of the 200 annotations in a snapshot")
     assert before <= snapshot_task_ids(ws)
     runs = wait_for(lambda: iteration_runs(stack, params_path, since, "webhook"), 30, "the iterations in Prefect's history")
-    assert 1 <= len(runs) <= 5, f"{len(runs)} iterations for a burst saved in {burst_s:.0f} s"
     health = httpx.get(f"{receiver}/health").json()
-    assert health["counts"]["accepted"] >= 200  # one webhook per save arrived, and they coalesced
+    assert health["counts"]["accepted"] >= 200  # one webhook per save arrived
+    # They coalesced: a wake-up hands over every event waiting, and one with nothing new since the cursor
+    # starts no run, so a run covers every save made before it began: a burst costs a few runs, not one
+    # per webhook. The bound is about that, not speed: at most one run per ten saves.
+    assert 1 <= len(runs) <= len(saved) // 10, f"{len(runs)} iterations for {len(saved)} saves"
 
 
 def test_a_webhook_with_a_wrong_secret_is_refused_and_changes_nothing(served_project, stack):
@@ -198,10 +203,16 @@ def test_with_no_receiver_the_safety_net_poll_still_picks_changes_up(loop_env, l
 
     person = Person(label_studio, project, truth)
     ws = open_workspace(load_settings(cwd=ROOT), load_params(params_path), project_root=params_path.parent)
-    with serving(params_path, cli_env, tmp_path / "serve.log") as _:
+    log_file = tmp_path / "flywheel.log"  # serve's own log file: it notes each safety-net poll that found nothing
+
+    def empty_polls() -> int:
+        return log_file.read_text().count("Safety-net poll: nothing new") if log_file.exists() else 0
+
+    with serving(params_path, {**cli_env, LOG_FILE: str(log_file)}, tmp_path / "serve.log") as _:
         assert not label_studio.webhooks(project.id)  # nothing registered: Label Studio posts nowhere
         labeled = set(person.label(20))
         wait_for(lambda: labeled <= snapshot_task_ids(ws), 180, "the safety-net poll versioning the labels")
         since = datetime.now(UTC)
-        time.sleep(12)  # two safety-net polls with nothing new: neither may start a flow run
-        assert not iteration_runs(stack, params_path, since, "safety-net")
+        before = empty_polls()
+        wait_for(lambda: empty_polls() >= before + 2, 180, "two safety-net polls finding nothing new")
+        assert not iteration_runs(stack, params_path, since, "safety-net")  # neither started a flow run
