@@ -27,11 +27,11 @@ import hashlib
 import json
 import os
 import shutil
-from datetime import UTC, datetime, timedelta
 from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,15 +40,38 @@ import httpx
 from label_studio_sdk import LabelStudio as SDKClient
 from label_studio_sdk.core.api_error import ApiError
 
-from components.conversions import LabeledTask, Prediction, format_cursor, parse_timestamp, prediction_to_ls, task_from_json
+from components.conversions import (
+    LabeledTask,
+    Prediction,
+    format_cursor,
+    parse_timestamp,
+    prediction_to_ls,
+    task_from_json,
+)
 from components.errors import LabelConfigError, LabelStudioError
 from components.images import STORAGE_SCHEMES, file_sha256, read_capped
 from components.labeling_config import LabelingConfig, parse_labeling_config
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 OBJECTS_DIR = "objects"  # under the image root: Label Studio refuses a storage at the root itself
-BATCH = 1000
-OVERLAP_S = 5.0  # fetch_changed reads this much before its cursor again (saves that committed late)
+BATCH = 1000  # tasks or predictions per import request; tasks per page of a read of ids and data only
+# Reading tasks with their annotations or predictions costs Label Studio per task: whole tasks (every
+# prediction, draft and Data Manager column) about 40 ms each while 20 annotators saved on 2 cores,
+# so a page of 1,000 changed tasks took 17-45 s, past the client's 20 s timeout, and the loop's
+# poll failed. Asked only for the fields it needs (`include`), a changed task costs 3-13 ms: a page
+# of 1,000 took 3-8 s, one of 100 0.7-1.6 s (measured under bench/load.py's load). So each read asks
+# only for what it uses, and pages stay far inside the timeout: a slow moment costs a page, not the read.
+CHANGED_PAGE = 500  # tasks per page of `fetch_changed` (id, data, `updated_at`, annotations)
+PAGE = 100  # tasks per page of a read that carries predictions or whole tasks
+# `include` names fields of the task and of its annotations alike (Label Studio filters both by it):
+# what `task_from_json` reads of an annotation, and of a task its id, data and `updated_at`.
+ANNOTATION_FIELDS = "annotations,id,result,was_cancelled,created_at,updated_at,created_username,completed_by,lead_time,parent_prediction"
+CHANGED_FIELDS = f"data,{ANNOTATION_FIELDS}"
+PREDICTION_FIELDS = "id,predictions"  # a task's predictions come whole (their serializer takes no `include`)
+# `fetch_changed` reads this much before its cursor again: a save is stamped (`updated_at`) while its
+# request runs and seen once it commits, so a poll can miss one stamped just before its cursor. A save
+# took at most 3 s while 20 annotators saved on 2 cores (bench/load.py): 30 s leaves room for worse.
+OVERLAP_S = 30.0
 # Tasks nobody has touched: no annotation, not even a skip. Pre-annotations are written (and
 # replaced) on these only, so no prediction an annotation started from is ever deleted.
 UNTOUCHED = [
@@ -369,7 +392,7 @@ class LabelStudio:
         Uses the Data Manager filter on the task's `updated_at` (which moves on every annotation
         change but not on bulk prediction imports), ordered oldest first, so the cost follows the
         number of changed tasks rather than the project size. With no cursor, every task that has
-        an annotation.
+        an annotation (every task is read: Label Studio's annotation count lags a save).
 
         Safe while people save: pages are read by key (`updated_at` after the last page's), not by
         offset, so a task saved again meanwhile is read again (its newest state kept, never twice)
@@ -385,19 +408,49 @@ class LabelStudio:
         boundary = format_cursor(parse_timestamp(cursor) - timedelta(seconds=overlap_s)) if cursor else None
         with self._calling(f"fetch changed tasks of project {project_id}"):
             while True:  # keyset pages: a task saved again meanwhile moves past the boundary, never out of reach
-                items = ([] if cursor else list(LABELED)) + ([
-                    {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": boundary}
-                ] if boundary else [])
-                page = self.sdk.tasks.list(project=project_id, fields="all", query=_query(items, ordering=["tasks:updated_at"]), page_size=BATCH)
-                batch = [task_from_json(t.model_dump(mode="json")) for t in page.items or []]
-                found.update((t.id, t) for t in batch)  # seen twice (saved again while paging): its newest state
-                if len(batch) < BATCH:
+                after = [{"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": boundary}]
+                batch = self._changed_page(project_id, after if boundary else [], "tasks:updated_at", found)
+                if len(batch) < CHANGED_PAGE:
                     break
                 stamps = sorted({t.updated_at for t in batch})
-                boundary = format_cursor(stamps[-2] if len(stamps) > 1 else stamps[-1])  # ties at the edge are read again
-        tasks = tuple(sorted(found.values(), key=lambda t: (t.updated_at, t.id)))
-        latest = max((t.updated_at for t in tasks), default=None)
+                if len(stamps) == 1:  # one instant fills the page (a bulk action stamps every task it touches alike)
+                    self._read_instant(project_id, stamps[0], found)
+                boundary = format_cursor(stamps[-2] if len(stamps) > 1 else stamps[0])  # ties at the edge are read again
+        latest = max((t.updated_at for t in found.values()), default=None)
+        # With no cursor every task is read and those with annotations kept: not filtered on Label
+        # Studio's annotation count (`LABELED`), which lagged the annotations while people saved. A
+        # first poll filtered on it left out 172 tasks saved 1-10 s before it; its cursor passed them,
+        # and 110 of them no later poll read again (bench/load.py, 20 annotators on 2 cores).
+        kept = found.values() if cursor else [t for t in found.values() if t.annotations]
+        tasks = tuple(sorted(kept, key=lambda t: (t.updated_at, t.id)))
         return ChangeSet(tasks=tasks, cursor=format_cursor(max(latest, parse_timestamp(cursor)) if cursor else latest) if latest else cursor)
+
+    def _changed_page(
+        self, project_id: int, items: list[dict[str, Any]], ordering: str, found: dict[int, LabeledTask]
+    ) -> list[LabeledTask]:
+        """One page of changed tasks (`CHANGED_FIELDS`, `CHANGED_PAGE` of them), each kept in `found` in its newest state."""
+        page = self.sdk.tasks.list(
+            project=project_id, fields="all", include=CHANGED_FIELDS, query=_query(items, ordering=[ordering]),
+            page_size=CHANGED_PAGE,
+        )
+        batch = [task_from_json(t.model_dump(mode="json")) for t in page.items or []]
+        for task in batch:  # seen twice (saved again while paging): its newest state
+            if task.id not in found or task.updated_at >= found[task.id].updated_at:
+                found[task.id] = task
+        return batch
+
+    def _read_instant(self, project_id: int, stamp: datetime, found: dict[int, LabeledTask]) -> None:
+        """Every task whose `updated_at` is exactly `stamp`, in pages keyed by task id (the Data Manager
+        orders by one key, so `updated_at` alone cannot page through tasks that share it)."""
+        at = format_cursor(stamp)
+        instant = {"filter": "filter:tasks:updated_at", "operator": "in", "type": "Datetime", "value": {"min": at, "max": at}}
+        last = 0
+        while True:
+            after = {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": last}
+            batch = self._changed_page(project_id, [instant, after], "tasks:id", found)
+            if len(batch) < CHANGED_PAGE:
+                return
+            last = max(t.id for t in batch)
 
     def count_changed(self, project_id: int, cursor: str | None) -> int:
         """How many tasks changed after `cursor` (with no cursor: how many have an annotation); one
@@ -461,13 +514,17 @@ class LabelStudio:
     def versions_on_untouched(self, project_id: int) -> dict[int, set[str]]:
         """Task id -> the model versions of its predictions, for every task nobody has touched."""
         with self._calling(f"read the predictions of project {project_id}'s unlabeled tasks"):
-            pages = self.sdk.tasks.list(project=project_id, fields="all", query=_query(UNTOUCHED), page_size=BATCH)
+            pages = self.sdk.tasks.list(
+                project=project_id, fields="all", include=PREDICTION_FIELDS, query=_query(UNTOUCHED), page_size=PAGE
+            )
             return {t.id: {p.model_version or "" for p in t.predictions or []} for t in pages}
 
     def untouched_predictions(self, project_id: int) -> dict[int, tuple[dict[str, Any], list[dict[str, Any]]]]:
         """Task id -> (data, its predictions as {model_version, result, score}) for every task nobody has touched."""
         with self._calling(f"read the predictions of project {project_id}'s unlabeled tasks"):
-            pages = self.sdk.tasks.list(project=project_id, fields="all", query=_query(UNTOUCHED), page_size=BATCH)
+            pages = self.sdk.tasks.list(
+                project=project_id, fields="all", include=f"data,{PREDICTION_FIELDS}", query=_query(UNTOUCHED), page_size=PAGE
+            )
             return {
                 t.id: (dict(t.data or {}), [{"model_version": p.model_version or "", "result": p.result or [], "score": p.score}
                                             for p in t.predictions or []])
@@ -530,7 +587,9 @@ class LabelStudio:
         """
         began = format_cursor(datetime.now(UTC))
         with self._calling(f"read the predictions of project {project.id}'s unlabeled tasks"):
-            pages = self.sdk.tasks.list(project=project.id, fields="all", query=_query(UNTOUCHED), page_size=BATCH)
+            pages = self.sdk.tasks.list(
+                project=project.id, fields="all", include=PREDICTION_FIELDS, query=_query(UNTOUCHED), page_size=PAGE
+            )
             predictions = {
                 t.id: [{"task": t.id, "model_version": p.model_version, "score": p.score, "result": p.result} for p in t.predictions or []]
                 for t in pages
@@ -568,7 +627,10 @@ class LabelStudio:
         wanted = {self._key(item): item for item in (prediction_to_ls(p, model_version) for p in predictions)}
         marked = {"filter": "filter:tasks:predictions_results", "operator": "contains", "type": "String", "value": mark}
         with self._calling(f"list the marked predictions of project {project.id}"):
-            tasks = list(self.sdk.tasks.list(project=project.id, fields="all", query=_query([*LABELED, marked]), page_size=BATCH))
+            tasks = list(self.sdk.tasks.list(
+                project=project.id, fields="all", include=f"{PREDICTION_FIELDS},{ANNOTATION_FIELDS}",
+                query=_query([*LABELED, marked]), page_size=PAGE,
+            ))
         stale = []
         for task in tasks:
             started_from = {a.get("parent_prediction") for a in task.annotations or []}
@@ -603,7 +665,7 @@ class LabelStudio:
 
         Costs in proportion to the labeled tasks, not the project."""
         with self._calling(f"list the labeled tasks of project {project_id}"):
-            pages = self.sdk.tasks.list(project=project_id, fields="all", query=_query(LABELED), page_size=BATCH)
+            pages = self.sdk.tasks.list(project=project_id, fields="all", query=_query(LABELED), page_size=PAGE)
             return [t.model_dump(mode="json") for t in pages]
 
     # --- webhooks -------------------------------------------------------------------------------
@@ -661,7 +723,7 @@ class LabelStudio:
     def view_tasks(self, project_id: int, view_id: int) -> list[dict[str, Any]]:
         """The tasks a Data Manager tab shows, in its order, with their annotations and predictions."""
         with self._calling(f"read view {view_id} of project {project_id}"):
-            pages = self.sdk.tasks.list(project=project_id, view=view_id, fields="all", page_size=BATCH)
+            pages = self.sdk.tasks.list(project=project_id, view=view_id, fields="all", page_size=PAGE)
             return [t.model_dump(mode="json") for t in pages]
 
     def labeled_task(self, task_id: int) -> LabeledTask:
