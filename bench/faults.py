@@ -9,8 +9,8 @@ Studio, MLflow and Prefect on them):
 4. the stack is brought back up (`flywheel stack up` restarts only what is dead) and the loop reruns;
 5. the promises are checked: no annotation lost or changed, the cursor right (every label in the
    latest snapshot once, nothing left to poll), no prediction duplicated, exactly one champion shown
-   with a complete set, the DVC remote holding every snapshot, the registry's models loadable, and
-   nothing left RUNNING in MLflow or Prefect.
+   with a complete set and promoted by its run, the DVC remote holding every snapshot, the registry's
+   models loadable, and nothing left RUNNING in MLflow or Prefect.
 
 The components: Label Studio, MLflow, PostgreSQL, the object store (moto's server, the stand-in for
 S3: it replays its recorded requests when it starts again), and a worker of the team profile's
@@ -49,7 +49,8 @@ from components.settings import CLIENT_ENV, NO_PHONE_HOME, Settings, load_settin
 ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS = ("label_studio", "mlflow", "postgres", "object_store", "worker")
 STEPS = ("poll", "version", "train", "register", "write-back")
-# The subset CI runs (tests/integration/test_team_faults.py): each component once, each step once.
+# The subset CI runs (tests/integration/test_team.py, on the stack its other tests share): each component
+# once, each step once.
 CI_CASES = (("postgres", "version"), ("object_store", "register"), ("worker", "train"), ("label_studio", "write-back"),
             ("mlflow", "poll"))
 RUN_TIMEOUT_S = 300
@@ -230,6 +231,7 @@ def check(settings: Settings, project: Project, before: dict[int, tuple[int, str
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from components.iteration import latest_snapshot, open_workspace, poll
+    from components.registry import TAG_PROMOTED
     from components.snapshot import read_manifest
 
     failures = []
@@ -268,6 +270,11 @@ def check(settings: Settings, project: Project, before: dict[int, tuple[int, str
         with_champion = sum(1 for _, predictions in untouched.values() if any(p["model_version"] == champion.model_version for p in predictions))
         if with_champion != len(unlabeled) or versions.get(champion.model_version, 0) < len(unlabeled):
             failures.append(f"{with_champion} of {len(unlabeled)} unlabeled tasks carry the champion's prediction")
+        mlflow = ws.models.client
+        versions_registered = mlflow.search_model_versions(f"name = '{ws.models.name}'")
+        promoted = [v for v in versions_registered if mlflow.get_run(v.run_id).data.tags.get(TAG_PROMOTED) == "true"]
+        if champion.version not in {int(v.version) for v in promoted}:
+            failures.append(f"the champion v{champion.version} was never promoted by a run that finished registering")
         try:
             ws.models.load(champion)
         except Exception as e:  # noqa: BLE001 - a case's finding, not the runner's failure
@@ -430,8 +437,8 @@ def main(only: list[str] | None = None, echo: Callable[[str], None] = print) -> 
 {NEW_LABELS} labels; `flywheel run` is held at the step; the component gets SIGKILL (its process group); the
 run goes on into the fault; `stack up` restarts what is dead; the loop reruns; then every promise is
 checked (annotations unchanged, every label in the latest snapshot once, nothing left to poll, one
-champion shown with a complete set, no duplicated prediction, the snapshot restorable from the DVC
-remote alone, no MLflow or Prefect run left running). Every fault is real; the only stand-in is the
+champion shown with a complete set and promoted by its run, no duplicated prediction, the snapshot
+restorable from the DVC remote alone, no MLflow or Prefect run left running). Every fault is real; the only stand-in is the
 object store itself (moto's server, which replays its recorded requests when it restarts).
 
 | killed | during | the faulted run | result | s |

@@ -5,7 +5,8 @@ A model is logged without pickle: its weights (a state dict) and the recipe that
 MLflow's model the ONNX file (MLflow's onnx flavor; the box task types, whose decoding ONNX cannot
 write, fall back to the pytorch flavor's pickle). It is registered under one name. The `champion`
 alias moves when the new model does better than the current champion on the *same* validation set
-(see `promote_if_better`).
+(see `promote_if_better`). Both are safe to repeat (the loop retries them after a transient failure):
+a run is registered once, and its verdict is recorded before the alias moves.
 
 This module is the only one that calls MLflow's client (Lightning's `MLFlowLogger` aside). Every
 call goes through `calling`, which turns an unreachable or failing server into one `TrackingError`
@@ -51,6 +52,7 @@ TAG_KIND = "flywheel.kind"
 TAG_REGISTERED = "flywheel.registered_version"
 TAG_PROJECT = "flywheel.label_studio_project"
 TAG_OWNER = "flywheel.owner"  # the process that runs it (components.faults.owner): alive, or killed
+TAG_PROMOTED = "flywheel.promoted"  # "true" on the run of a version the champion alias was moved to
 
 
 @contextmanager
@@ -247,9 +249,20 @@ class ModelRegistry:
         return [r.info.run_id for r in runs]
 
     def register(self, model: nn.Module, run_id: str, recipe: Recipe) -> RegisteredModel:
-        """Log `model` into its training run (its weights, recipe and exports) and register it."""
+        """Log `model` into its training run (its weights, recipe and exports) and register it, once:
+        a run already registered (an attempt the loop retries after a transient failure got that far)
+        gives back its version rather than a second version of the same model."""
         with self.calling("log and register the model"):
-            return self._register(model, run_id, recipe)
+            return self.registered_version_of(run_id) or self._register(model, run_id, recipe)
+
+    def registered_version_of(self, run_id: str) -> RegisteredModel | None:
+        """The version a run is registered as (the newest, should MLflow's own retry have made two), or None."""
+        with self.calling(f"find the version of run {run_id}"):
+            found = self.client.search_model_versions(f"name = '{self.name}' and run_id = '{run_id}'")
+        if not found:
+            return None
+        newest = max(found, key=lambda mv: int(mv.version))
+        return RegisteredModel(name=self.name, version=int(newest.version), run_id=run_id)
 
     @contextmanager
     def _fluent(self) -> Iterator[None]:
@@ -420,6 +433,10 @@ class ModelRegistry:
         snapshot) must beat it: a higher score, or an equal one and a better tiebreak. A champion
         `judge` cannot score (trained for another label set) is replaced.
 
+        The verdict is written on the candidate's run (`TAG_PROMOTED`) before the alias moves, so no
+        failure in between leaves a champion whose run does not say it was promoted; a candidate that
+        is the champion already (a retry after the alias moved) stays it, without being judged again.
+
         Args:
             candidate: The new registered version.
             scores: Its validation scores.
@@ -427,7 +444,8 @@ class ModelRegistry:
             metric: The score's name, for the version's tag (e.g. "accuracy", "map50").
         """
         current = self.champion()
-        champion_scores = judge(self.load(current)) if current is not None else None
+        already = current is not None and current.version == candidate.version  # an attempt failed after moving the alias
+        champion_scores = judge(self.load(current)) if current is not None and not already else None
         if champion_scores is None:
             promoted = True
         elif self._trained_images(candidate.run_id) > self._trained_images(current.run_id):
@@ -437,9 +455,10 @@ class ModelRegistry:
         else:
             promoted = (scores.score, scores.tiebreak) > (champion_scores.score, champion_scores.tiebreak)
         with self.calling("move the champion alias"):
+            self.client.set_model_version_tag(self.name, str(candidate.version), f"val_{metric}", f"{scores.score:.4f}")
+            self.client.set_tag(candidate.run_id, TAG_PROMOTED, str(promoted).lower())
             if promoted:
                 self.client.set_registered_model_alias(self.name, CHAMPION, str(candidate.version))
-            self.client.set_model_version_tag(self.name, str(candidate.version), f"val_{metric}", f"{scores.score:.4f}")
         return Promotion(
             candidate=candidate,
             promoted=promoted,

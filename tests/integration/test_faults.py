@@ -3,7 +3,8 @@ finishes the job, leaves no debris and duplicates nothing.
 
 `components.faults.pause_point` (a test hook, named as such) holds the run at the exact step so the
 kill lands there: after the first training epoch, or in write-back after the old pre-annotations
-were cleared and before the new ones are written.
+were cleared and before the new ones are written. One fault is injected instead: an MLflow call that
+fails once after the champion alias moved, so the register task is retried (Prefect's retry is real).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -22,9 +24,11 @@ from prefect import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from components import stack as embedded
+from components.errors import TrackingError
 from components.faults import PAUSE_AT, PAUSE_FILE
 from components.iteration import open_workspace
 from components.params import load_params
+from components.registry import TAG_PROMOTED, ModelRegistry, Promotion
 from components.settings import load_settings
 from components.simulator import label_balanced
 from tests.integration.test_bad_inputs import run_cli
@@ -131,3 +135,33 @@ def test_flywheel_killed_during_write_back_rerun_leaves_one_complete_set(project
     with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}), get_client(sync_client=True) as client:
         stuck = [r.name for r in client.read_flow_runs(limit=200) if r.state is not None and r.state.is_running()]
         assert stuck == []  # the killed run was closed as crashed by the rerun
+
+
+def test_register_retried_after_the_alias_moved_registers_once_and_the_champion_stays_promoted(project, loop_env, monkeypatch):
+    """A transient MLflow failure after the champion alias moved (a busy server's timeout) makes Prefect
+    retry the register task: the retry finds the run's version instead of registering it again, and
+    the champion's run keeps saying it was promoted (bench/faults.py checks it after every fault)."""
+    from flows import flywheel
+
+    params_path, _, label = project
+    label(40, 0)
+    failed = []
+    promote = ModelRegistry.promote_if_better
+
+    def promote_then_fail(self: ModelRegistry, *args: Any, **kwargs: Any) -> Promotion:
+        promotion = promote(self, *args, **kwargs)
+        if not failed:  # once: the retry goes through
+            failed.append(promotion)
+            raise TrackingError(f"MLflow at {self.tracking_uri} timed out (injected after the alias moved)", retryable=True)
+        return promotion
+
+    monkeypatch.setattr(ModelRegistry, "promote_if_better", promote_then_fail)
+    summary = flywheel.flywheel_iteration(str(params_path), progress=False)
+    assert failed and failed[0].promoted  # the fault struck after the alias moved
+
+    ws = open_workspace(load_settings(), load_params(params_path))
+    champion = ws.models.champion()
+    registered = ws.models.client.search_model_versions(f"name = '{ws.models.name}'")
+    assert [(int(v.version), v.run_id) for v in registered] == [(champion.version, champion.run_id)]  # one version of one run
+    assert ws.models.tags_of(champion.run_id)[TAG_PROMOTED] == "true"
+    assert summary["trained"] and summary["promoted"], summary
