@@ -45,7 +45,7 @@ from components.labeling_config import load_labeling_config
 from components.params import Params
 from components.prediction import embed, infer_images
 from components.registry import TAG_KIND, TAG_OWNER, TAG_PROJECT, TAG_REGISTERED, ModelRegistry, Promotion, Recipe, RegisteredModel
-from components.report import LearningPoint, Report, build_report, measure_acceptance, production_view, write_report
+from components.report import LearningPoint, Report, build_report, measure_acceptance, production_view, read_out_of_fold, write_report
 from components.serving import read_stats
 from components.pretraining import (
     BACKBONE_FILE,
@@ -144,6 +144,45 @@ def open_workspace(
             retry_failed_s=i.retry_failed_s,
         ),
     )
+
+
+class WorkspaceCache:
+    """One process's workspace, kept from one run to the next (the warm worker's): opening one reaches
+    Label Studio, MLflow and the data registry, seconds that a run started by a new label should not
+    pay each time.
+
+    `open` builds it with `open_workspace` the first time, and again whenever the settings, the params
+    or the labeling config file read differently from those that built it; `forget` drops it, so the
+    run after a failure connects afresh (a server restarted, a project recreated, a token changed).
+
+    Args:
+        opener: How a workspace is built (`open_workspace`).
+    """
+
+    def __init__(self, opener: Callable[[Settings, Params, Path], Workspace] = open_workspace):
+        self._opener = opener
+        self._built: tuple[tuple[Any, ...], Workspace] | None = None
+
+    def open(self, settings: Settings, params: Params, project_root: Path = Path(".")) -> Workspace:
+        """The kept workspace when `settings`, `params` and the labeling config they name are those it
+        was built from; otherwise a new one, kept instead.
+
+        Raises:
+            As `open_workspace`.
+        """
+        key = (settings, params, Path(project_root).resolve(), load_labeling_config(project_root / params.project.config))
+        if self._built is not None and self._built[0] == key:
+            settings.ensure_workspace()
+            settings.apply_client_env()
+            return self._built[1]
+        self._built = None
+        workspace = self._opener(settings, params, project_root)
+        self._built = (key, workspace)
+        return workspace
+
+    def forget(self) -> None:
+        """Drop the kept workspace: the next `open` connects afresh."""
+        self._built = None
 
 
 def reports_dir(ws: Workspace) -> Path:
@@ -770,15 +809,21 @@ def report(ws: Workspace, champion: RegisteredModel) -> tuple[Report, Path]:
     latest, folder = latest_snapshot(ws)
     manifest = training_rows(read_manifest(folder))
     model = ws.models.load(champion)
-    data = task.datamodule(folder or Path("."), manifest[manifest["split"] == "val"], labels, model.image_size, 1, augment=False)
+    val = manifest[manifest["split"] == "val"]
+    data = task.datamodule(folder or Path("."), val, labels, model.image_size, 1, augment=False)
     data.setup()
     scores = task.evaluate(model, data.val_set, labels)
     acceptance = measure_acceptance(ws.label_studio.labeled_tasks(ws.project.id), ws.project.config, task)
     counts = pd.Series([c for target in manifest["label"] for c in task.classes_in(target)], dtype="object").value_counts().to_dict()
+    val_counts = pd.Series([c for target in val["label"] for c in task.classes_in(target)], dtype="object").value_counts()
     result = build_report(
         learning_points(ws), labels, counts, scores.confusion, acceptance, ws.params.report.target_accuracy,
         per_class=scores.per_class, metric_title=task.metric_title, per_class_title=task.per_class_metric.upper(),
         labeled=len(manifest),
+        # per-class figures from the label check's out-of-fold predictions over every label, when it has
+        # checked this snapshot; else from the validation split, with its support
+        out_of_fold=read_out_of_fold(reports_dir(ws) / "label_errors.parquet", labels, snapshot_rev=latest.rev if latest else None),
+        support={label: int(val_counts.get(label, 0)) for label in labels}, count_noun=task.count_noun,
     )
     stats = read_stats(ws.settings.workspace, ws.params.registry.model_name)
     served = stats is not None and stats.get("model_version") == champion.model_version  # another model's answers say nothing of this one

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from uuid import UUID
 
-from prefect import flow
+from prefect import flow, get_client
+from prefect.runtime import flow_run
 
 from components import iteration
-from components.iteration import Workspace
+from components.faults import owner
+from components.iteration import Workspace, WorkspaceCache
 from components.label_studio import ChangeSet
+from components.params import load_params
+from components.settings import load_settings
 from components.training import TrainedModel
 from components.versioning import SnapshotVersion
-from flows.common import CURSOR_LOCK, PUBLISH_LOCK, connect, io_task, one_at_a_time, report_failure, step
+from flows.common import CURSOR_LOCK, OWNER_LABEL, PUBLISH_LOCK, connect, io_task, one_at_a_time, report_failure, step
+from flows.worker import interrupted, warm_workspaces
 
 poll = io_task(iteration.poll)
 snapshot = io_task(iteration.snapshot)
@@ -30,6 +37,23 @@ reported = io_task(iteration.reported)
 report = io_task(iteration.report)
 tidy = io_task(iteration.tidy)
 publish_cold_start = io_task(iteration.publish_cold_start)
+
+
+@io_task
+def reuse_workspace(params_path: str, workspaces: WorkspaceCache) -> Workspace:
+    """`connect` in the warm worker: label this flow run with its process, as `connect` does, and take
+    the workspace an earlier run opened while settings, params and the labeling config are unchanged."""
+    if flow_run.id:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run_labels(UUID(str(flow_run.id)), {OWNER_LABEL: owner()})
+    path = Path(params_path)
+    return workspaces.open(load_settings(), load_params(path), project_root=path.parent)
+
+
+def workspace(params_path: str) -> Workspace:
+    """The run's workspace: in the warm worker, the one its earlier runs opened; elsewhere a fresh one."""
+    workspaces = warm_workspaces()
+    return connect(params_path) if workspaces is None else reuse_workspace(params_path, workspaces)
 
 
 def version_changes(ws: Workspace, changes: ChangeSet) -> SnapshotVersion:
@@ -62,7 +86,7 @@ def flywheel_iteration(
     """Turn fresh Label Studio annotations into a new model (fine-tuned from the champion when `warm`),
     refreshed pre-annotations and a report (`progress`: a progress bar while training; `trigger`: what
     started the run, kept in Prefect's history)."""
-    ws = connect(params_path)
+    ws = workspace(params_path)
     summary: dict[str, object] = {"changed_tasks": 0, "snapshot": None, "trained": False, "written": 0}
     with one_at_a_time(ws, CURSOR_LOCK):  # serial: the cursor moves in the snapshot's commit
         changes = poll(ws)
@@ -110,8 +134,6 @@ def describe_iteration(summary: dict[str, object]) -> str:
 @flow(name="flywheel-tidy", log_prints=True, on_failure=[report_failure], persist_result=True)
 def tidy_predictions(params_path: str = "params.yaml", trigger: str = "manual") -> dict[str, object]:
     """Delete superseded pre-annotations from the unlabeled tasks while the loop is idle (yields to new labels)."""
-    from flows.worker import interrupted  # the warm worker's flag: new labels are waiting
-
-    ws = connect(params_path)
+    ws = workspace(params_path)
     with one_at_a_time(ws, PUBLISH_LOCK):  # never deletes while a version is being written
         return {"deleted": tidy(ws, interrupted), "interrupted": interrupted()}

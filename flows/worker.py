@@ -14,6 +14,11 @@ or `{"ok": false, "error": "..."}`; the first line, `{"ready": true}`, says the 
 SIGUSR1 asks a running tidy (after its chunk) or label check (after its fold) to stop: new labels
 are waiting.
 
+The iterations and tidies it runs share one workspace (`components.iteration.WorkspaceCache`): the
+Label Studio, MLflow and data registry clients are built by the first run and reused while settings,
+params and the labeling config are unchanged, so a run started by a new label does not reconnect
+(seconds); a run that fails drops them, and the next one connects afresh.
+
 Run: `python -m flows.worker PARAMS INBOX_FD OUTBOX_FD` (flows.serve does).
 """
 
@@ -25,11 +30,23 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
 
 from flows.logs import TRACEBACKS, describe
 
+if TYPE_CHECKING:
+    from components.iteration import WorkspaceCache
+
 _flag = {"interrupted": False}  # this process's one flag, set by SIGUSR1 (a plain value: safe in a handler)
+_workspaces: ContextVar[WorkspaceCache | None] = ContextVar("flywheel_warm_workspaces", default=None)  # set by `main` only
 log = logging.getLogger("flows.worker")
+
+
+def warm_workspaces() -> WorkspaceCache | None:
+    """The warm worker's workspace, kept between the flow runs it runs (None in any other process:
+    there each flow run connects)."""
+    return _workspaces.get()
 
 
 def interrupted() -> bool:
@@ -44,8 +61,12 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(params_path: str, inbox_fd: int, outbox_fd: int) -> None:
     signal.signal(signal.SIGUSR1, _interrupt)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for `flywheel serve`, which stops this process
+    from components.iteration import WorkspaceCache
     from flows.flywheel import flywheel_iteration, tidy_predictions
     from flows.label_errors import find_label_errors
+
+    workspaces = WorkspaceCache()
+    _workspaces.set(workspaces)
 
     runs: dict[str, Callable[[str], object]] = {
         "iteration": lambda trigger: flywheel_iteration(params_path, warm=True, progress=False, trigger=trigger),
@@ -65,9 +86,14 @@ def main(params_path: str, inbox_fd: int, outbox_fd: int) -> None:
             try:
                 reply({"ok": True, "summary": runs[request["run"]](request["trigger"])})
             except Exception as e:  # reported to serve as one line; the traceback goes to the log file
+                workspaces.forget()  # the next run connects afresh: what failed may have been a connection
                 logging.getLogger(TRACEBACKS).error("%s", e, exc_info=True)
                 reply({"ok": False, "error": describe(e)})
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    # `python -m` runs this file as `__main__`, a module apart from the `flows.worker` that the flows import:
+    # run that one's `main`, so the flows read the flag and the workspace it sets
+    from flows import worker  # noqa: PLW0406
+
+    worker.main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))

@@ -31,7 +31,7 @@ from components.errors import AnnotationError
 from components.labeling_config import LabelingConfig
 from components.pretraining import backbone_of
 from components.tasks.base import Reading, Scores, TaskType, ranked_label_table
-from components.training import MEAN, STD, SplitsDataModule, load_images
+from components.training import MEAN, STD, CachedFeatures, HeadOnFeatures, SplitsDataModule, load_images
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,33 @@ class Classifier(L.LightningModule):
         self.log("val_f1_macro", self.val_f1.compute())
         self.val_accuracy.reset()
         self.val_f1.reset()
+
+    def head_on_features(self, train_set: TensorDataset, views: int) -> tuple[HeadOnFeatures, CachedFeatures] | None:
+        """The head alone and what it trains on while the backbone is frozen (`training.fit`): the
+        backbone's features of `views` jittered views of each training image (each image its own
+        jitter; one view, the image itself, without `augment`), computed once in eval mode, as the
+        frozen backbone computes them at every step.
+
+        Returns:
+            The head's LightningModule and the cached features with the class indices; None when the
+            network is not `head(features(x))` (the whole network then trains as usual).
+        """
+        backbone, head = backbone_of(self.net), getattr(self.net, "head", None)
+        images, targets = train_set.tensors
+        if backbone is None or not isinstance(head, nn.Module) or not len(images):
+            return None
+        seen = [torch.stack([self.jitter(image) for image in images]) for _ in range(views)] if self.hparams.augment else [images]
+        was_training = head.training
+        backbone.eval()
+        head.eval()
+        with torch.no_grad():
+            features = torch.stack([torch.cat([backbone((chunk - MEAN) / STD) for chunk in view.split(512)]) for view in seen])
+            composes = torch.allclose(head(features[0, :1]), self(seen[0][:1]), atol=1e-5)  # another shape of network trains whole
+        head.train(was_training)
+        if not composes:
+            return None
+        hparams = {**self.hparams, "cached_views": len(seen)}
+        return HeadOnFeatures(head, self.loss, hparams), CachedFeatures(features, targets)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         lr, backbone = self.hparams.lr, backbone_of(self.net)

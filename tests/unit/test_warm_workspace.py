@@ -1,0 +1,112 @@
+"""The warm worker's workspace is opened once and reused while settings, params and the labeling config
+are unchanged; a change, or a failed run, opens a new one."""
+
+from __future__ import annotations
+
+import runpy
+import shutil
+import sys
+
+import pytest
+import yaml
+
+from components.iteration import WorkspaceCache
+from components.params import load_params
+from components.settings import load_settings
+from flows.worker import warm_workspaces
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A project folder: params.yaml and its labeling config, as the worker reads them."""
+    (tmp_path / "label_studio_config").mkdir()
+    shutil.copy(ROOT / "label_studio_config" / "classification.xml", tmp_path / "label_studio_config")
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    return tmp_path
+
+
+class Opener:
+    """Stands in for `open_workspace`: counts the connections, hands out a new object each time."""
+
+    def __init__(self) -> None:
+        self.opened: list[object] = []
+
+    def __call__(self, settings, params, project_root):
+        self.opened.append(object())
+        return self.opened[-1]
+
+
+def test_the_workspace_is_reused_while_nothing_changed(project):
+    opener = Opener()
+    cache = WorkspaceCache(opener)
+    open_ = lambda: cache.open(load_settings(environ={}, cwd=project), load_params(project / "params.yaml"), project)
+    first = open_()
+    assert open_() is first and open_() is first  # read again each run, equal: no reconnect
+    assert len(opener.opened) == 1
+
+
+def test_changed_params_settings_or_config_open_a_new_workspace(project):
+    opener = Opener()
+    cache = WorkspaceCache(opener)
+    settings, params = load_settings(environ={}, cwd=project), load_params(project / "params.yaml")
+    first = cache.open(settings, params, project)
+
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["train"]["finetune_steps"] = 50
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    edited = load_params(project / "params.yaml")
+    second = cache.open(settings, edited, project)
+    assert second is not first
+    assert cache.open(settings, edited, project) is second
+
+    other_server = load_settings(environ={"LABEL_STUDIO_URL": "http://ls.team:8080"}, cwd=project)
+    third = cache.open(other_server, edited, project)
+    assert third is not second
+
+    config = project / "label_studio_config" / "classification.xml"
+    config.write_text(config.read_text().replace("<Choice value=\"9\"/>", "<Choice value=\"9\"/><Choice value=\"x\"/>"))
+    assert cache.open(other_server, edited, project) is not third
+    assert len(opener.opened) == 4
+
+
+def test_after_a_failure_the_next_run_connects_afresh(project):
+    opener = Opener()
+    cache = WorkspaceCache(opener)
+    settings, params = load_settings(environ={}, cwd=project), load_params(project / "params.yaml")
+    first = cache.open(settings, params, project)
+    cache.forget()
+    assert cache.open(settings, params, project) is not first
+
+
+def test_a_workspace_that_cannot_be_opened_is_not_kept(project):
+    calls = []
+
+    def failing(settings, params, project_root):
+        calls.append(1)
+        raise ConnectionError("Label Studio is restarting")
+
+    cache = WorkspaceCache(failing)
+    settings, params = load_settings(environ={}, cwd=project), load_params(project / "params.yaml")
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            cache.open(settings, params, project)
+    assert len(calls) == 2
+
+
+def test_outside_the_warm_worker_each_flow_run_connects():
+    assert warm_workspaces() is None
+
+
+def test_the_worker_run_as_a_script_runs_the_module_the_flows_import(monkeypatch):
+    """`python -m flows.worker` (how serve starts it) must set the flag and the workspace of the
+    `flows.worker` that the flows import, not of a `__main__` copy they never see."""
+    import flows.worker
+
+    calls = []
+    monkeypatch.setattr(flows.worker, "main", lambda *args: calls.append(args))
+    monkeypatch.setattr(sys, "argv", ["flows/worker.py", "params.yaml", "3", "4"])
+    runpy.run_module("flows.worker", run_name="__main__")
+    assert calls == [("params.yaml", 3, 4)]
