@@ -6,19 +6,15 @@ lag and run outcomes are computed from what it measured."""
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
-import httpx
 import pytest
-from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 
 from bench.load import Snapshot, describe_runs, judge_run, percentile, snapshot_lags
 from components.conversions import format_cursor
 from components.label_studio import CHANGED_FIELDS, CHANGED_PAGE, OVERLAP_S, LabelStudio
-from flows import common
 
 pytestmark = pytest.mark.unit
 
@@ -174,43 +170,3 @@ def test_a_run_is_judged_by_its_exit_and_its_own_words():
         '2 failed ("error: Label Studio at http://x is unreachable (ReadTimeout)." x2); '
         "45 s a run (median), 60 s the longest"
     )
-
-
-def refused(status: int) -> ConcurrencySlotAcquisitionError:
-    """What Prefect raises when it gives up acquiring a slot, as caused by an HTTP answer."""
-    request = httpx.Request("POST", "http://prefect.invalid/api/v2/concurrency_limits/increment-with-lease")
-    error = ConcurrencySlotAcquisitionError(f"refused {status}")
-    error.__cause__ = httpx.HTTPStatusError(str(status), request=request, response=httpx.Response(status, request=request))
-    return error
-
-
-def test_a_run_waiting_for_a_busy_lock_asks_again_every_lock_poll(monkeypatch):
-    """Prefect's own wait sleeps as long as the lock is usually held (20-40 s under load): the lock
-    is asked for again every `LOCK_POLL_S` instead, once at a time (no retries of Prefect's own)."""
-    asked: list[dict[str, Any]] = []
-
-    @contextmanager
-    def concurrency(name: str, **options: Any):
-        asked.append({"name": name, **options})
-        if len(asked) < 3:
-            raise refused(423)  # another run holds it
-        yield
-
-    slept: list[float] = []
-    monkeypatch.setattr(common, "concurrency", concurrency)
-    monkeypatch.setattr(common.time, "sleep", slept.append)
-    with common._held(common.CURSOR_LOCK):
-        pass
-    assert len(asked) == 3 and slept == [common.LOCK_POLL_S] * 2
-    assert {(a["name"], a["max_retries"], a["strict"]) for a in asked} == {(common.CURSOR_LOCK, 0, True)}
-
-
-def test_a_lock_that_cannot_be_had_for_another_reason_is_not_waited_for(monkeypatch):
-    @contextmanager
-    def concurrency(name: str, **options: Any):
-        raise refused(503)
-        yield
-
-    monkeypatch.setattr(common, "concurrency", concurrency)
-    with pytest.raises(ConcurrencySlotAcquisitionError), common._held(common.CURSOR_LOCK):
-        pass
