@@ -225,7 +225,7 @@ def step_seconds(since: datetime, until: datetime) -> dict[str, float]:
     if not runs:
         return {}
     with get_client(sync_client=True) as client:
-        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=runs)), limit=500)
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=runs)), limit=200)
     seconds: dict[str, float] = {}
     for task in tasks:
         name = task.name.rsplit("-", 1)[0]
