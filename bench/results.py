@@ -189,7 +189,7 @@ def read_sections(text: str | None = None) -> dict[str, str]:
     found = {}
     for name, body in re.findall(r"<!-- ([\w-]+):start -->\n(.*?)\n<!-- \1:end -->", text, re.S):
         if any(b.name == name for b in CATALOG):
-            found[name] = re.sub(r"\A_Measured by `[^\n]*\n\n", "", body)
+            found[name] = re.sub(r"\A(_Measured [^\n]*\n\n)+", "", body)  # the provenance lines `render` adds
     return found
 
 

@@ -78,6 +78,8 @@ def test_record_replaces_a_benchmarks_figures_whole_with_their_provenance(scratc
 def test_results_md_keeps_only_benchmark_sections():
     text = "<!-- ddp:start -->\n_Measured by `x` on commit `y`._\n\n## DDP\n<!-- ddp:end -->\n<!-- hand-notes:start -->\nmine\n<!-- hand-notes:end -->"
     assert results.read_sections(text) == {"ddp": "## DDP"}
+    before = "<!-- ddp:start -->\n_Measured before provenance was recorded: rerun to replace._\n\n## DDP\n<!-- ddp:end -->"
+    assert results.read_sections(before) == {"ddp": "## DDP"}  # re-rendering never stacks the provenance line
 
 
 def _outcome(order: str, scores: list[float], first_right: float = 0.5) -> Outcome:
