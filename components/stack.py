@@ -17,8 +17,9 @@ Logs and PID files live under `<workspace>/logs` and `<workspace>/run`.
 from __future__ import annotations
 
 import contextlib
-import re
+import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -498,14 +499,27 @@ def _init_postgres(settings: Settings, service: Service) -> None:
 
 
 def _mend_recording(path: Path) -> None:
-    """Drop a request the object store was killed while recording (a last line cut short): replaying
-    it would fail, and a write it never acknowledged is not data."""
+    """Make the object store's recording replayable: one request per line, and the last one dropped if
+    the store was killed while writing it (a write it never acknowledged is not data). moto writes a
+    record and its newline in two writes, so two requests at once (DVC's parallel pushes) can share a
+    line, which its replay would refuse; the records are read one after another, whatever the lines."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not path.exists() or path.stat().st_size == 0:
         return
-    data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
+    text, decoder, records, at = path.read_text(), json.JSONDecoder(), [], 0
+    while True:
+        while at < len(text) and text[at].isspace():
+            at += 1
+        if at >= len(text):
+            break
+        try:
+            record, at = decoder.raw_decode(text, at)
+        except json.JSONDecodeError:
+            break  # the last record, cut short by the kill
+        records.append(record)
+    mended = "".join(json.dumps(record) + "\n" for record in records)
+    if mended != text:
+        path.write_text(mended)
 
 
 def _prepare(settings: Settings, service: Service) -> None:
