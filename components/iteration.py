@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import torch
 
 from components.conversions import Prediction, current_annotation, task_from_json
 from components.errors import AnnotationError, DataError, LabelStudioError, SettingsError
-from components.faults import owner, pause_point
+from components.faults import dead_pid_in, owned_name, owner, pause_point
 from components.images import ImageError, ImageStore, StoredImage, shown_size
 from components.label_errors import find_label_errors
 from components.label_studio import (
@@ -404,7 +405,8 @@ def version_pool(ws: Workspace, pool: Mapping[str, Path]) -> str:
 
 def pretrain_backbone(ws: Workspace, pool: Mapping[str, Path], pool_rev: str, progress: bool = True) -> Pretrained:
     """Pretrain the loop architecture's backbone on the pool (a seeded draw of `pretrain.max_images`
-    when larger) with SimCLR, logged to MLflow as its own run tied to the pool's DVC revision."""
+    when larger) with SimCLR, logged to MLflow as its own run tied to the pool's DVC revision; it waits
+    between its batches while the project's pre-annotations are being refreshed (`refreshing`)."""
     p, t = ws.params.pretrain, ws.params.train
     shas = sorted(pool)
     chosen = [pool[shas[i]] for i in sample(len(shas), p.max_images, t.seed)]
@@ -417,8 +419,38 @@ def pretrain_backbone(ws: Workspace, pool: Mapping[str, Path], pool_rev: str, pr
             load_images(chosen, t.image_size), t.architecture, ws.params.architectures.get(t.architecture, {}),
             len(ws.project.config.labels), epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, temperature=p.temperature,
             flip=p.flip, seed=t.seed, tracking_uri=ws.settings.mlflow_tracking_uri, experiment=ws.params.registry.experiment,
-            run_tags=tags, progress=progress,
+            run_tags=tags, progress=progress, wait_while=lambda: refreshing_now(ws),
         )
+
+
+def _refreshing_marks(ws: Workspace) -> Path:
+    return ws.settings.workspace / "run" / f"refreshing-project-{ws.project.id}"
+
+
+@contextmanager
+def refreshing(ws: Workspace) -> Iterator[None]:
+    """Mark the project's pre-annotations as being refreshed while the block runs: its background
+    pretraining waits between its batches meanwhile (`refreshing_now`). On a small machine the two
+    would share the cores (a fine-tuning measured several times slower beside it), and a person
+    labeling waits on the refresh, nobody on the pretraining. A mark left by a killed process does
+    not count."""
+    folder = _refreshing_marks(ws)
+    folder.mkdir(parents=True, exist_ok=True)
+    for left in folder.iterdir():
+        if dead_pid_in(left.name):
+            left.unlink(missing_ok=True)
+    mark = folder / owned_name("refresh")
+    mark.touch()
+    try:
+        yield
+    finally:
+        mark.unlink(missing_ok=True)
+
+
+def refreshing_now(ws: Workspace) -> bool:
+    """Whether a live process is refreshing the project's pre-annotations (`refreshing`)."""
+    folder = _refreshing_marks(ws)
+    return folder.is_dir() and any(not dead_pid_in(mark.name) for mark in folder.iterdir())
 
 
 def cold_start(ws: Workspace) -> bool:

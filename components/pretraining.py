@@ -97,6 +97,27 @@ class SimCLR(L.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=1e-4)
 
 
+class WaitWhile(L.Callback):
+    """Holds training before each batch while `busy()` says so (the loop refreshing pre-annotations:
+    a background pretraining gives it the cores); counts the seconds waited.
+
+    Args:
+        busy: Asked before each batch, then every `every_s` while it says True.
+        every_s: How often to ask again.
+    """
+
+    def __init__(self, busy: Callable[[], bool], every_s: float = 0.2):
+        self.busy = busy
+        self.every_s = every_s
+        self.waited_s = 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        began = time.perf_counter()
+        while self.busy():
+            time.sleep(self.every_s)
+        self.waited_s += time.perf_counter() - began
+
+
 @dataclass(frozen=True)
 class Pretrained:
     """A pretrained backbone and where it is logged."""
@@ -123,6 +144,7 @@ def pretrain(
     experiment: str,
     run_tags: dict[str, str],
     progress: bool = True,
+    wait_while: Callable[[], bool] = lambda: False,
 ) -> Pretrained:
     """Pretrain `architecture`'s backbone on `images` with SimCLR, tracked as one MLflow run.
 
@@ -134,6 +156,9 @@ def pretrain(
         seed: Seeds the views and the order.
         tracking_uri, experiment, run_tags: Where the run goes and what links it to its pool.
         progress: A progress bar per epoch.
+        wait_while: Asked before each batch: training holds while it says True (the loop refreshing
+            pre-annotations); the seconds held are logged (`pretrain_waited_s`), not counted in
+            `pretrain_seconds`.
 
     Returns:
         The backbone's weights (also logged as the run's `backbone.pt`) and the run id.
@@ -160,20 +185,22 @@ def pretrain(
     logger.log_hyperparams({"method": "simclr", "epochs": epochs, "batch_size": batch_size, "lr": lr,
                             "temperature": temperature, "flip": flip, "architecture": architecture})
     with tempfile.TemporaryDirectory(prefix="flywheel-pretrain-") as scratch:
+        waiting = WaitWhile(wait_while)
         trainer = L.Trainer(
             max_epochs=epochs, logger=logger, enable_checkpointing=False, enable_progress_bar=progress,
             enable_model_summary=False, default_root_dir=scratch, log_every_n_steps=1, deterministic=True,
+            callbacks=[waiting],
         )
         start = time.perf_counter()
         trainer.fit(module, train_dataloaders=loader)
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start - waiting.waited_s
         state = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
         path = Path(scratch) / BACKBONE_FILE
         torch.save(state, path)
         client = logger.experiment
         client.log_artifact(logger.run_id, str(path))
         for key, value in {"pretrain_seconds": seconds, "pool_images": len(images),
-                           "pretrain_s_per_1k": seconds * 1000 / len(images)}.items():
+                           "pretrain_s_per_1k": seconds * 1000 / len(images), "pretrain_waited_s": waiting.waited_s}.items():
             client.log_metric(logger.run_id, key, float(value))
         client.set_tag(logger.run_id, TAG_READY, "true")
     return Pretrained(run_id=logger.run_id, state=state, pool_images=len(images), seconds=seconds)

@@ -88,25 +88,26 @@ def flywheel_iteration(
     started the run, kept in Prefect's history)."""
     ws = workspace(params_path)
     summary: dict[str, object] = {"changed_tasks": 0, "snapshot": None, "trained": False, "written": 0}
-    with one_at_a_time(ws, CURSOR_LOCK):  # serial: the cursor moves in the snapshot's commit
-        changes = poll(ws)
-        summary["changed_tasks"] = len(changes.tasks)
-        if len(changes.tasks) >= ws.params.poll.min_new_annotations:
-            summary["snapshot"] = version_changes(ws, changes).rev
-    latest = ws.data.latest()
-    trained = None
-    if latest is not None and ready_to_train(ws, latest):  # unlocked: it reads the snapshot by its revision
-        trained = train(ws, latest, ws.params.train.architecture, progress, warm=warm)
-    with one_at_a_time(ws, PUBLISH_LOCK):  # serial: the champion alias, one version's write-back
-        if trained is not None and trained_run(ws, latest) is not None:
-            log.info("Another worker registered a model of %s meanwhile: this one is not registered.", latest.rev)
-            trained = None
-        if trained is not None:
-            promotion = register(ws, trained)
-            summary.update(trained=True, promoted=promotion.promoted, score=promotion.candidate_score, metric=ws.task.metric_title)
-        summary["champion"], summary["written"] = refresh_preannotations(ws, summary["snapshot"] is not None, trained)
-        if summary["champion"] is None and summary["snapshot"] is not None:
-            publish_cold_start(ws)  # no model yet: "Label next" from the pretrained backbone alone
+    with iteration.refreshing(ws):  # meanwhile the project's background pretraining waits between its batches
+        with one_at_a_time(ws, CURSOR_LOCK):  # serial: the cursor moves in the snapshot's commit
+            changes = poll(ws)
+            summary["changed_tasks"] = len(changes.tasks)
+            if len(changes.tasks) >= ws.params.poll.min_new_annotations:
+                summary["snapshot"] = version_changes(ws, changes).rev
+        latest = ws.data.latest()
+        trained = None
+        if latest is not None and ready_to_train(ws, latest):  # unlocked: it reads the snapshot by its revision
+            trained = train(ws, latest, ws.params.train.architecture, progress, warm=warm)
+        with one_at_a_time(ws, PUBLISH_LOCK):  # serial: the champion alias, one version's write-back
+            if trained is not None and trained_run(ws, latest) is not None:
+                log.info("Another worker registered a model of %s meanwhile: this one is not registered.", latest.rev)
+                trained = None
+            if trained is not None:
+                promotion = register(ws, trained)
+                summary.update(trained=True, promoted=promotion.promoted, score=promotion.candidate_score, metric=ws.task.metric_title)
+            summary["champion"], summary["written"] = refresh_preannotations(ws, summary["snapshot"] is not None, trained)
+            if summary["champion"] is None and summary["snapshot"] is not None:
+                publish_cold_start(ws)  # no model yet: "Label next" from the pretrained backbone alone
     champion = ws.models.champion()
     idle = summary["snapshot"] is None and not summary["trained"]  # never delays fresh pre-annotations
     if champion is not None and idle and not reported(ws, champion):

@@ -1,17 +1,21 @@
 """The warm worker's workspace is opened once and reused while settings, params and the labeling config
-are unchanged; a change, or a failed run, opens a new one."""
+are unchanged; a change, or a failed run, opens a new one. Background pretraining waits while an
+iteration refreshes pre-annotations."""
 
 from __future__ import annotations
 
 import runpy
 import shutil
+import socket
 import sys
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
-from components.iteration import WorkspaceCache
+from components.iteration import WorkspaceCache, refreshing, refreshing_now
 from components.params import load_params
+from components.pretraining import WaitWhile
 from components.settings import load_settings
 from flows.worker import warm_workspaces
 from tests.conftest import ROOT
@@ -110,3 +114,22 @@ def test_the_worker_run_as_a_script_runs_the_module_the_flows_import(monkeypatch
     monkeypatch.setattr(sys, "argv", ["flows/worker.py", "params.yaml", "3", "4"])
     runpy.run_module("flows.worker", run_name="__main__")
     assert calls == [("params.yaml", 3, 4)]
+
+
+def test_background_pretraining_waits_while_an_iteration_refreshes_pre_annotations(tmp_path):
+    ws = SimpleNamespace(settings=SimpleNamespace(workspace=tmp_path), project=SimpleNamespace(id=7))
+    other = SimpleNamespace(settings=SimpleNamespace(workspace=tmp_path), project=SimpleNamespace(id=8))
+    assert not refreshing_now(ws)
+    with refreshing(ws):
+        assert refreshing_now(ws) and not refreshing_now(other)  # another project's pretraining goes on
+    assert not refreshing_now(ws)
+    marks = tmp_path / "run" / "refreshing-project-7"
+    (marks / f"refresh~{socket.gethostname()}~999999999~1~0000").touch()  # left by a process that was killed
+    assert not refreshing_now(ws)
+
+
+def test_the_pretraining_holds_its_next_batch_while_told_to():
+    answers = iter([True, True, False])
+    waiting = WaitWhile(lambda: next(answers), every_s=0.01)
+    waiting.on_train_batch_start(None, None, None, 0)
+    assert waiting.waited_s >= 0.02
