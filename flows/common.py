@@ -7,7 +7,11 @@ the label check's k folds, the report) never holds up new labels:
 - `CURSOR_LOCK`: poll -> snapshot -> version (the cursor moves in the snapshot's commit), and the
   image pool's commit to the same data registry;
 - `PUBLISH_LOCK`: registering a model (the champion alias moves once at a time) and writing one
-  model version's pre-annotations, views and tidy to Label Studio.
+  model version's pre-annotations, views and tidy to Label Studio;
+- `TRAIN_LOCK`: training the loop's model, never waited for: a run that finds another training
+  versions its labels and leaves them to that run, which trains the newest snapshot when it ends
+  (`unless_busy`). Two trainings on one machine would share its cores, and the later model
+  supersedes the earlier anyway; meanwhile new labels reach a snapshot within seconds.
 
 Everything else reads its inputs by revision (snapshot rev, registry version) and runs unlocked.
 """
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,7 @@ import httpx
 import requests
 from prefect import get_client, task
 from prefect.cache_policies import NONE
+from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import deployment, flow_run
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
@@ -44,6 +49,7 @@ from flows.logs import describe
 
 CURSOR_LOCK = "flywheel-cursor"
 PUBLISH_LOCK = "flywheel-publish"
+TRAIN_LOCK = "flywheel-train"
 LOOP_LOCK = CURSOR_LOCK  # the lock a new label waits for
 LEASE_S = 60  # Prefect's minimum: a killed holder's slot is reclaimed within about a minute
 
@@ -149,6 +155,42 @@ def one_at_a_time(ws: Workspace | None = None, name: str = CURSOR_LOCK) -> Itera
         finally:  # a run that ends, even by an exception, leaves no holder: only a killed one does
             if current:
                 _note_holder(name, {})
+
+
+def _holder_gone(name: str) -> bool:
+    """Whether lock `name`'s noted holder is a process that was killed (its lease not yet expired)."""
+    try:
+        noted = Variable.get(_holder(name), default=None) or {}
+    except (PrefectHTTPStatusError, httpx.TransportError):
+        return False
+    return bool(noted.get("owner")) and owner_gone(noted["owner"])
+
+
+@contextmanager
+def unless_busy(name: str) -> Iterator[bool]:
+    """Hold lock `name` (one slot) if no live run holds it: yields True holding it, or False at once
+    while a live run does. A holder that was killed is waited out (its lease expires within `LEASE_S`),
+    so what it was doing is done here rather than left to nobody."""
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name=name, limit=1)
+    with ExitStack() as held:
+        try:
+            held.enter_context(concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S, max_retries=0))
+        except ConcurrencySlotAcquisitionError as e:
+            cause = e.__cause__
+            if not (isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423):
+                raise
+            if not _holder_gone(name):
+                yield False
+                return
+            log.info("The run holding %s was killed: waiting for its hold to expire (within %d s)...", name, LEASE_S)
+            held.enter_context(concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S))
+        current = _current_run()
+        _note_holder(name, {"flow_run_id": current, "flow_run_name": str(flow_run.name), "owner": owner()})
+        try:
+            yield True
+        finally:
+            _note_holder(name, {})
 
 
 def report_failure(flow: Any, run: Any, state: Any) -> None:

@@ -17,7 +17,9 @@ from components.params import load_params
 from components.settings import load_settings
 from components.training import TrainedModel
 from components.versioning import SnapshotVersion
-from flows.common import CURSOR_LOCK, OWNER_LABEL, PUBLISH_LOCK, connect, io_task, one_at_a_time, report_failure, step
+from flows.common import (
+    CURSOR_LOCK, OWNER_LABEL, PUBLISH_LOCK, TRAIN_LOCK, connect, io_task, one_at_a_time, report_failure, step, unless_busy,
+)
 from flows.worker import interrupted, warm_workspaces
 
 poll = io_task(iteration.poll)
@@ -79,6 +81,35 @@ def refresh_preannotations(
     return champion.model_version, written
 
 
+def train_unless_training(
+    ws: Workspace, latest: SnapshotVersion | None, progress: bool, warm: bool, summary: dict[str, object]
+) -> TrainedModel | None:
+    """Train a model of `latest` when it needs one and no other live run is training: a run that is
+    leaves it to that run (which trains the newest snapshot when it ends) and says so."""
+    if latest is None or not ready_to_train(ws, latest):  # unlocked: it reads the snapshot by its revision
+        return None
+    with unless_busy(TRAIN_LOCK) as free:
+        if free:
+            return train(ws, latest, ws.params.train.architecture, progress, warm=warm)
+    log.info("Another run is training a model: it trains %s when it ends, so this run does not.", latest.rev)
+    summary["left_training"] = str(latest.rev)
+    return None
+
+
+def publish(ws: Workspace, latest: SnapshotVersion | None, trained: TrainedModel | None, summary: dict[str, object]) -> None:
+    """Register `trained` (unless another run registered a model of the same snapshot meanwhile) and
+    refresh the pre-annotations; called holding `PUBLISH_LOCK`."""
+    if trained is not None and latest is not None and trained_run(ws, latest) is not None:
+        log.info("Another worker registered a model of %s meanwhile: this one is not registered.", latest.rev)
+        trained = None
+    if trained is not None:
+        promotion = register(ws, trained)
+        summary.update(trained=True, promoted=promotion.promoted, score=promotion.candidate_score, metric=ws.task.metric_title)
+    summary["champion"], summary["written"] = refresh_preannotations(ws, summary["snapshot"] is not None, trained)
+    if summary["champion"] is None and summary["snapshot"] is not None:
+        publish_cold_start(ws)  # no model yet: "Label next" from the pretrained backbone alone
+
+
 @flow(name="flywheel-iteration", log_prints=True, on_failure=[report_failure], persist_result=True)
 def flywheel_iteration(
     params_path: str = "params.yaml", warm: bool = True, progress: bool = True, trigger: str = "manual"
@@ -95,19 +126,14 @@ def flywheel_iteration(
             if len(changes.tasks) >= ws.params.poll.min_new_annotations:
                 summary["snapshot"] = version_changes(ws, changes).rev
         latest = ws.data.latest()
-        trained = None
-        if latest is not None and ready_to_train(ws, latest):  # unlocked: it reads the snapshot by its revision
-            trained = train(ws, latest, ws.params.train.architecture, progress, warm=warm)
-        with one_at_a_time(ws, PUBLISH_LOCK):  # serial: the champion alias, one version's write-back
-            if trained is not None and trained_run(ws, latest) is not None:
-                log.info("Another worker registered a model of %s meanwhile: this one is not registered.", latest.rev)
-                trained = None
-            if trained is not None:
-                promotion = register(ws, trained)
-                summary.update(trained=True, promoted=promotion.promoted, score=promotion.candidate_score, metric=ws.task.metric_title)
-            summary["champion"], summary["written"] = refresh_preannotations(ws, summary["snapshot"] is not None, trained)
-            if summary["champion"] is None and summary["snapshot"] is not None:
-                publish_cold_start(ws)  # no model yet: "Label next" from the pretrained backbone alone
+        while True:
+            trained = train_unless_training(ws, latest, progress, warm, summary)
+            with one_at_a_time(ws, PUBLISH_LOCK):  # serial: the champion alias, one version's write-back
+                publish(ws, latest, trained, summary)
+            newer = ws.data.latest()
+            if trained is None or newer is None or newer.rev == latest.rev:
+                break
+            latest = newer  # labels came while it trained: the runs that versioned them left training to this one
     champion = ws.models.champion()
     idle = summary["snapshot"] is None and not summary["trained"]  # never delays fresh pre-annotations
     if champion is not None and idle and not reported(ws, champion):

@@ -203,3 +203,34 @@ def test_malformed_annotations_are_left_out_and_the_rest_is_versioned(loop_env, 
     attention = label_studio.view_id(project.id, "Needs attention")
     assert sorted(int(t["id"]) for t in label_studio.view_tasks(project.id, attention)) == ids[:2]
     assert label_studio.task(ids[0])["annotations"][0]["result"] == choice_result("cat", project.config)
+
+
+def test_a_run_that_finds_another_training_versions_its_labels_and_leaves_the_training_to_it(
+    loop_env, label_studio, tmp_path, monkeypatch
+):
+    """Labels saved while a run trains reach a snapshot at once (the next run versions them and does not
+    train beside it); the training run then trains that newest snapshot before it ends."""
+    from flows import flywheel
+
+    params_path, project, truth = make_digits_project(label_studio, tmp_path, "trainlock", 100)
+    person = Person(label_studio, project, truth)
+    person.label(40)
+    real_train, others = flywheel.train, []
+
+    def train_while_people_label(*args: object, **kwargs: object) -> object:
+        model = real_train(*args, **kwargs)
+        if not others:  # another run starts while this one holds the training lock
+            person.label(12, seed=1)
+            others.append(flywheel.flywheel_iteration(str(params_path)))
+        return model
+
+    monkeypatch.setattr(flywheel, "train", train_while_people_label)
+    summary = flywheel.flywheel_iteration(str(params_path))
+
+    other = others[0]
+    assert other["snapshot"] == "snapshot-0002" and not other["trained"]
+    assert other["left_training"] == "snapshot-0002"
+    assert summary["snapshot"] == "snapshot-0001" and summary["trained"]
+    ws = open_workspace(load_settings(), load_params(params_path))
+    for rev in ("snapshot-0001", "snapshot-0002"):  # the training run trained the other's snapshot too
+        assert ws.models.runs_tagged({"flywheel.dvc_rev": rev}, registered=True), rev
