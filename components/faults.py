@@ -7,7 +7,9 @@ staging folder) without touching what another live worker is doing right now.
 `pause_point` is a test hook: it does nothing unless the environment names the point
 (`FLYWHEEL_PAUSE_AT=write-back`). Then the process writes its pid to `FLYWHEEL_PAUSE_FILE` and
 waits until that file is removed (the test lets it go on) or the process is killed (the test's
-fault), for at most ten minutes. Points: poll, version, train, register, write-back.
+fault), for at most ten minutes. A process pauses once: a step retried after the fault (Prefect's
+retries) goes on rather than waiting for a test that already let it go. Points: poll, version,
+train, register, write-back.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import psutil
 
 PAUSE_AT = "FLYWHEEL_PAUSE_AT"
 PAUSE_FILE = "FLYWHEEL_PAUSE_FILE"
+_paused: set[str] = set()  # the points this process has paused at
 
 
 def pause_point(name: str) -> None:
     """Wait here if a fault test asked to (see the module docstring)."""
-    if os.environ.get(PAUSE_AT) != name or not os.environ.get(PAUSE_FILE):
+    if os.environ.get(PAUSE_AT) != name or not os.environ.get(PAUSE_FILE) or name in _paused:
         return
+    _paused.add(name)
     marker = Path(os.environ[PAUSE_FILE])
     marker.write_text(str(os.getpid()))
     deadline = time.monotonic() + 600
