@@ -9,6 +9,8 @@
   stale), whether the tree was dirty, the date, the seeds and the command.
 - `bench/RESULTS.md`: generated whole on every record: a table of where each benchmark's figures come
   from, then each benchmark's own section in catalog order. Nothing in it is typed by hand.
+- README.md's "Figures" table (between `<!-- figures:start -->` and `<!-- figures:end -->`): the
+  `HEADLINE` figures, rewritten on every record, so the README quotes no figure by hand.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ ROOT = BENCH.parent
 RESULTS_JSON = BENCH / "results.json"
 PROVENANCE_JSON = BENCH / "provenance.json"
 RESULTS_MD = BENCH / "RESULTS.md"
+README = ROOT / "README.md"
+README_BLOCK = re.compile(r"(<!-- figures:start -->\n)(.*?)(<!-- figures:end -->)", re.S)
 # what decides a figure: the code, the configs and the pinned environment (bench outputs are not code)
 CODE_PATHS = ("components", "flows", "bench", "label_studio_config", "params.yaml", "dvc.yaml", "pyproject.toml",
               "requirements.lock", "requirements-ls.lock")
@@ -81,6 +85,31 @@ rewrites it.
 """
 
 
+# The figures the README quotes (its "Figures" table): key, what it measures, unit.
+HEADLINE: tuple[tuple[str, str, str], ...] = (
+    ("flywheel_latency_early_s", "a new user's save -> refreshed pre-annotations, 10-40 images labeled (median)", "s"),
+    ("flywheel_latency_s", "save -> refreshed pre-annotations once past 40 labels (median)", "s"),
+    ("few_shot_accuracy_2pc", "MNIST: pre-annotations right after 2 labels per class", ""),
+    ("acceptance_at_10pct", "MNIST: pre-annotations accepted unchanged while 10-20% is labeled", ""),
+    ("final_accuracy", "MNIST: held-out accuracy at 300 labels", ""),
+    ("active_label_savings", "MNIST: labels saved by the suggested order vs random (mean of seeds)", ""),
+    ("final_accuracy_fashion", "Fashion-MNIST: held-out accuracy at 300 labels", ""),
+    ("det_map50_200", "digit boxes: box mAP@0.5 after 200 labeled images", ""),
+    ("det_acceptance_at_10pct", "digit boxes: images whose every box is accepted, 10-20% labeled", ""),
+    ("seg_mask_map50_200", "digit masks: mask mAP@0.5 after 200 labeled images", ""),
+    ("seg_acceptance_at_10pct", "digit masks: images whose every mask is accepted, 10-20% labeled", ""),
+    ("errors_precision_10pct", "error finder precision, 10% of labels flipped", ""),
+    ("errors_recall_10pct", "error finder recall, 10% of labels flipped", ""),
+    ("load_loop_runs_failed", "loop runs failed while 20 annotators saved 5,000 labels", ""),
+    ("load_snapshot_lag_p95_s", "save -> snapshot holding it during that load (p95)", "s"),
+    ("load_annotations_lost", "annotations lost in that load", ""),
+    ("faults_survived", "fault-matrix cases passed (kill -9 of each server during each step)", ""),
+    ("serve_p50_ms", "model endpoint: one image per request (p50)", "ms"),
+    ("serve_throughput_ips", "model endpoint: images/s at concurrency 16", ""),
+    ("idle_cpu_percent", "served loop while nobody labels, % of one core", "%"),
+)
+
+
 def benchmark(name: str) -> Benchmark:
     """The catalog's benchmark called `name`."""
     for entry in CATALOG:
@@ -123,6 +152,9 @@ def commit() -> tuple[str, bool]:
     return head, dirty
 
 
+AT_START = (*commit(), code_version())  # the code a benchmark measures: as it was when its process started
+
+
 def _command() -> str:
     argv = [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else ["python"]
     if argv[0] in {"python", "python3", "-c", "pytest"} or argv[0].endswith(".py"):
@@ -160,8 +192,10 @@ def record(
     if strangers:
         owners = ", ".join(f"{k} ({' and '.join(writers(k)) or 'no benchmark'})" for k in strangers)
         raise ValueError(f"benchmark {entry.name!r} may not write {owners}: add the key to its figures in bench/results.py CATALOG")
-    head, dirty = commit()
-    stamp = {"benchmark": entry.name, "commit": head, "dirty": dirty, "code": code_version(),
+    head, dirty, code = AT_START
+    if code_version() != code:  # edited while it ran: the figure is the code's as the run started
+        dirty = True
+    stamp = {"benchmark": entry.name, "commit": head, "dirty": dirty, "code": code,
              "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "seeds": list(seeds) if seeds is not None else None,
              "command": command or _command()}
     results = {k: v for k, v in _read(RESULTS_JSON).items() if not entry.owns(k)}
@@ -175,6 +209,32 @@ def record(
     sections = read_sections()
     sections[entry.name] = markdown.strip()
     RESULTS_MD.write_text(render(sections, provenance, results))
+    write_readme_block(results, provenance)
+
+
+def readme_block(results: dict[str, Any], provenance: dict[str, dict[str, Any]]) -> str:
+    """README's "Figures" table: each `HEADLINE` figure as results.json holds it, with its run."""
+    rows = ["| figure | measures | value | measured on |", "|---|---|---|---|"]
+    for key, what, unit in HEADLINE:
+        stamp = provenance["figures"].get(key)
+        if key not in results:
+            value, when = "not measured", "-"
+        else:
+            spread = f" ± {results[key + '_sd']:g}" if key + "_sd" in results else ""
+            value = f"**{results[key]:g}**{spread}{(' ' + unit) if unit else ''}"
+            when = f"`{stamp['commit']}`{'+dirty' if stamp.get('dirty') else ''}, {stamp['date'][:10]}" if stamp else "before provenance"
+        rows.append(f"| `{key}` | {what} | {value} | {when} |")
+    return "\n".join(rows) + "\n"
+
+
+def write_readme_block(results: dict[str, Any], provenance: dict[str, dict[str, Any]]) -> None:
+    """Rewrite README.md's "Figures" table from results.json (nothing when the README has no such block)."""
+    if not README.exists():
+        return
+    text = README.read_text()
+    updated = README_BLOCK.sub(lambda m: m.group(1) + readme_block(results, provenance) + m.group(3), text, count=1)
+    if updated != text:
+        README.write_text(updated)
 
 
 def read_provenance() -> dict[str, dict[str, Any]]:

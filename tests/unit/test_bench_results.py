@@ -44,7 +44,7 @@ def test_each_benchmark_is_recorded_from_one_module_by_its_catalog_name():
 
 @pytest.fixture
 def scratch_results(tmp_path, monkeypatch):
-    for name in ("RESULTS_JSON", "PROVENANCE_JSON", "RESULTS_MD"):
+    for name in ("RESULTS_JSON", "PROVENANCE_JSON", "RESULTS_MD", "README"):
         monkeypatch.setattr(results, name, tmp_path / getattr(results, name).name)
     return tmp_path
 
@@ -114,3 +114,19 @@ def test_orders_on_different_seeds_are_refused():
     runs = [_run("random", 0, [0.5]), _run("random", 1, [0.5]), _run("suggested", 0, [0.5])]
     with pytest.raises(ValueError, match="same seeds"):
         every_image.per_seed_values(runs)
+
+
+def test_the_readme_quotes_the_headline_figures_as_results_json_holds_them():
+    text = results.README.read_text()
+    found = results.README_BLOCK.search(text)
+    assert found, "README.md has no <!-- figures:start --> ... <!-- figures:end --> block"
+    assert found.group(2) == results.readme_block(results._read(results.RESULTS_JSON), results.read_provenance())
+    assert all(results.writers(key) for key, _, _ in results.HEADLINE)  # each headline figure has its benchmark
+
+
+def test_a_benchmarks_run_rewrites_the_readme_figures_it_measured(scratch_results):
+    results.README.write_text("# x\n\n<!-- figures:start -->\nSTALE\n<!-- figures:end -->\n\nrest\n")
+    results.record({"final_accuracy": 0.9, "final_accuracy_sd": 0.01}, "every-image", "## every image", seeds=[0, 1, 2])
+    text = results.README.read_text()
+    assert "| `final_accuracy` |" in text and "**0.9** ± 0.01" in text and "STALE" not in text
+    assert text.startswith("# x\n") and text.endswith("\n\nrest\n")
