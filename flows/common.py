@@ -8,12 +8,11 @@ the label check's k folds, the report) never holds up new labels:
   image pool's commit to the same data registry;
 - `PUBLISH_LOCK`: registering a model (the champion alias moves once at a time) and writing one
   model version's pre-annotations, views and tidy to Label Studio;
-- `TRAIN_LOCK`: training the loop's model, never waited for: a run that finds another training
-  versions its labels and leaves them to that run, which trains the newest snapshot when it ends
-  (`unless_busy`). Two trainings on one machine would share its cores, and the later model
-  supersedes the earlier anyway; meanwhile new labels reach a snapshot within seconds.
-
-Everything else reads its inputs by revision (snapshot rev, registry version) and runs unlocked.
+- `REFRESH_LOCK`: training the loop's model and refreshing the pre-annotations, never waited for: a
+  run that finds a live run refreshing versions its labels and leaves the rest to that run, which
+  trains and refreshes for the newest snapshot before it ends (`unless_busy`). So new labels reach a
+  snapshot within seconds while a model trains or thousands of pre-annotations are written, and two
+  trainings never share the cores (the later model supersedes the earlier anyway).
 """
 
 from __future__ import annotations
@@ -49,7 +48,7 @@ from flows.logs import describe
 
 CURSOR_LOCK = "flywheel-cursor"
 PUBLISH_LOCK = "flywheel-publish"
-TRAIN_LOCK = "flywheel-train"
+REFRESH_LOCK = "flywheel-refresh"
 LOOP_LOCK = CURSOR_LOCK  # the lock a new label waits for
 LEASE_S = 60  # Prefect's minimum: a killed holder's slot is reclaimed within about a minute
 

@@ -18,7 +18,7 @@ from components.settings import load_settings
 from components.training import TrainedModel
 from components.versioning import SnapshotVersion
 from flows.common import (
-    CURSOR_LOCK, OWNER_LABEL, PUBLISH_LOCK, TRAIN_LOCK, connect, io_task, one_at_a_time, report_failure, step, unless_busy,
+    CURSOR_LOCK, OWNER_LABEL, PUBLISH_LOCK, REFRESH_LOCK, connect, io_task, one_at_a_time, report_failure, step, unless_busy,
 )
 from flows.worker import interrupted, warm_workspaces
 
@@ -81,32 +81,38 @@ def refresh_preannotations(
     return champion.model_version, written
 
 
-def train_unless_training(
-    ws: Workspace, latest: SnapshotVersion | None, progress: bool, warm: bool, summary: dict[str, object]
-) -> TrainedModel | None:
-    """Train a model of `latest` when it needs one and no other live run is training: a run that is
-    leaves it to that run (which trains the newest snapshot when it ends) and says so."""
-    if latest is None or not ready_to_train(ws, latest):  # unlocked: it reads the snapshot by its revision
-        return None
-    with unless_busy(TRAIN_LOCK) as free:
-        if free:
-            return train(ws, latest, ws.params.train.architecture, progress, warm=warm)
-    log.info("Another run is training a model: it trains %s when it ends, so this run does not.", latest.rev)
-    summary["left_training"] = str(latest.rev)
-    return None
+def refresh_until_caught_up(ws: Workspace, progress: bool, warm: bool, summary: dict[str, object]) -> None:
+    """Train a model of the latest snapshot when it needs one and refresh the pre-annotations; again
+    while runs that found this one busy versioned newer snapshots meanwhile. Called holding `REFRESH_LOCK`."""
+    latest, labeled_set_changed = ws.data.latest(), summary["snapshot"] is not None
+    while True:
+        trained = None
+        if latest is not None and ready_to_train(ws, latest):  # unlocked: it reads the snapshot by its revision
+            trained = train(ws, latest, ws.params.train.architecture, progress, warm=warm)
+        with one_at_a_time(ws, PUBLISH_LOCK):  # serial: the champion alias, one version's write-back
+            publish(ws, latest, trained, labeled_set_changed, summary)
+        newer = ws.data.latest()
+        if newer is None or latest is None or newer.rev == latest.rev:
+            return
+        latest, labeled_set_changed = newer, True  # labels came meanwhile: the runs that versioned them left the rest to this one
+        summary["caught_up_to"] = newer.rev
 
 
-def publish(ws: Workspace, latest: SnapshotVersion | None, trained: TrainedModel | None, summary: dict[str, object]) -> None:
+def publish(
+    ws: Workspace, latest: SnapshotVersion | None, trained: TrainedModel | None, labeled_set_changed: bool,
+    summary: dict[str, object],
+) -> None:
     """Register `trained` (unless another run registered a model of the same snapshot meanwhile) and
-    refresh the pre-annotations; called holding `PUBLISH_LOCK`."""
+    refresh the pre-annotations (the ranking too when `labeled_set_changed`); called holding `PUBLISH_LOCK`."""
     if trained is not None and latest is not None and trained_run(ws, latest) is not None:
         log.info("Another worker registered a model of %s meanwhile: this one is not registered.", latest.rev)
         trained = None
     if trained is not None:
         promotion = register(ws, trained)
         summary.update(trained=True, promoted=promotion.promoted, score=promotion.candidate_score, metric=ws.task.metric_title)
-    summary["champion"], summary["written"] = refresh_preannotations(ws, summary["snapshot"] is not None, trained)
-    if summary["champion"] is None and summary["snapshot"] is not None:
+    summary["champion"], written = refresh_preannotations(ws, labeled_set_changed, trained)
+    summary["written"] = int(summary.get("written") or 0) + written
+    if summary["champion"] is None and labeled_set_changed:
         publish_cold_start(ws)  # no model yet: "Label next" from the pretrained backbone alone
 
 
@@ -125,15 +131,13 @@ def flywheel_iteration(
             summary["changed_tasks"] = len(changes.tasks)
             if len(changes.tasks) >= ws.params.poll.min_new_annotations:
                 summary["snapshot"] = version_changes(ws, changes).rev
-        latest = ws.data.latest()
-        while True:
-            trained = train_unless_training(ws, latest, progress, warm, summary)
-            with one_at_a_time(ws, PUBLISH_LOCK):  # serial: the champion alias, one version's write-back
-                publish(ws, latest, trained, summary)
-            newer = ws.data.latest()
-            if trained is None or newer is None or newer.rev == latest.rev:
-                break
-            latest = newer  # labels came while it trained: the runs that versioned them left training to this one
+        with unless_busy(REFRESH_LOCK) as free:
+            if free:
+                refresh_until_caught_up(ws, progress, warm, summary)
+            elif summary["snapshot"] is not None:
+                summary["left_to_another_run"] = summary["snapshot"]
+                log.info("Another run is training and refreshing pre-annotations: it does so for %s before it ends.",
+                         summary["snapshot"])
     champion = ws.models.champion()
     idle = summary["snapshot"] is None and not summary["trained"]  # never delays fresh pre-annotations
     if champion is not None and idle and not reported(ws, champion):

@@ -205,7 +205,7 @@ def test_malformed_annotations_are_left_out_and_the_rest_is_versioned(loop_env, 
     assert label_studio.task(ids[0])["annotations"][0]["result"] == choice_result("cat", project.config)
 
 
-def test_a_run_that_finds_another_training_versions_its_labels_and_leaves_the_training_to_it(
+def test_a_run_that_finds_another_refreshing_versions_its_labels_and_leaves_the_rest_to_it(
     loop_env, label_studio, tmp_path, monkeypatch
 ):
     """Labels saved while a run trains reach a snapshot at once (the next run versions them and does not
@@ -229,8 +229,8 @@ def test_a_run_that_finds_another_training_versions_its_labels_and_leaves_the_tr
 
     other = others[0]
     assert other["snapshot"] == "snapshot-0002" and not other["trained"]
-    assert other["left_training"] == "snapshot-0002"
-    assert summary["snapshot"] == "snapshot-0001" and summary["trained"]
+    assert other["left_to_another_run"] == "snapshot-0002"
+    assert summary["snapshot"] == "snapshot-0001" and summary["trained"] and summary["caught_up_to"] == "snapshot-0002"
     ws = open_workspace(load_settings(), load_params(params_path))
     for rev in ("snapshot-0001", "snapshot-0002"):  # the training run trained the other's snapshot too
         assert ws.models.runs_tagged({"flywheel.dvc_rev": rev}, registered=True), rev
