@@ -148,7 +148,8 @@ def code_version() -> str:
 def commit() -> tuple[str, bool]:
     """The checked-out commit (short) and whether the code differs from it."""
     head = _git("rev-parse", "--short=10", "HEAD").strip() or "unknown"
-    dirty = bool(_git("status", "--porcelain", "--", *CODE_PATHS).strip()) if head != "unknown" else True
+    changed = [line[3:].split(" -> ")[-1] for line in _git("status", "--porcelain", "--", *CODE_PATHS).splitlines()]
+    dirty = any(Path(path).suffix in CODE_SUFFIXES for path in changed) if head != "unknown" else True  # not results
     return head, dirty
 
 

@@ -130,3 +130,16 @@ def test_a_benchmarks_run_rewrites_the_readme_figures_it_measured(scratch_result
     text = results.README.read_text()
     assert "| `final_accuracy` |" in text and "**0.9** ± 0.01" in text and "STALE" not in text
     assert text.startswith("# x\n") and text.endswith("\n\nrest\n")
+
+
+def test_a_tree_with_changed_results_only_is_not_dirty(monkeypatch):
+    def git(*args: str) -> str:
+        if args[0] == "rev-parse":
+            return "abc\n"
+        return porcelain
+
+    monkeypatch.setattr(results, "_git", git)
+    porcelain = " M bench/RESULTS.md\n M bench/results.json\n?? bench/provenance.json\n"
+    assert results.commit() == ("abc", False)
+    porcelain += " M flows/cli.py\n"
+    assert results.commit() == ("abc", True)
