@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from bench.pretrain_choice import data, embed, fit_head, simclr
-from components.architectures import ConvNet4
-from components.selection import rank_for_labeling, rank_typical
+from components.networks.architectures import ConvNet4
+from components.learning.selection import rank_for_labeling, rank_typical
 from components.tasks.classification import margin_uncertainty
 
 SWITCHES = (0, 50, 100, 1000)

@@ -20,11 +20,11 @@ from PIL import Image
 
 from bench.results import record
 from components.tasks.classification import Classification
-from components.training import fit
+from components.learning.training import fit
 
 
 def mnist_snapshot(folder: Path, count: int = 5000) -> tuple[pd.DataFrame, list[str]]:
-    from components.datasets import _mnist
+    from components.data.datasets import _mnist
 
     images, labels = _mnist()
     (folder / "images").mkdir(parents=True)

@@ -1,7 +1,7 @@
 """Which detector to train from scratch on 2 CPU cores: a measurement on the composited digit set.
 
 Every candidate trains from scratch on the first 200 images of one composited set
-(`components.composites`, 500 images, seed 0; digit instances never repeat within it) and is
+(`components.data.composites`, 500 images, seed 0; digit instances never repeat within it) and is
 evaluated on the last 300, with torchmetrics' box mAP@0.5 and mAP@0.5:0.95. Training runs on 2
 threads, and its wall time is the deciding constraint (about 40 s per training run). The winner is
 also trained on 100 images, and for both sizes we report the share of held-out images it gets
@@ -25,8 +25,8 @@ from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_iou
 
 from bench.results import write_study
-from components.composites import CATEGORIES, make_detection_set, read_coco
-from components.detectors import build_detector, jitter, keep_confident
+from components.data.composites import CATEGORIES, make_detection_set, read_coco
+from components.networks.detectors import build_detector, jitter, keep_confident
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".flywheel" / "bench" / "detector_choice"
@@ -269,7 +269,7 @@ Train seconds are wall time and move by about 10% with other load on the machine
 
 {table}
 
-**Chosen: `centernet`** (`components.detectors.CenterNet`, options `width=16, head_width=32`),
+**Chosen: `centernet`** (`components.networks.detectors.CenterNet`, options `width=16, head_width=32`),
 trained 400 steps of batch 16 (32 epochs of 200 images) with AdamW, one-cycle lr peaking at 1e-2,
 weight decay 1e-4, and `jitter` (scale 0.75-1.25x, translation that keeps every box inside, colour
 channel shuffle; no flips). It is the only candidate that learns anything in the ~40 s budget: the

@@ -4,7 +4,7 @@ For each dataset (the demo's MNIST and Fashion-MNIST) and each of several seeds 
 the pool and held-out set, a different annotator order), and for each order (random, suggested), a
 fresh project is created on a throwaway stack, its backbone pretrained self-supervised on the whole
 pool (the `flywheel-pretrain` flow, as `flywheel serve` runs it in the background), and a simulated
-person labels with the real loop (`components.simulator`): the random order starts with 2 labels per
+person labels with the real loop (`components.studies.simulator`): the random order starts with 2 labels per
 class (the few-shot point), the suggested order with the cold-start "Label next" tab. Figures are means
 over seeds with their spread; learning curves are drawn with a band (mean +- one standard deviation).
 """
@@ -24,11 +24,11 @@ import numpy as np
 
 from bench.results import BENCH, ROOT, record
 from bench.simulate import scratch_params
-from components.datasets import materialize
-from components.iteration import label_next, open_workspace
-from components.params import load_params
-from components.settings import Settings
-from components.simulator import HeldOut, Outcome, Step, balanced_tasks, simulate, split_pool, write_csv
+from components.data.datasets import materialize
+from components.loop.iteration import label_next, open_workspace
+from components.core.params import load_params
+from components.core.settings import Settings
+from components.studies.simulator import HeldOut, Outcome, Step, balanced_tasks, simulate, split_pool, write_csv
 
 OUT = BENCH / "every_image"
 SUFFIX = {"mnist": "", "fashion-mnist": "_fashion"}

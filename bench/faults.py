@@ -4,7 +4,7 @@ For each case (component x step), on a team-profile stack (PostgreSQL, the objec
 Studio, MLflow and Prefect on them):
 
 1. a person saves a few new labels;
-2. `flywheel run` starts and is held at the step (`components.faults.pause_point`, a test hook);
+2. `flywheel run` starts and is held at the step (`components.core.faults.pause_point`, a test hook);
 3. the component is killed with SIGKILL (its whole process group), and the run goes on into it;
 4. the stack is brought back up (`flywheel stack up` restarts only what is dead) and the loop reruns;
 5. the promises are checked: no annotation lost or changed, the cursor right (every label in the
@@ -42,9 +42,9 @@ from pathlib import Path
 import yaml
 
 from bench.results import record
-from components import stack
-from components.faults import PAUSE_AT, PAUSE_FILE
-from components.settings import CLIENT_ENV, NO_PHONE_HOME, Settings, load_settings
+from components.adapters import stack
+from components.core.faults import PAUSE_AT, PAUSE_FILE
+from components.core.settings import CLIENT_ENV, NO_PHONE_HOME, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS = ("label_studio", "mlflow", "postgres", "object_store", "worker")
@@ -155,10 +155,10 @@ class Project:
     """A digits project in Label Studio and a person who labels it correctly."""
 
     def __init__(self, settings: Settings, folder: Path, images: int = 400, dataset: str = "digits"):
-        from components.datasets import materialize
-        from components.label_studio import LabelStudio
-        from components.labeling_config import load_labeling_config
-        from components.params import load_params
+        from components.data.datasets import materialize
+        from components.adapters.label_studio import LabelStudio
+        from components.core.labeling_config import load_labeling_config
+        from components.core.params import load_params
 
         self.params_path = write_params(folder, f"faults-{uuid.uuid4().hex[:6]}")
         self.params = load_params(self.params_path)
@@ -181,7 +181,7 @@ class Project:
         return {t: data[t]["filename"] for t in task_ids}
 
     def label(self, count: int) -> list[int]:
-        from components.simulator import label_balanced
+        from components.studies.simulator import label_balanced
 
         return label_balanced(self.ls, self.project, self.truth, count, self.rng)
 
@@ -230,9 +230,9 @@ def check(settings: Settings, project: Project, before: dict[int, tuple[int, str
     from prefect import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from components.iteration import latest_snapshot, open_workspace, poll
-    from components.registry import TAG_PROMOTED
-    from components.snapshot import read_manifest
+    from components.loop.iteration import latest_snapshot, open_workspace, poll
+    from components.adapters.registry import TAG_PROMOTED
+    from components.data.snapshot import read_manifest
 
     failures = []
     after = project.annotations()

@@ -23,12 +23,12 @@ import pandas as pd
 import torch
 
 from bench.results import write_study
-from components.datasets import materialize
-from components.labeling_config import load_labeling_config
-from components.params import load_params
+from components.data.datasets import materialize
+from components.core.labeling_config import load_labeling_config
+from components.core.params import load_params
 from components.tasks import task_type_of
 from components.tasks.classification import evaluate
-from components.training import fit, load_images
+from components.learning.training import fit, load_images
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNTS = [100, 110, 120, 130, 140, 160, 180, 200, 250, 300]

@@ -22,10 +22,10 @@ from tqdm import tqdm
 from bench.results import record
 from bench.simulate import scratch_params
 from components.tasks.classification import choice_result
-from components.datasets import materialize
-from components.iteration import SUSPECTS_VIEW, open_workspace, reports_dir
-from components.params import load_params
-from components.settings import Settings
+from components.data.datasets import materialize
+from components.loop.iteration import SUSPECTS_VIEW, open_workspace, reports_dir
+from components.core.params import load_params
+from components.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -52,13 +52,13 @@ from mlflow.tracking import MlflowClient
 
 from bench.results import record
 from bench.stack import ROOT, throwaway_stack
-from components import iteration
-from components import stack as embedded
-from components.datasets import materialize
-from components.params import Params, load_params
-from components.pretraining import TAG_BACKBONE
-from components.settings import Settings
-from components.simulator import balanced_tasks, label_balanced
+from components.loop import iteration
+from components.adapters import stack as embedded
+from components.data.datasets import materialize
+from components.core.params import Params, load_params
+from components.learning.pretraining import TAG_BACKBONE
+from components.core.settings import Settings
+from components.studies.simulator import balanced_tasks, label_balanced
 
 ROUNDS = 5
 TASKS = 1000

@@ -8,9 +8,9 @@ On a throwaway team-profile stack (PostgreSQL, the object store, Label Studio, M
   Prefect process pool's flow runs are), so they contend for the cursor lock for real. Every run
   that starts while the annotators save is a run *during the load*: it must succeed, or skip with
   the reason it gives (`load_loop_runs_failed`, target 0 of at least 5);
-- **snapshot lag**: while the load runs, the project's data registry (`components.versioning`: one
+- **snapshot lag**: while the load runs, the project's data registry (`components.adapters.versioning`: one
   git tag per snapshot) is polled; each new snapshot's commit time and manifest are read
-  (`components.snapshot.read_manifest`), and each annotation's lag is the time from its save (its
+  (`components.data.snapshot.read_manifest`), and each annotation's lag is the time from its save (its
   `updated_at`, as the manifest records it) to the commit of the first snapshot that holds it
   (`load_snapshot_lag_p95_s`, target <= 60 s). After the annotators stop, the workers go on until
   every saved annotation is in a snapshot (at most `DRAIN_S`), so the last saves' lag is measured too;
@@ -41,7 +41,7 @@ import yaml
 
 from bench.faults import RUN_TIMEOUT_S, Project, flywheel, team_stack
 from bench.results import record
-from components.settings import Settings
+from components.core.settings import Settings
 
 ANNOTATORS = 20
 WORKERS = 2
@@ -163,7 +163,7 @@ class SnapshotWatch:
     """
 
     def __init__(self, settings: Settings, project_id: int):
-        from components.versioning import DataRegistry
+        from components.adapters.versioning import DataRegistry
 
         root = settings.workspace / "registry" / f"project-{project_id}"
         self.registry = DataRegistry(root, settings.dvc_remote, endpoint_url=settings.s3_endpoint_url)  # never `open`ed here: the loop creates it
@@ -211,9 +211,9 @@ class SnapshotWatch:
                 self.snapshots[rev] = Snapshot(rev, float(committed), self._saves(rev, commit))
 
     def _saves(self, rev: str, commit: str) -> dict[int, float]:
-        from components.conversions import parse_timestamp
-        from components.snapshot import read_manifest
-        from components.versioning import SNAPSHOT, SnapshotVersion
+        from components.data.conversions import parse_timestamp
+        from components.data.snapshot import read_manifest
+        from components.adapters.versioning import SNAPSHOT, SnapshotVersion
 
         dvc_file = yaml.safe_load(self._git("show", f"{commit}:{SNAPSHOT}.dvc"))
         version = SnapshotVersion(rev=rev, commit=commit, md5=dvc_file["outs"][0]["md5"], project_id=self.project_id,
@@ -375,8 +375,8 @@ def main(annotations: int = 5000, echo: Callable[[str], None] = print) -> dict[s
         if last.returncode != 0:
             raise RuntimeError(f"the last run failed: {output[-2000:]}")
 
-        from components.iteration import latest_snapshot, open_workspace
-        from components.snapshot import read_manifest
+        from components.loop.iteration import latest_snapshot, open_workspace
+        from components.data.snapshot import read_manifest
 
         ws = open_workspace(settings, project.params)
         latest, folder = latest_snapshot(ws)

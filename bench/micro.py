@@ -23,10 +23,10 @@ from tqdm import tqdm
 
 from bench.results import record
 from bench.stack import throwaway_stack
-from components.conversions import Prediction, format_cursor
-from components.label_studio import LabelStudio, Project
-from components.labeling_config import load_labeling_config
-from components.params import load_params
+from components.data.conversions import Prediction, format_cursor
+from components.adapters.label_studio import LabelStudio, Project
+from components.core.labeling_config import load_labeling_config
+from components.core.params import load_params
 from components.tasks.classification import choice_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +113,7 @@ def measure_training(image_size: int, batch_size: int, images: int = 512, epochs
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from components.architectures import build_network
+    from components.networks.architectures import build_network
     from components.tasks.classification import Classifier
 
     params = load_params(ROOT / "params.yaml")  # the architectures to compare

@@ -26,7 +26,7 @@ from sklearn.semi_supervised import LabelSpreading
 from torch import nn
 from torchvision.transforms import v2
 
-from components.architectures import ConvNet4, SmallCNN
+from components.networks.architectures import ConvNet4, SmallCNN
 
 AUGMENT = {
     "crop": lambda: v2.Compose([v2.RandomResizedCrop(28, scale=(0.5, 1.0), ratio=(0.8, 1.25), antialias=True),
@@ -35,7 +35,7 @@ AUGMENT = {
                                   v2.RandomErasing(p=0.5, scale=(0.05, 0.2), value=0)]),
     "strong": lambda: v2.Compose([v2.RandomResizedCrop(28, scale=(0.3, 1.0), antialias=True), v2.RandomAffine(degrees=15, shear=10),
                                   v2.ColorJitter(0.6, 0.6), v2.RandomApply([v2.GaussianBlur(3)], p=0.5),
-                                  v2.RandomErasing(p=0.3, scale=(0.05, 0.15), value=0)]),  # what components.pretraining.views does
+                                  v2.RandomErasing(p=0.3, scale=(0.05, 0.15), value=0)]),  # what components.learning.pretraining.views does
 }
 
 

@@ -32,14 +32,14 @@ import yaml
 
 from bench.results import record
 from bench.stack import ROOT, throwaway_stack
-from components import stack
-from components.datasets import materialize
-from components.faults import PAUSE_AT, PAUSE_FILE
-from components.iteration import open_workspace
-from components.labeling_config import load_labeling_config
-from components.params import load_params
-from components.settings import Settings, load_settings
-from components.simulator import label_balanced
+from components.adapters import stack
+from components.data.datasets import materialize
+from components.core.faults import PAUSE_AT, PAUSE_FILE
+from components.loop.iteration import open_workspace
+from components.core.labeling_config import load_labeling_config
+from components.core.params import load_params
+from components.core.settings import Settings, load_settings
+from components.studies.simulator import label_balanced
 
 CLI = str(Path(sys.executable).parent / "flywheel")
 CASE_TESTS = ("test_case[", "test_settings_case")
@@ -105,7 +105,7 @@ def main() -> None:
         params = load_params(params_path)
         images = materialize("digits", workspace / "datasets", limit=300)
         truth = {i.path.name: i.label for i in images}
-        from components.label_studio import LabelStudio
+        from components.adapters.label_studio import LabelStudio
 
         ls = LabelStudio.from_settings(settings)
         project = ls.ensure_project(params.project.title, load_labeling_config(params.project.config))

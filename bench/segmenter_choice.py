@@ -20,9 +20,9 @@ import torch
 from torchmetrics.detection import MeanAveragePrecision
 
 from bench.results import write_study
-from components.datasets import SEGMENTATION, materialize
+from components.data.datasets import SEGMENTATION, materialize
 from components.tasks.segmentation import Segmentation
-from components.training import fit_steps
+from components.learning.training import fit_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".flywheel" / "bench" / "segmenter_choice"

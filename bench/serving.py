@@ -32,11 +32,11 @@ import yaml
 
 from bench.results import record
 from bench.stack import ROOT, throwaway_stack
-from components import iteration
-from components import stack as embedded
-from components.datasets import materialize
-from components.params import load_params
-from components.simulator import label_balanced
+from components.loop import iteration
+from components.adapters import stack as embedded
+from components.data.datasets import materialize
+from components.core.params import load_params
+from components.studies.simulator import label_balanced
 
 SEQUENTIAL = 1000
 CONCURRENT = 10_000
@@ -93,7 +93,7 @@ def model_runtimes(ws, champion, batch: int = 16, repeats: int = 300) -> dict[st
     import onnxruntime
     import torch
 
-    from components.export import Preprocessed
+    from components.networks.export import Preprocessed
 
     torch.set_num_threads(1)
     model = Preprocessed(ws.models.load(champion)).eval()

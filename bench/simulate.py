@@ -1,7 +1,7 @@
 """`flywheel bench simulate`: a simulated annotator labels a real dataset in a real Label Studio.
 
 For each order it creates a fresh project (its own registered model and MLflow experiment), plays
-the annotator with `components.simulator`, and runs the real flywheel flow every K labels. Writes a
+the annotator with `components.studies.simulator`, and runs the real flywheel flow every K labels. Writes a
 CSV per order, the learning and acceptance curves (PNG) beside bench/RESULTS.md, and the summary.
 """
 
@@ -16,12 +16,12 @@ from pathlib import Path
 import yaml
 
 from bench.results import BENCH, CATALOG, record
-from components.datasets import DETECTION, PACKAGED, SEGMENTATION, materialize
-from components.iteration import label_next, open_workspace
-from components.labeling_config import load_labeling_config, with_labels
-from components.params import load_params
-from components.settings import Settings
-from components.simulator import HeldOut, Outcome, Step, plot_curves, simulate, split_pool, write_csv
+from components.data.datasets import DETECTION, PACKAGED, SEGMENTATION, materialize
+from components.loop.iteration import label_next, open_workspace
+from components.core.labeling_config import load_labeling_config, with_labels
+from components.core.params import load_params
+from components.core.settings import Settings
+from components.studies.simulator import HeldOut, Outcome, Step, plot_curves, simulate, split_pool, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -215,7 +215,7 @@ def summarize_objects(config: SimulationConfig, outcomes: list[Outcome], out_dir
 
 Measured {datetime.now(UTC):%Y-%m-%d} on this machine (2 cores, no GPU), one run against a fresh
 embedded stack. Dataset `{name}`: MNIST digits composited onto 128x128 backgrounds (1-4 objects per
-image, varied scale, some overlap, unlabeled distractor strokes; `components/composites.py`), a pool
+image, varied scale, some overlap, unlabeled distractor strokes; `components/data/composites.py`), a pool
 of {config.pool} images imported as tasks and a fixed held-out set of {config.held_out} never imported;
 budget {config.budget} labels, a real flywheel iteration (the Prefect flow: snapshot, DVC, {what},
 registry, write-back of every unlabeled task) every {config.every} labels. The simulated person accepts

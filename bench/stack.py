@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from components import stack
-from components.settings import CLIENT_ENV, NO_PHONE_HOME, Settings, load_settings
+from components.adapters import stack
+from components.core.settings import CLIENT_ENV, NO_PHONE_HOME, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.results import BENCH, record
-from components import strategy
-from components.datasets import SEGMENTATION
-from components.params import load_params
+from components.studies import strategy
+from components.data.datasets import SEGMENTATION
+from components.core.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNT = 1300  # images of the demo set: 300 held out, 1,000 to label

@@ -13,8 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
-from components.errors import FlywheelError, SettingsError
-from components.settings import CLIENT_ENV, NO_PHONE_HOME, Settings, load_settings
+from components.core.errors import FlywheelError, SettingsError
+from components.core.settings import CLIENT_ENV, NO_PHONE_HOME, Settings, load_settings
 from flows import logs
 
 app = typer.Typer(
@@ -67,7 +67,7 @@ def _exit(code: int) -> None:
     """Exit with `code`. When Prefect's API is down, exit at once: at exit, Prefect's background
     workers would try to send the failed run's events and logs for another half minute."""
     if "prefect" in sys.modules:
-        from components.stack import is_healthy
+        from components.adapters.stack import is_healthy
 
         if not is_healthy(f"{os.environ.get('PREFECT_API_URL', '')}/health", timeout=1):
             logging.shutdown()
@@ -81,7 +81,7 @@ def _explain(error: Exception) -> str:
     """An unexpected failure in one line: a server that stopped answering says so, anything else is
     named with where its traceback is."""
     try:
-        from components import stack
+        from components.adapters import stack
 
         down = [row for row in stack.status(load_settings()) if not row.healthy]
     except SettingsError:
@@ -120,7 +120,7 @@ def _settings() -> Settings:
 def _loop_settings() -> Settings:
     """Settings for a command that runs the loop: every server must answer first, or one line says
     which does not and how to start it (instead of a traceback minutes later)."""
-    from components import stack
+    from components.adapters import stack
 
     settings = _settings()
     down = [row for row in stack.status(settings) if not row.healthy and row.name != "serve_model" and not row.name.startswith("worker_")]
@@ -130,7 +130,7 @@ def _loop_settings() -> Settings:
             + ". Start the stack with `flywheel stack up` (or point LABEL_STUDIO_URL, MLFLOW_TRACKING_URI, "
             "PREFECT_API_URL at your servers)."
         )
-    from components.label_studio import LabelStudio
+    from components.adapters.label_studio import LabelStudio
 
     LabelStudio.from_settings(settings).check()  # a wrong token is said now, not after the loop's imports
     return settings
@@ -149,13 +149,13 @@ def stack_up(
         "chosen at a workspace's first `up`.")] = None,
 ) -> None:
     """Start the servers that are not running yet (twice is harmless) and print their URLs."""
-    from components import stack
+    from components.adapters import stack
 
     stack.choose_profile(load_settings().workspace, profile)
     settings = _settings()
     then = []
     if serve_model:
-        from components.params import load_params
+        from components.core.params import load_params
 
         port = int(os.environ.get("FLYWHEEL_SERVE_MODEL_PORT", load_params(params).production.port))
         then.append(stack.model_endpoint(settings, params, port))
@@ -169,7 +169,7 @@ def stack_up(
 @clear_errors
 def stack_down() -> None:
     """Stop the servers `stack up` started, and nothing else."""
-    from components import stack
+    from components.adapters import stack
 
     if not stack.down(_settings(), echo=typer.echo):
         typer.echo("nothing to stop")
@@ -179,7 +179,7 @@ def stack_down() -> None:
 @clear_errors
 def stack_status() -> None:
     """Show each server's URL and health."""
-    from components import stack
+    from components.adapters import stack
 
     typer.echo(stack.describe(stack.status(_settings())))
 
@@ -197,11 +197,11 @@ def import_folder(
 
     A COCO file's images are imported the same way, and its boxes or masks are written as pre-annotations
     (model version "coco:<file>") for people to confirm: flywheel never writes annotations."""
-    from components.conversions import Prediction
-    from components.datasets import read_boxes
-    from components.label_studio import LabelStudio, find_images
-    from components.labeling_config import load_labeling_config
-    from components.params import load_params
+    from components.data.conversions import Prediction
+    from components.data.datasets import read_boxes
+    from components.adapters.label_studio import LabelStudio, find_images
+    from components.core.labeling_config import load_labeling_config
+    from components.core.params import load_params
     from components.tasks import task_type_of
 
     settings = _settings()
@@ -219,7 +219,7 @@ def import_folder(
     result = ls.import_images(target, [i.path for i in items] if coco else find_images(folder), progress=_progress("hashing images"))
     typer.echo(f"project {target.id}: {len(result.created)} tasks created, {result.skipped} already there")
     if coco:
-        from components.images import file_sha256
+        from components.data.images import file_sha256
 
         ids, task_type = ls.task_hashes(target.id), task_type_of(target.config)
         created = set(result.created)
@@ -239,11 +239,11 @@ def demo(
                                             "backgrounds, boxes) | segmentation (the same, instance masks)")] = "classification",
 ) -> None:
     """Bring up the stack, create the demo project from a dataset that ships in a package, serve the loop."""
-    from components import stack
-    from components.datasets import materialize
-    from components.label_studio import LabelStudio
-    from components.labeling_config import load_labeling_config
-    from components.params import load_params, write_derived_params
+    from components.adapters import stack
+    from components.data.datasets import materialize
+    from components.adapters.label_studio import LabelStudio
+    from components.core.labeling_config import load_labeling_config
+    from components.core.params import load_params, write_derived_params
 
     settings = _settings()
     params = load_params()
@@ -342,9 +342,9 @@ def report_now(params: ParamsOption = Path("params.yaml")) -> None:
     """Is the annotation strategy working? Learning curve, classes needing labels, confused pairs,
     acceptance of suggestions; writes the HTML report into the workspace and prints its summary."""
     settings = _loop_settings()
-    from components import iteration
-    from components.params import load_params
-    from components.report import summary_lines
+    from components.loop import iteration
+    from components.core.params import load_params
+    from components.studies.report import summary_lines
 
     ws = iteration.open_workspace(settings, load_params(params), project_root=params.parent)
     champion = ws.models.champion()
@@ -373,8 +373,8 @@ def strategy_now(
     lead_time) or from --dataset (timed by params.yaml's published costs)."""
     import json
 
-    from components import strategy
-    from components.params import load_params
+    from components.studies import strategy
+    from components.core.params import load_params
 
     settings = _settings()
     loaded = load_params(params)
@@ -384,7 +384,7 @@ def strategy_now(
         title = f"{Path(dataset).stem}: boxes vs masks"
         labels = sorted({box["label"] for item in items for box in json.loads(item.target)["boxes"]}, key=lambda x: (len(x), x))
     else:
-        from components import iteration
+        from components.loop import iteration
 
         ws = iteration.open_workspace(_loop_settings(), loaded, project_root=params.parent)
         items = iteration.strategy_items(ws)
@@ -408,7 +408,7 @@ def serve(params: ParamsOption = Path("params.yaml")) -> None:
     """Serve the loop: answer Label Studio's webhooks within seconds, poll as a safety net, retrain on
     retrain.cron (Ctrl-C stops)."""
     settings = _loop_settings()
-    from components.params import load_params
+    from components.core.params import load_params
     from flows.serve import serve as supervise
 
     loaded = load_params(params)
@@ -429,7 +429,7 @@ def deploy_flows(params: ParamsOption = Path("params.yaml")) -> None:
     """Deploy the loop's flows (iteration, label check, tidy, the retrain on retrain.cron) to the Prefect
     process pool `flywheel`, whose workers run them (`flywheel stack up --profile team` starts two)."""
     _loop_settings()
-    from components.params import load_params
+    from components.core.params import load_params
     from flows.deploy import POOL, deploy, workers_online
 
     ids = deploy(load_params(params), params)
@@ -447,7 +447,7 @@ def serve_model_now(
     """Serve the champion over HTTP (POST image bytes to /predict; /feedback for a wrong answer); images it
     is unsure of go back to Label Studio as tasks. It swaps to a newly promoted champion by itself (Ctrl-C stops)."""
     settings = _settings()  # Label Studio and MLflow are checked by serve_model; Prefect is not needed
-    from components.params import load_params
+    from components.core.params import load_params
     from flows.serve_model import serve_model
 
     loaded = load_params(params)
@@ -471,9 +471,9 @@ def export_now(
 ) -> None:
     """Export the champion (or --version N) with its preprocessing inside: uint8 RGB pixels (N, H, W, 3) in."""
     settings = _settings()
-    from components.export import export, exports_onnx
-    from components.params import load_params
-    from components.registry import ModelRegistry
+    from components.networks.export import export, exports_onnx
+    from components.core.params import load_params
+    from components.adapters.registry import ModelRegistry
 
     loaded = load_params(params)
     models = ModelRegistry(settings.mlflow_tracking_uri, loaded.registry.model_name, loaded.registry.experiment)
@@ -498,8 +498,8 @@ def pipeline_fetch(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Restore a versioned snapshot from the DVC remote."""
-    from components.params import load_params
-    from components.pipeline import fetch_snapshot
+    from components.core.params import load_params
+    from components.loop.pipeline import fetch_snapshot
 
     restored = fetch_snapshot(_settings().workspace, load_params(params).project.title, rev, out)
     typer.echo(f"restored {restored} into {out}")
@@ -511,9 +511,9 @@ def pipeline_validate(
     snapshot: Path, report: Annotated[Path, typer.Option()], params: ParamsOption = Path("params.yaml")
 ) -> None:
     """Check a snapshot folder against the data contract."""
-    from components.labeling_config import load_labeling_config
-    from components.params import load_params
-    from components.pipeline import validate_folder
+    from components.core.labeling_config import load_labeling_config
+    from components.core.params import load_params
+    from components.loop.pipeline import validate_folder
 
     _settings()
     loaded = load_params(params)
@@ -525,10 +525,10 @@ def pipeline_validate(
 @clear_errors
 def pipeline_train(snapshot: Path, out: Annotated[Path, typer.Option()], params: ParamsOption = Path("params.yaml")) -> None:
     """Train params.yaml's architecture on a snapshot folder (tracked in MLflow)."""
-    from components import stack
-    from components.labeling_config import load_labeling_config
-    from components.params import load_params
-    from components.pipeline import train_folder
+    from components.adapters import stack
+    from components.core.labeling_config import load_labeling_config
+    from components.core.params import load_params
+    from components.loop.pipeline import train_folder
     from components.tasks import task_type_of
 
     settings = _settings()
@@ -548,9 +548,9 @@ def pipeline_evaluate(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Evaluate a trained model on the snapshot's validation split."""
-    from components.labeling_config import load_labeling_config
-    from components.params import load_params
-    from components.pipeline import evaluate_folder
+    from components.core.labeling_config import load_labeling_config
+    from components.core.params import load_params
+    from components.loop.pipeline import evaluate_folder
 
     _settings()
     config = load_labeling_config(load_params(params).project.config)
@@ -577,7 +577,7 @@ def bench_simulate(
 ) -> None:
     """Play a person labeling a real dataset with flywheel's pre-annotations, on a throwaway stack."""
     from bench.simulate import SimulationConfig, main
-    from components.params import load_params
+    from components.core.params import load_params
 
     _settings()
     if task not in TASKS:

@@ -38,12 +38,12 @@ from prefect.exceptions import PrefectHTTPStatusError
 from prefect.states import Crashed
 from prefect.variables import Variable
 
-from components import iteration
-from components.errors import FlywheelError
-from components.faults import owner, owner_gone
-from components.iteration import Workspace, open_workspace
-from components.params import load_params
-from components.settings import load_settings
+from components.loop import iteration
+from components.core.errors import FlywheelError
+from components.core.faults import owner, owner_gone
+from components.loop.iteration import Workspace, open_workspace
+from components.core.params import load_params
+from components.core.settings import load_settings
 from flows.logs import describe
 
 CURSOR_LOCK = "flywheel-cursor"
@@ -71,7 +71,7 @@ io_task = partial(task, retries=2, retry_delay_seconds=3, retry_condition_fn=is_
 step = partial(task, cache_policy=NONE, persist_result=False)
 
 
-OWNER_LABEL = "flywheel.owner"  # a flow run's label: the process running it (components.faults.owner)
+OWNER_LABEL = "flywheel.owner"  # a flow run's label: the process running it (components.core.faults.owner)
 
 
 @io_task

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from components.params import Params
+from components.core.params import Params
 
 POOL = "flywheel"
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,14 +9,14 @@ from uuid import UUID
 from prefect import flow, get_client
 from prefect.runtime import flow_run
 
-from components import iteration
-from components.faults import owner
-from components.iteration import Workspace, WorkspaceCache
-from components.label_studio import ChangeSet
-from components.params import load_params
-from components.settings import load_settings
-from components.training import TrainedModel
-from components.versioning import SnapshotVersion
+from components.loop import iteration
+from components.core.faults import owner
+from components.loop.iteration import Workspace, WorkspaceCache
+from components.adapters.label_studio import ChangeSet
+from components.core.params import load_params
+from components.core.settings import load_settings
+from components.learning.training import TrainedModel
+from components.adapters.versioning import SnapshotVersion
 from flows.common import (
     CURSOR_LOCK, OWNER_LABEL, PUBLISH_LOCK, REFRESH_LOCK, connect, io_task, one_at_a_time, report_failure, step, unless_busy,
 )

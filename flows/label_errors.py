@@ -6,7 +6,7 @@ import logging
 
 from prefect import flow
 
-from components import iteration
+from components.loop import iteration
 from flows.common import PUBLISH_LOCK, connect, io_task, one_at_a_time, report_failure, step
 from flows.flywheel import write_back
 

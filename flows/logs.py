@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from components.errors import FlywheelError
+from components.core.errors import FlywheelError
 
 LOG_FILE = "FLYWHEEL_LOG_FILE"
 VERBOSE = "FLYWHEEL_VERBOSE"

@@ -6,7 +6,7 @@ import logging
 
 from prefect import flow
 
-from components import iteration
+from components.loop import iteration
 from flows.common import connect, io_task, one_at_a_time, report_failure, step
 
 image_pool = io_task(iteration.image_pool)
@@ -43,7 +43,7 @@ if __name__ == "__main__":  # `flywheel serve`'s background pretraining (flows.s
 
     import torch
 
-    from components.params import load_params
+    from components.core.params import load_params
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for `flywheel serve`, which stops this process
     torch.set_num_threads(load_params(sys.argv[1]).pretrain.threads)

@@ -2,7 +2,7 @@
 
 This process stays lean (no torch: ~160 MB, asleep between events) and runs four things:
 
-- **the webhook receiver** (`components.webhooks`): Label Studio posts each label change of the
+- **the webhook receiver** (`components.adapters.webhooks`): Label Studio posts each label change of the
   project; the receiver checks the shared secret and queues it; a burst coalesces into one wake-up.
 - **the safety-net poll**: every `poll.safety_net_s`, one request asks Label Studio for its newest
   change; only when it moved since the last hand-off (a webhook never came) does work start. An
@@ -41,13 +41,13 @@ from typing import Any
 
 import psutil
 
-from components.errors import FlywheelError, LabelStudioError, SettingsError
-from components.label_studio import LabelStudio
-from components.labeling_config import load_labeling_config
-from components.params import Params, load_params
-from components.settings import Settings
-from components.stack import is_healthy
-from components.webhooks import ACTIONS, LABEL_ACTIONS, SECRET_HEADER, Inbox, Receiver, Wakeup, ensure_secret
+from components.core.errors import FlywheelError, LabelStudioError, SettingsError
+from components.adapters.label_studio import LabelStudio
+from components.core.labeling_config import load_labeling_config
+from components.core.params import Params, load_params
+from components.core.settings import Settings
+from components.adapters.stack import is_healthy
+from components.adapters.webhooks import ACTIONS, LABEL_ACTIONS, SECRET_HEADER, Inbox, Receiver, Wakeup, ensure_secret
 
 GRACE_S = 6.0  # a child's own shutdown, before the rest is killed
 STOP_S = 10.0  # the promise: serving has stopped this long after Ctrl-C or SIGTERM

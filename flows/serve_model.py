@@ -8,7 +8,7 @@ and serves one fixed model URI (a new champion means a restart); BentoML brings 
 
 Endpoints: `POST /predict` and `POST /feedback` (an answer the client found wrong), both taking an
 image file's bytes or a `.npy` uint8 array; `GET /health`. One worker process answers both and
-routes hard images (`components.serving.Router`).
+routes hard images (`components.production.serving.Router`).
 """
 
 # No `from __future__ import annotations`: LitServe hands `decode_request`'s annotation to FastAPI as is.
@@ -28,10 +28,10 @@ from litserve.utils import LitAPIStatus, LoopResponseType
 from fastapi import Body
 from fastapi.responses import JSONResponse
 
-from components.errors import SettingsError
-from components.params import load_params
-from components.registry import ModelRegistry
-from components.serving import (
+from components.core.errors import SettingsError
+from components.core.params import load_params
+from components.adapters.registry import ModelRegistry
+from components.production.serving import (
     Decoded,
     Refusal,
     Router,
@@ -42,7 +42,7 @@ from components.serving import (
     load_version,
     stats_path,
 )
-from components.settings import load_settings
+from components.core.settings import load_settings
 
 log = logging.getLogger("flywheel.serve_model")
 
@@ -122,8 +122,8 @@ class ChampionAPI(ls.LitAPI):
         self.params_path = params_path
 
     def setup(self, device: str) -> None:
-        from components.label_studio import LabelStudio
-        from components.labeling_config import load_labeling_config
+        from components.adapters.label_studio import LabelStudio
+        from components.core.labeling_config import load_labeling_config
 
         import torch
 
@@ -222,7 +222,7 @@ def serve_model(params_path: Path, port: int | None = None) -> None:
     settings = load_settings()
     port = port or int(os.environ.get("FLYWHEEL_SERVE_MODEL_PORT", params.production.port))
     # fail here, with the message, rather than in a worker process whose error LitServe only logs
-    from components.label_studio import LabelStudio
+    from components.adapters.label_studio import LabelStudio
 
     LabelStudio.from_settings(settings).check()
     models = ModelRegistry(settings.mlflow_tracking_uri, params.registry.model_name, params.registry.experiment)

@@ -14,7 +14,7 @@ or `{"ok": false, "error": "..."}`; the first line, `{"ready": true}`, says the 
 SIGUSR1 asks a running tidy (after its chunk) or label check (after its fold) to stop: new labels
 are waiting.
 
-The iterations and tidies it runs share one workspace (`components.iteration.WorkspaceCache`): the
+The iterations and tidies it runs share one workspace (`components.loop.iteration.WorkspaceCache`): the
 Label Studio, MLflow and data registry clients are built by the first run and reused while settings,
 params and the labeling config are unchanged, so a run started by a new label does not reconnect
 (seconds); a run that fails drops them, and the next one connects afresh.
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from flows.logs import TRACEBACKS, describe
 
 if TYPE_CHECKING:
-    from components.iteration import WorkspaceCache
+    from components.loop.iteration import WorkspaceCache
 
 _flag = {"interrupted": False}  # this process's one flag, set by SIGUSR1 (a plain value: safe in a handler)
 _workspaces: ContextVar[WorkspaceCache | None] = ContextVar("flywheel_warm_workspaces", default=None)  # set by `main` only
@@ -61,7 +61,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(params_path: str, inbox_fd: int, outbox_fd: int) -> None:
     signal.signal(signal.SIGUSR1, _interrupt)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for `flywheel serve`, which stops this process
-    from components.iteration import WorkspaceCache
+    from components.loop.iteration import WorkspaceCache
     from flows.flywheel import flywheel_iteration, tidy_predictions
     from flows.label_errors import find_label_errors
 

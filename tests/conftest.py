@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
 
-from components import stack as embedded
-from components.stack import free_port
-from components.label_studio import LabelStudio
-from components.labeling_config import LabelingConfig, load_labeling_config
-from components.settings import CLIENT_ENV, NO_PHONE_HOME, Settings, load_settings
+from components.adapters import stack as embedded
+from components.adapters.stack import free_port
+from components.adapters.label_studio import LabelStudio
+from components.core.labeling_config import LabelingConfig, load_labeling_config
+from components.core.settings import CLIENT_ENV, NO_PHONE_HOME, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -8,7 +8,7 @@ the loop calls `TaskType` (`components/tasks/base.py`) and never branches on the
 
 from __future__ import annotations
 
-from components.labeling_config import LabelingConfig
+from components.core.labeling_config import LabelingConfig
 from components.tasks.base import Reading, Scores, TaskType
 
 

@@ -20,8 +20,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from components.conversions import Annotation
-from components.labeling_config import LabelingConfig
+from components.data.conversions import Annotation
+from components.core.labeling_config import LabelingConfig
 
 
 @dataclass(frozen=True)

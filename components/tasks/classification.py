@@ -1,6 +1,6 @@
 """Single-label image classification (`<Choices>`): one class per image.
 
-Target: the class name. Model: any network of `components.architectures` with softmax +
+Target: the class name. Model: any network of `components.networks.architectures` with softmax +
 cross-entropy; promotion compares validation accuracy (log-loss breaks ties). A suggestion is one
 choice scored by the top-class probability; "Label next" ranks by margin uncertainty; the error
 finder is cleanlab's confident learning over out-of-fold class probabilities.
@@ -25,13 +25,13 @@ from torch.utils.data import TensorDataset
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 from torchvision.transforms import v2
 
-from components.architectures import ARCHITECTURES, build_network
-from components.conversions import Annotation
-from components.errors import AnnotationError
-from components.labeling_config import LabelingConfig
-from components.pretraining import backbone_of
+from components.networks.architectures import ARCHITECTURES, build_network
+from components.data.conversions import Annotation
+from components.core.errors import AnnotationError
+from components.core.labeling_config import LabelingConfig
+from components.learning.pretraining import backbone_of
 from components.tasks.base import Reading, Scores, TaskType, ranked_label_table
-from components.training import MEAN, STD, CachedFeatures, HeadOnFeatures, SplitsDataModule, load_images
+from components.learning.training import MEAN, STD, CachedFeatures, HeadOnFeatures, SplitsDataModule, load_images
 
 log = logging.getLogger(__name__)
 

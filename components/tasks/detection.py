@@ -3,7 +3,7 @@
 Target: the image's size and its boxes in pixels of the original image, as JSON
 (`{"width": W, "height": H, "boxes": [{"label", "x", "y", "w", "h"}]}`, x/y the top-left corner).
 Label Studio's percent coordinates and pixels are converted in exactly one place: `box_from_value`
-and `value_from_box`. Model: a detector of `components.detectors` (CenterNet by default, chosen by
+and `value_from_box`. Model: a detector of `components.networks.detectors` (CenterNet by default, chosen by
 `bench/detector_choice.py`); promotion compares box mAP@0.5 (mAP@0.5:0.95 breaks ties) with
 torchmetrics. A suggestion is the boxes scored at least `SHOWN_FROM`, each with its score; its
 confidence is the weakest shown box's score. "Label next" ranks by the most borderline box. The
@@ -32,14 +32,14 @@ from torch import nn
 from torch.utils.data import Dataset
 from torchmetrics.detection import MeanAveragePrecision
 
-from components.conversions import Annotation
-from components.detectors import DETECTORS, build_detector, jitter, keep_confident
-from components.errors import AnnotationError, SettingsError
-from components.images import shown_size
-from components.label_errors import TABLE_COLUMNS
-from components.labeling_config import LabelingConfig
+from components.data.conversions import Annotation
+from components.networks.detectors import DETECTORS, build_detector, jitter, keep_confident
+from components.core.errors import AnnotationError, SettingsError
+from components.data.images import shown_size
+from components.learning.label_errors import TABLE_COLUMNS
+from components.core.labeling_config import LabelingConfig
 from components.tasks.base import Reading, Scores, TaskType, ranked_label_table
-from components.training import SplitsDataModule, load_images
+from components.learning.training import SplitsDataModule, load_images
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +315,7 @@ class DetectionDataModule(SplitsDataModule):
 
 
 class Detector(L.LightningModule):
-    """Trains any detector of `components.detectors` (its `loss` holds the task's loss)."""
+    """Trains any detector of `components.networks.detectors` (its `loss` holds the task's loss)."""
 
     def __init__(self, net: nn.Module, lr: float, augment: bool, architecture: str):
         super().__init__()

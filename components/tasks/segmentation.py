@@ -3,7 +3,7 @@
 Target: detection's (`tasks.detection.make_target`: the image's size and its objects in pixels of
 the original image) with each object's mask as COCO compressed RLE of the whole image (`mask`) and
 its box the tight box of that mask. Every change of a mask's form (Label Studio's brush RLE, polygon
-points, COCO RLE) is in `components.masks`. Model: a segmenter of `components.segmenters`
+points, COCO RLE) is in `components.data.masks`. Model: a segmenter of `components.networks.segmenters`
 (`mask_centernet`: the detector with a RoIAlign mask head, pasted back at pixel centres); promotion compares mask mAP@0.5
 (mask mAP@0.5:0.95 breaks ties) with torchmetrics (`iou_type="segm"`). A suggestion is the objects
 the detector would show, each outlined (a brush mask, or a polygon for a polygon project) with its
@@ -32,22 +32,22 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 
-from components.conversions import Annotation
-from components.errors import AnnotationError
-from components.images import shown_size
-from components.label_errors import TABLE_COLUMNS
-from components.labeling_config import LabelingConfig
-from components.masks import (
+from components.data.conversions import Annotation
+from components.core.errors import AnnotationError
+from components.data.images import shown_size
+from components.learning.label_errors import TABLE_COLUMNS
+from components.core.labeling_config import LabelingConfig
+from components.data.masks import (
     brush_of, coco_of, mask_iou, mask_of_brush, mask_of_coco, mask_of_polygon, points_in_percent, points_in_pixels,
     polygon_of, polygon_problem, tight_box,
 )
-from components.segmenters import SEGMENTERS, build_segmenter, mask_region
+from components.networks.segmenters import SEGMENTERS, build_segmenter, mask_region
 from components.tasks.base import Reading, Scores, ranked_label_table
 from components.tasks.detection import (
     SAME_OBJECT_IOU, SHOWN_FROM, BoxesDataset, Detection, DetectionDataModule, DetectionModel, Detector, _xyxy, answer_of, borderline, confidence_of,
     detections_of, make_target, one_to_one, out_of_fold, parse_target, single_label,
 )
-from components.training import load_images
+from components.learning.training import load_images
 
 log = logging.getLogger(__name__)
 

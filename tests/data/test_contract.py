@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from components.tasks.classification import Classification
-from components.validation import validate_snapshot
+from components.data.validation import validate_snapshot
 
 pytestmark = pytest.mark.data
 

@@ -5,9 +5,9 @@ import shutil
 import pandas as pd
 import pytest
 
-from components.errors import FlywheelError
-from components.snapshot import MANIFEST, read_manifest
-from components.versioning import DataRegistry
+from components.core.errors import FlywheelError
+from components.data.snapshot import MANIFEST, read_manifest
+from components.adapters.versioning import DataRegistry
 
 pytestmark = pytest.mark.data
 

@@ -33,15 +33,15 @@ import yaml
 from PIL import Image
 
 from components.tasks.classification import choice_result
-from components.datasets import materialize
-from components.iteration import ATTENTION_VIEW, open_workspace
-from components.label_studio import LabelStudio, Project
-from components.labeling_config import load_labeling_config
-from components.params import load_params
-from components.settings import Settings, load_settings
-from components.simulator import label_balanced
-from components.snapshot import read_manifest
-from components.stack import free_port
+from components.data.datasets import materialize
+from components.loop.iteration import ATTENTION_VIEW, open_workspace
+from components.adapters.label_studio import LabelStudio, Project
+from components.core.labeling_config import load_labeling_config
+from components.core.params import load_params
+from components.core.settings import Settings, load_settings
+from components.studies.simulator import label_balanced
+from components.data.snapshot import read_manifest
+from components.adapters.stack import free_port
 from tests.integration.test_loop import make_digits_project, write_params
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
-from components.datasets import DETECTION, materialize
-from components.iteration import (
+from components.data.datasets import DETECTION, materialize
+from components.loop.iteration import (
     ATTENTION_VIEW,
     LABEL_NEXT_VIEW,
     SUSPECTS_VIEW,
@@ -24,11 +24,11 @@ from components.iteration import (
     report,
     write_back,
 )
-from components.label_studio import LabelStudio
-from components.labeling_config import load_labeling_config
-from components.params import load_params
-from components.settings import Settings, load_settings
-from components.snapshot import read_manifest
+from components.adapters.label_studio import LabelStudio
+from components.core.labeling_config import load_labeling_config
+from components.core.params import load_params
+from components.core.settings import Settings, load_settings
+from components.data.snapshot import read_manifest
 from components.tasks import task_type_of
 from components.tasks.detection import DetectionModel, box_from_value, parse_target
 from tests.conftest import ROOT
@@ -162,7 +162,7 @@ def test_boxes_round_trip_and_the_loop_runs_end_to_end(boxes_project, label_stud
 
 
 def test_a_coco_file_imports_as_tasks_with_its_boxes_as_pre_annotations(cli_env, label_studio, tmp_path):
-    from components.composites import make_detection_set
+    from components.data.composites import make_detection_set
     from tests.integration.test_bad_inputs import run_cli
 
     coco = make_detection_set(tmp_path / "coco", 6, seed=3)

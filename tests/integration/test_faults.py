@@ -1,7 +1,7 @@
 """Fault tests: a server or `flywheel run` itself is killed (kill -9) mid-step, for real; then the rerun
 finishes the job, leaves no debris and duplicates nothing.
 
-`components.faults.pause_point` (a test hook, named as such) holds the run at the exact step so the
+`components.core.faults.pause_point` (a test hook, named as such) holds the run at the exact step so the
 kill lands there: after the first training epoch, or in write-back after the old pre-annotations
 were cleared and before the new ones are written. One fault is injected instead: an MLflow call that
 fails once after the champion alias moved, so the register task is retried (Prefect's retry is real).
@@ -23,14 +23,14 @@ from mlflow.tracking import MlflowClient
 from prefect import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from components import stack as embedded
-from components.errors import TrackingError
-from components.faults import PAUSE_AT, PAUSE_FILE
-from components.iteration import open_workspace
-from components.params import load_params
-from components.registry import TAG_PROMOTED, ModelRegistry, Promotion
-from components.settings import load_settings
-from components.simulator import label_balanced
+from components.adapters import stack as embedded
+from components.core.errors import TrackingError
+from components.core.faults import PAUSE_AT, PAUSE_FILE
+from components.loop.iteration import open_workspace
+from components.core.params import load_params
+from components.adapters.registry import TAG_PROMOTED, ModelRegistry, Promotion
+from components.core.settings import load_settings
+from components.studies.simulator import label_balanced
 from tests.integration.test_bad_inputs import run_cli
 from tests.integration.test_loop import make_digits_project
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.conversions import Prediction, current_annotation
+from components.data.conversions import Prediction, current_annotation
 from components.tasks.classification import choice_result, label_of
-from components.errors import LabelConfigError, LabelStudioError
-from components.images import ImageStore
-from components.label_studio import LabelStudio, Project, find_images
-from components.labeling_config import load_labeling_config, with_labels
+from components.core.errors import LabelConfigError, LabelStudioError
+from components.data.images import ImageStore
+from components.adapters.label_studio import LabelStudio, Project, find_images
+from components.core.labeling_config import load_labeling_config, with_labels
 from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.integration
@@ -187,9 +187,9 @@ def test_find_images_ignores_other_files(tmp_path):
 
 
 def test_busy_port_is_refused_not_silently_moved(tmp_path):
-    from components import stack as embedded
-    from components.errors import StackError
-    from components.settings import load_settings
+    from components.adapters import stack as embedded
+    from components.core.errors import StackError
+    from components.core.settings import load_settings
     from tests.conftest import stack_environ
 
     environ = stack_environ(tmp_path)

@@ -16,15 +16,15 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 
 from components.tasks.classification import choice_result
-from components.datasets import materialize
-from components.iteration import TAG_KIND, TAG_MD5, open_workspace
-from components.label_studio import LabelStudio, Project
-from components.labeling_config import load_labeling_config
-from components.params import load_params
-from components.settings import Settings, load_settings
-from components.snapshot import read_manifest
-from components.simulator import label_balanced
-from components.versioning import DataRegistry
+from components.data.datasets import materialize
+from components.loop.iteration import TAG_KIND, TAG_MD5, open_workspace
+from components.adapters.label_studio import LabelStudio, Project
+from components.core.labeling_config import load_labeling_config
+from components.core.params import load_params
+from components.core.settings import Settings, load_settings
+from components.data.snapshot import read_manifest
+from components.studies.simulator import label_balanced
+from components.adapters.versioning import DataRegistry
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration

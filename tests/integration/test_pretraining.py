@@ -13,15 +13,15 @@ import pytest
 import torch
 import yaml
 
-from components.datasets import materialize
-from components.iteration import BACKBONE_FILE, LABEL_NEXT_VIEW, TAG_BACKBONE, label_next, open_workspace, pool_tags
-from components.label_studio import LabelStudio
-from components.labeling_config import load_labeling_config
-from components.params import load_params
-from components.pretraining import TAG_POOL_REV, TAG_POOL_SIZE, backbone_of, embed_with
-from components.settings import Settings, load_settings
-from components.simulator import label_balanced
-from components.training import load_images
+from components.data.datasets import materialize
+from components.loop.iteration import BACKBONE_FILE, LABEL_NEXT_VIEW, TAG_BACKBONE, label_next, open_workspace, pool_tags
+from components.adapters.label_studio import LabelStudio
+from components.core.labeling_config import load_labeling_config
+from components.core.params import load_params
+from components.learning.pretraining import TAG_POOL_REV, TAG_POOL_SIZE, backbone_of, embed_with
+from components.core.settings import Settings, load_settings
+from components.studies.simulator import label_balanced
+from components.learning.training import load_images
 from tests.integration.test_loop import write_params
 
 pytestmark = pytest.mark.integration

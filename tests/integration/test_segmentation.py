@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from components.datasets import SEGMENTATION, materialize
-from components.iteration import (
+from components.data.datasets import SEGMENTATION, materialize
+from components.loop.iteration import (
     ATTENTION_VIEW,
     LABEL_NEXT_VIEW,
     SUSPECTS_VIEW,
@@ -23,12 +23,12 @@ from components.iteration import (
     report,
     write_back,
 )
-from components.label_studio import LabelStudio
-from components.labeling_config import load_labeling_config
-from components.masks import mask_iou, mask_of_brush, mask_of_coco, mask_of_polygon, points_in_pixels
-from components.params import load_params
-from components.settings import Settings, load_settings
-from components.snapshot import read_manifest
+from components.adapters.label_studio import LabelStudio
+from components.core.labeling_config import load_labeling_config
+from components.data.masks import mask_iou, mask_of_brush, mask_of_coco, mask_of_polygon, points_in_pixels
+from components.core.params import load_params
+from components.core.settings import Settings, load_settings
+from components.data.snapshot import read_manifest
 from components.tasks import task_type_of
 from components.tasks.detection import parse_target
 from tests.conftest import ROOT
@@ -153,7 +153,7 @@ def test_a_segmentation_project_runs_the_loop_end_to_end(masks_project, label_st
 
 
 def test_a_self_intersecting_polygon_is_reported_and_the_rest_snapshots(label_studio, loop_env, tmp_path):
-    from components.iteration import poll, snapshot
+    from components.loop.iteration import poll, snapshot
 
     params_path = write_detection_params(tmp_path, f"poly-{uuid.uuid4().hex[:6]}", "segmentation", "segmentation_polygon.xml")
     ws = open_workspace(load_settings(), load_params(params_path), create_project=True)
@@ -174,7 +174,7 @@ def test_a_self_intersecting_polygon_is_reported_and_the_rest_snapshots(label_st
 
 
 def test_flywheel_strategy_compares_boxes_and_masks_timed_by_lead_time(label_studio, loop_env, cli_env, tmp_path):
-    from components.iteration import strategy_items
+    from components.loop.iteration import strategy_items
     from tests.integration.test_bad_inputs import run_cli
 
     params_path = write_detection_params(tmp_path, f"strat-{uuid.uuid4().hex[:6]}", "segmentation", "segmentation.xml")
@@ -208,7 +208,7 @@ def test_flywheel_strategy_compares_boxes_and_masks_timed_by_lead_time(label_stu
 
 
 def test_a_coco_file_with_segmentation_imports_its_masks_as_pre_annotations(cli_env, label_studio, tmp_path):
-    from components.composites import make_detection_set
+    from components.data.composites import make_detection_set
     from tests.integration.test_bad_inputs import run_cli
 
     coco = make_detection_set(tmp_path / "coco", 4, seed=4)

@@ -14,9 +14,9 @@ from prefect import get_client
 from prefect.concurrency.sync import concurrency
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from components.labeling_config import load_labeling_config
-from components.params import load_params
-from components.stack import free_port
+from components.core.labeling_config import load_labeling_config
+from components.core.params import load_params
+from components.adapters.stack import free_port
 from flows.common import LOOP_LOCK, one_at_a_time
 from tests.integration.test_loop import write_params
 
@@ -75,8 +75,8 @@ def test_serve_pretrains_the_backbone_in_the_background_at_low_priority(stack, s
     import psutil
     import yaml
 
-    from components.datasets import materialize
-    from components.iteration import open_workspace, pool_tags
+    from components.data.datasets import materialize
+    from components.loop.iteration import open_workspace, pool_tags
 
     params_path = write_params(tmp_path, f"serve-pretrain-{uuid.uuid4().hex[:6]}")
     raw = yaml.safe_load(params_path.read_text())

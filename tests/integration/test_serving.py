@@ -17,14 +17,14 @@ import pytest
 import yaml
 from PIL import Image
 
-from components.datasets import materialize
-from components.export import Preprocessed
-from components.iteration import open_workspace
-from components.labeling_config import load_labeling_config
-from components.params import load_params
-from components.serving import PRODUCTION_VIEW
-from components.settings import load_settings
-from components.stack import free_port
+from components.data.datasets import materialize
+from components.networks.export import Preprocessed
+from components.loop.iteration import open_workspace
+from components.core.labeling_config import load_labeling_config
+from components.core.params import load_params
+from components.production.serving import PRODUCTION_VIEW
+from components.core.settings import load_settings
+from components.adapters.stack import free_port
 from tests.integration.test_loop import Person, write_params
 
 pytestmark = pytest.mark.integration
@@ -245,7 +245,7 @@ def test_the_export_runs_outside_flywheel_as_pytorch_does(served, cli_env, tmp_p
 
 
 def test_the_stack_starts_and_stops_the_endpoint_as_an_optional_service(served, stack):
-    from components import stack as embedded
+    from components.adapters import stack as embedded
 
     endpoint = embedded.model_endpoint(stack, served["params"], free_port())
     rows = embedded.up(stack, echo=lambda _: None, then=[endpoint])

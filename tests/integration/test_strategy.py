@@ -17,18 +17,18 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from components.tasks.classification import choice_result
-from components.datasets import materialize
-from components.iteration import (
+from components.data.datasets import materialize
+from components.loop.iteration import (
     LABEL_NEXT_VIEW,
     SUSPECTS_VIEW,
     label_next,
     open_workspace,
     reports_dir,
 )
-from components.labeling_config import load_labeling_config
-from components.params import load_params
-from components.settings import load_settings
-from components.simulator import shown_prediction
+from components.core.labeling_config import load_labeling_config
+from components.core.params import load_params
+from components.core.settings import load_settings
+from components.studies.simulator import shown_prediction
 from tests.integration.test_loop import write_params
 
 pytestmark = pytest.mark.integration
@@ -169,7 +169,7 @@ def test_a_fully_labeled_project_is_not_rewritten_every_poll(loop_env, label_stu
         label_studio.annotate(task_id, choice_result(truth[data["filename"]], project.config))
     assert flywheel_iteration(str(params_path))["trained"]
 
-    from components.iteration import predictions_stale
+    from components.loop.iteration import predictions_stale
 
     ws = open_workspace(load_settings(), params)
     assert label_studio.model_versions(project.id) == {}  # nothing to predict, nothing written

@@ -18,8 +18,8 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from bench.faults import CI_CASES, Project, flywheel, run_matrix, team_stack
-from components import stack
-from components.settings import Settings
+from components.adapters import stack
+from components.core.settings import Settings
 from flows.deploy import deploy, wait_for_workers
 
 pytestmark = pytest.mark.integration

@@ -29,12 +29,12 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from components.iteration import Workspace, open_workspace
-from components.params import load_params
-from components.settings import load_settings
-from components.snapshot import read_manifest
-from components.stack import free_port
-from components.webhooks import ACTIONS, SECRET_HEADER
+from components.loop.iteration import Workspace, open_workspace
+from components.core.params import load_params
+from components.core.settings import load_settings
+from components.data.snapshot import read_manifest
+from components.adapters.stack import free_port
+from components.adapters.webhooks import ACTIONS, SECRET_HEADER
 from flows.logs import LOG_FILE
 from tests.conftest import ROOT
 from tests.integration.test_loop import make_digits_project

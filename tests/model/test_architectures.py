@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from components.architectures import ARCHITECTURES, build_network
-from components.errors import SettingsError
-from components.params import load_params
+from components.networks.architectures import ARCHITECTURES, build_network
+from components.core.errors import SettingsError
+from components.core.params import load_params
 from components.tasks.classification import Classifier, InferenceModel, SnapshotDataModule
 from tests.conftest import ROOT
 
@@ -61,8 +61,8 @@ def test_fast_dev_run_on_cpu(tmp_path):
 def test_every_architecture_exports_with_its_preprocessing_and_rebuilds_from_its_recipe(name, tmp_path):
     """Each exports as its task type allows (classifiers to ONNX and TorchScript, the box models to
     TorchScript), the files answer as the model does, and the registry's recipe rebuilds it."""
-    from components.export import Preprocessed, export, exports_onnx
-    from components.registry import Recipe
+    from components.networks.export import Preprocessed, export, exports_onnx
+    from components.adapters.registry import Recipe
     from components.tasks import task_type_named
 
     task = next(t for t in ("classification", "detection", "segmentation") if task_type_named(t).builds(name))

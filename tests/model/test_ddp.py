@@ -10,7 +10,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from components.tasks.classification import Classification
-from components.training import fit
+from components.learning.training import fit
 
 pytestmark = pytest.mark.model
 LABELS = [str(d) for d in range(10)]

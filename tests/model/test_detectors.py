@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from components.detectors import DETECTORS, build_detector, jitter, keep_confident
-from components.errors import SettingsError
+from components.networks.detectors import DETECTORS, build_detector, jitter, keep_confident
+from components.core.errors import SettingsError
 
 pytestmark = pytest.mark.model
 SIZE = 64

@@ -12,10 +12,10 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from components.architectures import build_network
-from components.pretraining import backbone_of
+from components.networks.architectures import build_network
+from components.learning.pretraining import backbone_of
 from components.tasks.classification import Classification, InferenceModel, evaluate
-from components.training import CACHED_VIEWS, Backbone, CachedFeatures, fit, fit_steps, load_images
+from components.learning.training import CACHED_VIEWS, Backbone, CachedFeatures, fit, fit_steps, load_images
 
 pytestmark = pytest.mark.model
 LABELS = [str(d) for d in range(10)]

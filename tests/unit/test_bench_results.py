@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench import every_image, results
-from components.simulator import Outcome, Step
+from components.studies.simulator import Outcome, Step
 
 pytestmark = pytest.mark.unit
 BENCH = Path(results.__file__).parent

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.composites import CATEGORIES, make_detection_set, read_coco
+from components.data.composites import CATEGORIES, make_detection_set, read_coco
 
 pytestmark = pytest.mark.unit
 COUNT = 12

@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from components.conversions import (
+from components.data.conversions import (
     Prediction,
     current_annotation,
     format_cursor,
@@ -12,7 +12,7 @@ from components.conversions import (
     task_from_json,
 )
 from components.tasks.classification import choice_result, label_of
-from components.errors import AnnotationError
+from components.core.errors import AnnotationError
 from tests.conftest import FIXTURES
 
 pytestmark = pytest.mark.unit

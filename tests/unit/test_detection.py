@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from components.conversions import Annotation
-from components.errors import AnnotationError
-from components.labeling_config import load_labeling_config
+from components.data.conversions import Annotation
+from components.core.errors import AnnotationError
+from components.core.labeling_config import load_labeling_config
 from components.tasks import task_type_of
 from components.tasks.detection import (
     Detection,

@@ -1,7 +1,7 @@
 import pytest
 
-from components.errors import LabelConfigError
-from components.labeling_config import load_labeling_config, parse_labeling_config, with_labels
+from components.core.errors import LabelConfigError
+from components.core.labeling_config import load_labeling_config, parse_labeling_config, with_labels
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from components.stack import _mend_recording
+from components.adapters.stack import _mend_recording
 
 pytestmark = pytest.mark.unit
 

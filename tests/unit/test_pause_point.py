@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from components import faults
+from components.core import faults
 
 
 def test_a_process_pauses_at_a_point_once(tmp_path, monkeypatch):

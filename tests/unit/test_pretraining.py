@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from components.architectures import build_network
-from components.pretraining import backbone_of, load_backbone, refresh_due, sample
-from components.selection import rank_typical
+from components.networks.architectures import build_network
+from components.learning.pretraining import backbone_of, load_backbone, refresh_due, sample
+from components.learning.selection import rank_typical
 from components.tasks.classification import Classification
-from components.training import Backbone, FrozenBackbone, start_from_backbone
+from components.learning.training import Backbone, FrozenBackbone, start_from_backbone
 
 pytestmark = pytest.mark.unit
 

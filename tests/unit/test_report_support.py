@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.report import (
+from components.studies.report import (
     Acceptance,
     build_report,
     needing_labels_line,

@@ -10,14 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from components.conversions import Annotation
-from components.errors import AnnotationError
-from components.labeling_config import load_labeling_config
-from components.masks import (
+from components.data.conversions import Annotation
+from components.core.errors import AnnotationError
+from components.core.labeling_config import load_labeling_config
+from components.data.masks import (
     brush_of, coco_of, mask_iou, mask_of_brush, mask_of_coco, mask_of_coco_segmentation, mask_of_polygon,
     points_in_percent, points_in_pixels, polygon_of, polygon_problem, tight_box,
 )
-from components.segmenters import build_segmenter
+from components.networks.segmenters import build_segmenter
 from components.tasks import task_type_of
 from components.tasks.detection import parse_target
 from components.tasks.segmentation import Segmentation, SegmentationModel, masks_match

@@ -6,15 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.conversions import Prediction, prediction_to_ls
-from components.iteration import SUSPECT_MARK, marked
-from components.report import (
+from components.data.conversions import Prediction, prediction_to_ls
+from components.loop.iteration import SUSPECT_MARK, marked
+from components.studies.report import (
     LearningPoint,
     build_report,
     fit_learning_curve,
     measure_acceptance,
 )
-from components.selection import rank_for_labeling
+from components.learning.selection import rank_for_labeling
 from components.tasks.classification import Classification, choice_result, margin_uncertainty, rank_label_errors
 
 pytestmark = pytest.mark.unit

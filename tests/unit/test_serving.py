@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.report import production_view, summary_lines
-from components.serving import Decoded, Refusal, RouteLedger, decode_request
+from components.studies.report import production_view, summary_lines
+from components.production.serving import Decoded, Refusal, RouteLedger, decode_request
 
 pytestmark = pytest.mark.unit
 
@@ -27,7 +27,7 @@ def npy(array: np.ndarray) -> bytes:
 
 
 def test_an_image_is_decoded_as_the_loop_decodes_its_files(tmp_path):
-    from components.images import read_image
+    from components.data.images import read_image
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8))
     body = encoded(image, "JPEG")
@@ -103,7 +103,7 @@ def test_production_answers_less_sure_than_validation_ones_are_called_drift():
 
 
 def test_the_report_says_what_production_shows():
-    from components.report import Acceptance, build_report
+    from components.studies.report import Acceptance, build_report
 
     rng = np.random.default_rng(1)
     view = production_view({"model_version": "m-v3", "requests": 400, "routed": 80, "confidences": list(rng.beta(3, 2, 400))},

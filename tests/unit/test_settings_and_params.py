@@ -1,8 +1,8 @@
 import pytest
 
-from components.errors import SettingsError
-from components.params import load_params
-from components.settings import load_settings
+from components.core.errors import SettingsError
+from components.core.params import load_params
+from components.core.settings import load_settings
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit
@@ -95,14 +95,14 @@ def test_team_profile_on_a_teams_own_servers_is_configuration_only(tmp_path):
     settings = load_settings(environ=env, cwd=tmp_path)
     assert {"postgres", "object_store"} <= settings.external
     assert settings.dvc_remote == "s3://team-bucket/dvc" and settings.s3_endpoint_url == "http://minio.internal:9000"
-    from components import stack
+    from components.adapters import stack
 
     assert [s.name for s in stack.infrastructure(settings)] == []  # nothing of theirs is started here
 
 
 def test_a_workspace_keeps_its_profile(tmp_path):
-    from components import stack
-    from components.errors import StackError
+    from components.adapters import stack
+    from components.core.errors import StackError
 
     stack.choose_profile(tmp_path / "ws", "team")
     assert load_settings(environ={"FLYWHEEL_WORKSPACE": str(tmp_path / "ws")}, cwd=tmp_path).team

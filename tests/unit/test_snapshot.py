@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from components.conversions import Annotation, LabeledTask
+from components.data.conversions import Annotation, LabeledTask
 from components.tasks.classification import Classification, choice_result
-from components.errors import DataError
-from components.images import ImageError, StoredImage
-from components.snapshot import (
+from components.core.errors import DataError
+from components.data.images import ImageError, StoredImage
+from components.data.snapshot import (
     apply_changes,
     due_for_retry,
     duplicates,

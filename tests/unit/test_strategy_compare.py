@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from components.strategy import Labeled, StrategyPoint, bought, costs_of, target_for, verdict, write
+from components.studies.strategy import Labeled, StrategyPoint, bought, costs_of, target_for, verdict, write
 
 pytestmark = pytest.mark.unit
 

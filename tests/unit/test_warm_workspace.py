@@ -13,10 +13,10 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from components.iteration import WorkspaceCache, refreshing, refreshing_now
-from components.params import load_params
-from components.pretraining import WaitWhile
-from components.settings import load_settings
+from components.loop.iteration import WorkspaceCache, refreshing, refreshing_now
+from components.core.params import load_params
+from components.learning.pretraining import WaitWhile
+from components.core.settings import load_settings
 from flows.worker import warm_workspaces
 from tests.conftest import ROOT
 

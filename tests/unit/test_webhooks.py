@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from components.settings import load_settings
-from components.webhooks import MAX_BODY, SECRET_HEADER, Inbox, Receiver, ensure_secret
+from components.core.settings import load_settings
+from components.adapters.webhooks import MAX_BODY, SECRET_HEADER, Inbox, Receiver, ensure_secret
 
 
 @pytest.fixture()

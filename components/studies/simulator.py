@@ -1,0 +1,279 @@
+"""A simulated annotator against a real Label Studio: does flywheel turn labeling into correcting?
+
+The simulator knows the ground truth; Label Studio and the loop do not. It takes the next task in
+the chosen order, reads the pre-annotation shown on it (if any), accepts it when the task type says
+it agrees with the truth (the same class; every box matched at IoU >= 0.5 with the same class,
+nothing missing, nothing extra) and otherwise draws the truth, and every K labels runs a real
+flywheel iteration. After each iteration it scores the champion on a fixed held-out set that is
+never imported, let alone labeled.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from components.data.datasets import LabeledImage
+from components.adapters.label_studio import LabelStudio, Project
+from components.adapters.registry import ModelRegistry, RegisteredModel
+from components.tasks import Scores, TaskType, task_type_of
+
+ORDERS = ("random", "suggested")
+
+
+@dataclass(frozen=True)
+class Step:
+    """The state after one block of K labels and the iteration that followed."""
+
+    labels: int
+    fraction_labeled: float
+    score: float | None  # the task type's score on the held-out set (accuracy, box mAP@0.5)
+    secondary_score: float | None  # macro-F1, box mAP@0.5:0.95
+    shown: int
+    accepted: int
+    acceptance: float | None
+    iteration_s: float
+    champion: str | None
+    preannotation_accuracy: float | None = None  # after the first block: the shown pre-annotations that equal the truth
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A whole simulation: its steps and the figures derived from them."""
+
+    steps: tuple[Step, ...]
+    pool: int
+    order: str
+
+    def acceptance_between(self, low: float, high: float) -> float | None:
+        """Suggestions accepted unchanged / suggestions shown, over labels made while the labeled
+        fraction was in [low, high)."""
+        shown = accepted = 0
+        previous = 0.0
+        for step in self.steps:
+            if low <= previous < high:
+                shown += step.shown
+                accepted += step.accepted
+            previous = step.fraction_labeled
+        return accepted / shown if shown else None
+
+    @property
+    def final_score(self) -> float | None:
+        scored = [s.score for s in self.steps if s.score is not None]
+        return scored[-1] if scored else None
+
+    def labels_to_reach(self, score: float) -> int | None:
+        """Labels done when the held-out score first reached `score`."""
+        return next((s.labels for s in self.steps if s.score is not None and s.score >= score), None)
+
+
+def split_pool(images: Sequence[LabeledImage], held_out: int, seed: int) -> tuple[list[LabeledImage], list[LabeledImage]]:
+    """(pool to import and label, fixed held-out set), drawn once with `seed`."""
+    shuffled = list(images)
+    random.Random(seed).shuffle(shuffled)
+    return shuffled[held_out:], shuffled[:held_out]
+
+
+class HeldOut:
+    """The held-out images, scored against each champion once (by the task type, as validation is)."""
+
+    def __init__(self, images: Sequence[LabeledImage], task_type: TaskType, labels: Sequence[str], image_size: int):
+        manifest = pd.DataFrame({"image": [str(i.path.resolve()) for i in images], "label": [i.label for i in images], "split": "val"})
+        data = task_type.datamodule(Path("/"), manifest, labels, image_size, 1, augment=False)  # val only: nothing to train
+        data.setup()
+        self.val_set = data.val_set
+        self.task_type = task_type
+        self.labels = list(labels)
+        self._scores: dict[str, Scores] = {}
+
+    def score(self, registry: ModelRegistry, champion: RegisteredModel) -> Scores:
+        if champion.model_version not in self._scores:
+            self._scores[champion.model_version] = self.task_type.evaluate(registry.load(champion), self.val_set, self.labels)
+        return self._scores[champion.model_version]
+
+
+def balanced_tasks(ls: LabelStudio, project: Project, truth: dict[str, str], count: int, rng: random.Random) -> list[int]:
+    """`count` unlabeled task ids cycling over the true targets (so every class gets labels early)."""
+    tasks = list(ls.unlabeled_tasks(project.id).items())
+    rng.shuffle(tasks)
+    by_class: dict[str, list[int]] = {}
+    for task_id, data in tasks:
+        by_class.setdefault(truth[data["filename"]], []).append(task_id)
+    depth = max(map(len, by_class.values()), default=0)
+    return [ids[i] for i in range(depth) for ids in by_class.values() if i < len(ids)][:count]
+
+
+def label_balanced(
+    ls: LabelStudio, project: Project, truth: dict[str, str], count: int, rng: random.Random
+) -> list[int]:
+    """A person labels `count` unlabeled tasks correctly, cycling over the true targets (so every
+    class gets labels early). Used to set up benchmarks and tests. Returns the task ids labeled."""
+    order = balanced_tasks(ls, project, truth, count, rng)
+    task_type = task_type_of(project.config)
+    for task_id in order:
+        ls.annotate(task_id, task_type.result_of(truth[ls.task(task_id)["data"]["filename"]], project.config))
+    return order
+
+
+def shown_prediction(task: dict[str, Any], model_version: str) -> dict[str, Any] | None:
+    """The pre-annotation a person sees on a task: the prediction of the project's model version."""
+    return next((p for p in task.get("predictions") or [] if p.get("model_version") == model_version), None)
+
+
+def preannotation_accuracy(ls: LabelStudio, project: Project, truth: dict[str, str]) -> float | None:
+    """The share of unlabeled tasks whose shown pre-annotation equals the truth (None before the first model):
+    what a person who accepted every suggestion would get right."""
+    version = ls.shown_model_version(project.id)
+    if not version:
+        return None
+    task_type = task_type_of(project.config)
+    right = total = 0
+    for data, predictions in ls.untouched_predictions(project.id).values():
+        shown = next((p for p in predictions if p["model_version"] == version), None)
+        total += 1
+        if shown is not None and task_type.agree(shown["result"], task_type.result_of(truth[data["filename"]], project.config), project.config):
+            right += 1
+    return right / total if total else None
+
+
+def simulate(
+    ls: LabelStudio,
+    project: Project,
+    truth: dict[str, str],
+    held_out: HeldOut,
+    registry: ModelRegistry,
+    run_iteration: Callable[[], Any],
+    order: str,
+    budget: int,
+    every: int,
+    seed: int = 0,
+    next_tasks: Callable[[], list[int]] | None = None,
+    on_step: Callable[[Step], None] = lambda step: None,
+    first_block: Sequence[int] = (),
+) -> Outcome:
+    """Play the annotator for `budget` labels, running an iteration every `every` labels.
+
+    Args:
+        ls: Label Studio.
+        project: A fresh project whose tasks carry `filename` (the key into `truth`).
+        truth: File name -> the true target (a class, or boxes as JSON); known only here.
+        held_out: The never-labeled evaluation set.
+        registry: Where the champion lives.
+        run_iteration: Runs one real flywheel iteration.
+        order: "random", or "suggested": the tasks of flywheel's "Label next" tab first, in its
+            order (`next_tasks`), then random ones when it holds fewer than a block (before the
+            first model, or when the tab is short).
+        budget: How many labels to make.
+        every: Labels between iterations (K).
+        seed: For the random order.
+        next_tasks: Task ids in flywheel's recommended order (for "suggested").
+        on_step: Called after each step (progress display).
+        first_block: Task ids labeled first, in place of the order's first block (e.g. 2 per class);
+            after that block, the pre-annotation accuracy on every unlabeled task is measured.
+    """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, not {order!r}")
+    task_type = task_type_of(project.config)
+    unlabeled = ls.unlabeled_tasks(project.id)
+    pool = len(unlabeled)
+    random_order = sorted(unlabeled)
+    random.Random(seed).shuffle(random_order)
+    done: set[int] = set()
+    steps: list[Step] = []
+    labels = 0
+    while labels < budget and len(done) < pool:
+        recommended = (next_tasks() if order == "suggested" and next_tasks else []) + random_order
+        queue = list(dict.fromkeys(t for t in recommended if t not in done))[: min(every, budget - labels)]
+        if not steps and first_block:
+            queue = list(first_block)
+        shown = accepted = 0
+        model_version = ls.shown_model_version(project.id)
+        for task_id in queue:
+            task = ls.task(task_id)
+            result = task_type.result_of(truth[task["data"]["filename"]], project.config)
+            suggestion = shown_prediction(task, model_version) if model_version else None
+            if suggestion is not None:
+                shown += 1
+                if task_type.agree(suggestion["result"], result, project.config):
+                    accepted += 1
+                    result = suggestion["result"]  # accepted unchanged
+            ls.annotate(task_id, result, parent_prediction=suggestion["id"] if suggestion else None)
+            done.add(task_id)
+        labels += len(queue)
+        start = time.perf_counter()
+        run_iteration()
+        elapsed = time.perf_counter() - start
+        champion = registry.champion()
+        scores = held_out.score(registry, champion) if champion else None
+        step = Step(
+            labels=labels,
+            fraction_labeled=labels / pool,
+            score=scores.score if scores else None,
+            secondary_score=scores.metrics[task_type.secondary_metric] if scores else None,
+            shown=shown,
+            accepted=accepted,
+            acceptance=accepted / shown if shown else None,
+            iteration_s=round(elapsed, 2),
+            champion=champion.model_version if champion else None,
+            preannotation_accuracy=preannotation_accuracy(ls, project, truth) if not steps else None,
+        )
+        steps.append(step)
+        on_step(step)
+    return Outcome(steps=tuple(steps), pool=pool, order=order)
+
+
+def write_csv(outcome: Outcome, path: Path) -> None:
+    """One row per step."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(Step.__dataclass_fields__))
+        writer.writeheader()
+        writer.writerows(asdict(s) for s in outcome.steps)
+
+
+def plot_curves(
+    outcomes: Sequence[Outcome], learning_png: Path, acceptance_png: Path, title: str,
+    score_name: str = "accuracy", secondary_name: str = "macro-F1",
+) -> None:
+    """Learning curve (held-out score and the secondary score vs labels) and acceptance curve, per order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for outcome in outcomes:
+        scored = [s for s in outcome.steps if s.score is not None]
+        ax.plot([s.labels for s in scored], [s.score for s in scored], marker="o", label=f"{score_name} ({outcome.order})")
+        ax.plot([s.labels for s in scored], [s.secondary_score for s in scored], linestyle="--",
+                label=f"{secondary_name} ({outcome.order})")
+    ax.set_xlabel("labels done")
+    ax.set_ylabel("held-out score")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"Learning curve: {title}")
+    fig.tight_layout()
+    fig.savefig(learning_png, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for outcome in outcomes:
+        rated = [s for s in outcome.steps if s.acceptance is not None]
+        ax.plot([s.labels for s in rated], [s.acceptance for s in rated], marker="o", label=outcome.order)
+    ax.set_xlabel("labels done")
+    ax.set_ylabel("pre-annotations accepted unchanged")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"Acceptance of pre-annotations: {title}")
+    fig.tight_layout()
+    fig.savefig(acceptance_png, dpi=110)
+    plt.close(fig)
