@@ -25,7 +25,8 @@ import numpy as np
 from bench.results import BENCH, ROOT, record
 from bench.simulate import scratch_params
 from components.data.datasets import materialize
-from components.loop.iteration import label_next, open_workspace
+from components.loop.publish import label_next
+from components.loop.workspace import open_workspace
 from components.core.params import load_params
 from components.core.settings import Settings
 from components.studies.simulator import HeldOut, Outcome, Step, balanced_tasks, simulate, split_pool, write_csv

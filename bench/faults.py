@@ -207,11 +207,11 @@ def kill(settings: Settings, component: str, marker: Path) -> None:
     if component == "worker":
         os.kill(int(marker.read_text()), signal.SIGKILL)
         return
-    pid = stack._read_pid(settings, component)
+    pid = stack.running_pid(settings, component)
     assert pid is not None, f"{component} is not running"
     os.killpg(pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while stack._read_pid(settings, component) is not None and time.monotonic() < deadline:
+    while stack.running_pid(settings, component) is not None and time.monotonic() < deadline:
         time.sleep(0.1)
 
 
@@ -230,8 +230,9 @@ def check(settings: Settings, project: Project, before: dict[int, tuple[int, str
     from prefect import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from components.loop.iteration import latest_snapshot, open_workspace, poll
-    from components.adapters.registry import TAG_PROMOTED
+    from components.core.tags import TAG_ARCHITECTURE, TAG_DVC_REV, TAG_PROMOTED
+    from components.loop.ingest import poll
+    from components.loop.workspace import latest_snapshot, open_workspace
     from components.data.snapshot import read_manifest
 
     failures = []
@@ -255,7 +256,7 @@ def check(settings: Settings, project: Project, before: dict[int, tuple[int, str
     missing = [t for t, a in current.items() if [a] != in_snapshot.get(t)]
     if missing:
         failures.append(f"{len(missing)} labeled task(s) not in the latest snapshot as labeled, e.g. {missing[:5]}")
-    if poll(ws).tasks:
+    if poll(ws, latest).tasks:
         failures.append("the cursor is behind: a poll still finds changes")
 
     champion = ws.models.champion()
@@ -294,8 +295,8 @@ def check(settings: Settings, project: Project, before: dict[int, tuple[int, str
             failures.append(f"the latest snapshot cannot be restored from the DVC remote: {e}")
     for run in ws.models.search_runs("attributes.status = 'RUNNING'", max_results=20):
         failures.append(f"MLflow run {run.info.run_id} is left RUNNING")
-    for run in ws.models.runs_tagged({"flywheel.architecture": project.params.train.architecture}, registered=True):
-        rev = run.data.tags.get("flywheel.dvc_rev", "")
+    for run in ws.models.runs_tagged({TAG_ARCHITECTURE: project.params.train.architecture}, registered=True):
+        rev = run.data.tags.get(TAG_DVC_REV, "")
         if rev and subprocess.run(["git", "-C", str(ws.data.root), "rev-parse", "--verify", "--quiet", rev],
                                   capture_output=True).returncode != 0:
             failures.append(f"model run {run.info.run_id} names snapshot {rev}, which the registry does not hold")
@@ -382,7 +383,7 @@ def _pool_worker_case(settings: Settings, project: Project, step: str, marker: P
         if not marker.exists():
             return [f"the pool's run never reached {step}"]
         paused = psutil.Process(int(marker.read_text()))
-        workers = {stack._read_pid(settings, f"worker_{i + 1}") for i in range(settings.workers)}
+        workers = {stack.running_pid(settings, f"worker_{i + 1}") for i in range(settings.workers)}
         owner = next((p for p in paused.parents() if p.pid in workers), None)
         if owner is None:
             return ["the paused run is not a child of a pool worker"]

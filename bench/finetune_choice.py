@@ -28,7 +28,8 @@ from components.core.labeling_config import load_labeling_config
 from components.core.params import load_params
 from components.tasks import task_type_of
 from components.tasks.classification import evaluate
-from components.learning.training import fit, load_images
+from components.learning.training import fit
+from components.networks.preprocessing import load_images
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNTS = [100, 110, 120, 130, 140, 160, 180, 200, 250, 300]

@@ -23,7 +23,8 @@ from bench.results import record
 from bench.simulate import scratch_params
 from components.tasks.classification import choice_result
 from components.data.datasets import materialize
-from components.loop.iteration import SUSPECTS_VIEW, open_workspace, reports_dir
+from components.adapters.label_studio import SUSPECTS_VIEW
+from components.loop.workspace import LABEL_ERRORS_FILE, open_workspace, reports_dir
 from components.core.params import load_params
 from components.core.settings import Settings
 
@@ -68,7 +69,7 @@ def measure(settings: Settings, scratch: Path, dataset: str, size: int, rate: fl
     start = time.perf_counter()
     find_label_errors(str(params_path))
     seconds = time.perf_counter() - start
-    table = pd.read_parquet(reports_dir(ws) / "label_errors.parquet")
+    table = pd.read_parquet(reports_dir(ws) / LABEL_ERRORS_FILE)
     top = set(table.sort_values("rank")["task_id"].head(len(flip)))
     flagged = set(table[table["suspected"]]["task_id"])
     view = ws.label_studio.view_tasks(ws.project.id, ws.label_studio.view_id(ws.project.id, SUSPECTS_VIEW))

@@ -52,12 +52,13 @@ from mlflow.tracking import MlflowClient
 
 from bench.results import record
 from bench.stack import ROOT, throwaway_stack
-from components.loop import iteration
+from components.loop import ingest, publish, quality, train
+from components.loop.workspace import Workspace, WorkspaceCache, open_workspace
 from components.adapters import stack as embedded
 from components.data.datasets import materialize
 from components.core.params import Params, load_params
-from components.learning.pretraining import TAG_BACKBONE
 from components.core.settings import Settings
+from components.core.tags import TAG_BACKBONE, TAG_BACKBONE_FROZEN, TAG_FINE_TUNED_FROM
 from components.studies.simulator import balanced_tasks, label_balanced
 
 ROUNDS = 5
@@ -82,7 +83,7 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, every
     raise TimeoutError(f"{what} did not happen within {timeout_s:.0f} s")
 
 
-def refreshed(ws: iteration.Workspace, versions_before: int) -> Callable[[], bool]:
+def refreshed(ws: Workspace, versions_before: int) -> Callable[[], bool]:
     client = MlflowClient(ws.settings.mlflow_tracking_uri)
 
     def check() -> bool:
@@ -100,7 +101,7 @@ def refreshed(ws: iteration.Workspace, versions_before: int) -> Callable[[], boo
     return check
 
 
-def stage_breakdown(ws: iteration.Workspace) -> dict[str, float]:
+def stage_breakdown(ws: Workspace) -> dict[str, float]:
     """One warm iteration's steps, called in-process and timed."""
     times: dict[str, float] = {}
 
@@ -110,24 +111,25 @@ def stage_breakdown(ws: iteration.Workspace) -> dict[str, float]:
         times[name] = round(time.perf_counter() - start, 3)
         return result
 
-    timed("connect", iteration.open_workspace, ws.settings, ws.params)
-    kept = iteration.WorkspaceCache()
+    timed("connect", open_workspace, ws.settings, ws.params)
+    kept = WorkspaceCache()
     kept.open(ws.settings, ws.params)
     timed("connect_reused", kept.open, ws.settings, ws.params)
-    changes = timed("poll", iteration.poll, ws)
+    latest = ws.data.latest()
+    changes = timed("poll", ingest.poll, ws, latest)
     with ws.data.stage() as folder:
-        staged = timed("snapshot", iteration.snapshot, ws, changes, folder)
-        checked = timed("validate", iteration.validate, ws, staged)
-        version = timed("version", iteration.version, ws, staged, changes, checked)
-    trained = timed("train", iteration.train, ws, version, ws.params.train.architecture, False, warm=True)
-    promotion = timed("register", iteration.register, ws, trained)
+        staged = timed("snapshot", ingest.snapshot, ws, latest, changes, folder)
+        checked = timed("validate", ingest.validate, ws, staged)
+        version = timed("version", ingest.version, ws, staged, changes, checked)
+    trained = timed("train", train.train, ws, version, ws.params.train.architecture, False, warm=True)
+    promotion = timed("register", train.register, ws, trained)
     model = trained.model if promotion.promoted else None
-    timed("predict_and_write_back", iteration.write_back, ws, promotion.champion, model)
-    timed("tidy", iteration.tidy, ws)
+    timed("predict_and_write_back", publish.write_back, ws, promotion.champion, version, model)
+    timed("tidy", publish.tidy, ws)
     return times
 
 
-def tidied(ws: iteration.Workspace) -> bool:
+def tidied(ws: Workspace) -> bool:
     """True when the unlabeled tasks carry no more flywheel versions than `predict.keep_versions`."""
     carried = set().union(*ws.label_studio.versions_on_untouched(ws.project.id).values())
     return len(carried) <= ws.params.predict.keep_versions
@@ -155,7 +157,7 @@ def flow_runs_since(since: datetime) -> list[Any]:
         return [r for r in client.read_flow_runs(limit=200) if r.created is not None and r.created >= since]
 
 
-def label_round(ws: iteration.Workspace, truth: dict[str, str], rng: random.Random, count: int, balanced: bool = False) -> float:
+def label_round(ws: Workspace, truth: dict[str, str], rng: random.Random, count: int, balanced: bool = False) -> float:
     """A person saves `count` labels, one every SAVE_EVERY_S (`balanced`: one per class, chosen at the
     start of the round); returns when the last was saved."""
     chosen = balanced_tasks(ws.label_studio, ws.project, truth, count, rng) if balanced else []
@@ -240,9 +242,9 @@ def how_trained(client: MlflowClient, model_name: str) -> tuple[str, float]:
     newest = max(client.search_model_versions(f"name='{model_name}'"), key=lambda v: int(v.version))
     run = client.get_run(newest.run_id)
     tags = run.data.tags
-    if tags.get("flywheel.fine_tuned_from"):
-        how = f"fine-tuned from {tags['flywheel.fine_tuned_from']}"
-    elif tags.get("flywheel.backbone_frozen") == "true":
+    if tags.get(TAG_FINE_TUNED_FROM):
+        how = f"fine-tuned from {tags[TAG_FINE_TUNED_FROM]}"
+    elif tags.get(TAG_BACKBONE_FROZEN) == "true":
         how = "head on the frozen pretrained backbone"
     elif tags.get(TAG_BACKBONE):
         how = "whole network from the pretrained backbone"
@@ -270,7 +272,7 @@ def early_phase(settings: Settings, workspace: Path, images: list[Any], truth: d
     params_path = bench_params(workspace, "params-early.yaml", "latency bench (early phase)",
                                {"model_name": "latency-early", "experiment": "latency-early"})
     params = load_params(params_path)
-    ws = iteration.open_workspace(settings, params, create_project=True)
+    ws = open_workspace(settings, params, create_project=True)
     ws.label_studio.import_images(ws.project, [i.path for i in images])
     client = MlflowClient(settings.mlflow_tracking_uri)
     rng = random.Random(1)
@@ -306,7 +308,7 @@ def main() -> None:
 
             params_path = bench_params(workspace, "params.yaml", "latency bench")
             params = load_params(params_path)
-            ws = iteration.open_workspace(settings, params, create_project=True)
+            ws = open_workspace(settings, params, create_project=True)
             ws.label_studio.import_images(ws.project, [i.path for i in images])
             rng = random.Random(0)
 
@@ -332,7 +334,7 @@ def main() -> None:
 
             # idle: once the tidy has cleared superseded pre-annotations, nobody labels for IDLE_S
             wait_until(lambda: tidied(ws), params.predict.tidy_after_s + 300, "the tidy after the last round", 1)
-            wait_until(lambda: iteration.labels_checked(ws, ws.data.latest()), params.errors.after_idle_s + 900,
+            wait_until(lambda: quality.labels_checked(ws, ws.data.latest()), params.errors.after_idle_s + 900,
                        "the label check of the last snapshot", 5)
             servers = [row.pid for row in embedded.status(settings) if row.pid]
             loop_before, servers_before = cpu_seconds([serving.pid]), cpu_seconds(servers)

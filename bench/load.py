@@ -375,7 +375,7 @@ def main(annotations: int = 5000, echo: Callable[[str], None] = print) -> dict[s
         if last.returncode != 0:
             raise RuntimeError(f"the last run failed: {output[-2000:]}")
 
-        from components.loop.iteration import latest_snapshot, open_workspace
+        from components.loop.workspace import latest_snapshot, open_workspace
         from components.data.snapshot import read_manifest
 
         ws = open_workspace(settings, project.params)

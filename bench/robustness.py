@@ -35,7 +35,7 @@ from bench.stack import ROOT, throwaway_stack
 from components.adapters import stack
 from components.data.datasets import materialize
 from components.core.faults import PAUSE_AT, PAUSE_FILE
-from components.loop.iteration import open_workspace
+from components.loop.workspace import open_workspace
 from components.core.labeling_config import load_labeling_config
 from components.core.params import load_params
 from components.core.settings import Settings, load_settings
@@ -61,7 +61,7 @@ def corpus() -> tuple[int, int, list[str]]:
 
 
 def kill(settings: Settings, name: str) -> None:
-    os.killpg(stack._read_pid(settings, name), signal.SIGKILL)
+    os.killpg(stack.running_pid(settings, name), signal.SIGKILL)
 
 
 def timed_run(params_path: Path, title: str, pause: str | None = None, victim: str | None = None,

@@ -32,7 +32,7 @@ import yaml
 
 from bench.results import record
 from bench.stack import ROOT, throwaway_stack
-from components.loop import iteration
+from components.loop.workspace import open_workspace
 from components.adapters import stack as embedded
 from components.data.datasets import materialize
 from components.core.params import load_params
@@ -131,7 +131,7 @@ def main() -> None:
             images = materialize("mnist", workspace / "datasets", limit=800)
             random.Random(0).shuffle(images)  # the dataset comes class by class
             project_images, production = images[:300], images[300:]
-            ws = iteration.open_workspace(settings, params, create_project=True)
+            ws = open_workspace(settings, params, create_project=True)
             ws.label_studio.import_images(ws.project, [i.path for i in project_images])
             label_balanced(ws.label_studio, ws.project, {i.path.name: i.label for i in project_images}, 100, random.Random(0))
             from flows.flywheel import flywheel_iteration

@@ -17,7 +17,8 @@ import yaml
 
 from bench.results import BENCH, CATALOG, record
 from components.data.datasets import DETECTION, PACKAGED, SEGMENTATION, materialize
-from components.loop.iteration import label_next, open_workspace
+from components.loop.publish import label_next
+from components.loop.workspace import open_workspace
 from components.core.labeling_config import load_labeling_config, with_labels
 from components.core.params import load_params
 from components.core.settings import Settings

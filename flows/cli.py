@@ -342,17 +342,19 @@ def report_now(params: ParamsOption = Path("params.yaml")) -> None:
     """Is the annotation strategy working? Learning curve, classes needing labels, confused pairs,
     acceptance of suggestions; writes the HTML report into the workspace and prints its summary."""
     settings = _loop_settings()
-    from components.loop import iteration
+    from components.adapters.label_studio import SUSPECTS_VIEW
     from components.core.params import load_params
+    from components.loop.insight import report
+    from components.loop.workspace import open_workspace
     from components.studies.report import summary_lines
 
-    ws = iteration.open_workspace(settings, load_params(params), project_root=params.parent)
-    champion = ws.models.champion()
-    if champion is None or ws.data.latest() is None:
+    ws = open_workspace(settings, load_params(params), project_root=params.parent)
+    champion, latest = ws.models.champion(), ws.data.latest()
+    if champion is None or latest is None:
         raise FlywheelError("No model yet: label some tasks and run `flywheel run` (or `flywheel serve`) first.")
-    result, path = iteration.report(ws, champion)
+    result, path = report(ws, champion, latest)
     typer.echo("\n".join(summary_lines(result)))
-    suspects = ws.label_studio.view_id(ws.project.id, iteration.SUSPECTS_VIEW)
+    suspects = ws.label_studio.view_id(ws.project.id, SUSPECTS_VIEW)
     typer.echo(f"Report: {path}")
     if suspects:
         typer.echo(f"Suspected label errors: {settings.label_studio_url}/projects/{ws.project.id}/data?tab={suspects}")
@@ -384,11 +386,12 @@ def strategy_now(
         title = f"{Path(dataset).stem}: boxes vs masks"
         labels = sorted({box["label"] for item in items for box in json.loads(item.target)["boxes"]}, key=lambda x: (len(x), x))
     else:
-        from components.loop import iteration
+        from components.loop.insight import strategy_items
+        from components.loop.workspace import open_workspace, reports_dir
 
-        ws = iteration.open_workspace(_loop_settings(), loaded, project_root=params.parent)
-        items = iteration.strategy_items(ws)
-        folder = out or iteration.reports_dir(ws) / "strategy"
+        ws = open_workspace(_loop_settings(), loaded, project_root=params.parent)
+        items = strategy_items(ws)
+        folder = out or reports_dir(ws) / "strategy"
         title = f"{ws.project.title}: boxes vs masks"
         labels = list(ws.project.config.labels)
     if len(items) < 3 * strategy.MIN_IMAGES:

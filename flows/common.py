@@ -38,10 +38,9 @@ from prefect.exceptions import PrefectHTTPStatusError
 from prefect.states import Crashed
 from prefect.variables import Variable
 
-from components.loop import iteration
 from components.core.errors import FlywheelError
 from components.core.faults import owner, owner_gone
-from components.loop.iteration import Workspace, open_workspace
+from components.loop.workspace import Workspace, close_abandoned, open_workspace
 from components.core.params import load_params
 from components.core.settings import load_settings
 from flows.logs import describe
@@ -128,7 +127,7 @@ def _close_abandoned(ws: Workspace) -> None:
             client.set_flow_run_state(run.id, Crashed(message=f"Its process was killed; closed by flow run {current}."), force=True)
             log.warning("Closed flow run %r (%s) as crashed: its process was killed (it may have held the loop lock).",
                         run.name, run.id)
-    iteration.close_abandoned(ws, closed_by=current or "flywheel")
+    close_abandoned(ws, closed_by=current or "flywheel")
 
 
 @contextmanager

@@ -1,84 +1,41 @@
-"""One iteration of the flywheel: poll -> snapshot -> validate -> version -> train -> register -> predict + rank -> write back -> report."""
+"""One iteration of the flywheel: ingest (poll -> snapshot -> validate -> version) -> train (train ->
+register) -> publish (predict + rank -> write back) -> insight (report)."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from uuid import UUID
 
-from prefect import flow, get_client
-from prefect.runtime import flow_run
+from prefect import flow
 
-from components.loop import iteration
-from components.core.faults import owner
-from components.loop.iteration import Workspace, WorkspaceCache
 from components.adapters.label_studio import ChangeSet
-from components.core.params import load_params
-from components.core.settings import load_settings
-from components.learning.training import TrainedModel
 from components.adapters.versioning import SnapshotVersion
-from flows.common import (
-    CURSOR_LOCK, OWNER_LABEL, PUBLISH_LOCK, REFRESH_LOCK, connect, io_task, one_at_a_time, report_failure, step, unless_busy,
-)
-from flows.worker import interrupted, warm_workspaces
+from components.learning.training import TrainedModel
+from components.loop.workspace import Workspace, refreshing
+from flows import tasks
+from flows.common import CURSOR_LOCK, PUBLISH_LOCK, REFRESH_LOCK, one_at_a_time, report_failure, unless_busy
+from flows.runtime import interrupted
 
-poll = io_task(iteration.poll)
-snapshot = io_task(iteration.snapshot)
-validate = step(iteration.validate)
-version = io_task(iteration.version)
 log = logging.getLogger("flows.flywheel")  # by name: Prefect loads a served flow's file under another module name
 
-publish_needs_attention = io_task(iteration.publish_needs_attention)
-ready_to_train = io_task(iteration.ready_to_train)
-trained_run = io_task(iteration.trained_run)
-train = step(iteration.train)
-register = io_task(iteration.register)
-predictions_stale = io_task(iteration.predictions_stale)
-write_back = io_task(iteration.write_back)
-reported = io_task(iteration.reported)
-report = io_task(iteration.report)
-tidy = io_task(iteration.tidy)
-publish_cold_start = io_task(iteration.publish_cold_start)
+
+def version_new_labels(ws: Workspace, summary: dict[str, object]) -> None:
+    """Ingest: poll the annotations changed since the cursor and, when there are enough, version them
+    as the next snapshot."""
+    with one_at_a_time(ws, CURSOR_LOCK):  # serial: the cursor moves in the snapshot's commit
+        latest = ws.data.latest()  # still the latest at `version`: only a holder of this lock versions
+        changes = tasks.poll(ws, latest)
+        summary["changed_tasks"] = len(changes.tasks)
+        if len(changes.tasks) >= ws.params.poll.min_new_annotations:
+            summary["snapshot"] = version_changes(ws, latest, changes).rev
 
 
-@io_task
-def reuse_workspace(params_path: str, workspaces: WorkspaceCache) -> Workspace:
-    """`connect` in the warm worker: label this flow run with its process, as `connect` does, and take
-    the workspace an earlier run opened while settings, params and the labeling config are unchanged."""
-    if flow_run.id:
-        with get_client(sync_client=True) as client:
-            client.update_flow_run_labels(UUID(str(flow_run.id)), {OWNER_LABEL: owner()})
-    path = Path(params_path)
-    return workspaces.open(load_settings(), load_params(path), project_root=path.parent)
-
-
-def workspace(params_path: str) -> Workspace:
-    """The run's workspace: in the warm worker, the one its earlier runs opened; elsewhere a fresh one."""
-    workspaces = warm_workspaces()
-    return connect(params_path) if workspaces is None else reuse_workspace(params_path, workspaces)
-
-
-def version_changes(ws: Workspace, changes: ChangeSet) -> SnapshotVersion:
-    """Build the next snapshot aside, validate it, version it; list what needs a person's attention."""
+def version_changes(ws: Workspace, latest: SnapshotVersion | None, changes: ChangeSet) -> SnapshotVersion:
+    """Build the next snapshot aside from `latest`, validate it, version it; list what needs a person's attention."""
     with ws.data.stage() as folder:
-        staged = snapshot(ws, changes, folder)
-        versioned = version(ws, staged, changes, validate(ws, staged))
-    publish_needs_attention(ws)
+        staged = tasks.snapshot(ws, latest, changes, folder)
+        versioned = tasks.version(ws, staged, changes, tasks.validate(ws, staged))
+    tasks.publish_needs_attention(ws, versioned)
     return versioned
-
-
-def refresh_preannotations(
-    ws: Workspace, labeled_set_changed: bool = False, trained: TrainedModel | None = None
-) -> tuple[str | None, int]:
-    """Write the champion's predictions and label-next ranking when Label Studio does not show them yet,
-    or when the labeled set changed (the ranking depends on it): (champion, written). `trained`, when it
-    is the champion, is used as it is rather than loaded back."""
-    champion = ws.models.champion()
-    if champion is None:
-        return None, 0
-    model = trained.model if trained is not None and champion.run_id == trained.run_id else None
-    written = write_back(ws, champion, model) if labeled_set_changed or predictions_stale(ws, champion) else 0
-    return champion.model_version, written
 
 
 def refresh_until_caught_up(ws: Workspace, progress: bool, warm: bool, summary: dict[str, object]) -> None:
@@ -87,10 +44,10 @@ def refresh_until_caught_up(ws: Workspace, progress: bool, warm: bool, summary: 
     latest, labeled_set_changed = ws.data.latest(), summary["snapshot"] is not None
     while True:
         trained = None
-        if latest is not None and ready_to_train(ws, latest):  # unlocked: it reads the snapshot by its revision
-            trained = train(ws, latest, ws.params.train.architecture, progress, warm=warm)
+        if latest is not None and tasks.ready_to_train(ws, latest):  # unlocked: it reads the snapshot by its revision
+            trained = tasks.train(ws, latest, ws.params.train.architecture, progress, warm=warm)
         with one_at_a_time(ws, PUBLISH_LOCK):  # serial: the champion alias, one version's write-back
-            publish(ws, latest, trained, labeled_set_changed, summary)
+            register_and_publish(ws, latest, trained, labeled_set_changed, summary)
         newer = ws.data.latest()
         if newer is None or latest is None or newer.rev == latest.rev:
             return
@@ -98,22 +55,37 @@ def refresh_until_caught_up(ws: Workspace, progress: bool, warm: bool, summary: 
         summary["caught_up_to"] = newer.rev
 
 
-def publish(
+def register_and_publish(
     ws: Workspace, latest: SnapshotVersion | None, trained: TrainedModel | None, labeled_set_changed: bool,
     summary: dict[str, object],
 ) -> None:
-    """Register `trained` (unless another run registered a model of the same snapshot meanwhile) and
-    refresh the pre-annotations (the ranking too when `labeled_set_changed`); called holding `PUBLISH_LOCK`."""
-    if trained is not None and latest is not None and trained_run(ws, latest) is not None:
+    """Register `trained` (unless another run registered a model of the same snapshot `latest` meanwhile)
+    and refresh the pre-annotations (the ranking too when `labeled_set_changed`); called holding `PUBLISH_LOCK`."""
+    if trained is not None and latest is not None and tasks.trained_run(ws, latest) is not None:
         log.info("Another worker registered a model of %s meanwhile: this one is not registered.", latest.rev)
         trained = None
     if trained is not None:
-        promotion = register(ws, trained)
+        promotion = tasks.register(ws, trained)
         summary.update(trained=True, promoted=promotion.promoted, score=promotion.candidate_score, metric=ws.task.metric_title)
-    summary["champion"], written = refresh_preannotations(ws, labeled_set_changed, trained)
+        champion = promotion.champion  # the alias moves only under this lock: still the champion
+    else:
+        champion = ws.models.champion()
+    current = ws.data.latest()  # the labels as they are now (newer than `latest` if people labeled meanwhile)
+    summary["champion"], written = tasks.refresh_preannotations(ws, champion, current, labeled_set_changed, trained)
     summary["written"] = int(summary.get("written") or 0) + written
     if summary["champion"] is None and labeled_set_changed:
-        publish_cold_start(ws)  # no model yet: "Label next" from the pretrained backbone alone
+        tasks.publish_cold_start(ws, current)  # no model yet: "Label next" from the pretrained backbone alone
+
+
+def report_when_idle(ws: Workspace, summary: dict[str, object]) -> None:
+    """Insight: the strategy report for the latest snapshot and champion, once, when the run neither
+    versioned nor trained (it never delays fresh pre-annotations)."""
+    champion = ws.models.champion()
+    if champion is None or summary["snapshot"] is not None or summary["trained"]:
+        return
+    latest = ws.data.latest()
+    if not tasks.reported(ws, champion, latest):
+        summary["report"] = str(tasks.report(ws, champion, latest)[1])
 
 
 @flow(name="flywheel-iteration", log_prints=True, on_failure=[report_failure], persist_result=True)
@@ -123,25 +95,18 @@ def flywheel_iteration(
     """Turn fresh Label Studio annotations into a new model (fine-tuned from the champion when `warm`),
     refreshed pre-annotations and a report (`progress`: a progress bar while training; `trigger`: what
     started the run, kept in Prefect's history)."""
-    ws = workspace(params_path)
+    ws = tasks.workspace(params_path)
     summary: dict[str, object] = {"changed_tasks": 0, "snapshot": None, "trained": False, "written": 0}
-    with iteration.refreshing(ws):  # meanwhile the project's background pretraining waits between its batches
-        with one_at_a_time(ws, CURSOR_LOCK):  # serial: the cursor moves in the snapshot's commit
-            changes = poll(ws)
-            summary["changed_tasks"] = len(changes.tasks)
-            if len(changes.tasks) >= ws.params.poll.min_new_annotations:
-                summary["snapshot"] = version_changes(ws, changes).rev
-        with unless_busy(REFRESH_LOCK) as free:
+    with refreshing(ws):  # meanwhile the project's background pretraining waits between its batches
+        version_new_labels(ws, summary)  # ingest: poll -> snapshot -> validate -> version
+        with unless_busy(REFRESH_LOCK) as free:  # train -> register -> publish (predict, rank, write back)
             if free:
                 refresh_until_caught_up(ws, progress, warm, summary)
             elif summary["snapshot"] is not None:
                 summary["left_to_another_run"] = summary["snapshot"]
                 log.info("Another run is training and refreshing pre-annotations: it does so for %s before it ends.",
                          summary["snapshot"])
-    champion = ws.models.champion()
-    idle = summary["snapshot"] is None and not summary["trained"]  # never delays fresh pre-annotations
-    if champion is not None and idle and not reported(ws, champion):
-        summary["report"] = str(report(ws, champion)[1])
+    report_when_idle(ws, summary)  # insight
     latest = ws.data.latest()
     summary["cursor"] = latest.cursor if latest is not None else None
     if summary["snapshot"] or summary["trained"] or summary["written"]:
@@ -165,6 +130,6 @@ def describe_iteration(summary: dict[str, object]) -> str:
 @flow(name="flywheel-tidy", log_prints=True, on_failure=[report_failure], persist_result=True)
 def tidy_predictions(params_path: str = "params.yaml", trigger: str = "manual") -> dict[str, object]:
     """Delete superseded pre-annotations from the unlabeled tasks while the loop is idle (yields to new labels)."""
-    ws = workspace(params_path)
+    ws = tasks.workspace(params_path)
     with one_at_a_time(ws, PUBLISH_LOCK):  # never deletes while a version is being written
-        return {"deleted": tidy(ws, interrupted), "interrupted": interrupted()}
+        return {"deleted": tasks.tidy(ws, interrupted), "interrupted": interrupted()}

@@ -6,12 +6,10 @@ import logging
 
 from prefect import flow
 
-from components.loop import iteration
-from flows.common import PUBLISH_LOCK, connect, io_task, one_at_a_time, report_failure, step
-from flows.flywheel import write_back
+from flows import tasks
+from flows.common import PUBLISH_LOCK, connect, one_at_a_time, report_failure
+from flows.runtime import interrupted
 
-labels_checked = io_task(iteration.labels_checked)
-check_labels = step(iteration.check_labels)
 log = logging.getLogger("flows.label_errors")  # by name: Prefect loads a served flow's file under another module name
 
 
@@ -20,9 +18,7 @@ class Interrupted(Exception):
 
 
 def _fold_done(message: str) -> None:
-    from flows.worker import interrupted  # the warm worker's flag: new labels are waiting
-
-    if interrupted():
+    if interrupted():  # the warm worker's flag: new labels are waiting
         raise Interrupted(message)
     log.info("Checking labels: %s", message)
 
@@ -33,11 +29,11 @@ def find_label_errors(params_path: str = "params.yaml", force: bool = False, tri
     ws = connect(params_path)
     summary: dict[str, object] = {"snapshot": None, "suspected": None, "written": 0}
     latest = ws.data.latest()  # unlocked: the k folds read the snapshot by its revision, new labels never wait
-    if latest is None or latest.too_few or (labels_checked(ws, latest) and not force):
+    if latest is None or latest.too_few or (tasks.labels_checked(ws, latest) and not force):
         log.info("Nothing to check: no trainable snapshot yet, or the latest one was checked already.")
         return summary
     try:
-        table = check_labels(ws, latest, progress=_fold_done)
+        table = tasks.check_labels(ws, latest, progress=_fold_done)
     except Interrupted:
         log.info("Checking labels paused for new labels: it runs again when the loop is idle.")
         return {**summary, "interrupted": True}
@@ -45,6 +41,6 @@ def find_label_errors(params_path: str = "params.yaml", force: bool = False, tri
     with one_at_a_time(ws, PUBLISH_LOCK):
         champion = ws.models.champion()
         if champion is not None:
-            summary["written"] = write_back(ws, champion)
+            summary["written"] = tasks.write_back(ws, champion, ws.data.latest())  # not `latest`: a label corrected meanwhile is no suspect
     log.info("Checked the labels of %s: %d suspected label error(s).", summary["snapshot"], summary["suspected"])
     return summary

@@ -7,7 +7,7 @@ import logging
 from prefect import flow
 
 from flows.common import PUBLISH_LOCK, connect, one_at_a_time, report_failure
-from flows.flywheel import refresh_preannotations, register, tidy, train
+from flows import tasks
 
 log = logging.getLogger("flows.retrain")  # by name: Prefect loads a served flow's file under another module name
 
@@ -23,13 +23,13 @@ def retrain(params_path: str = "params.yaml") -> dict[str, object]:
         return summary
     summary["snapshot"] = latest.rev
     for architecture in (a for a in ws.params.architectures if ws.task.builds(a)):
-        trained = train(ws, latest, architecture, parallel=True)  # DDP when retrain.devices > 1
+        trained = tasks.train(ws, latest, architecture, parallel=True)  # DDP when retrain.devices > 1
         with one_at_a_time(ws, PUBLISH_LOCK):
-            summary["score"][architecture] = register(ws, trained).candidate_score  # type: ignore[index]
+            summary["score"][architecture] = tasks.register(ws, trained).candidate_score  # type: ignore[index]
     with one_at_a_time(ws, PUBLISH_LOCK):
-        summary["champion"], summary["written"] = refresh_preannotations(ws)
+        summary["champion"], summary["written"] = tasks.refresh_preannotations(ws, ws.models.champion(), ws.data.latest())
         if summary["written"]:
-            tidy(ws)
+            tasks.tidy(ws)
     scores = ", ".join(f"{a} {v:.3f}" for a, v in summary["score"].items())  # type: ignore[union-attr]
     log.info("Retrained on %s: %s %s; champion %s.", summary["snapshot"], ws.task.metric_title, scores, summary["champion"])
     return summary

@@ -14,7 +14,7 @@ or `{"ok": false, "error": "..."}`; the first line, `{"ready": true}`, says the 
 SIGUSR1 asks a running tidy (after its chunk) or label check (after its fold) to stop: new labels
 are waiting.
 
-The iterations and tidies it runs share one workspace (`components.loop.iteration.WorkspaceCache`): the
+The iterations and tidies it runs share one workspace (`components.loop.workspace.WorkspaceCache`): the
 Label Studio, MLflow and data registry clients are built by the first run and reused while settings,
 params and the labeling config are unchanged, so a run started by a new label does not reconnect
 (seconds); a run that fails drops them, and the next one connects afresh.
@@ -30,53 +30,31 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from contextvars import ContextVar
-from typing import TYPE_CHECKING
 
+from flows import runtime
 from flows.logs import TRACEBACKS, describe
 
-if TYPE_CHECKING:
-    from components.loop.iteration import WorkspaceCache
-
-_flag = {"interrupted": False}  # this process's one flag, set by SIGUSR1 (a plain value: safe in a handler)
-_workspaces: ContextVar[WorkspaceCache | None] = ContextVar("flywheel_warm_workspaces", default=None)  # set by `main` only
 log = logging.getLogger("flows.worker")
 
 
-def warm_workspaces() -> WorkspaceCache | None:
-    """The warm worker's workspace, kept between the flow runs it runs (None in any other process:
-    there each flow run connects)."""
-    return _workspaces.get()
-
-
-def interrupted() -> bool:
-    """True when `flywheel serve` asked the running tidy or check to stop (new labels are waiting)."""
-    return _flag["interrupted"]
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    _flag["interrupted"] = True
-
-
 def main(params_path: str, inbox_fd: int, outbox_fd: int) -> None:
-    signal.signal(signal.SIGUSR1, _interrupt)
+    signal.signal(signal.SIGUSR1, runtime.interrupt)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for `flywheel serve`, which stops this process
-    from components.loop.iteration import WorkspaceCache
+    from components.loop.workspace import WorkspaceCache
     from flows.flywheel import flywheel_iteration, tidy_predictions
     from flows.label_errors import find_label_errors
 
     workspaces = WorkspaceCache()
-    _workspaces.set(workspaces)
 
     runs: dict[str, Callable[[str], object]] = {
         "iteration": lambda trigger: flywheel_iteration(params_path, warm=True, progress=False, trigger=trigger),
         "tidy": lambda trigger: tidy_predictions(params_path, trigger=trigger),
         "check": lambda trigger: find_label_errors(params_path, trigger=trigger),
     }
-    with os.fdopen(inbox_fd) as inbox, os.fdopen(outbox_fd, "w") as outbox:
+    with runtime.keeping_workspaces(workspaces), os.fdopen(inbox_fd) as inbox, os.fdopen(outbox_fd, "w") as outbox:
 
         def reply(message: dict[str, object]) -> None:
-            _flag["interrupted"] = False  # cleared before the reply: a signal for the next request is never lost
+            runtime.clear_interrupt()  # cleared before the reply: a signal for the next request is never lost
             outbox.write(json.dumps(message, default=str) + "\n")
             outbox.flush()
 
@@ -91,9 +69,5 @@ def main(params_path: str, inbox_fd: int, outbox_fd: int) -> None:
                 reply({"ok": False, "error": describe(e)})
 
 
-if __name__ == "__main__":
-    # `python -m` runs this file as `__main__`, a module apart from the `flows.worker` that the flows import:
-    # run that one's `main`, so the flows read the flag and the workspace it sets
-    from flows import worker  # noqa: PLW0406
-
-    worker.main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+if __name__ == "__main__":  # the flag and the workspace live in flows.runtime, which the flows import too
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))

@@ -83,6 +83,11 @@ LABELED = [{"filter": "filter:tasks:total_annotations", "operator": "greater", "
 BY_ID = ["tasks:id"]
 LEAST_CONFIDENT_FIRST = ["tasks:predictions_score"]
 MOST_CONFIDENT_FIRST = ["-tasks:predictions_score"]
+# The Data Manager tabs the loop keeps, by title, and how a suspect's prediction is marked in them.
+LABEL_NEXT_VIEW = "Label next"
+SUSPECTS_VIEW = "Suspected label errors"
+ATTENTION_VIEW = "Needs attention"
+SUSPECT_MARK = "flywheel-label-error"  # the result id of a suspect's prediction
 
 
 def _query(items: list[dict[str, Any]], ordering: list[str] | None = None) -> str:

@@ -39,8 +39,20 @@ from mlflow.tracking import MlflowClient
 import pandas as pd
 from torch import nn
 
+from components.core import compat
 from components.core.errors import TrackingError
 from components.core.faults import owner_gone
+from components.core.tags import (
+    KIND_PRETRAINING,
+    TAG_ARCHITECTURE,
+    TAG_CLOSED_BY,
+    TAG_KIND,
+    TAG_OWNER,
+    TAG_PROJECT,
+    TAG_PROMOTED,
+    TAG_READY,
+    TAG_REGISTERED,
+)
 from components.networks.export import FILES, INPUT, Preprocessed, example_pixels, export, exports_onnx, output_names
 from components.tasks import task_type_named
 from components.tasks.base import Scores
@@ -48,11 +60,6 @@ from components.tasks.base import Scores
 CHAMPION = "champion"
 WEIGHTS = PurePosixPath("flywheel/weights.pt")  # the inference model's state dict
 RECIPE = PurePosixPath("flywheel/recipe.json")  # what rebuilds it (`Recipe`)
-TAG_KIND = "flywheel.kind"
-TAG_REGISTERED = "flywheel.registered_version"
-TAG_PROJECT = "flywheel.label_studio_project"
-TAG_OWNER = "flywheel.owner"  # the process that runs it (components.core.faults.owner): alive, or killed
-TAG_PROMOTED = "flywheel.promoted"  # "true" on the run of a version the champion alias was moved to
 
 
 @contextmanager
@@ -244,7 +251,7 @@ class ModelRegistry:
         ]
         with self.calling("close abandoned runs"):
             for run in runs:
-                self.client.set_tag(run.info.run_id, "flywheel.closed_by", closed_by)
+                self.client.set_tag(run.info.run_id, TAG_CLOSED_BY, closed_by)
                 self.client.set_terminated(run.info.run_id, status="FAILED")
         return [r.info.run_id for r in runs]
 
@@ -342,7 +349,7 @@ class ModelRegistry:
     def latest_pretraining(self, tags: dict[str, str]) -> Run | None:
         """The newest finished self-supervised pretraining run carrying every one of `tags` whose
         backbone is logged (`flywheel.backbone_ready`)."""
-        clauses = [f"tags.`{TAG_KIND}` = 'pretraining'", "attributes.status = 'FINISHED'", "tags.`flywheel.backbone_ready` = 'true'"]
+        clauses = [f"tags.`{TAG_KIND}` = '{KIND_PRETRAINING}'", "attributes.status = 'FINISHED'", f"tags.`{TAG_READY}` = 'true'"]
         clauses += [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
         runs = self.search_runs(" and ".join(clauses))
         return runs[0] if runs else None
@@ -360,7 +367,7 @@ class ModelRegistry:
 
     def architecture_of(self, model: RegisteredModel) -> str:
         """The architecture (params.yaml's name) a registered version was trained as ("" if untagged)."""
-        return self.tags_of(model.run_id).get("flywheel.architecture", "")
+        return self.tags_of(model.run_id).get(TAG_ARCHITECTURE, "")
 
     def load(self, model: RegisteredModel) -> nn.Module:
         """Load a registered version back as its task type's inference model (`load_with_recipe`)."""
@@ -373,7 +380,8 @@ class ModelRegistry:
         recipe = self.recipe_of(model)
         if recipe is None:
             with self.calling(f"load model {model.model_version}"), self._fluent():
-                return mlflow.pytorch.load_model(model.uri, map_location="cpu").eval(), None
+                # pickled: read through the table of moved modules, so versions from before a move still load
+                return mlflow.pytorch.load_model(model.uri, map_location="cpu", pickle_module=compat).eval(), None
         return recipe.build(self.artifact_tensors(model.run_id, WEIGHTS.as_posix())), recipe
 
     def recipe_of(self, model: RegisteredModel) -> Recipe | None:

@@ -12,7 +12,7 @@ dataset takes, so the demo, the simulator and a user's data go through one path.
 | digit-masks | the same images, each digit with its exact instance mask | as digit-boxes | as mnist |
 
 For detection and segmentation a `LabeledImage.label` is the image's target (its boxes, with masks
-for segmentation: `tasks.detection.make_target`); a COCO file (`*.json`: a user's own export) is read
+for segmentation: `tasks.objects.make_target`); a COCO file (`*.json`: a user's own export) is read
 the same way as `digit-boxes`, or with `masks=True` as `digit-masks`.
 """
 
@@ -91,7 +91,7 @@ SEGMENTATION = "digit-masks"  # the same composited set, read with its instance 
 def read_boxes(coco: Path, masks: bool = False) -> list[LabeledImage]:
     """A COCO file -> its images, each labeled with its boxes (and `masks`: instance masks) as a target."""
     from components.data.composites import read_coco
-    from components.tasks.detection import make_target
+    from components.tasks.objects import make_target
 
     try:
         images = read_coco(coco, masks=masks)

@@ -148,7 +148,10 @@ class ImageStore:
         root: Where fetched images are stored.
         image_root: The folder Label Studio serves `/data/local-files/` from, when it runs here.
         label_studio: The Label Studio adapter (for files on its server and its storages).
-        fetch_timeout_s, max_bytes, max_pixels, retry_failed_s: From params.yaml `images:`.
+        fetch_timeout_s: From params.yaml `images:`: how long one image may take to arrive.
+        max_bytes: The largest image file accepted.
+        max_pixels: The most pixels an image may have.
+        retry_failed_s: How long an image that failed is left before it is tried again.
     """
 
     def __init__(

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
-from components.tasks.base import TaskType
+from components.tasks.base import CrossValidation, TaskType
 from components.learning.training import Backbone, fit_steps
 
 # `label` and `suggested` are targets (a class, or boxes as JSON); `quality` 0 = surely wrong, 1 = surely right
@@ -54,5 +54,5 @@ def find_label_errors(
             steps=steps, batch_size=batch_size, lr=lr, augment=augment, seed=seed, backbone=backbone,
         )
 
-    table, score = task_type.find_label_errors(snapshot_dir, manifest, labels, train_fold, folds, seed, progress)
+    table, score = task_type.find_label_errors(CrossValidation(snapshot_dir, manifest, labels, train_fold, folds, seed, progress))
     return table[TABLE_COLUMNS], score

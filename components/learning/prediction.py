@@ -11,7 +11,7 @@ from torch import nn
 
 from components.core.labeling_config import LabelingConfig
 from components.tasks.base import Reading, TaskType
-from components.learning.training import to_tensor
+from components.networks.preprocessing import to_tensor
 
 
 @dataclass(frozen=True)

@@ -28,21 +28,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from components.core.tags import TAG_READY
 from components.networks.architectures import build_network
-from components.learning.training import MEAN, STD
+from components.networks.backbones import backbone_of, load_backbone
+from components.networks.preprocessing import MEAN, STD
 
-TAG_POOL_PROJECT = "flywheel.pool_project"
-TAG_POOL_SIZE = "flywheel.pool_images"
-TAG_POOL_REV = "flywheel.pool_rev"
-TAG_BACKBONE = "flywheel.backbone_run"
-TAG_READY = "flywheel.backbone_ready"  # set once backbone.pt is logged (Lightning marks the run FINISHED before that)
 BACKBONE_FILE = "backbone.pt"
-
-
-def backbone_of(net: nn.Module) -> nn.Module | None:
-    """The part of a network that maps images to one feature vector each (`features`), if it has one."""
-    features = getattr(net, "features", None)
-    return features if isinstance(features, nn.Module) else None
 
 
 def views(image_size: int, flip: bool) -> v2.Compose:
@@ -204,18 +195,6 @@ def pretrain(
             client.log_metric(logger.run_id, key, float(value))
         client.set_tag(logger.run_id, TAG_READY, "true")
     return Pretrained(run_id=logger.run_id, state=state, pool_images=len(images), seconds=seconds)
-
-
-def load_backbone(net: nn.Module, state: dict[str, torch.Tensor]) -> bool:
-    """Put pretrained weights into `net`'s backbone. False (and `net` unchanged) when they do not fit it."""
-    backbone = backbone_of(net)
-    if backbone is None:
-        return False
-    current = backbone.state_dict()
-    if current.keys() != state.keys() or any(current[k].shape != state[k].shape for k in state):
-        return False  # checked first: load_state_dict would copy the tensors that fit before it refuses
-    backbone.load_state_dict(state)
-    return True
 
 
 def embed_with(backbone_state: dict[str, torch.Tensor], architecture: str, options: dict[str, Any], num_classes: int,

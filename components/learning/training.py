@@ -25,39 +25,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from components.core.faults import pause_point
-from components.data.images import read_image
+from components.networks.backbones import backbone_of, load_backbone
+from components.networks.preprocessing import MEAN, STD, load_images, to_tensor  # noqa: F401 (loop/iteration.py imports the last two here until it is split)
 
 if TYPE_CHECKING:
     from components.tasks.base import Scores, TaskType
 
-MEAN, STD = 0.5, 0.5
-UNBOUNDED = 1 << 62
 # Jittered views of each training image whose frozen-backbone features a head trains on (`HeadOnFeatures`):
 # measured on MNIST (20-35 labels, a SimCLR backbone) as accurate as the whole network run at every step.
 CACHED_VIEWS = 32
-
-
-def to_tensor(arrays: Sequence[np.ndarray], image_size: int) -> torch.Tensor:
-    """Decoded images (S, S, 3 uint8) -> a float tensor (N, 3, S, S) in [0, 1]."""
-    if not arrays:
-        return torch.empty(0, 3, image_size, image_size)
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255.0)
-
-
-def load_images(paths: Sequence[Path], image_size: int) -> torch.Tensor:
-    """Image files already checked readable (a snapshot's) -> a float tensor (N, 3, S, S) in [0, 1]:
-    RGB, resized. The one preprocessing (`images.read_image`)."""
-    return to_tensor([read_image(Path(p), image_size, max_pixels=UNBOUNDED) for p in paths], image_size)
-
-
-def __getattr__(name: str) -> Any:
-    # Models registered before task types existed were pickled as `components.learning.training.InferenceModel`;
-    # they load as the class that now lives with classification.
-    if name == "InferenceModel":
-        from components.tasks.classification import InferenceModel
-
-        return InferenceModel
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class SplitsDataModule(L.LightningDataModule):
@@ -229,8 +205,6 @@ class Backbone:
 def start_from_backbone(module: L.LightningModule, backbone: Backbone | None) -> list[L.Callback]:
     """Load pretrained weights into the module's network and set how its backbone trains. Returns the
     callbacks that keep it so (none when nothing is loaded: no backbone, or weights that do not fit)."""
-    from components.learning.pretraining import backbone_of, load_backbone
-
     if backbone is None or not load_backbone(module.net, backbone.state):
         return []
     if backbone.frozen:

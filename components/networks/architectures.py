@@ -6,7 +6,7 @@ batch of RGB images (N, 3, H, W) to logits (N, num_classes).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -64,40 +64,41 @@ def _resnet18(num_classes: int, pretrained: bool = False) -> nn.Module:
     return net
 
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+class Networks(dict[str, Callable[..., nn.Module]]):
+    """Networks of one kind (classifiers, detectors, segmenters) by the names params.yaml gives them:
+    name -> a builder taking `num_classes` and that network's options.
+
+    Args:
+        kind: What it holds, for messages ("architecture", "detector").
+        builders: Name -> builder.
+    """
+
+    def __init__(self, kind: str, builders: Mapping[str, Callable[..., nn.Module]]):
+        super().__init__(builders)
+        self.kind = kind
+
+    def build(self, name: str, num_classes: int, options: dict[str, Any] | None = None) -> nn.Module:
+        """Build the network `name` with params.yaml's options for it.
+
+        Args:
+            name: A key of params.yaml's `architectures`.
+            num_classes: Size of the label set.
+            options: `architectures.<name>` from params.yaml.
+
+        Raises:
+            SettingsError: Unknown name or option.
+        """
+        if name not in self:
+            raise SettingsError(f"Unknown {self.kind} {name!r} in params.yaml; known: {sorted(self)}.")
+        try:
+            return self[name](num_classes=num_classes, **(options or {}))
+        except TypeError as e:
+            raise SettingsError(f"architectures.{name} in params.yaml has an option it does not take: {e}.") from e
+
+
+ARCHITECTURES = Networks("architecture", {
     "small_cnn": SmallCNN,
     "conv4": ConvNet4,
     "resnet18": _resnet18,
-}
-
-
-def build_from(
-    registry: dict[str, Callable[..., nn.Module]], kind: str, name: str, num_classes: int, options: dict[str, Any] | None = None
-) -> nn.Module:
-    """Build `name` from a registry of networks (classifiers, detectors) with params.yaml's options for it.
-
-    Args:
-        registry: Name -> builder taking `num_classes` and its options.
-        kind: What the registry holds, for the message ("architecture", "detector").
-        name: A key of params.yaml's `architectures`.
-        num_classes: Size of the label set.
-        options: `architectures.<name>` from params.yaml.
-
-    Raises:
-        SettingsError: Unknown name or option.
-    """
-    if name not in registry:
-        raise SettingsError(f"Unknown {kind} {name!r} in params.yaml; known: {sorted(registry)}.")
-    try:
-        return registry[name](num_classes=num_classes, **(options or {}))
-    except TypeError as e:
-        raise SettingsError(f"architectures.{name} in params.yaml has an option it does not take: {e}.") from e
-
-
-def build_network(name: str, num_classes: int, options: dict[str, Any] | None = None) -> nn.Module:
-    """Build the classifier `name` (a key of ARCHITECTURES) with params.yaml's options for it.
-
-    Raises:
-        SettingsError: Unknown name or option.
-    """
-    return build_from(ARCHITECTURES, "architecture", name, num_classes, options)
+})
+build_network = ARCHITECTURES.build  # a classifier, by its name in params.yaml

@@ -14,14 +14,12 @@ Every detector maps a batch (N, 3, S, S) of RGB in [0, 1] to a dict of raw outpu
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.networks.architectures import build_from
+from components.networks.architectures import Networks
 
 
 def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -73,6 +71,7 @@ class CenterNet(nn.Module):
     ):
         super().__init__()
         self.num_classes = num_classes
+        self.head_width = head_width
         self.size_weight = size_weight
         self.offset_weight = offset_weight
         self.stem = nn.Sequential(_conv(3, width, 2), _conv(width, width))
@@ -312,15 +311,5 @@ def keep_confident(
     return {key: value[order] for key, value in kept.items()}
 
 
-DETECTORS: dict[str, Callable[..., nn.Module]] = {
-    "centernet": CenterNet,
-}
-
-
-def build_detector(name: str, num_classes: int, options: dict[str, Any] | None = None) -> nn.Module:
-    """Build the detector `name` (a key of DETECTORS) with its options from params.yaml.
-
-    Raises:
-        SettingsError: Unknown name or option.
-    """
-    return build_from(DETECTORS, "detector", name, num_classes, options)
+DETECTORS = Networks("detector", {"centernet": CenterNet})
+build_detector = DETECTORS.build  # a detector, by its name in params.yaml

@@ -12,7 +12,6 @@ from scratch by measurement (bench/RESULTS.md, "Instance segmentation: which mod
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
-from components.networks.architectures import build_from
+from components.networks.architectures import Networks
 from components.networks.detectors import CenterNet
 
 
@@ -38,28 +37,19 @@ class MaskCenterNet(CenterNet):
     """CenterNet plus a RoIAlign mask head (class-agnostic: the box's class is the detector's).
 
     Args:
-        num_classes, width, head_width, size_weight, offset_weight: As `CenterNet`.
+        num_classes: As `CenterNet`.
         mask_size: Side M of the grid each object's mask is predicted on.
         mask_width: Hidden channels of the mask head.
         mask_weight: Weight of the mask loss (binary cross-entropy per cell) against the detector's.
+        detector: `CenterNet`'s options (width, head_width, size_weight, offset_weight).
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        width: int = 16,
-        head_width: int = 32,
-        size_weight: float = 1.0,
-        offset_weight: float = 1.0,
-        mask_size: int = 28,
-        mask_width: int = 32,
-        mask_weight: float = 1.0,
-    ):
-        super().__init__(num_classes, width, head_width, size_weight, offset_weight)
+    def __init__(self, num_classes: int, mask_size: int = 28, mask_width: int = 32, mask_weight: float = 1.0, **detector: Any):
+        super().__init__(num_classes, **detector)
         self.mask_size = mask_size
         self.mask_weight = mask_weight
         self.mask_head = nn.Sequential(
-            nn.Conv2d(3 + head_width, mask_width, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(3 + self.head_width, mask_width, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(mask_width, mask_width, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(mask_width, mask_width, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(mask_width, 1, 1),
@@ -116,15 +106,5 @@ class MaskCenterNet(CenterNet):
         return self.mask_logits(outputs, boxes).sigmoid().reshape(n, k, self.mask_size, self.mask_size)
 
 
-SEGMENTERS: dict[str, Callable[..., nn.Module]] = {
-    "mask_centernet": MaskCenterNet,
-}
-
-
-def build_segmenter(name: str, num_classes: int, options: dict[str, Any] | None = None) -> nn.Module:
-    """Build the segmenter `name` (a key of SEGMENTERS) with its options from params.yaml.
-
-    Raises:
-        SettingsError: Unknown name or option.
-    """
-    return build_from(SEGMENTERS, "segmenter", name, num_classes, options)
+SEGMENTERS = Networks("segmenter", {"mask_centernet": MaskCenterNet})
+build_segmenter = SEGMENTERS.build  # a segmenter, by its name in params.yaml

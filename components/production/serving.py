@@ -43,7 +43,7 @@ from components.adapters.label_studio import LabelStudio, Project
 from components.adapters.registry import ModelRegistry, RegisteredModel
 from components.tasks import TaskType, task_type_named
 from components.tasks.base import Reading
-from components.learning.training import to_tensor
+from components.networks.preprocessing import to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,8 @@ class Router:
     """Sends hard images to Label Studio from a background thread, once per image content.
 
     Args:
-        label_studio, project: Where the tasks go.
+        label_studio: The Label Studio the routed images go to.
+        project: The project they go to, as tasks.
         route_below: An answer less confident than this is routed.
         max_per_hour: The hourly cap on routed images.
     """

@@ -254,26 +254,25 @@ def plot_curves(
         ax.plot([s.labels for s in scored], [s.score for s in scored], marker="o", label=f"{score_name} ({outcome.order})")
         ax.plot([s.labels for s in scored], [s.secondary_score for s in scored], linestyle="--",
                 label=f"{secondary_name} ({outcome.order})")
-    ax.set_xlabel("labels done")
-    ax.set_ylabel("held-out score")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(f"Learning curve: {title}")
-    fig.tight_layout()
-    fig.savefig(learning_png, dpi=110)
-    plt.close(fig)
+    _save_chart(fig, ax, "held-out score", 1, f"Learning curve: {title}", learning_png)
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for outcome in outcomes:
         rated = [s for s in outcome.steps if s.acceptance is not None]
         ax.plot([s.labels for s in rated], [s.acceptance for s in rated], marker="o", label=outcome.order)
+    _save_chart(fig, ax, "pre-annotations accepted unchanged", 1.02, f"Acceptance of pre-annotations: {title}", acceptance_png)
+
+
+def _save_chart(fig: Any, ax: Any, ylabel: str, top: float, title: str, path: Path) -> None:
+    """Finish a chart of curves against the labels done (y from 0 to `top`) and write it to `path`."""
+    import matplotlib.pyplot as plt
+
     ax.set_xlabel("labels done")
-    ax.set_ylabel("pre-annotations accepted unchanged")
-    ax.set_ylim(0, 1.02)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, top)
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title(f"Acceptance of pre-annotations: {title}")
+    ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(acceptance_png, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)

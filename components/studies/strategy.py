@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 
-from components.studies.report import CurveFit, fit_curve
+from components.studies.report.curve import CurveFit, fit_curve
 
 STRATEGIES = ("boxes", "masks")
 TASK_OF = {"boxes": "detection", "masks": "segmentation"}
@@ -45,7 +45,7 @@ class Labeled:
 
     Attributes:
         path: The image file.
-        target: Its segmentation target (`tasks.detection.make_target` with masks).
+        target: Its segmentation target (`tasks.objects.make_target` with masks).
         seconds: Strategy -> seconds a person spends labeling it that way.
     """
 
@@ -62,6 +62,27 @@ class StrategyPoint:
     hours: float
     images: int
     scores: dict[str, float]
+
+
+class Measured(NamedTuple):
+    """One strategy's points, their hours and scores on one metric, and the curve fitted through them
+    (None when it was measured at too few budgets)."""
+
+    strategy: str
+    points: list[StrategyPoint]
+    hours: np.ndarray
+    scores: np.ndarray
+    fit: CurveFit | None
+
+
+def measured(points: Sequence[StrategyPoint], metric: str) -> Iterator[Measured]:
+    """Each strategy that has points, in `STRATEGIES` order, on `metric`."""
+    for strategy in STRATEGIES:
+        mine = [p for p in points if p.strategy == strategy]
+        if mine:
+            x = np.array([p.hours for p in mine])
+            y = np.array([p.scores[metric] for p in mine])
+            yield Measured(strategy, mine, x, y, fit_curve(list(x), list(y)))
 
 
 @dataclass(frozen=True)
@@ -167,7 +188,7 @@ def held_out_scores(model: torch.nn.Module, val_set: Any) -> dict[str, float]:
     (a detection model's masks are its boxes, filled)."""
     from torchmetrics.detection import MeanAveragePrecision
 
-    from components.tasks.detection import detections_of
+    from components.tasks.objects import detections_of
     from components.tasks.segmentation import paste
 
     size = model.image_size
@@ -261,15 +282,9 @@ def verdict(points: Sequence[StrategyPoint], metric: str, target: float, extrapo
     draws: dict[str, np.ndarray] = {}
     best: dict[str, tuple[float, float]] = {}
     few: dict[str, int] = {}  # strategies measured at too few budgets for a curve
-    for strategy in STRATEGIES:
-        mine = [p for p in points if p.strategy == strategy]
-        if not mine:
-            continue
-        x = np.array([p.hours for p in mine])
-        y = np.array([p.scores[metric] for p in mine])
+    for strategy, mine, x, y, fit in measured(points, metric):
         best[strategy] = (float(y.max()), float(x[y.argmax()]))
         limit = extrapolate * float(x.max())
-        fit = fit_curve(list(x), list(y))
         if fit is None:
             few[strategy] = len(mine)
             continue
@@ -337,14 +352,8 @@ def plot(points: Sequence[StrategyPoint], verdicts: Mapping[str, Verdict], path:
     colours = {"boxes": "tab:blue", "masks": "tab:orange"}
     fig, axes = plt.subplots(1, len(METRICS), figsize=(5.2 * len(METRICS), 3.8), squeeze=False)
     for ax, metric in zip(axes[0], METRICS, strict=True):
-        for strategy in STRATEGIES:
-            mine = [p for p in points if p.strategy == strategy]
-            if not mine:
-                continue
-            x = np.array([p.hours for p in mine])
-            y = np.array([p.scores[metric] for p in mine])
+        for strategy, mine, x, y, fit in measured(points, metric):
             ax.plot(x, y, "o", color=colours[strategy], label=f"{strategy} ({mine[-1].images} images at {x[-1]:.1f} h)")
-            fit = fit_curve(list(x), list(y))
             if fit is not None:
                 grid = np.geomspace(x.min(), 3 * x.max(), 100)
                 ax.plot(grid, [fit.accuracy_at(h) for h in grid], "-", color=colours[strategy], alpha=0.6)

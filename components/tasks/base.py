@@ -145,30 +145,43 @@ class TaskType(ABC):
     # --- label quality ------------------------------------------------------------------------
 
     @abstractmethod
-    def find_label_errors(
-        self,
-        folder: Path,
-        manifest: pd.DataFrame,
-        labels: Sequence[str],
-        train_fold: Callable[[pd.DataFrame], nn.Module],
-        folds: int,
-        seed: int,
-        progress: Callable[[str], None],
-    ) -> tuple[pd.DataFrame, float]:
+    def find_label_errors(self, check: CrossValidation) -> tuple[pd.DataFrame, float]:
         """Rank every label of a snapshot by how likely it is wrong, from out-of-fold predictions.
 
         Args:
-            folder, manifest: The snapshot.
-            labels: The label set.
-            train_fold: Trains an inference model on some of the manifest's rows.
-            folds: k of the k-fold.
-            seed: Fold assignment.
-            progress: Told "fold i/k".
+            check: The snapshot, the label set, how to train one fold, k, the seed and progress.
 
         Returns:
             The table (`label_errors.TABLE_COLUMNS`, lowest quality first; `suggested` is a target)
             and the out-of-fold score against the given labels.
         """
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """What the error finder hands a task type: a snapshot's labels to cross-validate.
+
+    Args:
+        folder: The snapshot's folder.
+        manifest: The snapshot's manifest.
+        labels: The label set.
+        train_fold: Trains an inference model on some of the manifest's rows.
+        folds: k of the k-fold.
+        seed: Fold assignment.
+        progress: Told "fold i/k".
+    """
+
+    folder: Path
+    manifest: pd.DataFrame
+    labels: Sequence[str]
+    train_fold: Callable[[pd.DataFrame], nn.Module]
+    folds: int
+    seed: int
+    progress: Callable[[str], None] = lambda message: None
+
+    def unpacked(self) -> tuple[Path, pd.DataFrame, Sequence[str], Callable[[pd.DataFrame], nn.Module], int, int, Callable[[str], None]]:
+        """(folder, manifest, labels, train_fold, folds, seed, progress)."""
+        return self.folder, self.manifest, self.labels, self.train_fold, self.folds, self.seed, self.progress
 
 
 def ranked_label_table(

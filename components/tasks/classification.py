@@ -29,9 +29,10 @@ from components.networks.architectures import ARCHITECTURES, build_network
 from components.data.conversions import Annotation
 from components.core.errors import AnnotationError
 from components.core.labeling_config import LabelingConfig
-from components.learning.pretraining import backbone_of
-from components.tasks.base import Reading, Scores, TaskType, ranked_label_table
-from components.learning.training import MEAN, STD, CachedFeatures, HeadOnFeatures, SplitsDataModule, load_images
+from components.networks.backbones import backbone_of
+from components.tasks.base import CrossValidation, Reading, Scores, TaskType, ranked_label_table
+from components.learning.training import CachedFeatures, HeadOnFeatures, SplitsDataModule
+from components.networks.preprocessing import MEAN, STD, load_images
 
 log = logging.getLogger(__name__)
 
@@ -349,16 +350,8 @@ class Classification(TaskType):
             probabilities, embeddings = model.probabilities_and_embeddings(images)
         return readings_of(probabilities.numpy(), model.labels, config), embeddings.numpy()
 
-    def find_label_errors(
-        self,
-        folder: Path,
-        manifest: pd.DataFrame,
-        labels: Sequence[str],
-        train_fold: Callable[[pd.DataFrame], nn.Module],
-        folds: int,
-        seed: int,
-        progress: Callable[[str], None],
-    ) -> tuple[pd.DataFrame, float]:
+    def find_label_errors(self, check: CrossValidation) -> tuple[pd.DataFrame, float]:
+        folder, manifest, labels, train_fold, folds, seed, progress = check.unpacked()
         manifest = manifest.reset_index(drop=True)
         targets = np.array([list(labels).index(label) for label in manifest["label"]])
         counts = np.bincount(targets, minlength=len(labels))

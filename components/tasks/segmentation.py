@@ -1,6 +1,6 @@
 """Instance segmentation (`<BrushLabels>` or `<PolygonLabels>`): one mask per object, one class each.
 
-Target: detection's (`tasks.detection.make_target`: the image's size and its objects in pixels of
+Target: detection's (`tasks.objects.make_target`: the image's size and its objects in pixels of
 the original image) with each object's mask as COCO compressed RLE of the whole image (`mask`) and
 its box the tight box of that mask. Every change of a mask's form (Label Studio's brush RLE, polygon
 points, COCO RLE) is in `components.data.masks`. Model: a segmenter of `components.networks.segmenters`
@@ -20,8 +20,7 @@ region that covers no pixel, or a label the config lacks leaves the task out of 
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,36 +34,26 @@ from torchmetrics.detection import MeanAveragePrecision
 from components.data.conversions import Annotation
 from components.core.errors import AnnotationError
 from components.data.images import shown_size
-from components.learning.label_errors import TABLE_COLUMNS
 from components.core.labeling_config import LabelingConfig
 from components.data.masks import (
     brush_of, coco_of, mask_iou, mask_of_brush, mask_of_coco, mask_of_polygon, points_in_percent, points_in_pixels,
     polygon_of, polygon_problem, tight_box,
 )
-from components.networks.segmenters import SEGMENTERS, build_segmenter, mask_region
+from components.networks.segmenters import SEGMENTERS, mask_region
 from components.tasks.base import Reading, Scores, ranked_label_table
-from components.tasks.detection import (
-    SAME_OBJECT_IOU, SHOWN_FROM, BoxesDataset, Detection, DetectionDataModule, DetectionModel, Detector, _xyxy, answer_of, borderline, confidence_of,
-    detections_of, make_target, one_to_one, out_of_fold, parse_target, single_label,
+from components.tasks.detection import Detection, DetectionModel
+from components.tasks.object_training import BoxesDataset, DetectionDataModule
+from components.tasks.objects import (
+    CANDIDATE_FROM, SAME_OBJECT_IOU, SHOWN_FROM, answer_of, confidence_of, detections_of, make_target, one_to_one, parse_target,
+    per_class_ap, reading, regions_of, single_label,
 )
-from components.learning.training import load_images
-
-log = logging.getLogger(__name__)
 
 MASK_MATCH_IOU = 0.8  # a suggested mask is kept as drawn when its mask IoU with the drawn one is >= this
 SUSPECT_BELOW = 0.5  # an error-check quality below this marks the image a suspect
 MAX_INSTANCES = 20  # objects per image the model outlines (the demo has at most 4)
-CANDIDATE_FROM = 0.05  # out-of-fold masks scored at least this are weighed by the error finder
 
 
 # --- Label Studio results <-> masks ------------------------------------------------------------------
-
-
-def _regions(result: Sequence[Mapping[str, Any]], config: LabelingConfig) -> list[Mapping[str, Any]]:
-    return [
-        r for r in result
-        if isinstance(r, Mapping) and r.get("from_name") == config.from_name and isinstance(r.get("value"), Mapping)
-    ]
 
 
 def _region_mask(region: Mapping[str, Any], config: LabelingConfig, width: int, height: int) -> np.ndarray:
@@ -100,7 +89,7 @@ def objects_of(annotation: Annotation, config: LabelingConfig, task_id: int, wid
     """
     kind = "mask" if config.control_type == "BrushLabels" else "polygon"
     objects = []
-    for i, region in enumerate(_regions(annotation.result, config), start=1):
+    for i, region in enumerate(regions_of(annotation.result, config), start=1):
         where = f"Task {task_id}: annotation {annotation.id}, {kind} {i}"
         label = single_label(region["value"], config, where, task_id)
         try:
@@ -118,7 +107,7 @@ def _read_result(result: Sequence[Mapping[str, Any]], config: LabelingConfig) ->
     """(label, mask) of each region of a result, on the size the regions were drawn on; None when a
     region cannot be read this way."""
     out = []
-    for region in _regions(result, config):
+    for region in regions_of(result, config):
         try:
             width, height = int(region["original_width"]), int(region["original_height"])
             picked = region["value"].get(config.result_type) or []
@@ -135,12 +124,7 @@ def _read_result(result: Sequence[Mapping[str, Any]], config: LabelingConfig) ->
 def masks_match(predicted: Sequence[tuple[str, np.ndarray]], truth: Sequence[tuple[str, np.ndarray]]) -> bool:
     """True when every true mask has its own predicted mask of the same class at mask IoU >=
     MASK_MATCH_IOU, and no predicted mask is left over."""
-    if len(predicted) != len(truth):
-        return False
-    if not truth:
-        return True
-    overlaps = mask_iou(np.stack([m for _, m in predicted]), np.stack([m for _, m in truth]))
-    return one_to_one(overlaps, [p for p, _ in predicted], [t for t, _ in truth], MASK_MATCH_IOU)
+    return one_to_one(predicted, truth, mask_iou, MASK_MATCH_IOU)
 
 
 # --- the model ---------------------------------------------------------------------------------------
@@ -247,20 +231,12 @@ class SegmentationDataModule(DetectionDataModule):
     """A snapshot's splits with boxes and masks scaled with the image to S x S (`Detector` jitters
     all three when `augment`); arguments as `training.SplitsDataModule`."""
 
-    def _split(self, split: str) -> BoxesDataset:
-        rows = self.manifest[self.manifest["split"] == split]
-        images = load_images([self.snapshot_dir / p for p in rows["image"]], self.image_size)
-        targets = []
-        for text in rows["label"]:
-            target = parse_target(text)
-            boxes, names = _xyxy(target, self.image_size)
-            masks = torch.from_numpy(np.stack([m for _, m in _named_masks(target)]) if target["boxes"] else np.zeros((0, 1, 1), bool))
-            # the share of each model pixel the mask covers (area sampling keeps thin strokes of large images)
-            masks = F.interpolate(masks[None].float(), size=(self.image_size, self.image_size), mode="area")[0] >= 0.5 if len(masks) else torch.zeros(0, self.image_size, self.image_size, dtype=torch.bool)
-            targets.append({
-                "boxes": boxes, "labels": torch.tensor([self.labels.index(n) for n in names], dtype=torch.long), "masks": masks,
-            })
-        return BoxesDataset(images, targets)
+    def tensors_of(self, target: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Detection's boxes and class indices, and the masks (K, S, S) in model pixels."""
+        masks = torch.from_numpy(np.stack([m for _, m in _named_masks(target)]) if target["boxes"] else np.zeros((0, 1, 1), bool))
+        # the share of each model pixel the mask covers (area sampling keeps thin strokes of large images)
+        masks = F.interpolate(masks[None].float(), size=(self.image_size, self.image_size), mode="area")[0] >= 0.5 if len(masks) else torch.zeros(0, self.image_size, self.image_size, dtype=torch.bool)
+        return {**super().tensors_of(target), "masks": masks}
 
 
 class Segmentation(Detection):
@@ -273,6 +249,10 @@ class Segmentation(Detection):
     count_noun = "masks"
     per_class_metric = "ap"
     keeps_best_checkpoint = False  # as detection: the end of the one-cycle schedule
+    networks = SEGMENTERS
+    data_module = SegmentationDataModule
+    inference_class = SegmentationModel
+    per_image = staticmethod(_per_image)
 
     def target_of(self, annotation: Annotation, config: LabelingConfig, task_id: int, image: Path) -> str:
         width, height = shown_size(image)
@@ -303,21 +283,6 @@ class Segmentation(Detection):
             return False
         return masks_match(suggested, truth)
 
-    def builds(self, architecture: str) -> bool:
-        return architecture in SEGMENTERS
-
-    def datamodule(
-        self, folder: Path, manifest: pd.DataFrame, labels: Sequence[str], image_size: int, batch_size: int, augment: bool
-    ) -> SegmentationDataModule:
-        super().datamodule(folder, manifest, labels, image_size, batch_size, augment)  # checks image_size
-        return SegmentationDataModule(folder, manifest, labels, image_size, batch_size, augment)
-
-    def module(self, architecture: str, options: dict[str, Any], labels: Sequence[str], lr: float, augment: bool) -> Detector:
-        return Detector(build_segmenter(architecture, len(labels), options), lr=lr, augment=augment, architecture=architecture)
-
-    def inference_model(self, net: nn.Module, labels: Sequence[str], image_size: int) -> SegmentationModel:
-        return SegmentationModel(net, labels, image_size).eval()
-
     def evaluate(self, model: nn.Module, val_set: BoxesDataset, labels: Sequence[str]) -> Scores:
         names = ("mask_map50", "mask_map50_95", "box_map50", "exact_match")
         if not len(val_set):
@@ -344,14 +309,12 @@ class Segmentation(Detection):
             "box_map50": max(float(result["bbox_map_50"]), 0.0),
             "exact_match": float(np.mean(correct)),
         }
-        classes = torch.atleast_1d(by_class.get("classes", torch.empty(0))).tolist()
-        aps = torch.atleast_1d(by_class.get("map_per_class", torch.empty(0))).tolist()
         return Scores(
             score=metrics["mask_map50"],
             tiebreak=metrics["mask_map50_95"],
             correct=np.array(correct, dtype=bool),
             metrics=metrics,
-            per_class={labels[int(c)]: float(ap) for c, ap in zip(classes, aps, strict=True) if 0 <= int(c) < len(labels) and ap >= 0},
+            per_class=per_class_ap(by_class, labels),
         )
 
     def read(
@@ -363,30 +326,16 @@ class Segmentation(Detection):
         readings = []
         for i, (image_rows, image_masks) in enumerate(zip(rows, masks, strict=True)):
             width, height = sizes[i] if sizes is not None else (size, size)
-            candidates = answer_of(image_rows, 0.05)["scores"]
             objects = _answer(image_rows, image_masks, model.labels, size, width, height)
             target = make_target(width, height, objects)
-            shown = {"scores": torch.tensor([o["score"] for o in objects])}
-            confidence = confidence_of(shown, candidates)
-            readings.append(Reading(target, self.result_of(target, config), round(confidence, 4), borderline(candidates)))
+            shown = torch.tensor([o["score"] for o in objects])
+            readings.append(reading(self, target, config, shown, answer_of(image_rows, CANDIDATE_FROM)["scores"]))
         return readings, embeddings.numpy()
 
-    def find_label_errors(
-        self,
-        folder: Path,
-        manifest: pd.DataFrame,
-        labels: Sequence[str],
-        train_fold: Callable[[pd.DataFrame], nn.Module],
-        folds: int,
-        seed: int,
-        progress: Callable[[str], None],
+    def judge_labels(
+        self, manifest: pd.DataFrame, labels: Sequence[str], outputs: Sequence[Any], image_size: int
     ) -> tuple[pd.DataFrame, float]:
         """Out-of-fold masks against the drawn ones (`label_quality`); below SUSPECT_BELOW the image is a suspect."""
-        manifest = manifest.reset_index(drop=True)
-        if len(manifest) < 2:
-            log.warning("Not checking labels: cross-validation needs at least 2 labeled images.")
-            return pd.DataFrame(columns=TABLE_COLUMNS), 0.0
-        outputs, image_size = out_of_fold(folder, manifest, train_fold, folds, seed, progress, _per_image)
         suggestions, confidence, quality, correct = [], [], [], []
         for text, (rows, masks) in zip(manifest["label"], outputs, strict=True):
             target = parse_target(text)

@@ -34,7 +34,8 @@ from PIL import Image
 
 from components.tasks.classification import choice_result
 from components.data.datasets import materialize
-from components.loop.iteration import ATTENTION_VIEW, open_workspace
+from components.adapters.label_studio import ATTENTION_VIEW
+from components.loop.workspace import open_workspace
 from components.adapters.label_studio import LabelStudio, Project
 from components.core.labeling_config import load_labeling_config
 from components.core.params import load_params

@@ -14,23 +14,20 @@ import torch
 import yaml
 
 from components.data.datasets import DETECTION, materialize
-from components.loop.iteration import (
-    ATTENTION_VIEW,
-    LABEL_NEXT_VIEW,
-    SUSPECTS_VIEW,
-    check_labels,
-    label_next,
-    open_workspace,
-    report,
-    write_back,
-)
+from components.adapters.label_studio import ATTENTION_VIEW, LABEL_NEXT_VIEW, SUSPECTS_VIEW
+from components.loop.insight import report
+from components.loop.publish import label_next, write_back
+from components.loop.quality import check_labels
+from components.loop.workspace import open_workspace
 from components.adapters.label_studio import LabelStudio
 from components.core.labeling_config import load_labeling_config
 from components.core.params import load_params
 from components.core.settings import Settings, load_settings
 from components.data.snapshot import read_manifest
 from components.tasks import task_type_of
-from components.tasks.detection import DetectionModel, box_from_value, parse_target
+from components.tasks.boxes import box_from_value
+from components.tasks.detection import DetectionModel
+from components.tasks.objects import parse_target
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -147,7 +144,7 @@ def test_boxes_round_trip_and_the_loop_runs_end_to_end(boxes_project, label_stud
     table = check_labels(ws, latest)
     assert len(table) == len(labeled) and table["quality"].between(0, 1).all()
     assert {"label", "suggested", "suspected"} <= set(table.columns)
-    write_back(ws, champion)
+    write_back(ws, champion, latest)
     suspects = label_studio.view_tasks(project.id, label_studio.view_id(project.id, SUSPECTS_VIEW))
     assert {t["id"] for t in suspects} == set(table.loc[table["suspected"], "task_id"])
     assert label_studio.view_id(project.id, LABEL_NEXT_VIEW) is not None
@@ -155,7 +152,7 @@ def test_boxes_round_trip_and_the_loop_runs_end_to_end(boxes_project, label_stud
         assert percent_boxes(label_studio.task(task_id)["annotations"][0]["result"]) == percent_boxes(drawn[task_id])
 
     # the strategy report speaks detection: box mAP learning curve, per-class AP, no confusion matrix
-    result, path = report(ws, champion)
+    result, path = report(ws, champion, latest)
     assert path.is_file() and result.confusion is None and result.per_class_title == "AP"
     assert result.labeled == len(manifest) and result.points and result.points[-1].accuracy <= 1
     assert "box mAP@0.5" in path.read_text()

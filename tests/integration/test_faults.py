@@ -26,9 +26,10 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from components.adapters import stack as embedded
 from components.core.errors import TrackingError
 from components.core.faults import PAUSE_AT, PAUSE_FILE
-from components.loop.iteration import open_workspace
+from components.loop.workspace import open_workspace
 from components.core.params import load_params
-from components.adapters.registry import TAG_PROMOTED, ModelRegistry, Promotion
+from components.adapters.registry import ModelRegistry, Promotion
+from components.core.tags import TAG_CLOSED_BY, TAG_PROMOTED
 from components.core.settings import load_settings
 from components.studies.simulator import label_balanced
 from tests.integration.test_bad_inputs import run_cli
@@ -73,7 +74,7 @@ def test_mlflow_killed_during_training_exits_clearly_and_the_rerun_finishes(proj
     run = start_paused(cli_env, params_path, "train", marker)
     try:
         wait_for(marker, run, 180)
-        os.killpg(embedded._read_pid(stack, "mlflow"), signal.SIGKILL)  # the fault: MLflow dies mid-training
+        os.killpg(embedded.running_pid(stack, "mlflow"), signal.SIGKILL)  # the fault: MLflow dies mid-training
         marker.unlink()  # training goes on, and meets the dead server
         output, _ = run.communicate(timeout=120)  # how soon it exits is measured by bench/robustness.py
     finally:
@@ -91,7 +92,7 @@ def test_mlflow_killed_during_training_exits_clearly_and_the_rerun_finishes(proj
     assert code == 0, output[-3000:]
     assert running_mlflow_runs(stack.mlflow_tracking_uri, params.registry.experiment) == []
     closed = MlflowClient(stack.mlflow_tracking_uri).get_run(abandoned[0])
-    assert closed.info.status == "FAILED" and "flywheel.closed_by" in closed.data.tags
+    assert closed.info.status == "FAILED" and TAG_CLOSED_BY in closed.data.tags
     ws = open_workspace(load_settings(), params)
     champion = ws.models.champion()
     assert champion is not None

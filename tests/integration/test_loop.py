@@ -17,7 +17,8 @@ from prefect import task
 
 from components.tasks.classification import choice_result
 from components.data.datasets import materialize
-from components.loop.iteration import TAG_KIND, TAG_MD5, open_workspace
+from components.core.tags import TAG_ARCHITECTURE, TAG_CURSOR, TAG_DATA_REGISTRY, TAG_DVC_REV, TAG_KIND, TAG_MD5, TAG_PROJECT
+from components.loop.workspace import open_workspace
 from components.adapters.label_studio import LabelStudio, Project
 from components.core.labeling_config import load_labeling_config
 from components.core.params import load_params
@@ -82,7 +83,7 @@ def digits_project(loop_env: Settings, label_studio: LabelStudio, tmp_path_facto
 def test_crash_before_write_back_then_rerun_gives_one_set_of_predictions(
     digits_project, label_studio, loop_env, monkeypatch
 ):
-    from flows import flywheel
+    from flows import flywheel, tasks
 
     params_path, project, person = digits_project
     person.label(60)
@@ -91,7 +92,7 @@ def test_crash_before_write_back_then_rerun_gives_one_set_of_predictions(
     def crash(*args: object) -> int:  # a fake fault: the process dies right before write-back
         raise RuntimeError("simulated crash before write-back")
 
-    monkeypatch.setattr(flywheel, "write_back", crash)
+    monkeypatch.setattr(tasks, "write_back", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         flywheel.flywheel_iteration(str(params_path))
     assert label_studio.model_versions(project.id) == {}
@@ -124,8 +125,8 @@ def test_the_model_links_to_its_data(digits_project, loop_env, tmp_path):
     client = MlflowClient(loop_env.mlflow_tracking_uri)
     run = client.get_run(champion.run_id)
     assert run.data.tags[TAG_MD5] == latest.md5
-    assert run.data.tags["flywheel.label_studio_project"] == str(project.id)
-    assert run.data.tags["flywheel.cursor"] == latest.cursor
+    assert run.data.tags[TAG_PROJECT] == str(project.id)
+    assert run.data.tags[TAG_CURSOR] == latest.cursor
     assert {"best_val_accuracy", "best_val_f1_macro", "best_val_f1_0", "val_loss"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(champion.run_id)}
     assert "confusion_matrix.png" in artifacts
@@ -134,8 +135,8 @@ def test_the_model_links_to_its_data(digits_project, loop_env, tmp_path):
     }
     assert loop_env.label_studio_api_key not in str(run.data.params) + str(run.data.tags)
 
-    restored = DataRegistry(Path(run.data.tags["flywheel.data_registry"]), loop_env.dvc_remote).restore(
-        run.data.tags["flywheel.dvc_rev"], tmp_path / "restored"
+    restored = DataRegistry(Path(run.data.tags[TAG_DATA_REGISTRY]), loop_env.dvc_remote).restore(
+        run.data.tags[TAG_DVC_REV], tmp_path / "restored"
     )
     by_rev = ws.data.checkout(latest)
     comparison = filecmp.dircmp(restored, by_rev)
@@ -175,7 +176,7 @@ def test_retrain_compares_every_architecture_in_one_experiment(digits_project, l
     experiment = client.get_experiment_by_name(params.registry.experiment)
     runs = client.search_runs([experiment.experiment_id])
     trained = [r for r in runs if TAG_KIND not in r.data.tags]  # not the reports' runs
-    assert {r.data.tags["flywheel.architecture"] for r in trained} == {"small_cnn", "resnet18"}
+    assert {r.data.tags[TAG_ARCHITECTURE] for r in trained} == {"small_cnn", "resnet18"}
     champion = client.get_model_version_by_alias(params.registry.model_name, "champion")
     best = max(float(v.tags["val_accuracy"]) for v in client.search_model_versions(f"name='{params.registry.model_name}'"))
     assert float(champion.tags["val_accuracy"]) == best
@@ -210,12 +211,12 @@ def test_a_run_that_finds_another_refreshing_versions_its_labels_and_leaves_the_
 ):
     """Labels saved while a run trains reach a snapshot at once (the next run versions them and does not
     train beside it); the training run then trains that newest snapshot before it ends."""
-    from flows import flywheel
+    from flows import flywheel, tasks
 
     params_path, project, truth = make_digits_project(label_studio, tmp_path, "trainlock", 100)
     person = Person(label_studio, project, truth)
     person.label(40)
-    real_train, others = flywheel.train, []
+    real_train, others = tasks.train, []
 
     def train_while_people_label(*args: object, **kwargs: object) -> object:
         model = real_train(*args, **kwargs)
@@ -224,7 +225,7 @@ def test_a_run_that_finds_another_refreshing_versions_its_labels_and_leaves_the_
             others.append(flywheel.flywheel_iteration(str(params_path)))
         return model
 
-    monkeypatch.setattr(flywheel, "train", train_while_people_label)
+    monkeypatch.setattr(tasks, "train", train_while_people_label)
     summary = flywheel.flywheel_iteration(str(params_path))
 
     other = others[0]
@@ -233,4 +234,4 @@ def test_a_run_that_finds_another_refreshing_versions_its_labels_and_leaves_the_
     assert summary["snapshot"] == "snapshot-0001" and summary["trained"] and summary["caught_up_to"] == "snapshot-0002"
     ws = open_workspace(load_settings(), load_params(params_path))
     for rev in ("snapshot-0001", "snapshot-0002"):  # the training run trained the other's snapshot too
-        assert ws.models.runs_tagged({"flywheel.dvc_rev": rev}, registered=True), rev
+        assert ws.models.runs_tagged({TAG_DVC_REV: rev}, registered=True), rev

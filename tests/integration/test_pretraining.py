@@ -14,14 +14,19 @@ import torch
 import yaml
 
 from components.data.datasets import materialize
-from components.loop.iteration import BACKBONE_FILE, LABEL_NEXT_VIEW, TAG_BACKBONE, label_next, open_workspace, pool_tags
+from components.adapters.label_studio import LABEL_NEXT_VIEW
+from components.core.tags import TAG_BACKBONE, TAG_BACKBONE_FROZEN, TAG_POOL_REV, TAG_POOL_SIZE
+from components.loop.pool import pool_tags
+from components.loop.publish import label_next
+from components.loop.workspace import open_workspace
 from components.adapters.label_studio import LabelStudio
 from components.core.labeling_config import load_labeling_config
 from components.core.params import load_params
-from components.learning.pretraining import TAG_POOL_REV, TAG_POOL_SIZE, backbone_of, embed_with
+from components.learning.pretraining import BACKBONE_FILE, embed_with
 from components.core.settings import Settings, load_settings
 from components.studies.simulator import label_balanced
-from components.learning.training import load_images
+from components.networks.backbones import backbone_of
+from components.networks.preprocessing import load_images
 from tests.integration.test_loop import write_params
 
 pytestmark = pytest.mark.integration
@@ -110,7 +115,7 @@ def test_a_model_starts_from_the_pretrained_backbone_loads_and_predicts(project,
     ws, run = _pretraining_run(params_path)
     champion = ws.models.champion()
     tags = ws.models.tags_of(champion.run_id)
-    assert tags[TAG_BACKBONE] == run.info.run_id and tags["flywheel.backbone_frozen"] == "true"
+    assert tags[TAG_BACKBONE] == run.info.run_id and tags[TAG_BACKBONE_FROZEN] == "true"
     model = ws.models.load(champion)
     state = ws.models.artifact_tensors(run.info.run_id, BACKBONE_FILE)
     kept = backbone_of(model.net).state_dict()

@@ -13,16 +13,11 @@ import pytest
 import yaml
 
 from components.data.datasets import SEGMENTATION, materialize
-from components.loop.iteration import (
-    ATTENTION_VIEW,
-    LABEL_NEXT_VIEW,
-    SUSPECTS_VIEW,
-    check_labels,
-    label_next,
-    open_workspace,
-    report,
-    write_back,
-)
+from components.adapters.label_studio import ATTENTION_VIEW, LABEL_NEXT_VIEW, SUSPECTS_VIEW
+from components.loop.insight import report
+from components.loop.publish import label_next, write_back
+from components.loop.quality import check_labels
+from components.loop.workspace import open_workspace
 from components.adapters.label_studio import LabelStudio
 from components.core.labeling_config import load_labeling_config
 from components.data.masks import mask_iou, mask_of_brush, mask_of_coco, mask_of_polygon, points_in_pixels
@@ -30,7 +25,7 @@ from components.core.params import load_params
 from components.core.settings import Settings, load_settings
 from components.data.snapshot import read_manifest
 from components.tasks import task_type_of
-from components.tasks.detection import parse_target
+from components.tasks.objects import parse_target
 from tests.conftest import ROOT
 from tests.integration.test_detection import write_detection_params
 
@@ -141,19 +136,19 @@ def test_a_segmentation_project_runs_the_loop_end_to_end(masks_project, label_st
     # the error finder for masks fills the suspects tab
     table = check_labels(ws, latest)
     assert len(table) == len(labeled) and table["quality"].between(0, 1).all()
-    write_back(ws, champion)
+    write_back(ws, champion, latest)
     suspects = label_studio.view_tasks(project.id, label_studio.view_id(project.id, SUSPECTS_VIEW))
     assert {t["id"] for t in suspects} == set(table.loc[table["suspected"], "task_id"])
     assert label_studio.view_id(project.id, LABEL_NEXT_VIEW) is not None
     for task_id in drawn:  # no annotation was changed
         assert label_studio.task(task_id)["annotations"][0]["result"] == drawn[task_id]
 
-    result, path = report(ws, champion)
+    result, path = report(ws, champion, latest)
     assert path.is_file() and result.per_class_title == "AP" and "mask mAP@0.5" in path.read_text()
 
 
 def test_a_self_intersecting_polygon_is_reported_and_the_rest_snapshots(label_studio, loop_env, tmp_path):
-    from components.loop.iteration import poll, snapshot
+    from components.loop.ingest import poll, snapshot
 
     params_path = write_detection_params(tmp_path, f"poly-{uuid.uuid4().hex[:6]}", "segmentation", "segmentation_polygon.xml")
     ws = open_workspace(load_settings(), load_params(params_path), create_project=True)
@@ -167,14 +162,15 @@ def test_a_self_intersecting_polygon_is_reported_and_the_rest_snapshots(label_st
     bowtie = [[10.0, 10.0], [40.0, 40.0], [40.0, 10.0], [10.0, 40.0]]
     label_studio.annotate(tasks[3][0], [{**region, "value": {**region["value"], "points": bowtie}}])
 
-    changes = poll(ws)
-    staged = snapshot(ws, changes, tmp_path / "staged")
+    latest = ws.data.latest()
+    changes = poll(ws, latest)
+    staged = snapshot(ws, latest, changes, tmp_path / "staged")
     assert set(staged.manifest["task_id"]) == {t for t, _ in tasks[:3]}
     assert list(staged.quarantine) == [tasks[3][0]] and "edges cross" in staged.quarantine[tasks[3][0]]["reason"]
 
 
 def test_flywheel_strategy_compares_boxes_and_masks_timed_by_lead_time(label_studio, loop_env, cli_env, tmp_path):
-    from components.loop.iteration import strategy_items
+    from components.loop.insight import strategy_items
     from tests.integration.test_bad_inputs import run_cli
 
     params_path = write_detection_params(tmp_path, f"strat-{uuid.uuid4().hex[:6]}", "segmentation", "segmentation.xml")

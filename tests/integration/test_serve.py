@@ -76,7 +76,9 @@ def test_serve_pretrains_the_backbone_in_the_background_at_low_priority(stack, s
     import yaml
 
     from components.data.datasets import materialize
-    from components.loop.iteration import open_workspace, pool_tags
+    from components.core.tags import TAG_POOL_SIZE
+    from components.loop.pool import pool_tags
+    from components.loop.workspace import open_workspace
 
     params_path = write_params(tmp_path, f"serve-pretrain-{uuid.uuid4().hex[:6]}")
     raw = yaml.safe_load(params_path.read_text())
@@ -110,7 +112,7 @@ def test_serve_pretrains_the_backbone_in_the_background_at_low_priority(stack, s
             run = ws.models.latest_pretraining(pool_tags(ws, "conv4"))
             time.sleep(1)
         assert run is not None, (tmp_path / "serve.log").read_text()[-2000:]
-        assert 35 <= int(run.data.tags["flywheel.pool_images"]) <= 40  # a few 8x8 digits are pixel-identical
+        assert 35 <= int(run.data.tags[TAG_POOL_SIZE]) <= 40  # a few 8x8 digits are pixel-identical
     finally:
         serving.terminate()
         serving.wait(timeout=30)

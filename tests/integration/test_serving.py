@@ -19,7 +19,7 @@ from PIL import Image
 
 from components.data.datasets import materialize
 from components.networks.export import Preprocessed
-from components.loop.iteration import open_workspace
+from components.loop.workspace import open_workspace
 from components.core.labeling_config import load_labeling_config
 from components.core.params import load_params
 from components.production.serving import PRODUCTION_VIEW

@@ -18,13 +18,9 @@ from mlflow.tracking import MlflowClient
 
 from components.tasks.classification import choice_result
 from components.data.datasets import materialize
-from components.loop.iteration import (
-    LABEL_NEXT_VIEW,
-    SUSPECTS_VIEW,
-    label_next,
-    open_workspace,
-    reports_dir,
-)
+from components.adapters.label_studio import LABEL_NEXT_VIEW, SUSPECTS_VIEW
+from components.loop.publish import label_next
+from components.loop.workspace import LABEL_ERRORS_FILE, open_workspace, reports_dir
 from components.core.labeling_config import load_labeling_config
 from components.core.params import load_params
 from components.core.settings import load_settings
@@ -85,7 +81,7 @@ def test_flipped_labels_rank_at_the_top_of_the_suspects_tab(noisy_project, label
         assert suspect["result"][0]["value"]["choices"] != annotated  # it suggests another label
 
     ws = open_workspace(load_settings(), load_params(params_path))
-    table = pd.read_parquet(reports_dir(ws) / "label_errors.parquet")
+    table = pd.read_parquet(reports_dir(ws) / LABEL_ERRORS_FILE)
     assert len(table) == LABELED and list(table["rank"]) == list(range(1, LABELED + 1))
     is_flipped = table["task_id"].isin(flipped)
     assert table.loc[is_flipped, "rank"].mean() < table.loc[~is_flipped, "rank"].mean() / 3
@@ -169,8 +165,8 @@ def test_a_fully_labeled_project_is_not_rewritten_every_poll(loop_env, label_stu
         label_studio.annotate(task_id, choice_result(truth[data["filename"]], project.config))
     assert flywheel_iteration(str(params_path))["trained"]
 
-    from components.loop.iteration import predictions_stale
+    from components.loop.publish import predictions_stale
 
     ws = open_workspace(load_settings(), params)
     assert label_studio.model_versions(project.id) == {}  # nothing to predict, nothing written
-    assert not predictions_stale(ws, ws.models.champion())
+    assert not predictions_stale(ws, ws.models.champion(), ws.data.latest())

@@ -68,9 +68,9 @@ def test_object_store_killed_keeps_its_objects(team):
     import os
     import signal
 
-    os.killpg(stack._read_pid(settings, "object_store"), signal.SIGKILL)
+    os.killpg(stack.running_pid(settings, "object_store"), signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while stack._read_pid(settings, "object_store") is not None and time.monotonic() < deadline:
+    while stack.running_pid(settings, "object_store") is not None and time.monotonic() < deadline:
         time.sleep(0.1)
     stack.up(settings, echo=lambda _: None)
     assert sorted(objects(settings, "")) == before

@@ -29,7 +29,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from components.loop.iteration import Workspace, open_workspace
+from components.loop.workspace import Workspace, open_workspace
 from components.core.params import load_params
 from components.core.settings import load_settings
 from components.data.snapshot import read_manifest

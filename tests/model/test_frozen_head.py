@@ -13,9 +13,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from components.networks.architectures import build_network
-from components.learning.pretraining import backbone_of
+from components.networks.backbones import backbone_of
 from components.tasks.classification import Classification, InferenceModel, evaluate
-from components.learning.training import CACHED_VIEWS, Backbone, CachedFeatures, fit, fit_steps, load_images
+from components.learning.training import CACHED_VIEWS, Backbone, CachedFeatures, fit, fit_steps
+from components.networks.preprocessing import load_images
 
 pytestmark = pytest.mark.model
 LABELS = [str(d) for d in range(10)]

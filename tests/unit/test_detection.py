@@ -14,14 +14,9 @@ from components.data.conversions import Annotation
 from components.core.errors import AnnotationError
 from components.core.labeling_config import load_labeling_config
 from components.tasks import task_type_of
-from components.tasks.detection import (
-    Detection,
-    box_from_value,
-    boxes_match,
-    make_target,
-    parse_target,
-    value_from_box,
-)
+from components.tasks.boxes import box_from_value, boxes_match, value_from_box
+from components.tasks.detection import Detection
+from components.tasks.objects import make_target, parse_target
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit
@@ -163,7 +158,8 @@ def test_suggested_boxes_never_leave_the_image(config):
 
 
 def test_an_empty_validation_split_scores_zero(config):
-    from components.tasks.detection import BoxesDataset, DetectionModel
+    from components.tasks.detection import DetectionModel
+    from components.tasks.object_training import BoxesDataset
 
     scores = Detection().evaluate(DetectionModel(_Peaks(torch.zeros(1, 6)), config.labels, 128), BoxesDataset(torch.zeros(0, 3, 128, 128), []), config.labels)
     assert scores.score == 0.0 and len(scores.correct) == 0

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from components.networks.architectures import build_network
-from components.learning.pretraining import backbone_of, load_backbone, refresh_due, sample
+from components.learning.pretraining import refresh_due, sample
+from components.networks.backbones import backbone_of, load_backbone
 from components.learning.selection import rank_typical
 from components.tasks.classification import Classification
 from components.learning.training import Backbone, FrozenBackbone, start_from_backbone

@@ -19,7 +19,7 @@ from components.data.masks import (
 )
 from components.networks.segmenters import build_segmenter
 from components.tasks import task_type_of
-from components.tasks.detection import parse_target
+from components.tasks.objects import parse_target
 from components.tasks.segmentation import Segmentation, SegmentationModel, masks_match
 from tests.conftest import ROOT
 

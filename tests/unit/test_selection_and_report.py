@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from components.data.conversions import Prediction, prediction_to_ls
-from components.loop.iteration import SUSPECT_MARK, marked
+from components.adapters.label_studio import SUSPECT_MARK
+from components.loop.publish import marked
 from components.studies.report import (
     LearningPoint,
     build_report,

@@ -4,20 +4,18 @@ iteration refreshes pre-annotations."""
 
 from __future__ import annotations
 
-import runpy
 import shutil
 import socket
-import sys
 from types import SimpleNamespace
 
 import pytest
 import yaml
 
-from components.loop.iteration import WorkspaceCache, refreshing, refreshing_now
+from components.loop.workspace import WorkspaceCache, refreshing, refreshing_now
 from components.core.params import load_params
 from components.learning.pretraining import WaitWhile
 from components.core.settings import load_settings
-from flows.worker import warm_workspaces
+from flows.runtime import warm_workspaces
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit
@@ -104,16 +102,23 @@ def test_outside_the_warm_worker_each_flow_run_connects():
     assert warm_workspaces() is None
 
 
-def test_the_worker_run_as_a_script_runs_the_module_the_flows_import(monkeypatch):
-    """`python -m flows.worker` (how serve starts it) must set the flag and the workspace of the
-    `flows.worker` that the flows import, not of a `__main__` copy they never see."""
-    import flows.worker
+def test_the_flows_read_the_flag_and_the_workspace_the_worker_sets():
+    """The worker (run as `python -m flows.worker`, a `__main__` module) sets both in `flows.runtime`,
+    the one module the flows read them from."""
+    import flows.flywheel
+    import flows.label_errors
+    import flows.tasks
+    from flows import runtime
 
-    calls = []
-    monkeypatch.setattr(flows.worker, "main", lambda *args: calls.append(args))
-    monkeypatch.setattr(sys, "argv", ["flows/worker.py", "params.yaml", "3", "4"])
-    runpy.run_module("flows.worker", run_name="__main__")
-    assert calls == [("params.yaml", 3, 4)]
+    assert flows.flywheel.interrupted is flows.label_errors.interrupted is runtime.interrupted
+    assert flows.tasks.warm_workspaces is runtime.warm_workspaces
+    cache = WorkspaceCache()
+    with runtime.keeping_workspaces(cache):
+        assert runtime.warm_workspaces() is cache
+        runtime.interrupt()
+        assert runtime.interrupted()
+        runtime.clear_interrupt()
+    assert runtime.warm_workspaces() is None and not runtime.interrupted()
 
 
 def test_background_pretraining_waits_while_an_iteration_refreshes_pre_annotations(tmp_path):
