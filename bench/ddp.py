@@ -24,7 +24,7 @@ from components.learning.training import fit
 
 
 def mnist_snapshot(folder: Path, count: int = 5000) -> tuple[pd.DataFrame, list[str]]:
-    from components.data.datasets import _mnist
+    from components.studies.datasets import _mnist
 
     images, labels = _mnist()
     (folder / "images").mkdir(parents=True)

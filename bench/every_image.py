@@ -24,7 +24,7 @@ import numpy as np
 
 from bench.results import BENCH, ROOT, record
 from bench.simulate import scratch_params
-from components.data.datasets import materialize
+from components.studies.datasets import materialize
 from components.loop.publish import label_next
 from components.loop.workspace import open_workspace
 from components.core.params import load_params

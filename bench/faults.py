@@ -155,7 +155,7 @@ class Project:
     """A digits project in Label Studio and a person who labels it correctly."""
 
     def __init__(self, settings: Settings, folder: Path, images: int = 400, dataset: str = "digits"):
-        from components.data.datasets import materialize
+        from components.studies.datasets import materialize
         from components.adapters.label_studio import LabelStudio
         from components.core.labeling_config import load_labeling_config
         from components.core.params import load_params

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from bench.results import write_study
-from components.data.datasets import materialize
+from components.studies.datasets import materialize
 from components.core.labeling_config import load_labeling_config
 from components.core.params import load_params
 from components.tasks import task_type_of

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from bench.results import record
 from bench.simulate import scratch_params
 from components.tasks.classification import choice_result
-from components.data.datasets import materialize
+from components.studies.datasets import materialize
 from components.adapters.label_studio import SUSPECTS_VIEW
 from components.loop.workspace import LABEL_ERRORS_FILE, open_workspace, reports_dir
 from components.core.params import load_params

@@ -55,7 +55,7 @@ from bench.stack import ROOT, throwaway_stack
 from components.loop import ingest, publish, quality, train
 from components.loop.workspace import Workspace, WorkspaceCache, open_workspace
 from components.adapters import stack as embedded
-from components.data.datasets import materialize
+from components.studies.datasets import materialize
 from components.core.params import Params, load_params
 from components.core.settings import Settings
 from components.core.tags import TAG_BACKBONE, TAG_BACKBONE_FROZEN, TAG_FINE_TUNED_FROM

@@ -211,7 +211,7 @@ class SnapshotWatch:
                 self.snapshots[rev] = Snapshot(rev, float(committed), self._saves(rev, commit))
 
     def _saves(self, rev: str, commit: str) -> dict[int, float]:
-        from components.data.conversions import parse_timestamp
+        from components.core.conversions import parse_timestamp
         from components.data.snapshot import read_manifest
         from components.adapters.versioning import SNAPSHOT, SnapshotVersion
 

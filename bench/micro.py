@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from bench.results import record
 from bench.stack import throwaway_stack
-from components.data.conversions import Prediction, format_cursor
+from components.core.conversions import Prediction, format_cursor
 from components.adapters.label_studio import LabelStudio, Project
 from components.core.labeling_config import load_labeling_config
 from components.core.params import load_params

@@ -33,7 +33,7 @@ import yaml
 from bench.results import record
 from bench.stack import ROOT, throwaway_stack
 from components.adapters import stack
-from components.data.datasets import materialize
+from components.studies.datasets import materialize
 from components.core.faults import PAUSE_AT, PAUSE_FILE
 from components.loop.workspace import open_workspace
 from components.core.labeling_config import load_labeling_config

@@ -20,7 +20,7 @@ import torch
 from torchmetrics.detection import MeanAveragePrecision
 
 from bench.results import write_study
-from components.data.datasets import SEGMENTATION, materialize
+from components.studies.datasets import SEGMENTATION, materialize
 from components.tasks.segmentation import Segmentation
 from components.learning.training import fit_steps
 

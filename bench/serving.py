@@ -34,7 +34,7 @@ from bench.results import record
 from bench.stack import ROOT, throwaway_stack
 from components.loop.workspace import open_workspace
 from components.adapters import stack as embedded
-from components.data.datasets import materialize
+from components.studies.datasets import materialize
 from components.core.params import load_params
 from components.studies.simulator import label_balanced
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from bench.results import BENCH, CATALOG, record
-from components.data.datasets import DETECTION, PACKAGED, SEGMENTATION, materialize
+from components.studies.datasets import DETECTION, PACKAGED, SEGMENTATION, materialize
 from components.loop.publish import label_next
 from components.loop.workspace import open_workspace
 from components.core.labeling_config import load_labeling_config, with_labels

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench.results import BENCH, record
 from components.studies import strategy
-from components.data.datasets import SEGMENTATION
+from components.studies.datasets import SEGMENTATION
 from components.core.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]

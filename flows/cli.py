@@ -197,9 +197,10 @@ def import_folder(
 
     A COCO file's images are imported the same way, and its boxes or masks are written as pre-annotations
     (model version "coco:<file>") for people to confirm: flywheel never writes annotations."""
-    from components.data.conversions import Prediction
-    from components.data.datasets import read_boxes
-    from components.adapters.label_studio import LabelStudio, find_images
+    from components.core.conversions import Prediction
+    from components.studies.datasets import read_boxes
+    from components.adapters.label_studio import LabelStudio
+    from components.data.images import find_images
     from components.core.labeling_config import load_labeling_config
     from components.core.params import load_params
     from components.tasks import task_type_of
@@ -240,7 +241,7 @@ def demo(
 ) -> None:
     """Bring up the stack, create the demo project from a dataset that ships in a package, serve the loop."""
     from components.adapters import stack
-    from components.data.datasets import materialize
+    from components.studies.datasets import materialize
     from components.adapters.label_studio import LabelStudio
     from components.core.labeling_config import load_labeling_config
     from components.core.params import load_params, write_derived_params

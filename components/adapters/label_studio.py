@@ -40,7 +40,7 @@ import httpx
 from label_studio_sdk import LabelStudio as SDKClient
 from label_studio_sdk.core.api_error import ApiError
 
-from components.data.conversions import (
+from components.core.conversions import (
     LabeledTask,
     Prediction,
     format_cursor,
@@ -52,7 +52,6 @@ from components.core.errors import LabelConfigError, LabelStudioError
 from components.data.images import STORAGE_SCHEMES, file_sha256, read_capped
 from components.core.labeling_config import LabelingConfig, parse_labeling_config
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 OBJECTS_DIR = "objects"  # under the image root: Label Studio refuses a storage at the root itself
 BATCH = 1000  # tasks or predictions per import request; tasks per page of a read of ids and data only
 # Reading tasks with their annotations or predictions costs Label Studio per task: whole tasks (every
@@ -133,11 +132,6 @@ class ChangeSet:
 
     tasks: tuple[LabeledTask, ...]
     cursor: str | None
-
-
-def find_images(folder: Path) -> list[Path]:
-    """Every image file under `folder`, in a stable order."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 class LabelStudio:

@@ -55,7 +55,7 @@ from components.core.tags import (
 )
 from components.networks.export import FILES, INPUT, Preprocessed, example_pixels, export, exports_onnx, output_names
 from components.tasks import task_type_named
-from components.tasks.base import Scores
+from components.core.task_type import Scores
 
 CHAMPION = "champion"
 WEIGHTS = PurePosixPath("flywheel/weights.pt")  # the inference model's state dict

@@ -332,3 +332,11 @@ def shown(url: str, limit: int = 120) -> str:
     except ValueError:
         pass
     return url if len(url) <= limit else url[: limit - 3] + "..."
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Every image file under `folder`, in a stable order."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from components.data.conversions import LabeledTask, current_annotation
+from components.core.conversions import LabeledTask, current_annotation
 from components.core.errors import AnnotationError, DataError
 from components.data.images import StoredImage
 from components.core.labeling_config import LabelingConfig
 
 if TYPE_CHECKING:
-    from components.tasks.base import TaskType
+    from components.core.task_type import TaskType
 
 MANIFEST = "manifest.parquet"
 IMAGES = "images"

@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from components.data.snapshot import COLUMNS
 
 if TYPE_CHECKING:
-    from components.tasks.base import TaskType
+    from components.core.task_type import TaskType
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
-from components.tasks.base import CrossValidation, TaskType
+from components.core.task_type import CrossValidation, TaskType
 from components.learning.training import Backbone, fit_steps
 
 # `label` and `suggested` are targets (a class, or boxes as JSON); `quality` 0 = surely wrong, 1 = surely right

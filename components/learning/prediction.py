@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from components.core.labeling_config import LabelingConfig
-from components.tasks.base import Reading, TaskType
+from components.core.task_type import Reading, TaskType
 from components.networks.preprocessing import to_tensor
 
 

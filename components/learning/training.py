@@ -29,7 +29,7 @@ from components.networks.backbones import backbone_of, load_backbone
 from components.networks.preprocessing import MEAN, STD, load_images, to_tensor  # noqa: F401 (loop/iteration.py imports the last two here until it is split)
 
 if TYPE_CHECKING:
-    from components.tasks.base import Scores, TaskType
+    from components.core.task_type import Scores, TaskType
 
 # Jittered views of each training image whose frozen-backbone features a head trains on (`HeadOnFeatures`):
 # measured on MNIST (20-35 labels, a SimCLR backbone) as accurate as the whole network run at every step.

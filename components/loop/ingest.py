@@ -21,7 +21,7 @@ from components.adapters.label_studio import OVERLAP_S, ChangeSet
 from components.adapters.versioning import SnapshotVersion
 from components.core.errors import DataError
 from components.core.faults import pause_point
-from components.data.conversions import current_annotation
+from components.core.conversions import current_annotation
 from components.data.images import ImageError, StoredImage
 from components.data.snapshot import apply_changes, due_for_retry, duplicates, read_manifest, real_changes, write_snapshot
 from components.data.validation import ValidationReport, validate_snapshot

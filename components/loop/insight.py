@@ -28,7 +28,7 @@ from components.core.tags import (
     TAG_PROJECT,
     TAG_RUN_NAME,
 )
-from components.data.conversions import current_annotation, task_from_json
+from components.core.conversions import current_annotation, task_from_json
 from components.data.images import ImageError
 from components.data.snapshot import read_manifest, training_rows
 from components.loop.ingest import resolve_image

@@ -32,7 +32,7 @@ from components.adapters.label_studio import (
 from components.adapters.registry import RegisteredModel
 from components.adapters.versioning import SnapshotVersion
 from components.core.faults import pause_point
-from components.data.conversions import Prediction
+from components.core.conversions import Prediction
 from components.data.images import ImageError, shown_size
 from components.data.snapshot import read_manifest
 from components.learning.prediction import embed, infer_images

@@ -36,13 +36,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from components.data.conversions import Prediction
+from components.core.conversions import Prediction
 from components.networks.export import INPUT
 from components.data.images import decode_image
 from components.adapters.label_studio import LabelStudio, Project
 from components.adapters.registry import ModelRegistry, RegisteredModel
 from components.tasks import TaskType, task_type_named
-from components.tasks.base import Reading
+from components.core.task_type import Reading
 from components.networks.preprocessing import to_tensor
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from components.data.datasets import LabeledImage
+from components.studies.datasets import LabeledImage
 from components.adapters.label_studio import LabelStudio, Project
 from components.adapters.registry import ModelRegistry, RegisteredModel
 from components.tasks import Scores, TaskType, task_type_of

@@ -126,7 +126,7 @@ def bought(items: Sequence[Labeled], strategy: str, hours: float) -> list[Labele
 def from_dataset(name: str, dest: Path, count: int, seconds_per_object: Mapping[str, float], seed: int = 0) -> list[Labeled]:
     """A dataset with instance masks (the demo's `digit-masks`, or a COCO file with `segmentation`),
     each image costed with the published per-object figures."""
-    from components.data.datasets import materialize
+    from components.studies.datasets import materialize
 
     from components.core.errors import SettingsError
 

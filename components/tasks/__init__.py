@@ -3,13 +3,13 @@
 A project's task type follows from its labeling config's control tag (`<Choices>` ->
 classification, `<RectangleLabels>` -> detection, `<BrushLabels>` or `<PolygonLabels>` ->
 segmentation); `task_type_of(config)` returns it. The rest of
-the loop calls `TaskType` (`components/tasks/base.py`) and never branches on the task type.
+the loop calls `TaskType` (`components/core/task_type.py`) and never branches on the task type.
 """
 
 from __future__ import annotations
 
 from components.core.labeling_config import LabelingConfig
-from components.tasks.base import Reading, Scores, TaskType
+from components.core.task_type import Reading, Scores, TaskType
 
 
 def task_type_of(config: LabelingConfig) -> TaskType:

@@ -14,7 +14,7 @@ import numpy as np
 
 from components.core.errors import AnnotationError
 from components.core.labeling_config import LabelingConfig
-from components.data.conversions import Annotation
+from components.core.conversions import Annotation
 from components.tasks.objects import one_to_one, regions_of, single_label
 
 MATCH_IOU = 0.5  # a suggested box agrees with a drawn one at IoU >= this, same class; and one box per object

@@ -26,11 +26,11 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from torchvision.transforms import v2
 
 from components.networks.architectures import ARCHITECTURES, build_network
-from components.data.conversions import Annotation
+from components.core.conversions import Annotation
 from components.core.errors import AnnotationError
 from components.core.labeling_config import LabelingConfig
 from components.networks.backbones import backbone_of
-from components.tasks.base import CrossValidation, Reading, Scores, TaskType, ranked_label_table
+from components.core.task_type import CrossValidation, Reading, Scores, TaskType, ranked_label_table
 from components.learning.training import CachedFeatures, HeadOnFeatures, SplitsDataModule
 from components.networks.preprocessing import MEAN, STD, load_images
 

@@ -28,11 +28,11 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from components.core.errors import SettingsError
 from components.core.labeling_config import LabelingConfig
-from components.data.conversions import Annotation
+from components.core.conversions import Annotation
 from components.data.images import shown_size
 from components.learning.label_errors import TABLE_COLUMNS
 from components.networks.detectors import DETECTORS
-from components.tasks.base import CrossValidation, Reading, Scores, TaskType, ranked_label_table
+from components.core.task_type import CrossValidation, Reading, Scores, TaskType, ranked_label_table
 from components.tasks.boxes import MATCH_IOU, boxes_match, boxes_of, percent_boxes, value_from_box
 from components.tasks.object_training import BoxesDataset, DetectionDataModule, Detector, boxes_in_model_pixels
 from components.tasks.objects import (

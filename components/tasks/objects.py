@@ -26,7 +26,7 @@ from components.core.errors import AnnotationError
 from components.core.labeling_config import LabelingConfig
 from components.networks.detectors import keep_confident
 from components.networks.preprocessing import load_images
-from components.tasks.base import CrossValidation, Reading, TaskType
+from components.core.task_type import CrossValidation, Reading, TaskType
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 
-from components.data.conversions import Annotation
+from components.core.conversions import Annotation
 from components.core.errors import AnnotationError
 from components.data.images import shown_size
 from components.core.labeling_config import LabelingConfig
@@ -40,7 +40,7 @@ from components.data.masks import (
     polygon_of, polygon_problem, tight_box,
 )
 from components.networks.segmenters import SEGMENTERS, mask_region
-from components.tasks.base import Reading, Scores, ranked_label_table
+from components.core.task_type import Reading, Scores, ranked_label_table
 from components.tasks.detection import Detection, DetectionModel
 from components.tasks.object_training import BoxesDataset, DetectionDataModule
 from components.tasks.objects import (

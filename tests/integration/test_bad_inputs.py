@@ -33,7 +33,7 @@ import yaml
 from PIL import Image
 
 from components.tasks.classification import choice_result
-from components.data.datasets import materialize
+from components.studies.datasets import materialize
 from components.adapters.label_studio import ATTENTION_VIEW
 from components.loop.workspace import open_workspace
 from components.adapters.label_studio import LabelStudio, Project

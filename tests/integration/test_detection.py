@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from components.data.datasets import DETECTION, materialize
+from components.studies.datasets import DETECTION, materialize
 from components.adapters.label_studio import ATTENTION_VIEW, LABEL_NEXT_VIEW, SUSPECTS_VIEW
 from components.loop.insight import report
 from components.loop.publish import label_next, write_back

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.data.conversions import Prediction, current_annotation
+from components.core.conversions import Prediction, current_annotation
 from components.tasks.classification import choice_result, label_of
 from components.core.errors import LabelConfigError, LabelStudioError
 from components.data.images import ImageStore
-from components.adapters.label_studio import LabelStudio, Project, find_images
+from components.adapters.label_studio import LabelStudio, Project
+from components.data.images import find_images
 from components.core.labeling_config import load_labeling_config, with_labels
 from tests.conftest import ROOT, free_port
 

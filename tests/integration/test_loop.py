@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 
 from components.tasks.classification import choice_result
-from components.data.datasets import materialize
+from components.studies.datasets import materialize
 from components.core.tags import TAG_ARCHITECTURE, TAG_CURSOR, TAG_DATA_REGISTRY, TAG_DVC_REV, TAG_KIND, TAG_MD5, TAG_PROJECT
 from components.loop.workspace import open_workspace
 from components.adapters.label_studio import LabelStudio, Project

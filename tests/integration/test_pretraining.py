@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from components.data.datasets import materialize
+from components.studies.datasets import materialize
 from components.adapters.label_studio import LABEL_NEXT_VIEW
 from components.core.tags import TAG_BACKBONE, TAG_BACKBONE_FROZEN, TAG_POOL_REV, TAG_POOL_SIZE
 from components.loop.pool import pool_tags

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from components.data.datasets import SEGMENTATION, materialize
+from components.studies.datasets import SEGMENTATION, materialize
 from components.adapters.label_studio import ATTENTION_VIEW, LABEL_NEXT_VIEW, SUSPECTS_VIEW
 from components.loop.insight import report
 from components.loop.publish import label_next, write_back

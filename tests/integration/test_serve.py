@@ -75,7 +75,7 @@ def test_serve_pretrains_the_backbone_in_the_background_at_low_priority(stack, s
     import psutil
     import yaml
 
-    from components.data.datasets import materialize
+    from components.studies.datasets import materialize
     from components.core.tags import TAG_POOL_SIZE
     from components.loop.pool import pool_tags
     from components.loop.workspace import open_workspace

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from components.data.datasets import materialize
+from components.studies.datasets import materialize
 from components.networks.export import Preprocessed
 from components.loop.workspace import open_workspace
 from components.core.labeling_config import load_labeling_config

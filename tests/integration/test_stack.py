@@ -38,7 +38,7 @@ def test_the_demo_imports_its_tasks_in_random_order(cli_env, label_studio, tmp_p
 
     import yaml
 
-    from components.data.datasets import materialize
+    from components.studies.datasets import materialize
     from tests.conftest import ROOT
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

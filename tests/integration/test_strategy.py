@@ -17,7 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from components.tasks.classification import choice_result
-from components.data.datasets import materialize
+from components.studies.datasets import materialize
 from components.adapters.label_studio import LABEL_NEXT_VIEW, SUSPECTS_VIEW
 from components.loop.publish import label_next
 from components.loop.workspace import LABEL_ERRORS_FILE, open_workspace, reports_dir

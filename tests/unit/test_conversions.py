@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from components.data.conversions import (
+from components.core.conversions import (
     Prediction,
     current_annotation,
     format_cursor,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bench.load import Snapshot, describe_runs, judge_run, percentile, snapshot_lags
-from components.data.conversions import format_cursor
+from components.core.conversions import format_cursor
 from components.adapters.label_studio import CHANGED_FIELDS, CHANGED_PAGE, OVERLAP_S, LabelStudio
 
 pytestmark = pytest.mark.unit

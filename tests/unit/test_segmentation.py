@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from components.data.conversions import Annotation
+from components.core.conversions import Annotation
 from components.core.errors import AnnotationError
 from components.core.labeling_config import load_labeling_config
 from components.data.masks import (

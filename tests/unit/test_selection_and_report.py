@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.data.conversions import Prediction, prediction_to_ls
+from components.core.conversions import Prediction, prediction_to_ls
 from components.adapters.label_studio import SUSPECT_MARK
 from components.loop.publish import marked
 from components.studies.report import (

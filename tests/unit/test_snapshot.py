@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from components.data.conversions import Annotation, LabeledTask
+from components.core.conversions import Annotation, LabeledTask
 from components.tasks.classification import Classification, choice_result
 from components.core.errors import DataError
 from components.data.images import ImageError, StoredImage

@@ -21,7 +21,8 @@ from components.adapters.stack.control import ServiceStatus, describe, down, sta
 from components.adapters.stack.postgres import postgres_url
 from components.adapters.stack.processes import free_port, is_healthy, running_pid
 from components.adapters.stack.profile import choose_profile, ensure_credentials
-from components.adapters.stack.servers import Service, embedded_services, infrastructure, model_endpoint
+from components.adapters.stack.servers import embedded_services, infrastructure, model_endpoint
+from components.adapters.stack.service import Service
 
 __all__ = [
     "Service", "ServiceStatus", "choose_profile", "describe", "down", "embedded_services", "ensure_credentials",

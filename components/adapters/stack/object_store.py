@@ -16,7 +16,7 @@ from components.adapters.stack.profile import ensure_credentials
 from components.core.settings import Settings
 
 if TYPE_CHECKING:
-    from components.adapters.stack.servers import Service
+    from components.adapters.stack.service import Service
 
 
 def recording(settings: Settings) -> Path:

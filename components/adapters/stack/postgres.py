@@ -15,7 +15,7 @@ from components.core.errors import StackError
 from components.core.settings import Settings, database_url
 
 if TYPE_CHECKING:
-    from components.adapters.stack.servers import Service
+    from components.adapters.stack.service import Service
 
 DATABASES = {"label_studio": "labelstudio", "mlflow": "mlflow", "prefect": "prefect"}  # service -> its database
 PG_USER = "flywheel"

@@ -24,7 +24,7 @@ from components.core.errors import StackError
 from components.core.settings import NO_PHONE_HOME, Settings
 
 if TYPE_CHECKING:
-    from components.adapters.stack.servers import Service
+    from components.adapters.stack.service import Service
 
 
 def pid_path(settings: Settings, name: str) -> Path:

@@ -16,9 +16,9 @@ to tell"), `feedback` (acceptance of suggestions, production against validation)
 """
 
 from components.studies.report.classes import (
-    MIN_SUPPORT, ClassRow, OutOfFold, clearly_worse, needing_labels_line, out_of_fold_confusion, read_out_of_fold, wilson_interval,
+    MIN_SUPPORT, ClassRow, OutOfFold, clearly_worse, out_of_fold_confusion, read_out_of_fold, wilson_interval,
 )
-from components.studies.report.contents import Report, build_report, summary_lines
+from components.studies.report.contents import Report, build_report, needing_labels_line, summary_lines
 from components.studies.report.curve import CurveFit, LearningPoint, fit_curve, fit_learning_curve
 from components.studies.report.feedback import Acceptance, ProductionView, measure_acceptance, production_view
 from components.studies.report.page import write_report

@@ -12,13 +12,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:
-    from components.studies.report.contents import Report
 
 MIN_SUPPORT = 5  # examples of a class below which its per-class figure tells it apart from no other
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
@@ -165,30 +162,3 @@ def clearly_worse(rows: Sequence[ClassRow], min_support: int = MIN_SUPPORT) -> l
         if row.high < wilson_interval(rest * pooled, pooled)[0]:
             worse.append(row)
     return sorted(worse, key=lambda r: (r.ranked, -(r.support or 0)))
-
-
-def _figure(row: ClassRow, report: Report) -> str:
-    """One class as the summary names it: its figure, interval, support and labels."""
-    f1 = f"; {report.per_class_title} {row.f1:.2f}" if row.recall is not None else ""
-    return (f"{row.label} ({report.ranked_title} {row.ranked:.2f}, 95% interval {row.low:.2f}-{row.high:.2f}, "
-            f"{row.support} {report.count_noun}{f1}; {row.labeled} labeled)")
-
-
-def needing_labels_line(report: Report) -> str:
-    """"Classes that most need labels": only those clearly below the others (`clearly_worse`), else
-    "too early to tell" with the support per class."""
-    worse = clearly_worse(report.classes, report.min_support)
-    if worse:
-        return (f"Classes that most need labels ({report.ranked_title} on {report.source}, with its 95% interval): "
-                + ", ".join(_figure(c, report) for c in worse[:3]))
-    supports = [c.support for c in report.classes if c.support is not None]
-    if not supports:
-        return (f"Classes that most need labels: too early to tell: the number of {report.count_noun} behind each "
-                f"class's {report.ranked_title} is unknown")
-    low, high = min(supports), max(supports)
-    spread = f"{report.count_noun} per class: {low}" + (f" to {high}" if high != low else "")
-    if high < report.min_support:
-        return (f"Classes that most need labels: too early to tell ({spread} on {report.source}; a class needs "
-                f"{report.min_support} to be told apart). Label more.")
-    return (f"Classes that most need labels: too early to tell: no class's {report.ranked_title} is clearly below the "
-            f"others' (95% intervals overlap; {spread} on {report.source}). Label more.")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.studies.report.classes import MIN_SUPPORT, ClassRow, OutOfFold, clearly_worse, needing_labels_line, wilson_interval
+from components.studies.report.classes import MIN_SUPPORT, ClassRow, OutOfFold, clearly_worse, wilson_interval
 from components.studies.report.curve import CurveFit, LearningPoint, fit_learning_curve
 from components.studies.report.feedback import Acceptance, ProductionView
 
@@ -204,3 +204,30 @@ def summary_lines(report: Report) -> list[str]:
             + (": production images differ from the labeled ones, label the \"From production\" tab" if p.drifted else "")
         )
     return lines
+
+
+def _figure(row: ClassRow, report: Report) -> str:
+    """One class as the summary names it: its figure, interval, support and labels."""
+    f1 = f"; {report.per_class_title} {row.f1:.2f}" if row.recall is not None else ""
+    return (f"{row.label} ({report.ranked_title} {row.ranked:.2f}, 95% interval {row.low:.2f}-{row.high:.2f}, "
+            f"{row.support} {report.count_noun}{f1}; {row.labeled} labeled)")
+
+
+def needing_labels_line(report: Report) -> str:
+    """"Classes that most need labels": only those clearly below the others (`clearly_worse`), else
+    "too early to tell" with the support per class."""
+    worse = clearly_worse(report.classes, report.min_support)
+    if worse:
+        return (f"Classes that most need labels ({report.ranked_title} on {report.source}, with its 95% interval): "
+                + ", ".join(_figure(c, report) for c in worse[:3]))
+    supports = [c.support for c in report.classes if c.support is not None]
+    if not supports:
+        return (f"Classes that most need labels: too early to tell: the number of {report.count_noun} behind each "
+                f"class's {report.ranked_title} is unknown")
+    low, high = min(supports), max(supports)
+    spread = f"{report.count_noun} per class: {low}" + (f" to {high}" if high != low else "")
+    if high < report.min_support:
+        return (f"Classes that most need labels: too early to tell ({spread} on {report.source}; a class needs "
+                f"{report.min_support} to be told apart). Label more.")
+    return (f"Classes that most need labels: too early to tell: no class's {report.ranked_title} is clearly below the "
+            f"others' (95% intervals overlap; {spread} on {report.source}). Label more.")

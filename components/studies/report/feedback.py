@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from components.core.labeling_config import LabelingConfig
-from components.data.conversions import current_annotation, task_from_json
-from components.tasks.base import TaskType
+from components.core.conversions import current_annotation, task_from_json
+from components.core.task_type import TaskType
 
 
 @dataclass(frozen=True)

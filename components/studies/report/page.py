@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from components.studies.report.classes import ClassRow, needing_labels_line
-from components.studies.report.contents import Report, summary_lines
+from components.studies.report.classes import ClassRow
+from components.studies.report.contents import Report, needing_labels_line, summary_lines
 from components.studies.report.figures import draw_plots
 
 

@@ -27,7 +27,7 @@ from PIL import Image
 
 from components.core.errors import SettingsError
 from components.data.images import shown_size
-from components.adapters.label_studio import find_images
+from components.data.images import find_images
 
 
 @dataclass(frozen=True)

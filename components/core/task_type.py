@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from components.data.conversions import Annotation
+from components.core.conversions import Annotation
 from components.core.labeling_config import LabelingConfig
 
 
