@@ -1,10 +1,11 @@
-# Two virtual environments: .venv (the project) and .venv-ls (the Label Studio server, whose pins
-# clash with ours; the project only talks to it over HTTP). Both install from lock files.
+# Three virtual environments: .venv (the project), .venv-ls (the Label Studio server, whose pins
+# clash with ours; the project only talks to it over HTTP) and .venv-docs (the documentation site's
+# tools). All install from lock files.
 PYTHON ?= python3
 
-.PHONY: install demo test bench faults stack-down repro
+.PHONY: install demo test docs bench faults stack-down repro
 
-install: .venv/.installed .venv-ls/.installed
+install: .venv/.installed .venv-ls/.installed .venv-docs/.installed
 
 .venv/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv .venv
@@ -17,11 +18,21 @@ install: .venv/.installed .venv-ls/.installed
 	.venv-ls/bin/pip install -qq -r requirements-ls.lock
 	touch $@
 
+.venv-docs/.installed: requirements-docs.txt
+	$(PYTHON) -m venv .venv-docs
+	.venv-docs/bin/pip install -qq -r requirements-docs.txt
+	touch $@
+
 demo: install
 	.venv/bin/flywheel demo
 
-test: install
+test: install   # the layer rules (import-linter), the documentation site (strict), then the suite
+	.venv/bin/lint-imports
+	NO_MKDOCS_2_WARNING=1 .venv-docs/bin/mkdocs build --strict --quiet --site-dir .flywheel/site
 	.venv/bin/pytest
+
+docs: install   # the documentation site, served on http://127.0.0.1:8000 while you edit docs/
+	NO_MKDOCS_2_WARNING=1 .venv-docs/bin/mkdocs serve --dev-addr 127.0.0.1:8000
 
 bench: install   # every benchmark that writes a figure and is not measured on this code yet (~4 hours on 2 cores; resumes)
 	.venv/bin/flywheel bench all

@@ -141,11 +141,18 @@ def pretrain(
 
     Args:
         images: (N, 3, S, S) in [0, 1]: every image of the project (a random draw when capped).
-        architecture, options, num_classes: The network whose `features` are pretrained.
-        epochs, batch_size, lr, temperature: SimCLR's schedule (params.yaml's `pretrain`).
+        architecture: The network whose `features` are pretrained (params.yaml's name).
+        options: Its options (params.yaml's `architectures.<name>`).
+        num_classes: Its head's classes (the head is not pretrained).
+        epochs: SimCLR's passes over the images (params.yaml's `pretrain`).
+        batch_size: Images per batch (each gives two views).
+        lr: The optimizer's learning rate.
+        temperature: The contrastive loss's temperature.
         flip: Whether a mirrored image is the same thing (not for digits or text).
         seed: Seeds the views and the order.
-        tracking_uri, experiment, run_tags: Where the run goes and what links it to its pool.
+        tracking_uri: The MLflow server the run goes to.
+        experiment: The run's experiment.
+        run_tags: What links the run to its pool.
         progress: A progress bar per epoch.
         wait_while: Asked before each batch: training holds while it says True (the loop refreshing
             pre-annotations); the seconds held are logged (`pretrain_waited_s`), not counted in

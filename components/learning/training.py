@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
-import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -136,7 +135,8 @@ class ViewBatches(Sampler[list[int]]):
     `view * images + image` of `CachedFeatures.dataset`. An epoch is `passes` passes.
 
     Args:
-        images, views: How many images, and views of each, were cached.
+        images: How many images were cached.
+        views: How many views of each were cached.
         batch_size: Images per batch.
         passes: Passes over the images per epoch.
         seed: Seeds the orders and the views (one generator for all epochs).

@@ -107,7 +107,7 @@ class WorkspaceCache:
         was built from; otherwise a new one, kept instead.
 
         Raises:
-            As `open_workspace`.
+            FlywheelError: As `open_workspace`.
         """
         key = (settings, params, Path(project_root).resolve(), load_labeling_config(project_root / params.project.config))
         if self._built is not None and self._built[0] == key:

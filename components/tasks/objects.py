@@ -99,7 +99,8 @@ def one_to_one(
     least `threshold`, and no predicted object is left over (nothing missing, nothing extra).
 
     Args:
-        predicted, truth: (label, box or mask) of each object.
+        predicted: (label, box or mask) of each predicted object.
+        truth: (label, box or mask) of each true object.
         overlap: The pairwise IoU of two stacks of boxes or masks, (N, ...) and (M, ...) -> (N, M).
         threshold: The least IoU of a match.
     """
