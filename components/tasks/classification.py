@@ -9,7 +9,7 @@ finder is cleanlab's confident learning over out-of-fold class probabilities.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 

@@ -18,7 +18,7 @@ from components.adapters.stack import object_store, postgres
 from components.adapters.stack.postgres import DATABASES, postgres_url
 from components.adapters.stack.profile import ensure_credentials
 from components.core.errors import StackError
-from components.adapters.stack.service import Service
+from components.adapters.stack.service import Env, Hook, Service
 from components.core.settings import CLIENT_ENV, Settings, database_url
 
 @dataclass(frozen=True)
