@@ -14,20 +14,28 @@ dataset takes, so the demo, the simulator and a user's data go through one path.
 For detection and segmentation a `LabeledImage.label` is the image's target (its boxes, with masks
 for segmentation: `tasks.objects.make_target`); a COCO file (`*.json`: a user's own export) is read
 the same way as `digit-boxes`, or with `masks=True` as `digit-masks`.
+
+`import_dataset` turns a user's folder of images, or a COCO file, into a project's tasks (`flywheel import`);
+a COCO file's boxes or masks become pre-annotations for people to confirm, never annotations.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
+from components.core.conversions import Prediction
 from components.core.errors import SettingsError
-from components.data.images import shown_size
-from components.data.images import find_images
+from components.data.images import file_sha256, find_images, shown_size
+
+if TYPE_CHECKING:
+    from components.adapters.label_studio import ImportResult, LabelStudio, Project
+    from components.core.labeling_config import LabelingConfig
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,79 @@ def read_boxes(coco: Path, masks: bool = False) -> list[LabeledImage]:
     for path, boxes in images:
         items.append(LabeledImage(path=path, label=make_target(*shown_size(path), boxes)))
     return items
+
+
+def coco_pre_annotations(
+    items: Sequence[LabeledImage], task_ids: Mapping[str, int], created: Collection[int], config: LabelingConfig
+) -> list[Prediction]:
+    """A COCO file's targets as pre-annotations of the tasks its import created.
+
+    Args:
+        items: The COCO file's images with their targets (`read_boxes`).
+        task_ids: Content hash -> task id, for every task of the project (`LabelStudio.task_hashes`).
+        created: The task ids this import created: tasks that were there before keep what they have.
+        config: The project's labeling config, which says how a target is shown.
+
+    Returns:
+        One prediction per created task, scored 1.0 (the file's own boxes, not a model's guess).
+    """
+    from components.tasks import task_type_of
+
+    task_type = task_type_of(config)
+    return [
+        Prediction(task_id, tuple(task_type.result_of(item.label, config)), 1.0)
+        for item in items if (task_id := task_ids.get(file_sha256(item.path))) in created
+    ]
+
+
+@dataclass(frozen=True)
+class Imported:
+    """What `import_dataset` did: the project, the tasks created or skipped, and (for a COCO file) how
+    many pre-annotations it wrote."""
+
+    project: Project
+    result: ImportResult
+    pre_annotations: int | None = None
+
+
+def import_dataset(
+    label_studio: LabelStudio,
+    title: str,
+    labeling: LabelingConfig,
+    source: Path,
+    progress: Callable[[Iterable[Path]], Iterable[Path]] = lambda it: it,
+) -> Imported:
+    """Import a folder of images, or a COCO file's images with its boxes or masks, as tasks.
+
+    Files already imported (same content) are skipped. A COCO file's boxes (or, for a segmentation
+    config, masks) are written as pre-annotations of the tasks it created, under the model version
+    "coco:<file name>", for people to confirm: an annotation is never written.
+
+    Args:
+        label_studio: The Label Studio to import into.
+        title: The project's title; it is created from `labeling` if missing.
+        labeling: The labeling config.
+        source: A folder of images (searched recursively) or a COCO file (`.json`).
+        progress: Wraps the iteration over files (e.g. a progress bar).
+
+    Raises:
+        SettingsError: `source` is a COCO file and `labeling` a classification config (nothing is
+            created), or the COCO file is malformed.
+    """
+    coco = source.is_file()
+    if coco and labeling.task == "classification":
+        raise SettingsError(
+            f"{source} is a file: a COCO file needs a detection or segmentation project (e.g. --config "
+            f"label_studio_config/detection.xml or segmentation.xml); the config given is {labeling.task}."
+        )
+    project = label_studio.ensure_project(title, labeling)
+    if not coco:
+        return Imported(project, label_studio.import_images(project, find_images(source), progress=progress))
+    items = read_boxes(source, masks=labeling.task == "segmentation")
+    result = label_studio.import_images(project, [i.path for i in items], progress=progress)
+    predictions = coco_pre_annotations(items, label_studio.task_hashes(project.id), set(result.created), project.config)
+    label_studio.add_predictions(project.id, predictions, f"coco:{source.name}")
+    return Imported(project, result, len(predictions))
 
 
 def materialize(name: str, dest: Path, limit: int | None = None, seed: int = 0, masks: bool = False) -> list[LabeledImage]:
