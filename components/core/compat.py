@@ -3,7 +3,7 @@
 A model version logged before recipes existed (MLflow's pytorch flavor) is a pickle that names its
 classes by module path, e.g. `components.architectures.SmallCNN`. When modules move, such a version
 would no longer unpickle. `Unpickler` reads those paths through `MOVED_MODULES` and `MOVED_CLASSES`;
-`components.adapters.registry` hands this module to `mlflow.pytorch.load_model` as its
+`components.adapters.registry.models` hands this module to `mlflow.pytorch.load_model` as its
 `pickle_module`. Add a line here whenever a module that may be pickled moves.
 """
 
