@@ -24,6 +24,21 @@ TRACEBACKS = "flywheel.tracebacks"  # the log file's copy of a failure the termi
 SETTINGS_PATH = Path(__file__).with_name("logging.yml")
 
 
+# Libraries that may print through handlers of their own: MLflow configures its loggers when it is
+# imported (unless MLFLOW_CONFIGURE_LOGGING=false was set before), Lightning when the root logger has no
+# handler yet. `adopt_library_loggers` sends them through flywheel's handlers instead.
+LIBRARY_LOGGERS = ("mlflow", "lightning", "lightning.pytorch", "lightning.fabric")
+
+
+def adopt_library_loggers() -> None:
+    """Route the libraries' records through flywheel's handlers (their INFO to the log file only, a
+    warning once to the terminal), whichever was imported before logging was set up."""
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+
+
 def verbose() -> bool:
     return os.environ.get(VERBOSE, "") not in ("", "0", "false")
 

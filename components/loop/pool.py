@@ -116,6 +116,7 @@ def pretrain_backbone(ws: Workspace, pool: Mapping[str, Path], pool_rev: str, pr
         **pool_tags(ws, t.architecture), TAG_KIND: KIND_PRETRAINING, TAG_POOL_SIZE: str(len(pool)), TAG_POOL_REV: pool_rev,
         TAG_DATA_REGISTRY: str(ws.data.root), TAG_RUN_NAME: f"pretrain-{t.architecture}@{pool_rev}",
     }
+    ws.models.ensure_experiment()  # made here, not by Lightning's logger (which would say so on the terminal)
     with ws.models.calling(f"track the pretraining of {t.architecture}"):
         return pretrain(
             load_images(chosen, t.image_size), t.architecture, ws.params.architectures.get(t.architecture, {}),

@@ -122,6 +122,7 @@ def train(
         tags[TAG_FINE_TUNED_FROM] = start[0].model_version
     if backbone is not None:
         tags.update({TAG_BACKBONE: backbone.run_id, TAG_BACKBONE_FROZEN: str(backbone.frozen).lower()})
+    ws.models.ensure_experiment()  # made here, not by Lightning's logger (which would say so on the terminal)
     with ws.models.calling(f"track the training of {architecture}"):
         return fit(
             ws.task,

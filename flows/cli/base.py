@@ -106,6 +106,7 @@ def _settings() -> Settings:
     logging.raiseExceptions = False
     if "prefect" not in sys.modules:  # Prefect configures logging when imported; before that, ours
         logging.basicConfig(level=logging.INFO, handlers=[logs.Terminal(), logs.WorkspaceFile()], force=True)
+    logs.adopt_library_loggers()  # a benchmark's module may have imported MLflow or Lightning before this ran
     return settings
 
 

@@ -84,6 +84,21 @@ class Runs:
             experiment = self.client.get_experiment_by_name(self.experiment)
         return experiment.experiment_id if experiment else None
 
+    def ensure_experiment(self) -> str:
+        """The id of the loop's experiment, created if it does not exist yet (so no run's logger has to
+        create it, and say so on the terminal)."""
+        with self.calling("create the experiment"):
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is not None:
+                return found.experiment_id
+            try:
+                return self.client.create_experiment(self.experiment)
+            except MlflowException:  # another process created it meanwhile
+                found = self.client.get_experiment_by_name(self.experiment)
+                if found is None:
+                    raise
+                return found.experiment_id
+
     def search_runs(self, filter_string: str, max_results: int = 1) -> list[Run]:
         """Runs of the loop's experiment matching an MLflow filter (none while the experiment does not exist)."""
         experiment_id = self.experiment_id()
