@@ -108,18 +108,21 @@ def measure_writeback(ls: LabelStudio, project: Project) -> tuple[float, float, 
 
 
 def measure_training(image_size: int, batch_size: int, images: int = 512, epochs: int = 2) -> dict[str, float]:
-    """Training images per second of each architecture in params.yaml (CPU here; Lightning picks the device)."""
+    """Training images per second of each classification architecture in params.yaml (CPU here; Lightning
+    picks the device); the box and mask networks are measured by their own benchmarks."""
     import lightning as L
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
     from components.networks.architectures import build_network
-    from components.tasks.classification import Classifier
+    from components.tasks.classification import Classification, Classifier
 
     params = load_params(ROOT / "params.yaml")  # the architectures to compare
     data = TensorDataset(torch.rand(images, 3, image_size, image_size), torch.randint(0, 10, (images,)))
     rates = {}
     for name, options in params.architectures.items():
+        if not Classification().builds(name):
+            continue
         module = Classifier(build_network(name, 10, options), 10, lr=1e-3, augment=True, architecture=name)
         trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False)
