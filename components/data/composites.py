@@ -30,7 +30,7 @@ MAX_HIDDEN = 0.15
 # The digit pool is permuted once with this seed; a set's seed picks where in that order it starts,
 # so a set uses each of the 5,000 digit instances once before any repeats.
 POOL_SEED = 20240601
-GENERATOR = "components.data.composites"
+GENERATOR = "components.composites"  # a stored identifier of generated sets (not an import path): changing it regenerates them
 FORMAT = 2  # 2: annotations carry their instance mask as COCO `segmentation` (compressed RLE)
 
 

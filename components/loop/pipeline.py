@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from components.core import compat
 from components.core.errors import DataError
 from components.core.labeling_config import LabelingConfig
 from components.core.params import Params
@@ -74,7 +75,7 @@ def evaluate_folder(snapshot: Path, config: LabelingConfig, model_path: Path, me
     """Evaluate a saved model on the snapshot's validation split: metrics JSON and the task type's
     first figure (the confusion matrix for classification)."""
     task = task_type_of(config)
-    model = torch.load(model_path, weights_only=False)
+    model = torch.load(model_path, weights_only=False, pickle_module=compat)
     data = task.datamodule(snapshot, training_rows(read_manifest(snapshot)), model.labels, model.image_size, 1, augment=False)
     data.setup()
     scores = task.evaluate(model, data.val_set, model.labels)

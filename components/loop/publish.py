@@ -216,13 +216,16 @@ def write_back(
     written = ws.label_studio.write_predictions(
         ws.project, predictions, champion.model_version, after_batch=lambda: pause_point("write-back"), untouched=tasks
     )
+    now = ws.data.latest()  # the labels as they are after the slow write: a label corrected meanwhile is no suspect
+    if now is not None and (latest is None or now.rev != latest.rev):
+        manifest = read_manifest(snapshot_folder(ws, now))
     suspected = suspects(ws, manifest)
     doubted = suspect_predictions(ws, suspected)
     written += ws.label_studio.sync_marked_predictions(ws.project, doubted, champion.model_version, SUSPECT_MARK)
     if predictions or doubted:  # Label Studio refuses to show a version with no predictions
         ws.label_studio.show_model_version(ws.project.id, champion.model_version)
     publish_views(ws, [outputs.task_ids[i] for i in order[: select.batch]], [int(t) for t in suspected["task_id"]])
-    publish_needs_attention(ws, latest, problems)
+    publish_needs_attention(ws, now, problems)
     return written
 
 

@@ -47,3 +47,13 @@ def test_the_classification_model_pickled_before_task_types_existed_loads():
     old = pickled_at(model, "components.tasks.classification", "components.training")
     loaded = torch.load(io.BytesIO(old), pickle_module=compat, weights_only=False)
     assert isinstance(loaded, InferenceModel) and loaded.labels == model.labels
+
+
+def test_a_box_model_pickled_under_the_old_module_paths_loads():
+    from components.networks.detectors import build_detector
+    from components.tasks.detection import DetectionModel
+
+    model = DetectionModel(build_detector("centernet", 2, {}), ["a", "b"], 32).eval()
+    old = pickled_at(model, "components.networks.detectors", "components.detectors")
+    loaded = torch.load(io.BytesIO(old), pickle_module=compat, weights_only=False)
+    assert type(loaded.net) is type(model.net) and loaded.labels == model.labels

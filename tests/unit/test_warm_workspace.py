@@ -102,23 +102,41 @@ def test_outside_the_warm_worker_each_flow_run_connects():
     assert warm_workspaces() is None
 
 
-def test_the_flows_read_the_flag_and_the_workspace_the_worker_sets():
-    """The worker (run as `python -m flows.worker`, a `__main__` module) sets both in `flows.runtime`,
-    the one module the flows read them from."""
+def test_the_worker_sets_the_flag_and_the_workspace_the_flows_read(monkeypatch):
+    """The warm worker (`python -m flows.worker`, which serve starts) runs a requested iteration with its
+    workspace cache in place, and its SIGUSR1 reaches the flag the flows read (`flows.runtime`)."""
+    import json
+    import os
+    import signal
+
     import flows.flywheel
-    import flows.label_errors
-    import flows.tasks
+    import flows.worker
     from flows import runtime
 
-    assert flows.flywheel.interrupted is flows.label_errors.interrupted is runtime.interrupted
-    assert flows.tasks.warm_workspaces is runtime.warm_workspaces
-    cache = WorkspaceCache()
-    with runtime.keeping_workspaces(cache):
-        assert runtime.warm_workspaces() is cache
-        runtime.interrupt()
-        assert runtime.interrupted()
-        runtime.clear_interrupt()
-    assert runtime.warm_workspaces() is None and not runtime.interrupted()
+    seen = {}
+
+    def iteration(*args: object, **kwargs: object) -> dict[str, object]:  # stands in for the real flow
+        seen["workspaces"] = runtime.warm_workspaces()
+        os.kill(os.getpid(), signal.SIGUSR1)  # what serve sends when new labels wait
+        seen["interrupted"] = runtime.interrupted()
+        return {}
+
+    monkeypatch.setattr(flows.flywheel, "flywheel_iteration", iteration)
+    inbox_r, inbox_w = os.pipe()
+    outbox_r, outbox_w = os.pipe()
+    with os.fdopen(inbox_w, "w") as inbox:
+        inbox.write(json.dumps({"run": "iteration", "trigger": "test"}) + "\n")
+    handlers = signal.getsignal(signal.SIGUSR1), signal.getsignal(signal.SIGINT)
+    try:
+        flows.worker.main("params.yaml", inbox_r, outbox_w)
+    finally:
+        signal.signal(signal.SIGUSR1, handlers[0])
+        signal.signal(signal.SIGINT, handlers[1])
+    with os.fdopen(outbox_r) as outbox:
+        replies = [json.loads(line) for line in outbox.read().splitlines()]
+    assert replies == [{"ready": True}, {"ok": True, "summary": {}}]
+    assert isinstance(seen["workspaces"], WorkspaceCache) and seen["interrupted"]
+    assert runtime.warm_workspaces() is None and not runtime.interrupted()  # cleared with the reply, and outside the worker
 
 
 def test_background_pretraining_waits_while_an_iteration_refreshes_pre_annotations(tmp_path):
