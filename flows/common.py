@@ -174,10 +174,13 @@ def unless_busy(name: str) -> Iterator[bool]:
     with ExitStack() as held:
         try:
             held.enter_context(concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S, max_retries=0))
+            free = True
         except ConcurrencySlotAcquisitionError as e:
             cause = e.__cause__
             if not (isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423):
                 raise
+            free = False  # yielded below, outside this handler: the caller's errors do not chain onto the 423
+        if not free:
             if not _holder_gone(name):
                 yield False
                 return
