@@ -184,7 +184,7 @@ def unless_busy(name: str) -> Iterator[bool]:
             if not _holder_gone(name):
                 yield False
                 return
-            log.info("The run holding %s was killed: waiting for its hold to expire (within %d s)...", name, LEASE_S)
+            log.info("Waiting for the loop lock %s: the run holding it was killed, its hold expires within %d s...", name, LEASE_S)
             held.enter_context(concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S))
         current = _current_run()
         _note_holder(name, {"flow_run_id": current, "flow_run_name": str(flow_run.name), "owner": owner()})

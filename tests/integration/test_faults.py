@@ -122,6 +122,7 @@ def test_flywheel_killed_during_write_back_rerun_leaves_one_complete_set(project
 
     code, output, _ = run_cli(cli_env, "run", "--params", str(params_path))
     assert code == 0, output[-3000:]
+    # whichever of its locks the killed run still held when the rerun came, the rerun waits it out and says so
     assert "Waiting for the loop lock" in output and "its process was killed" in output
 
     champion = ws.models.champion()
