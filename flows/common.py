@@ -34,7 +34,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.runtime import deployment, flow_run
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
 from prefect.client.schemas.objects import StateType
-from prefect.exceptions import PrefectHTTPStatusError
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Crashed
 from prefect.variables import Variable
 
@@ -43,7 +43,10 @@ from components.core.faults import owner, owner_gone
 from components.loop.workspace import Workspace, close_abandoned, open_workspace
 from components.core.params import load_params
 from components.core.settings import load_settings
+from flows import prefect_retry
 from flows.logs import describe
+
+prefect_retry.install()  # before any flow talks to Prefect: a busy SQLite's 503 retried in ms, not 2 s
 
 CURSOR_LOCK = "flywheel-cursor"
 PUBLISH_LOCK = "flywheel-publish"
@@ -73,15 +76,26 @@ step = partial(task, cache_policy=NONE, persist_result=False)
 OWNER_LABEL = "flywheel.owner"  # a flow run's label: the process running it (components.core.faults.owner)
 
 
-@io_task
-def connect(params_path: str) -> Workspace:
-    """Read settings and params, reach Label Studio, open the project's data registry; label this flow
-    run with the process running it, so a run that finds it dead later closes it as crashed."""
-    path = Path(params_path)
+def label_owner() -> None:
+    """Label this flow run with the process running it, so a run that finds that process dead later
+    closes it as crashed. Called by the flow itself before its first task, while the server records no
+    task run's state for it to collide with (`flows.prefect_retry`)."""
     if flow_run.id:
         with get_client(sync_client=True) as client:
             client.update_flow_run_labels(UUID(str(flow_run.id)), {OWNER_LABEL: owner()})
+
+
+@io_task(name="connect")
+def _open(params_path: str) -> Workspace:
+    path = Path(params_path)
     return open_workspace(load_settings(), load_params(path), project_root=path.parent)
+
+
+def connect(params_path: str) -> Workspace:
+    """Label this flow run with its process (`label_owner`), then read settings and params, reach
+    Label Studio and open the project's data registry (the task `connect`)."""
+    label_owner()
+    return _open(params_path)
 
 
 def _current_run() -> str:
@@ -94,11 +108,23 @@ def _holder(name: str) -> str:
 
 
 def _note_holder(name: str, value: dict[str, str]) -> None:
-    """Say who holds the lock (for the "waiting for" line only): a busy server answering 5xx costs the line, not the run."""
+    """Say who holds the lock (for the "waiting for" line, and whether its holder's process is alive):
+    a busy server answering 5xx costs the note, not the run."""
     try:
         Variable.set(_holder(name), value, overwrite=True)
     except (PrefectHTTPStatusError, httpx.TransportError) as e:
         log.debug("Could not note the holder of %s: %s", name, e)
+
+
+def _ensure_limit(name: str) -> bool:
+    """Create the one-slot global concurrency limit `name` unless it exists (a read, where an upsert
+    would be one more write to collide, `flows.prefect_retry`); returns whether a run holds it now."""
+    with get_client(sync_client=True) as client:
+        try:
+            return client.read_global_concurrency_limit_by_name(name).active_slots > 0
+        except ObjectNotFound:
+            client.upsert_global_concurrency_limit_by_name(name=name, limit=1)
+            return False
 
 
 def _read_holder(name: str) -> str:
@@ -136,10 +162,7 @@ def one_at_a_time(ws: Workspace | None = None, name: str = CURSOR_LOCK) -> Itera
 
     Says so when it has to wait. Once it holds the lock, whatever a killed run left open is closed.
     """
-    with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(name=name, limit=1)
-        busy = client.read_global_concurrency_limit_by_name(name).active_slots > 0
-    if busy:
+    if _ensure_limit(name):
         holder = _read_holder(name)
         log.info("Waiting for the loop lock %s, held by %s (a killed run's hold expires within %d s)...", name, holder, LEASE_S)
     with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S):
@@ -169,8 +192,7 @@ def unless_busy(name: str) -> Iterator[bool]:
     """Hold lock `name` (one slot) if no live run holds it: yields True holding it, or False at once
     while a live run does. A holder that was killed is waited out (its lease expires within `LEASE_S`),
     so what it was doing is done here rather than left to nobody."""
-    with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(name=name, limit=1)
+    _ensure_limit(name)
     with ExitStack() as held:
         try:
             held.enter_context(concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S, max_retries=0))

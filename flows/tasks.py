@@ -6,21 +6,17 @@ Flows call them as `tasks.NAME(...)`, so a test that patches one patches it here
 from __future__ import annotations
 
 from pathlib import Path
-from uuid import UUID
 
-from prefect import get_client
-from prefect.runtime import flow_run
 
 from components.adapters.registry import RegisteredModel
 from components.adapters.versioning import SnapshotVersion
-from components.core.faults import owner
 from components.core.params import load_params
 from components.core.settings import load_settings
 from components.learning.training import TrainedModel
 from components.loop import ingest, insight, pool, publish, quality
 from components.loop import train as training
 from components.loop.workspace import Workspace, WorkspaceCache
-from flows.common import OWNER_LABEL, connect, io_task, step
+from flows.common import connect, io_task, label_owner, step
 from flows.runtime import warm_workspaces
 
 poll = io_task(ingest.poll)
@@ -42,11 +38,8 @@ publish_cold_start = io_task(publish.publish_cold_start)
 
 @io_task
 def reuse_workspace(params_path: str, workspaces: WorkspaceCache) -> Workspace:
-    """`connect` in the warm worker: label this flow run with its process, as `connect` does, and take
-    the workspace an earlier run opened while settings, params and the labeling config are unchanged."""
-    if flow_run.id:
-        with get_client(sync_client=True) as client:
-            client.update_flow_run_labels(UUID(str(flow_run.id)), {OWNER_LABEL: owner()})
+    """`connect` in the warm worker: the workspace an earlier run opened while settings, params and the
+    labeling config are unchanged."""
     path = Path(params_path)
     return workspaces.open(load_settings(), load_params(path), project_root=path.parent)
 
@@ -54,7 +47,10 @@ def reuse_workspace(params_path: str, workspaces: WorkspaceCache) -> Workspace:
 def workspace(params_path: str) -> Workspace:
     """The run's workspace: in the warm worker, the one its earlier runs opened; elsewhere a fresh one."""
     workspaces = warm_workspaces()
-    return connect(params_path) if workspaces is None else reuse_workspace(params_path, workspaces)
+    if workspaces is None:
+        return connect(params_path)
+    label_owner()
+    return reuse_workspace(params_path, workspaces)
 labels_checked = io_task(quality.labels_checked)
 check_labels = step(quality.check_labels)
 image_pool = io_task(pool.image_pool)
