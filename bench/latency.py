@@ -219,11 +219,14 @@ def pretraining(serving: subprocess.Popen) -> bool:
 
 
 def step_seconds(since: datetime, until: datetime) -> dict[str, float]:
-    """Seconds the flow runs created in [since, until] spent in each of EARLY_STEPS (Prefect's task runs)."""
+    """Seconds the iterations created in [since, until] spent in each of EARLY_STEPS (Prefect's task
+    runs; not the background pretraining's, nor an idle pass's)."""
     from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
 
-    runs = [r.id for r in flow_runs_since(since) if r.created is not None and r.created <= until]
+    with get_client(sync_client=True) as client:
+        iterations = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["flywheel-iteration"])), limit=200)
+    runs = [r.id for r in iterations if r.created is not None and since <= r.created <= until]
     if not runs:
         return {}
     with get_client(sync_client=True) as client:
@@ -416,7 +419,7 @@ and the person starts labeling then: {EARLY_FROM} labels, one per class (fewer t
 `validate.min_per_class`, so no model), then rounds of {early_params.poll.min_new_annotations}, one per class and one a second, up to {EARLY_TO}.
 Per round: the clock as above; how the new model was trained (its MLflow tags: a head on the frozen
 backbone below `train.freeze_backbone_below` = {early_params.train.freeze_backbone_below} labels, fine-tuned, or from scratch before a
-backbone exists) and its MLflow run's seconds; the seconds the warm worker's flow runs of the round
+backbone exists) and its MLflow run's seconds; the seconds the warm worker's iterations of the round
 spent connecting (`connect`, or `reuse_workspace` once the worker holds a workspace), training and
 writing back (Prefect's task runs; medians over rounds as `flywheel_stage_s_early_<step>`); whether the
 background pretraining was still running when the round ended.
