@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
@@ -29,19 +28,6 @@ from components.core import compat
 from components.core.tags import TAG_ARCHITECTURE, TAG_PROMOTED
 from components.core.task_type import Scores
 from components.networks.export import FILES, INPUT, Preprocessed, example_pixels, export, exports_onnx, output_names
-
-
-@contextmanager
-def _no_eprint() -> Iterator[None]:
-    """Silence what MLflow prints on stdout while registering ("Registered model ... already exists",
-    "Created version ..."): the loop says it in one line of its own."""
-    from mlflow.utils.logging_utils import disable_logging, enable_logging
-
-    disable_logging()
-    try:
-        yield
-    finally:
-        enable_logging()
 
 
 class ModelRegistry(Runs):
@@ -72,7 +58,7 @@ class ModelRegistry(Runs):
     def _register(self, model: nn.Module, run_id: str, recipe: Recipe) -> RegisteredModel:
         model.eval()
         onnx_ready = exports_onnx(model)
-        with tempfile.TemporaryDirectory() as scratch, self._fluent(), mlflow.start_run(run_id=run_id), _no_eprint():
+        with tempfile.TemporaryDirectory() as scratch, self._fluent(), mlflow.start_run(run_id=run_id):
             folder = Path(scratch)
             (folder / "flywheel").mkdir()
             torch.save(model.state_dict(), folder / "flywheel" / WEIGHTS.name)
@@ -88,7 +74,6 @@ class ModelRegistry(Runs):
                     onnx.load(str(folder / "export" / FILES["onnx"])),
                     name="model",
                     signature=self._signature(model, pixels=True),
-                    registered_model_name=self.name,
                     pip_requirements=[f"onnxruntime=={version('onnxruntime')}"],
                 )
             else:  # no safe MLflow format fits a box model's decoding (pt2 drops its methods): pickled, named here
@@ -97,10 +82,20 @@ class ModelRegistry(Runs):
                     name="model",
                     serialization_format="pickle",
                     signature=self._signature(model, pixels=False),
-                    registered_model_name=self.name,
                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                 )
-        return RegisteredModel(name=self.name, version=int(info.registered_model_version), run_id=run_id)
+        return RegisteredModel(name=self.name, version=self._new_version(info.model_uri, info.model_id, run_id), run_id=run_id)
+
+    def _new_version(self, model_uri: str, model_id: str, run_id: str) -> int:
+        """Register a logged model as the next version of `name` through MLflow's client: the fluent
+        `registered_model_name=` prints "Successfully registered model ..." and "Created version ..." to
+        stderr, and MLflow turns its own silencing back on midway (`disable_logging` does not hold)."""
+        try:
+            self.client.create_registered_model(self.name)
+        except MlflowException as e:
+            if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        return int(self.client.create_model_version(self.name, source=model_uri, run_id=run_id, model_id=model_id).version)
 
     @staticmethod
     def _signature(model: nn.Module, pixels: bool) -> ModelSignature:
