@@ -20,12 +20,14 @@ log = logging.getLogger("flows.flywheel")  # by name: Prefect loads a served flo
 
 def version_new_labels(ws: Workspace, summary: dict[str, object]) -> None:
     """Ingest: poll the annotations changed since the cursor and, when there are enough, version them
-    as the next snapshot."""
+    as the next snapshot (`poll.min_new_annotations`; before the first model, any: each may be the
+    label that lets training start)."""
     with one_at_a_time(ws, CURSOR_LOCK):  # serial: the cursor moves in the snapshot's commit
         latest = ws.data.latest()  # still the latest at `version`: only a holder of this lock versions
         changes = tasks.poll(ws, latest)
         summary["changed_tasks"] = len(changes.tasks)
-        if len(changes.tasks) >= ws.params.poll.min_new_annotations:
+        enough = ws.params.poll.min_new_annotations if ws.models.champion() is not None else 1
+        if len(changes.tasks) >= enough:
             summary["snapshot"] = version_changes(ws, latest, changes).rev
 
 

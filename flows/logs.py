@@ -30,6 +30,17 @@ SETTINGS_PATH = Path(__file__).with_name("logging.yml")
 LIBRARY_LOGGERS = ("mlflow", "lightning", "lightning.pytorch", "lightning.fabric")
 
 
+def setup() -> None:
+    """This process's logging: flywheel's two handlers on the root logger (`Terminal`, `WorkspaceFile`),
+    installed before a library installs its own: MLflow's pytorch flavor calls `logging.basicConfig`
+    when imported, and Prefect then leaves a root logger that has a handler alone, so a process that
+    imported the loop before Prefect printed every library's INFO in Python's default format (the warm
+    worker under `flywheel serve` did). Called first by the CLI and by each child process's entry point."""
+    logging.basicConfig(level=logging.INFO, handlers=[Terminal(), WorkspaceFile()], force=True)
+    logging.raiseExceptions = False  # a failing handler (Prefect's log shipper, its server down) stays quiet
+    adopt_library_loggers()
+
+
 def adopt_library_loggers() -> None:
     """Route the libraries' records through flywheel's handlers (their INFO to the log file only, a
     warning once to the terminal), whichever was imported before logging was set up."""

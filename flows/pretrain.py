@@ -40,7 +40,9 @@ if __name__ == "__main__":  # `flywheel serve`'s background pretraining (flows.s
     import torch
 
     from components.core.params import load_params
+    from flows import logs
 
+    logs.setup()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for `flywheel serve`, which stops this process
     torch.set_num_threads(load_params(sys.argv[1]).pretrain.threads)
     pretrain(sys.argv[1], progress=False, trigger="background")

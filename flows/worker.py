@@ -31,19 +31,21 @@ import signal
 import sys
 from collections.abc import Callable
 
-from flows import runtime
+from flows import logs, runtime
 from flows.logs import TRACEBACKS, describe
 
 log = logging.getLogger("flows.worker")
 
 
 def main(params_path: str, inbox_fd: int, outbox_fd: int) -> None:
+    logs.setup()  # before the imports below: one of them would install a handler of its own
     signal.signal(signal.SIGUSR1, runtime.interrupt)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for `flywheel serve`, which stops this process
     from components.loop.workspace import WorkspaceCache
     from flows.flywheel import flywheel_iteration, tidy_predictions
     from flows.label_errors import find_label_errors
 
+    logs.adopt_library_loggers()  # MLflow and Lightning, imported above, through flywheel's handlers
     workspaces = WorkspaceCache()
 
     runs: dict[str, Callable[[str], object]] = {

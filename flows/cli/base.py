@@ -105,7 +105,7 @@ def _settings() -> Settings:
     # own one-line error says what failed, and "--- Error logging to API ---" noise would bury it.
     logging.raiseExceptions = False
     if "prefect" not in sys.modules:  # Prefect configures logging when imported; before that, ours
-        logging.basicConfig(level=logging.INFO, handlers=[logs.Terminal(), logs.WorkspaceFile()], force=True)
+        logs.setup()
     logs.adopt_library_loggers()  # a benchmark's module may have imported MLflow or Lightning before this ran
     return settings
 

@@ -37,6 +37,7 @@ class Dispatcher:
         self.watermark: str | None = None  # Label Studio's newest change when work was last handed off
         self.cursor: str | None = None  # the latest snapshot's cursor, as the last iteration reported it
         self.retry = False  # the last iteration failed: the next wake-up runs one whatever changed
+        self.has_model = False  # an iteration reported a champion: until then every label change counts
         self.next_poll = time.monotonic()  # a first poll at once: catch up on what changed while serving was down
         self.idle_work: dict[str, float] = {"check": time.monotonic() + params.errors.after_idle_s}  # what -> when
 
@@ -93,13 +94,15 @@ class Dispatcher:
     def enough_changed(self) -> bool:
         """Whether an iteration would have something to version: at least `poll.min_new_annotations`
         tasks changed since the cursor (or, before the first snapshot, labeled at all): one cheap
-        count, so a person's first few saves start no flow run."""
+        count, so a person's saves start a flow run only every so many. Before the first model, one
+        change is enough: the first snapshot may have too few labels of a class to train on, and the
+        save that completes it should bring the first model, not wait for nine more."""
         try:
             pending = self.ls.count_changed(self.project_id, self.cursor)
         except LabelStudioError as e:
             log.warning("Counting the label changes: %s", e)
             return True
-        if pending < self.params.poll.min_new_annotations:
+        if pending < (self.params.poll.min_new_annotations if self.has_model else 1):
             self.watermark = self.newest_change()  # seen: the safety net waits for something newer
             return False
         return True
@@ -124,6 +127,7 @@ class Dispatcher:
         """Note what an iteration reported: the cursor, and the idle work it calls for."""
         now = time.monotonic()
         self.cursor = summary.get("cursor") or self.cursor
+        self.has_model = self.has_model or bool(summary.get("champion"))
         if summary.get("snapshot") or summary.get("trained"):
             self.idle_work["pass"] = now  # the idle pass: the strategy report for the new model
         if summary.get("written"):

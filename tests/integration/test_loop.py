@@ -165,6 +165,27 @@ def test_too_few_new_annotations_wait_for_more(digits_project, loop_env):
     assert summary["changed_tasks"] == 3 and summary["snapshot"] is None and not summary["trained"]
 
 
+def test_before_the_first_model_the_save_that_completes_a_class_brings_it(loop_env, label_studio, tmp_path):
+    """`poll.min_new_annotations` (10) counts once a model exists. Before that, the one save that gives
+    the last class its second label (`validate.min_per_class`) versions a snapshot and trains at once."""
+    from flows import flywheel
+
+    params_path, project, truth = make_digits_project(label_studio, tmp_path, "first", 80)
+    data = label_studio.all_tasks(project.id)
+    by_class: dict[str, list[int]] = {}
+    for task_id in sorted(data):
+        by_class.setdefault(truth[data[task_id]["filename"]], []).append(task_id)
+    for label, ids in sorted(by_class.items()):
+        for task_id in ids[: 1 if label == "0" else 2]:  # every class twice, but 0 once
+            label_studio.annotate(task_id, choice_result(label, project.config))
+    first = flywheel.flywheel_iteration(str(params_path))
+    assert first["snapshot"] and not first["trained"]  # 0 has too few labels: versioned, no model
+
+    label_studio.annotate(by_class["0"][1], choice_result("0", project.config))
+    second = flywheel.flywheel_iteration(str(params_path))
+    assert second["changed_tasks"] == 1 and second["snapshot"] and second["trained"]
+
+
 def test_retrain_compares_every_architecture_in_one_experiment(digits_project, loop_env):
     from flows.retrain import retrain
 

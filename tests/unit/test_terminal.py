@@ -32,3 +32,28 @@ def test_a_librarys_own_handler_is_replaced_by_flywheels(monkeypatch, tmp_path, 
     assert "Waiting up to 300 seconds" not in terminal and "Trained a model." in terminal
     assert terminal.count("Experiment with name x not found") == 1  # a library's warning: once, ours
     assert "Waiting up to 300 seconds" in (tmp_path / "flywheel.log").read_text()
+
+
+def test_a_child_process_that_imports_the_loop_before_prefect_logs_through_flywheels_handlers(tmp_path):
+    """The warm worker, the background pretraining and the retrain runner start as `python -m ...`
+    and import the loop (MLflow's pytorch flavor calls `logging.basicConfig`) before Prefect: their
+    entry points call `logs.setup()` first, so a library's INFO reaches the log file, not the terminal."""
+    import os
+    import subprocess
+    import sys
+
+    log_file = tmp_path / "flywheel.log"
+    child = """
+from flows import logs
+logs.setup()
+from components.loop.workspace import WorkspaceCache  # imports mlflow.pytorch
+import logging, prefect
+logging.getLogger("great_expectations").info("a library's chatter")
+logging.getLogger("components.loop").info("flywheel's own line")
+"""
+    env = {**os.environ, logs.LOG_FILE: str(log_file), "PREFECT_LOGGING_SETTINGS_PATH": str(logs.SETTINGS_PATH)}
+    env.pop(logs.VERBOSE, None)
+    done = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "flywheel's own line" in done.stderr and "a library's chatter" not in done.stderr
+    assert "a library's chatter" in log_file.read_text()
