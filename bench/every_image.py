@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import random
-import statistics
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.results import BENCH, ROOT, record
+from bench.results import BENCH, ROOT, record, seed_figures
 from bench.simulate import scratch_params
 from components.studies.datasets import materialize
 from components.loop.publish import label_next
@@ -168,9 +167,7 @@ def figures_of(name: str, values: Sequence[float]) -> dict[str, Any]:
     """`name` (the mean of the per-seed values), `name_sd` (their sample standard deviation) and `name_seeds`."""
     if name.startswith("active_label_savings_mean_curve"):  # one value from the mean curves: no spread of its own
         return {name: round(values[0], 4)}
-    sd = statistics.stdev(values) if len(values) > 1 else None
-    return {name: round(statistics.fmean(values), 4), f"{name}_sd": None if sd is None else round(sd, 4),
-            f"{name}_seeds": [round(v, 4) for v in values]}
+    return seed_figures(name, values)
 
 
 def labels_done(outcome: Outcome) -> int:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
@@ -66,8 +67,12 @@ CATALOG: tuple[Benchmark, ...] = (
     Benchmark("serving", "serving", ("serve_*", "route_to_label_studio_s"), 6),
     Benchmark("every-image", "every-image", ("few_shot_accuracy_2pc*", "acceptance_at_10pct*", "final_accuracy*",
                                              "active_label_savings*", "first_model_*", "pretrain_s_per_1k*"), 90),
-    Benchmark("simulate-digit-boxes", "simulate --task detection --order random --budget 200 --held-out 300", ("det_*",), 15),
-    Benchmark("simulate-digit-masks", "simulate --task segmentation --order random --budget 200 --held-out 500", ("seg_*",), 30),
+    Benchmark("simulate-digit-boxes", "simulate --task detection --order random --budget 200 --held-out 300 --seeds 3", ("det_*",), 45),
+    Benchmark("simulate-digit-masks", "simulate --task segmentation --order random --budget 200 --held-out 500 --seeds 3", ("seg_*",), 90),
+    Benchmark("simulate-photo-boxes", "simulate --task detection --dataset photo-boxes --order random --budget 200 --held-out 300 "
+              "--seeds 3", ("photo_det_*",), 60),
+    Benchmark("simulate-photo-masks", "simulate --task segmentation --dataset photo-masks --order random --budget 200 "
+              "--held-out 300 --seeds 3", ("photo_seg_*",), 90),
     Benchmark("strategy", "strategy", ("strategy_report",), 15),
     Benchmark("label-errors", "errors", ("errors_precision_*", "errors_recall_*"), 12),
     Benchmark("robustness", "robustness", ("bad_inputs_*", "dead_server_exit_s*", "predictions_per_*"), 12),
@@ -171,6 +176,14 @@ def _write(path: Path, value: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
+
+
+def seed_figures(name: str, values: Sequence[float]) -> dict[str, Any]:
+    """A figure measured once per seed: `name` (the mean of the per-seed values), `name_sd` (their sample
+    standard deviation; None with one seed) and `name_seeds` (the values, in seed order)."""
+    sd = statistics.stdev(values) if len(values) > 1 else None
+    return {name: round(statistics.fmean(values), 4), f"{name}_sd": None if sd is None else round(sd, 4),
+            f"{name}_seeds": [round(v, 4) for v in values]}
 
 
 def record(

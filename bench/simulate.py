@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from bench.results import BENCH, CATALOG, record
-from components.studies.datasets import DETECTION, PACKAGED, SEGMENTATION, materialize
+from bench.results import BENCH, CATALOG, record, seed_figures
+from components.studies.datasets import (
+    DETECTION, OBJECT_SETS, PACKAGED, PHOTO_DETECTION, PHOTO_SEGMENTATION, SEGMENTATION, LabeledImage, materialize,
+)
+from components.tasks.objects import parse_target
 from components.loop.publish import label_next
 from components.loop.workspace import open_workspace
 from components.core.labeling_config import load_labeling_config, with_labels
@@ -39,11 +43,12 @@ class SimulationConfig:
     every: int = 20
     seed: int = 0
     task: str = "classification"
+    seeds: int = 1  # boxes and masks: seeds seed, seed + 1, ... (each its own draw of pool and held-out set)
 
     @property
     def dataset_name(self) -> str:
         """The dataset's short name (a folder's or file's base name), for file names and titles."""
-        return self.dataset if self.dataset in (*PACKAGED, DETECTION, SEGMENTATION) else Path(self.dataset).stem
+        return self.dataset if self.dataset in (*PACKAGED, *OBJECT_SETS) else Path(self.dataset).stem
 
 
 def scratch_params(run: str, scratch: Path, labels: Sequence[str] | None, overrides: dict[str, dict] | None = None) -> Path:
@@ -63,6 +68,15 @@ def scratch_params(run: str, scratch: Path, labels: Sequence[str] | None, overri
     return path
 
 
+def dataset_labels(images: Sequence[LabeledImage], task: str) -> list[str]:
+    """The label set a simulated project gets: the dataset's classes (of its images, or of its objects)."""
+    if task == "classification":
+        classes = {i.label for i in images}
+    else:
+        classes = {box["label"] for i in images for box in parse_target(i.label)["boxes"]}
+    return sorted(classes, key=lambda x: (len(x), x))
+
+
 def run_simulation(
     settings: Settings, scratch: Path, config: SimulationConfig, out_dir: Path = BENCH, echo=print
 ) -> list[Outcome]:
@@ -71,10 +85,12 @@ def run_simulation(
 
     images = materialize(config.dataset, scratch / "datasets", limit=config.pool + config.held_out, seed=config.seed,
                          masks=config.task == "segmentation")
-    overrides = load_params(ROOT / "params.yaml").demo.of(config.task).params if config.task != "classification" else None
-    # classification: the dataset's classes; detection, segmentation: the config's label set
-    labels = sorted({i.label for i in images}, key=lambda x: (len(x), x)) if config.task == "classification" else None
+    photos = config.dataset in (PHOTO_DETECTION, PHOTO_SEGMENTATION)
+    overrides = load_params(ROOT / "params.yaml").demo.of(config.task, photos).params if config.task != "classification" else None
+    labels = dataset_labels(images, config.task)
     pool, held_out = split_pool(images, config.held_out, config.seed)
+    strategy = {"detection": "boxes", "segmentation": "masks"}.get(config.task)
+    costs = load_params(ROOT / "params.yaml").strategy.effort_costs(strategy) if strategy else None
     outcomes = []
     for order in config.orders:
         run = f"sim-{config.dataset_name}-{order}-{uuid.uuid4().hex[:6]}"
@@ -88,15 +104,17 @@ def run_simulation(
         def show(step: Step) -> None:
             accuracy = "-" if step.score is None else f"{step.score:.3f}"
             acceptance = "-" if step.acceptance is None else f"{step.acceptance:.2f}"
-            echo(f"[{order}] {step.labels:4d} labels  held-out {metric} {accuracy}  accepted {acceptance}  iteration {step.iteration_s:.1f}s")
+            kept = f"  objects kept {step.kept}/{step.objects}" if step.objects else ""
+            echo(f"[{order} seed {config.seed}] {step.labels:4d} labels  held-out {metric} {accuracy}  accepted {acceptance}{kept}  "
+                 f"iteration {step.iteration_s:.1f}s")
 
         outcome = simulate(
             ws.label_studio, ws.project, truth, evaluation, ws.models,
             run_iteration=lambda: flywheel_iteration(str(params_path)),
             order=order, budget=config.budget, every=config.every, seed=config.seed,
-            next_tasks=lambda: label_next(ws), on_step=show,
+            next_tasks=lambda: label_next(ws), on_step=show, costs=costs,
         )
-        write_csv(outcome, out_dir / f"simulate_{config.dataset_name}_{order}.csv")
+        write_csv(outcome, out_dir / f"simulate_{config.dataset_name}_{order}{f'_seed{config.seed}' if strategy else ''}.csv")
         outcomes.append(outcome)
     return outcomes
 
@@ -167,76 +185,113 @@ CSV per order: `bench/simulate_{name}_<order>.csv` (one row per block of K label
     return {k: v for k, v in figures.items() if v is not None}, markdown
 
 
-OBJECT_FIGURES = {  # task -> (figure prefix, name of the score at 200 labels, score title, secondary title)
-    "detection": ("det", "det_map50_200", "box mAP@0.5", "box mAP@0.5:0.95"),
-    "segmentation": ("seg", "seg_mask_map50_200", "mask mAP@0.5", "mask mAP@0.5:0.95"),
+OBJECT_FIGURES = {  # dataset -> the prefix of its figures
+    DETECTION: "det", SEGMENTATION: "seg", PHOTO_DETECTION: "photo_det", PHOTO_SEGMENTATION: "photo_seg",
+}
+OBJECT_SCORES = {  # task -> (the score's figure after the prefix, its title, the secondary score's title)
+    "detection": ("map50_200", "box mAP@0.5", "box mAP@0.5:0.95"),
+    "segmentation": ("mask_map50_200", "mask mAP@0.5", "mask mAP@0.5:0.95"),
 }
 
 
-def summarize_objects(config: SimulationConfig, outcomes: list[Outcome], out_dir: Path = BENCH) -> tuple[dict[str, float], str]:
-    """The det_* / seg_* figures (random order) and their RESULTS.md section; plots go to `out_dir`."""
-    prefix, score_figure, score_name, secondary_name = OBJECT_FIGURES[config.task]
+def _at_200(outcome: Outcome) -> Step:
+    return next((s for s in outcome.steps if s.labels >= 200), outcome.steps[-1])
+
+
+def per_seed_objects(runs: dict[int, Outcome], task: str) -> dict[str, list[float]]:
+    """The random order's figures (after the prefix), one value per seed in seed order; a seed that has
+    no value for a figure (e.g. no suggestion shown in the window) leaves that figure out."""
+    score = OBJECT_SCORES[task][0]
+    wanted = {
+        score: lambda o: _at_200(o).score,
+        "acceptance_at_10pct": lambda o: o.acceptance_between(0.10, 0.20),
+        "objects_kept_at_10pct": lambda o: o.objects_kept_between(0.10, 0.20),
+        "effort_saved_at_10pct": lambda o: o.effort_saved_between(0.10, 0.20),
+        "iteration_s_200": lambda o: _at_200(o).iteration_s,
+    }
+    values = {name: [read(runs[seed]) for seed in sorted(runs)] for name, read in wanted.items()}
+    return {name: [float(v) for v in vs] for name, vs in values.items() if all(v is not None for v in vs)}
+
+
+def summarize_objects(
+    config: SimulationConfig, runs: dict[int, list[Outcome]], out_dir: Path = BENCH
+) -> tuple[dict[str, Any], str]:
+    """The dataset's figures (random order: the mean of the per-seed values, their sd and the values)
+    and its RESULTS.md section; plots go to `out_dir`.
+
+    Args:
+        config: What was simulated.
+        runs: Seed -> that seed's outcomes, one per order.
+    """
+    from components.studies.simulator import plot_objects
+
+    prefix = OBJECT_FIGURES.get(config.dataset, config.dataset_name)
+    score_figure, score_name, secondary_name = OBJECT_SCORES[config.task]
     name = config.dataset_name
     learning, acceptance = out_dir / f"simulate_{name}_learning.png", out_dir / f"simulate_{name}_acceptance.png"
-    plot_curves(outcomes, learning, acceptance, f"{name}, pool {config.pool}, every {config.every} labels",
+    objects_png = out_dir / f"simulate_{name}_objects.png"
+    every = [replace(o, order=f"{o.order}, seed {seed}") for seed, outcomes in sorted(runs.items()) for o in outcomes]
+    plot_curves(every, learning, acceptance, f"{name}, pool {config.pool}, every {config.every} labels",
                 score_name=score_name, secondary_name=secondary_name)
-    figures: dict[str, float] = {}
+    plot_objects(every, objects_png, f"{name}, pool {config.pool}, every {config.every} labels")
+    random_runs = {seed: o for seed, outcomes in runs.items() for o in outcomes if o.order == "random"}
+    figures: dict[str, Any] = {}
+    for figure, values in per_seed_objects(random_runs, config.task).items():
+        figures.update(seed_figures(f"{prefix}_{figure}", values))
     lines = []
-    for outcome in outcomes:
-        at_200 = next((s for s in outcome.steps if s.labels >= 200), outcome.steps[-1])
-        at_10 = outcome.acceptance_between(0.10, 0.20)
+    for label, outcome in ((o.order, o) for o in every):
+        at_200 = _at_200(outcome)
+        cells = [at_200.score, at_200.secondary_score, outcome.acceptance_between(0.10, 0.20),
+                 outcome.objects_kept_between(0.10, 0.20), outcome.effort_saved_between(0.10, 0.20)]
         shown = sum(s.shown for s in outcome.steps)
         accepted = sum(s.accepted for s in outcome.steps)
-        lines.append(
-            f"| {outcome.order} | {at_200.labels} | {at_200.score or float('nan'):.3f} | {at_200.secondary_score or float('nan'):.3f} | "
-            f"{at_10 if at_10 is not None else float('nan'):.3f} | {accepted}/{shown} | {at_200.iteration_s:.1f} s |"
-        )
-        if outcome.order == "random":
-            figures.update({
-                score_figure: round(at_200.score, 4) if at_200.score is not None else None,
-                f"{prefix}_acceptance_at_10pct": round(at_10, 4) if at_10 is not None else None,
-                f"{prefix}_iteration_s_200": at_200.iteration_s,
-            })
+        lines.append(f"| {label} | {at_200.labels} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells)
+                     + f" | {accepted}/{shown} | {at_200.iteration_s:.1f} s |")
+
+    def mean(key: str) -> str:
+        return (f"**{figures[key]:.3f}** (sd {figures[key + '_sd']:.3f} over {len(figures[key + '_seeds'])} seeds)"
+                if figures.get(key + "_sd") is not None else (f"**{figures[key]:.3f}** (one seed)" if key in figures else "not measured"))
+
+    costs = load_params(ROOT / "params.yaml").strategy.effort_costs("boxes" if config.task == "detection" else "masks")
     if config.task == "detection":
-        title = "object detection (`flywheel bench simulate --task detection`)"
-        what = "training the CenterNet detector"
-        kept = "only when every box matches (IoU >= 0.5, same class, nothing missing, nothing extra) and otherwise draws the right boxes"
-        targets = (f"`{score_figure}`: box mAP@0.5 of the champion on the held-out images after 200 labeled images (target\n>= 0.7). "
-                   f"`{prefix}_acceptance_at_10pct`: images whose pre-annotation was accepted unchanged among those\nshown while "
-                   "10-20% of the pool was labeled (target >= 0.6).")
+        title, what = "object detection (`flywheel bench simulate --task detection`)", "training the CenterNet detector"
+        kept = "when every box matches (IoU >= 0.5, same class, nothing missing, nothing extra)"
+        match = "IoU >= 0.5 and the same class; a box at IoU >= 0.3, or of the wrong class, is adjusted"
     else:
-        title = "instance segmentation (`flywheel bench simulate --task segmentation`)"
-        what = "training the mask CenterNet"
-        kept = ("only when every mask matches a true one (mask IoU >= 0.8, same class, nothing missing, nothing extra) "
-                "and otherwise paints the true masks (brush RLE)")
-        targets = (f"`{score_figure}`: mask mAP@0.5 of the champion on the held-out images after 200 labeled images (target\n>= 0.6). "
-                   f"`{prefix}_acceptance_at_10pct`: images whose pre-annotation was accepted unchanged among those\nshown while "
-                   "10-20% of the pool was labeled (target >= 0.5).")
+        title, what = "instance segmentation (`flywheel bench simulate --task segmentation`)", "training the mask CenterNet"
+        kept = "when every mask matches a true one (mask IoU >= 0.8, same class, nothing missing, nothing extra)"
+        match = "mask IoU >= 0.8 and the same class; a mask at IoU >= 0.5, or of the wrong class, is corrected"
     markdown = f"""## Simulated annotator, {title}
 
-Measured {datetime.now(UTC):%Y-%m-%d} on this machine (2 cores, no GPU), one run against a fresh
-embedded stack. Dataset `{name}`: MNIST digits composited onto 128x128 backgrounds (1-4 objects per
-image, varied scale, some overlap, unlabeled distractor strokes; `components/data/composites.py`), a pool
-of {config.pool} images imported as tasks and a fixed held-out set of {config.held_out} never imported;
-budget {config.budget} labels, a real flywheel iteration (the Prefect flow: snapshot, DVC, {what},
-registry, write-back of every unlabeled task) every {config.every} labels. The simulated person accepts
-a pre-annotated image {kept}.
+Measured {datetime.now(UTC):%Y-%m-%d} on this machine (2 cores, no GPU), against a fresh embedded stack,
+over {len(runs)} seed(s) (each seed its own draw of the pool and the held-out set, and its own random
+order). Dataset `{name}`: a pool of {config.pool} images imported as tasks and a fixed held-out set of
+{config.held_out} never imported; budget {config.budget} labels, a real flywheel iteration (the Prefect
+flow: snapshot, DVC, {what}, registry, write-back of every unlabeled task) every {config.every} labels.
+The simulated person keeps a pre-annotated image unchanged {kept}, and otherwise draws the truth.
 
-| order | labels | held-out {score_name} | {secondary_name} | acceptance, 10-20% labeled | accepted / shown, all | that iteration |
-|---|---|---|---|---|---|---|
+Object by object, each block also counts what the person does with each suggestion: a true object
+whose suggestion is kept as it is ({match}), suggestions deleted, objects drawn from nothing.
+**Effort saved** = 1 - annotation seconds with the suggestions / seconds drawing every object, with
+params.yaml's per-action times: draw {costs.draw:g} s, verify (keep) {costs.verify:g} s, adjust {costs.adjust:g} s
+after verifying, delete {costs.delete:g} s (`strategy.seconds_per_object`, `strategy.seconds_per_action`,
+cited there). Counting every adjustment as a redraw makes it a lower bound.
+
+| order, seed | labels | held-out {score_name} | {secondary_name} | images accepted, 10-20% labeled | objects kept, 10-20% | effort saved, 10-20% | accepted / shown, all | that iteration |
+|---|---|---|---|---|---|---|---|---|
 {chr(10).join(lines)}
 
-{targets} `{prefix}_iteration_s_200`: the whole flywheel iteration after the 200th label, training on
-those images included.
+Random order, mean of the per-seed values: `{prefix}_{score_figure}` {mean(f"{prefix}_{score_figure}")};
+`{prefix}_objects_kept_at_10pct` (true objects whose suggestion was kept, while 10-20% of the pool was
+labeled) {mean(f"{prefix}_objects_kept_at_10pct")}; `{prefix}_effort_saved_at_10pct` {mean(f"{prefix}_effort_saved_at_10pct")};
+`{prefix}_acceptance_at_10pct` (whole images accepted unchanged) {mean(f"{prefix}_acceptance_at_10pct")};
+`{prefix}_iteration_s_200` (the whole iteration after the 200th label, training included) {mean(f"{prefix}_iteration_s_200")}.
 
-The suggested order works from the "Label next" tab (the images with the most borderline object,
-diverse by k-center greedy on the model's embeddings): it gets fewer suggestions accepted by
-design (those are the images the model is least sure of) and should reach a better model with the
-same labels. One seed: consecutive champions move by several points of mAP at these sizes.
-
-Plots:
+Plots (one line per order and seed):
 ![learning curve]({learning.name}) ![acceptance curve]({acceptance.name})
-CSV per order: `bench/simulate_{name}_<order>.csv`.
+![objects kept and effort saved per block]({objects_png.name})
+CSV per order and seed: `bench/simulate_{name}_<order>_seed<n>.csv` (one row per block of K labels,
+with its object counts and seconds).
 """
     return {k: v for k, v in figures.items() if v is not None}, markdown
 
@@ -250,12 +305,17 @@ def main(config: SimulationConfig, echo=print) -> None:
     benchmark = any(b.name == name for b in CATALOG) and config.task != "classification"
     out_dir = BENCH if benchmark else ROOT / ".flywheel" / "bench" / name
     out_dir.mkdir(parents=True, exist_ok=True)
+    seeds = list(range(config.seed, config.seed + config.seeds)) if config.task != "classification" else [config.seed]
+    runs: dict[int, list[Outcome]] = {}
     with throwaway_stack() as (settings, scratch):
-        outcomes = run_simulation(settings, scratch, config, out_dir=out_dir, echo=echo)
-    summary = summarize if config.task == "classification" else summarize_objects
-    figures, markdown = summary(config, outcomes, out_dir=out_dir)
+        for seed in seeds:
+            runs[seed] = run_simulation(settings, scratch, replace(config, seed=seed), out_dir=out_dir, echo=echo)
+    if config.task == "classification":
+        figures, markdown = summarize(config, runs[config.seed], out_dir=out_dir)
+    else:
+        figures, markdown = summarize_objects(config, runs, out_dir=out_dir)
     if benchmark:
-        record(figures, name, markdown, seeds=[config.seed])
+        record(figures, name, markdown, seeds=seeds)
     else:  # classification's figures come from `flywheel bench every-image` (pretrained, several seeds)
         (out_dir / "summary.md").write_text(markdown)
         echo(f"not a figure of bench/results.json; written to {out_dir}")

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from components.core.effort import EffortCosts
 from components.core.errors import SettingsError
 
 
@@ -26,6 +27,14 @@ class ProjectParams(_Section):
     config: Path
 
 
+class PhotoDemoParams(_Section):
+    """The photo-scale set in place of the digits (`flywheel demo --task ... --photos`), and the keys its
+    params differ in from the digits demo's (merged over them)."""
+
+    dataset: str
+    params: dict[str, dict[str, Any]]
+
+
 class TaskDemoParams(_Section):
     """`flywheel demo --task detection|segmentation`: a set built from packaged images, and the keys
     its params differ in (merged over params.yaml into the demo's own params file)."""
@@ -33,6 +42,14 @@ class TaskDemoParams(_Section):
     dataset: str
     limit: int = Field(gt=0)
     params: dict[str, dict[str, Any]]
+    photo: PhotoDemoParams
+
+    def with_photos(self) -> TaskDemoParams:
+        """This demo on the photo-scale set: its dataset, and its params merged over these."""
+        merged = {k: dict(v) for k, v in self.params.items()}
+        for section, values in self.photo.params.items():
+            merged[section] = {**merged.get(section, {}), **values}
+        return self.model_copy(update={"dataset": self.photo.dataset, "params": merged})
 
 
 class DemoParams(_Section):
@@ -43,9 +60,10 @@ class DemoParams(_Section):
     detection: TaskDemoParams
     segmentation: TaskDemoParams
 
-    def of(self, task: str) -> TaskDemoParams:
-        """The demo of a task type other than classification."""
-        return {"detection": self.detection, "segmentation": self.segmentation}[task]
+    def of(self, task: str, photos: bool = False) -> TaskDemoParams:
+        """The demo of a task type other than classification (on the photo-scale set with `photos`)."""
+        demo = {"detection": self.detection, "segmentation": self.segmentation}[task]
+        return demo.with_photos() if photos else demo
 
 
 class PollParams(_Section):
@@ -161,6 +179,21 @@ class StrategyTrainParams(_Section):
     lr: float = Field(gt=0)
 
 
+class ActionSeconds(_Section):
+    """What a person's actions on one suggested object cost, in seconds (the effort-saved figures)."""
+
+    verify: float = Field(gt=0)
+    delete: float = Field(ge=0)
+    adjust: dict[Literal["boxes", "masks"], float]
+
+    @model_validator(mode="after")
+    def _every_strategy(self) -> ActionSeconds:
+        missing = {"boxes", "masks"} - set(self.adjust)
+        if missing:
+            raise ValueError(f"strategy.seconds_per_action.adjust needs boxes and masks (missing {sorted(missing)})")
+        return self
+
+
 class StrategyParams(_Section):
     """`flywheel strategy`: boxes or masks, compared in annotation hours on the same images."""
 
@@ -169,8 +202,15 @@ class StrategyParams(_Section):
     hours: list[float] = Field(min_length=1)
     held_out: int = Field(ge=1)
     seconds_per_object: dict[Literal["boxes", "masks"], float]
+    seconds_per_action: ActionSeconds
     architectures: dict[Literal["boxes", "masks"], str]
     train: StrategyTrainParams
+
+    def effort_costs(self, strategy: Literal["boxes", "masks"]) -> EffortCosts:
+        """Seconds per action on one object when labeling `strategy` with suggestions."""
+        action = self.seconds_per_action
+        return EffortCosts(draw=self.seconds_per_object[strategy], verify=action.verify,
+                           adjust=action.adjust[strategy], delete=action.delete)
 
     @model_validator(mode="after")
     def _every_strategy(self) -> StrategyParams:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from components.core.conversions import Annotation
+from components.core.effort import Edits
 from components.core.labeling_config import LabelingConfig
 
 
@@ -98,6 +99,11 @@ class TaskType(ABC):
     def agree(self, predicted: Sequence[Mapping[str, Any]], annotated: Sequence[Mapping[str, Any]], config: LabelingConfig) -> bool | None:
         """Whether an annotation kept a suggestion unchanged (both Label Studio results); None when the
         annotation is not one this task type reads."""
+
+    def edits(self, predicted: Sequence[Mapping[str, Any]], annotated: Sequence[Mapping[str, Any]], config: LabelingConfig) -> Edits | None:
+        """What a person did, object by object, to turn a suggestion into their annotation (both Label
+        Studio results); None when this task type has no objects or cannot read one of them."""
+        return None
 
     # --- training -----------------------------------------------------------------------------
 

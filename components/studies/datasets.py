@@ -10,6 +10,8 @@ dataset takes, so the demo, the simulator and a user's data go through one path.
 | fashion-mnist | Debian's `dataset-fashion-mnist` (test split) | 10,000 28x28 clothes, 10 classes | MIT (Zalando Research) |
 | digit-boxes | mnist digits composited onto backgrounds (`components.data.composites`) | as many as asked, 128x128, 1-4 boxes each | as mnist |
 | digit-masks | the same images, each digit with its exact instance mask | as digit-boxes | as mnist |
+| photo-boxes | colour clip art on crops of photographs (`components.data.photo_composites`; Debian's `openclipart-png` and `mate-backgrounds`) | as many as asked, 384x288, 1-6 objects of 6 classes | clip art public domain; photographs GPL-2+ (MATE) |
+| photo-masks | the same images, each object with its exact instance mask (the clip art's alpha) | as photo-boxes | as photo-boxes |
 
 For detection and segmentation a `LabeledImage.label` is the image's target (its boxes, with masks
 for segmentation: `tasks.objects.make_target`); a COCO file (`*.json`: a user's own export) is read
@@ -94,6 +96,9 @@ def read_folder(folder: Path) -> list[LabeledImage]:
 
 DETECTION = "digit-boxes"
 SEGMENTATION = "digit-masks"  # the same composited set, read with its instance masks
+PHOTO_DETECTION = "photo-boxes"
+PHOTO_SEGMENTATION = "photo-masks"  # the same photo-scale set, read with its instance masks
+OBJECT_SETS = (DETECTION, SEGMENTATION, PHOTO_DETECTION, PHOTO_SEGMENTATION)
 
 
 def read_boxes(coco: Path, masks: bool = False) -> list[LabeledImage]:
@@ -188,7 +193,8 @@ def materialize(name: str, dest: Path, limit: int | None = None, seed: int = 0, 
     """Write a dataset as `dest/<class>/<index>.png` (once; later calls reuse the files).
 
     Args:
-        name: A packaged dataset ("mnist", "digits", "digit-boxes", "digit-masks"), a folder laid
+        name: A packaged dataset ("mnist", "digits", "fashion-mnist", "digit-boxes", "digit-masks", "photo-boxes",
+            "photo-masks"), a folder laid
             out `class_name/image.png`, or a COCO file (`.json`).
         dest: Where packaged datasets are written.
         limit: Keep this many images, drawn at random (stratified by chance) with `seed`.
@@ -203,6 +209,12 @@ def materialize(name: str, dest: Path, limit: int | None = None, seed: int = 0, 
 
         count = limit or 1000
         return read_boxes(make_detection_set(dest / f"{DETECTION}-{count}-{seed}", count, seed=seed), masks=name == SEGMENTATION)
+    if name in (PHOTO_DETECTION, PHOTO_SEGMENTATION):
+        from components.data.photo_composites import make_photo_set
+
+        count = limit or 1000
+        return read_boxes(make_photo_set(dest / f"{PHOTO_DETECTION}-{count}-{seed}", count, seed=seed),
+                          masks=name == PHOTO_SEGMENTATION)
     if name.endswith(".json"):
         items = read_boxes(Path(name), masks=masks)
     elif name not in PACKAGED:

@@ -6,6 +6,10 @@ it agrees with the truth (the same class; every box matched at IoU >= 0.5 with t
 nothing missing, nothing extra) and otherwise draws the truth, and every K labels runs a real
 flywheel iteration. After each iteration it scores the champion on a fixed held-out set that is
 never imported, let alone labeled.
+
+For boxes and masks it also counts, object by object, what the person does with each suggestion
+(`TaskType.edits`: kept, adjusted, deleted, drawn) and what that costs in seconds against drawing
+every object (`components.core.effort`): the work saved, which a whole-image acceptance hides.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import pandas as pd
 from components.studies.datasets import LabeledImage
 from components.adapters.label_studio import LabelStudio, Project
 from components.adapters.registry import ModelRegistry, RegisteredModel
+from components.core.effort import EffortCosts, Edits
 from components.tasks import Scores, TaskType, task_type_of
 
 ORDERS = ("random", "suggested")
@@ -42,6 +47,13 @@ class Step:
     iteration_s: float
     champion: str | None
     preannotation_accuracy: float | None = None  # after the first block: the shown pre-annotations that equal the truth
+    objects: int = 0  # true objects in the block's images (boxes and masks)
+    kept: int = 0  # ... whose suggested object the person kept as it is
+    adjusted: int = 0  # ... whose suggestion was near and fixed
+    deleted: int = 0  # suggested objects that matched nothing
+    drawn: int = 0  # true objects drawn from nothing
+    seconds: float = 0.0  # annotation seconds of the block, with its suggestions
+    seconds_without: float = 0.0  # the same objects drawn from nothing
 
 
 @dataclass(frozen=True)
@@ -52,17 +64,29 @@ class Outcome:
     pool: int
     order: str
 
+    def _between(self, low: float, high: float) -> list[Step]:
+        """The blocks labeled while the labeled fraction was in [low, high) (when each block began)."""
+        starts = [0.0, *(s.fraction_labeled for s in self.steps[:-1])]
+        return [step for step, start in zip(self.steps, starts, strict=True) if low <= start < high]
+
     def acceptance_between(self, low: float, high: float) -> float | None:
         """Suggestions accepted unchanged / suggestions shown, over labels made while the labeled
         fraction was in [low, high)."""
-        shown = accepted = 0
-        previous = 0.0
-        for step in self.steps:
-            if low <= previous < high:
-                shown += step.shown
-                accepted += step.accepted
-            previous = step.fraction_labeled
-        return accepted / shown if shown else None
+        steps = self._between(low, high)
+        shown = sum(s.shown for s in steps)
+        return sum(s.accepted for s in steps) / shown if shown else None
+
+    def objects_kept_between(self, low: float, high: float) -> float | None:
+        """True objects whose suggestion was kept as it is / true objects, over those labels."""
+        steps = self._between(low, high)
+        objects = sum(s.objects for s in steps)
+        return sum(s.kept for s in steps) / objects if objects else None
+
+    def effort_saved_between(self, low: float, high: float) -> float | None:
+        """1 - annotation seconds with the suggestions / seconds drawing every object, over those labels."""
+        steps = self._between(low, high)
+        without = sum(s.seconds_without for s in steps)
+        return 1.0 - sum(s.seconds for s in steps) / without if without else None
 
     @property
     def final_score(self) -> float | None:
@@ -157,6 +181,7 @@ def simulate(
     next_tasks: Callable[[], list[int]] | None = None,
     on_step: Callable[[Step], None] = lambda step: None,
     first_block: Sequence[int] = (),
+    costs: EffortCosts | None = None,
 ) -> Outcome:
     """Play the annotator for `budget` labels, running an iteration every `every` labels.
 
@@ -177,6 +202,7 @@ def simulate(
         on_step: Called after each step (progress display).
         first_block: Task ids labeled first, in place of the order's first block (e.g. 2 per class);
             after that block, the pre-annotation accuracy on every unlabeled task is measured.
+        costs: Seconds per action on one object (boxes and masks): the blocks' annotation seconds.
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, not {order!r}")
@@ -194,11 +220,13 @@ def simulate(
         if not steps and first_block:
             queue = list(first_block)
         shown = accepted = 0
+        edits = Edits()
         model_version = ls.shown_model_version(project.id)
         for task_id in queue:
             task = ls.task(task_id)
             result = task_type.result_of(truth[task["data"]["filename"]], project.config)
             suggestion = shown_prediction(task, model_version) if model_version else None
+            edits += task_type.edits(suggestion["result"] if suggestion else [], result, project.config) or Edits()
             if suggestion is not None:
                 shown += 1
                 if task_type.agree(suggestion["result"], result, project.config):
@@ -223,6 +251,9 @@ def simulate(
             iteration_s=round(elapsed, 2),
             champion=champion.model_version if champion else None,
             preannotation_accuracy=preannotation_accuracy(ls, project, truth) if not steps else None,
+            objects=edits.objects, kept=edits.kept, adjusted=edits.adjusted, deleted=edits.deleted, drawn=edits.drawn,
+            seconds=round(edits.seconds(costs), 1) if costs else 0.0,
+            seconds_without=round(edits.seconds_without(costs), 1) if costs else 0.0,
         )
         steps.append(step)
         on_step(step)
@@ -261,6 +292,33 @@ def plot_curves(
         rated = [s for s in outcome.steps if s.acceptance is not None]
         ax.plot([s.labels for s in rated], [s.acceptance for s in rated], marker="o", label=outcome.order)
     _save_chart(fig, ax, "pre-annotations accepted unchanged", 1.02, f"Acceptance of pre-annotations: {title}", acceptance_png)
+
+
+def plot_objects(outcomes: Sequence[Outcome], path: Path, title: str) -> None:
+    """Per block of K labels: the share of true objects whose suggestion was kept, and the effort saved
+    (1 - seconds with suggestions / seconds drawing everything), one line per outcome."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (kept_ax, saved_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for outcome in outcomes:
+        blocks = [s for s in outcome.steps if s.objects]
+        labels = [s.labels for s in blocks]
+        kept_ax.plot(labels, [s.kept / s.objects for s in blocks], marker="o", label=outcome.order)
+        saved_ax.plot(labels, [1 - s.seconds / s.seconds_without if s.seconds_without else 0.0 for s in blocks],
+                      marker="o", label=outcome.order)
+    for ax, ylabel, low in ((kept_ax, "true objects whose suggestion was kept", 0), (saved_ax, "effort saved", -0.5)):
+        ax.set_xlabel("labels done (the block ending there)")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(low, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Objects kept and effort saved per block: {title}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _save_chart(fig: Any, ax: Any, ylabel: str, top: float, title: str, path: Path) -> None:

@@ -15,9 +15,11 @@ import numpy as np
 from components.core.errors import AnnotationError
 from components.core.labeling_config import LabelingConfig
 from components.core.conversions import Annotation
-from components.tasks.objects import one_to_one, regions_of, single_label
+from components.core.effort import Edits
+from components.tasks.objects import edits_between, one_to_one, regions_of, single_label
 
 MATCH_IOU = 0.5  # a suggested box agrees with a drawn one at IoU >= this, same class; and one box per object
+NEAR_IOU = 0.3  # a suggested box overlapping a true one by less than MATCH_IOU but at least this is adjusted, not redrawn
 EDGE_TOLERANCE = 1.0  # percent: a box overhanging the image by up to this is clipped, beyond it is an error
 
 
@@ -109,3 +111,9 @@ def boxes_match(predicted: Sequence[tuple[str, np.ndarray]], truth: Sequence[tup
     """True when every true box has its own predicted box of the same class at IoU >= MATCH_IOU, and
     no predicted box is left over (nothing missing, nothing extra)."""
     return one_to_one(predicted, truth, iou, MATCH_IOU)
+
+
+def box_edits(predicted: Sequence[tuple[str, np.ndarray]], truth: Sequence[tuple[str, np.ndarray]]) -> Edits:
+    """Object by object, what a person does to the predicted boxes to get the true ones (kept at IoU >=
+    MATCH_IOU with the same class; adjusted at IoU >= NEAR_IOU; the rest deleted or drawn)."""
+    return edits_between(predicted, truth, iou, MATCH_IOU, NEAR_IOU)

@@ -32,8 +32,9 @@ from components.core.conversions import Annotation
 from components.data.images import shown_size
 from components.learning.label_errors import TABLE_COLUMNS
 from components.networks.detectors import DETECTORS
+from components.core.effort import Edits
 from components.core.task_type import CrossValidation, Reading, Scores, TaskType, ranked_label_table
-from components.tasks.boxes import MATCH_IOU, boxes_match, boxes_of, percent_boxes, value_from_box
+from components.tasks.boxes import MATCH_IOU, box_edits, boxes_match, boxes_of, percent_boxes, value_from_box
 from components.tasks.object_training import BoxesDataset, DetectionDataModule, Detector, boxes_in_model_pixels
 from components.tasks.objects import (
     CANDIDATE_FROM, SHOWN_FROM, answer_of, confidence_of, detections_of, make_target, out_of_fold, parse_target, per_class_ap,
@@ -139,6 +140,10 @@ class Detection(TaskType):
             return None
         suggested = percent_boxes(predicted, config)
         return suggested is not None and boxes_match(suggested, truth)
+
+    def edits(self, predicted: Sequence[Mapping[str, Any]], annotated: Sequence[Mapping[str, Any]], config: LabelingConfig) -> Edits | None:
+        truth, suggested = percent_boxes(annotated, config), percent_boxes(predicted, config)
+        return None if truth is None or suggested is None else box_edits(suggested, truth)
 
     def builds(self, architecture: str) -> bool:
         return architecture in self.networks

@@ -26,6 +26,7 @@ from components.core.errors import AnnotationError
 from components.core.labeling_config import LabelingConfig
 from components.networks.detectors import keep_confident
 from components.networks.preprocessing import load_images
+from components.core.effort import Edits
 from components.core.task_type import CrossValidation, Reading, TaskType
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,51 @@ def single_label(value: Mapping[str, Any], config: LabelingConfig, where: str, t
     return str(picked[0])
 
 
+def _assign(overlaps: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+    """The most (predicted, true) pairs overlapping by at least `threshold`, one to one (ties broken
+    toward larger overlaps): a maximum matching, not a greedy one."""
+    from scipy.optimize import linear_sum_assignment
+
+    if not overlaps.size:
+        return []
+    eligible = overlaps >= threshold
+    rows, cols = linear_sum_assignment(-(eligible + 1e-3 * overlaps))
+    return [(int(i), int(j)) for i, j in zip(rows, cols, strict=True) if eligible[i, j]]
+
+
+def edits_between(
+    predicted: Sequence[tuple[str, np.ndarray]],
+    truth: Sequence[tuple[str, np.ndarray]],
+    overlap: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    threshold: float,
+    near: float,
+) -> Edits:
+    """How a person turns the predicted objects into the true ones: a true object with its own
+    predicted one of the same class overlapping by at least `threshold` is kept; of the rest, one with
+    a predicted object overlapping by at least `near` (any class) is adjusted; the predicted objects
+    left over are deleted and the true ones left over drawn.
+
+    Args:
+        predicted: (label, box or mask) of each predicted object.
+        truth: (label, box or mask) of each true object.
+        overlap: The pairwise IoU of two stacks of boxes or masks, (N, ...) and (M, ...) -> (N, M).
+        threshold: The least IoU of an object kept as suggested.
+        near: The least IoU of a suggestion worth adjusting rather than deleting.
+    """
+    if not predicted or not truth:
+        return Edits(deleted=len(predicted), drawn=len(truth))
+    overlaps = overlap(np.stack([o for _, o in predicted]), np.stack([o for _, o in truth]))
+    same = np.array([[p == t for t, _ in truth] for p, _ in predicted], dtype=bool)
+    kept = _assign(np.where(same, overlaps, 0.0), threshold)
+    rest_p = [i for i in range(len(predicted)) if i not in {i for i, _ in kept}]
+    rest_t = [j for j in range(len(truth)) if j not in {j for _, j in kept}]
+    adjusted = _assign(overlaps[np.ix_(rest_p, rest_t)], near) if rest_p and rest_t else []
+    return Edits(
+        kept=len(kept), adjusted=len(adjusted),
+        deleted=len(rest_p) - len(adjusted), drawn=len(rest_t) - len(adjusted),
+    )
+
+
 def one_to_one(
     predicted: Sequence[tuple[str, np.ndarray]],
     truth: Sequence[tuple[str, np.ndarray]],
@@ -96,7 +142,8 @@ def one_to_one(
     threshold: float,
 ) -> bool:
     """True when each true object has its own predicted object of the same class, overlapping it by at
-    least `threshold`, and no predicted object is left over (nothing missing, nothing extra).
+    least `threshold`, and no predicted object is left over (nothing missing, nothing extra): a person
+    keeps the whole suggestion as it is.
 
     Args:
         predicted: (label, box or mask) of each predicted object.
@@ -106,18 +153,7 @@ def one_to_one(
     """
     if len(predicted) != len(truth):
         return False
-    if not truth:
-        return True
-    overlaps = overlap(np.stack([o for _, o in predicted]), np.stack([o for _, o in truth]))
-    same = np.array([[p == t for t, _ in truth] for p, _ in predicted], dtype=bool)
-    overlaps = np.where(same, overlaps, 0.0)
-    used: set[int] = set()
-    for j in np.argsort(-overlaps.max(axis=0)):  # the clearest true objects claim their match first
-        candidates = [i for i in np.argsort(-overlaps[:, j]) if i not in used and overlaps[i, j] >= threshold]
-        if not candidates:
-            return False
-        used.add(int(candidates[0]))
-    return True
+    return edits_between(predicted, truth, overlap, threshold, threshold).kept == len(truth)
 
 
 # --- what a detector's output shows ----------------------------------------------------------------

@@ -40,15 +40,17 @@ from components.data.masks import (
     polygon_of, polygon_problem, tight_box,
 )
 from components.networks.segmenters import SEGMENTERS, mask_region
+from components.core.effort import Edits
 from components.core.task_type import Reading, Scores, ranked_label_table
 from components.tasks.detection import Detection, DetectionModel
 from components.tasks.object_training import BoxesDataset, DetectionDataModule
 from components.tasks.objects import (
-    CANDIDATE_FROM, SAME_OBJECT_IOU, SHOWN_FROM, answer_of, confidence_of, detections_of, make_target, one_to_one, parse_target,
-    per_class_ap, reading, regions_of, single_label,
+    CANDIDATE_FROM, SAME_OBJECT_IOU, SHOWN_FROM, answer_of, confidence_of, detections_of, edits_between, make_target, one_to_one,
+    parse_target, per_class_ap, reading, regions_of, single_label,
 )
 
 MASK_MATCH_IOU = 0.8  # a suggested mask is kept as drawn when its mask IoU with the drawn one is >= this
+MASK_NEAR_IOU = 0.5  # below MASK_MATCH_IOU but at least this, a suggested mask is corrected rather than deleted
 SUSPECT_BELOW = 0.5  # an error-check quality below this marks the image a suspect
 MAX_INSTANCES = 20  # objects per image the model outlines (the demo has at most 4)
 
@@ -125,6 +127,12 @@ def masks_match(predicted: Sequence[tuple[str, np.ndarray]], truth: Sequence[tup
     """True when every true mask has its own predicted mask of the same class at mask IoU >=
     MASK_MATCH_IOU, and no predicted mask is left over."""
     return one_to_one(predicted, truth, mask_iou, MASK_MATCH_IOU)
+
+
+def mask_edits(predicted: Sequence[tuple[str, np.ndarray]], truth: Sequence[tuple[str, np.ndarray]]) -> Edits:
+    """Object by object, what a person does to the predicted masks to get the true ones (kept at mask
+    IoU >= MASK_MATCH_IOU with the same class; corrected at >= MASK_NEAR_IOU; the rest deleted or painted)."""
+    return edits_between(predicted, truth, mask_iou, MASK_MATCH_IOU, MASK_NEAR_IOU)
 
 
 # --- the model ---------------------------------------------------------------------------------------
@@ -282,6 +290,12 @@ class Segmentation(Detection):
         if suggested is None or (suggested and truth and suggested[0][1].shape != truth[0][1].shape):
             return False
         return masks_match(suggested, truth)
+
+    def edits(self, predicted: Sequence[Mapping[str, Any]], annotated: Sequence[Mapping[str, Any]], config: LabelingConfig) -> Edits | None:
+        truth, suggested = _read_result(annotated, config), _read_result(predicted, config)
+        if truth is None or suggested is None or (suggested and truth and suggested[0][1].shape != truth[0][1].shape):
+            return None
+        return mask_edits(suggested, truth)
 
     def evaluate(self, model: nn.Module, val_set: BoxesDataset, labels: Sequence[str]) -> Scores:
         names = ("mask_map50", "mask_map50_95", "box_map50", "exact_match")

@@ -68,6 +68,8 @@ def bench_simulate(
     pool: Annotated[int, typer.Option(help="Images imported as tasks.")] = 1000,
     held_out: Annotated[int, typer.Option(help="Images kept aside, never labeled, to score each champion.")] = 500,
     seed: int = 0,
+    seeds: Annotated[int, typer.Option(help="detection, segmentation: seeds --seed, --seed + 1, ... (each its own draw of "
+                                            "pool and held-out set); figures are the mean of the per-seed values")] = 1,
 ) -> None:
     """Play a person labeling a real dataset with flywheel's pre-annotations, on a throwaway stack."""
     from components.core.params import load_params
@@ -77,7 +79,9 @@ def bench_simulate(
         raise SettingsError(f"--task must be one of {', '.join(TASKS)}, not {task!r}.")
     if not dataset:
         dataset = load_params().demo.of(task).dataset if task != "classification" else "mnist"
-    simulate.main(simulate.SimulationConfig(dataset, tuple(order), pool, held_out, budget, every, seed, task), echo=typer.echo)
+    if seeds < 1:
+        raise SettingsError(f"--seeds must be at least 1, not {seeds}.")
+    simulate.main(simulate.SimulationConfig(dataset, tuple(order), pool, held_out, budget, every, seed, task, seeds), echo=typer.echo)
 
 
 @app.command("every-image")

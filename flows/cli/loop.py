@@ -29,6 +29,8 @@ def demo(
     loop: Annotated[bool, typer.Option(help="Serve the loop after creating the project.")] = True,
     task: Annotated[str, typer.Option(help="classification (MNIST digits) | detection (digits composited onto "
                                             "backgrounds, boxes) | segmentation (the same, instance masks)")] = "classification",
+    photos: Annotated[bool, typer.Option("--photos", help="detection, segmentation: the photo-scale set (colour clip art "
+                                         "on crops of photographs, 384x288) instead of the digits")] = False,
 ) -> None:
     """Bring up the stack, create the demo project from a dataset that ships in a package, serve the loop."""
     from components.adapters import stack
@@ -42,11 +44,15 @@ def demo(
     params_path, dataset, limit = Path("params.yaml"), params.demo.dataset, params.demo.limit
     if task in TASKS[1:]:
         params_path = settings.workspace / "demo" / f"params-{task}.yaml"
-        params = write_derived_params("params.yaml", params.demo.of(task).params, params_path)
-        dataset, limit = params.demo.of(task).dataset, params.demo.of(task).limit
-        typer.echo(f"{task} demo: params in {params_path} (params.yaml with demo.{task}.params)")
+        demo = params.demo.of(task, photos)
+        params_path = settings.workspace / "demo" / f"params-{task}{'-photos' if photos else ''}.yaml"
+        params = write_derived_params("params.yaml", demo.params, params_path)
+        dataset, limit = demo.dataset, demo.limit
+        typer.echo(f"{task} demo: params in {params_path} (params.yaml with demo.{task}.params{', then .photo.params' if photos else ''})")
     elif task != "classification":
         raise SettingsError(f"--task must be one of {', '.join(TASKS)}, not {task!r}.")
+    elif photos:
+        raise SettingsError("--photos is a detection or segmentation demo: add --task detection (or segmentation).")
     stack.up(settings, echo=typer.echo)
     images = materialize(dataset, settings.workspace / "datasets", limit=limit)
     random.Random(0).shuffle(images)  # the Data Manager opens on a mix of classes, not a run of zeros

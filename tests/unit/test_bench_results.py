@@ -143,3 +143,31 @@ def test_a_tree_with_changed_results_only_is_not_dirty(monkeypatch):
     assert results.commit() == ("abc", False)
     porcelain += " M flows/cli.py\n"
     assert results.commit() == ("abc", True)
+
+
+def _object_outcome(kept: list[int], seconds: list[float], score: float) -> Outcome:
+    """Blocks of 20 labels over a pool of 100 (so blocks 2-3 start at 20% and 40%... ) with 10 objects each."""
+    steps = tuple(
+        Step(labels=10 * (i + 1), fraction_labeled=0.1 * (i + 1), score=score, secondary_score=score / 2, shown=10, accepted=k // 2,
+             acceptance=k / 20, iteration_s=30.0 + i, champion="v", objects=10, kept=k, drawn=10 - k, seconds=s, seconds_without=70.0)
+        for i, (k, s) in enumerate(zip(kept, seconds, strict=True))
+    )
+    return Outcome(steps=steps, pool=100, order="random")
+
+
+def test_object_figures_are_the_mean_of_the_per_seed_values_in_the_window(tmp_path):
+    from bench import simulate
+
+    config = simulate.SimulationConfig(dataset="digit-boxes", orders=("random",), pool=100, held_out=10, budget=30, every=10,
+                                       task="detection", seeds=2)
+    # the block labeled while 10-20% was labeled is the second (it starts at 10%)
+    runs = {0: [_object_outcome([0, 8, 9], [70.0, 20.0, 10.0], 0.5)], 1: [_object_outcome([0, 6, 9], [70.0, 35.0, 10.0], 0.7)]}
+    figures, markdown = simulate.summarize_objects(config, runs, out_dir=tmp_path)
+    assert figures["det_objects_kept_at_10pct_seeds"] == [0.8, 0.6]
+    assert figures["det_objects_kept_at_10pct"] == pytest.approx(0.7)
+    assert figures["det_effort_saved_at_10pct_seeds"] == pytest.approx([1 - 20 / 70, 1 - 35 / 70], abs=1e-4)
+    assert figures["det_effort_saved_at_10pct_sd"] == pytest.approx(round(statistics.stdev([1 - 20 / 70, 0.5]), 4))
+    assert figures["det_map50_200"] == pytest.approx(0.6)  # the last step when the budget ends before 200
+    assert all(results.writers(key) == ["simulate-digit-boxes"] for key in figures)
+    assert (tmp_path / "simulate_digit-boxes_objects.png").stat().st_size > 0
+    assert "| random, seed 1 |" in markdown and "effort saved" in markdown

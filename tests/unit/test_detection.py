@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from PIL import Image
 
@@ -14,7 +16,8 @@ from components.core.conversions import Annotation
 from components.core.errors import AnnotationError
 from components.core.labeling_config import load_labeling_config
 from components.tasks import task_type_of
-from components.tasks.boxes import box_from_value, boxes_match, value_from_box
+from components.core.effort import EffortCosts, Edits, effort_saved
+from components.tasks.boxes import box_edits, box_from_value, boxes_match, value_from_box
 from components.tasks.detection import Detection
 from components.tasks.objects import make_target, parse_target
 from tests.conftest import ROOT
@@ -106,6 +109,35 @@ def test_a_suggestion_is_accepted_only_when_every_box_matches(predicted, truth, 
     assert boxes_match(predicted, truth) is expected
 
 
+@pytest.mark.parametrize(
+    ("predicted", "truth", "expected"),
+    [
+        ([box("1", 0, 0, 10, 10)], [box("1", 1, 1, 11, 11)], Edits(kept=1)),
+        ([box("2", 0, 0, 10, 10)], [box("1", 0, 0, 10, 10)], Edits(adjusted=1)),  # right place, wrong class
+        ([box("1", 0, 0, 10, 10)], [box("1", 4, 0, 14, 10)], Edits(adjusted=1)),  # IoU 0.43: loose, adjusted
+        ([box("1", 0, 0, 10, 10)], [box("1", 4, 4, 14, 14)], Edits(deleted=1, drawn=1)),  # IoU 0.22: redrawn
+        ([box("1", 0, 0, 10, 10)], [box("1", 30, 30, 40, 40)], Edits(deleted=1, drawn=1)),  # nowhere near
+        ([box("1", 0, 0, 10, 10), box("1", 0, 0, 10, 10)], [box("1", 0, 0, 10, 10)], Edits(kept=1, deleted=1)),  # a duplicate
+        ([], [box("1", 0, 0, 10, 10), box("2", 20, 20, 30, 30)], Edits(drawn=2)),  # no suggestion: everything drawn
+        # a maximum matching: the first true box's best suggestion (IoU 0.9) is the only one the second
+        # fits (0.6); a greedy pick would leave the second without a match, yet both can be kept
+        ([box("1", 3.5, 0, 13.5, 10), box("1", 0, 0, 10, 10)], [box("1", 3, 0, 13, 10), box("1", 6, 0, 16, 10)], Edits(kept=2)),
+    ],
+)
+def test_each_true_box_is_kept_adjusted_or_drawn_and_each_wrong_suggestion_deleted(predicted, truth, expected):
+    assert box_edits(predicted, truth) == expected
+
+
+def test_effort_saved_counts_verifying_what_is_kept_against_drawing_everything():
+    costs = EffortCosts(draw=7.0, verify=1.6, adjust=7.0, delete=1.6)
+    assert effort_saved(Edits(kept=4), costs) == pytest.approx(1 - 1.6 / 7.0)
+    assert effort_saved(Edits(drawn=4), costs) == 0.0
+    # a wrong suggestion costs more than none: deleting it is work on top of drawing
+    assert effort_saved(Edits(deleted=2, drawn=1), costs) == pytest.approx(1 - (3.2 + 7.0) / 7.0)
+    assert effort_saved(Edits(deleted=2), costs) is None  # nothing to draw: no saving to speak of
+    assert (Edits(kept=1) + Edits(adjusted=1, deleted=2)).objects == 2
+
+
 def test_a_target_becomes_a_result_with_scores_and_back(config):
     task = Detection()
     target = make_target(200, 100, [{"label": "4", "x": 20, "y": 10, "w": 50, "h": 30, "score": 0.8765}])
@@ -169,3 +201,19 @@ def test_a_malformed_box_is_not_read_as_acceptance(config):
     broken = [{**rectangle(config, "1", 10, 10, 20, 20), "value": {"rectanglelabels": ["1"]}}]
     assert Detection().agree(broken, [rectangle(config, "1", 10, 10, 20, 20)], config) is False
     assert Detection().agree([rectangle(config, "1", 10, 10, 20, 20)], broken, config) is None
+
+
+_boxes = st.lists(
+    st.tuples(st.sampled_from("12"), st.integers(0, 30), st.integers(0, 30), st.integers(2, 20), st.integers(2, 20))
+    .map(lambda b: box(b[0], b[1], b[2], b[1] + b[3], b[2] + b[4])),
+    max_size=5,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(predicted=_boxes, truth=_boxes)
+def test_every_object_is_accounted_for_once_and_a_whole_accept_means_every_box_kept(predicted, truth):
+    edits = box_edits(predicted, truth)
+    assert edits.objects == len(truth)
+    assert edits.kept + edits.adjusted + edits.deleted == len(predicted)
+    assert boxes_match(predicted, truth) == (edits.kept == len(truth) == len(predicted))
