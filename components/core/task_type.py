@@ -73,6 +73,7 @@ class TaskType(ABC):
     metric_title: str  # how the report calls it ("validation accuracy", "box mAP@0.5")
     secondary_metric: str  # a second score shown beside it ("f1_macro", "map50_95"), a key of `Scores.metrics`
     count_noun: str  # what a class count counts ("images", "boxes")
+    drawn_as: str | None = None  # how its objects are drawn, a key of `strategy.seconds_per_object` ("boxes", "masks")
     per_class_metric: str  # the per-class score's short name ("f1", "ap")
     keeps_best_checkpoint: bool  # keep the epoch of lowest validation loss (True) or the last weights
 

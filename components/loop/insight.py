@@ -35,7 +35,7 @@ from components.loop.ingest import resolve_image
 from components.loop.workspace import LABEL_ERRORS_FILE, Workspace, reports_dir, snapshot_folder
 from components.production.serving import read_stats
 from components.studies.report import LearningPoint, Report, build_report, measure_acceptance, production_view, read_out_of_fold, write_report
-from components.studies.strategy import Labeled, costs_of
+from components.studies.strategy import Labeled, costs_of, suggestions_line
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ def report(ws: Workspace, champion: RegisteredModel, latest: SnapshotVersion | N
     data = task.datamodule(folder or Path("."), val, labels, model.image_size, 1, augment=False)
     data.setup()
     scores = task.evaluate(model, data.val_set, labels)
-    acceptance = measure_acceptance(ws.label_studio.labeled_tasks(ws.project.id), ws.project.config, task)
+    costs = ws.params.strategy.effort_costs(task.drawn_as) if task.drawn_as else None
+    acceptance = measure_acceptance(ws.label_studio.labeled_tasks(ws.project.id), ws.project.config, task, costs)
     counts = pd.Series([c for target in manifest["label"] for c in task.classes_in(target)], dtype="object").value_counts().to_dict()
     val_counts = pd.Series([c for target in val["label"] for c in task.classes_in(target)], dtype="object").value_counts()
     result = build_report(
@@ -98,6 +99,10 @@ def report(ws: Workspace, champion: RegisteredModel, latest: SnapshotVersion | N
     metrics = {"labeled": float(result.labeled)}
     if acceptance.rate is not None:
         metrics["acceptance_rate"] = acceptance.rate
+    if acceptance.objects_kept is not None:
+        metrics["objects_kept_rate"] = acceptance.objects_kept
+    if acceptance.effort_saved is not None:
+        metrics["effort_saved"] = acceptance.effort_saved
     if result.labels_to_target is not None:
         metrics["labels_to_target"] = float(result.labels_to_target)
     if result.production is not None:
@@ -105,6 +110,16 @@ def report(ws: Workspace, champion: RegisteredModel, latest: SnapshotVersion | N
                        production_median_confidence=result.production.production_median)
     ws.models.record_run(tags, metrics=metrics, artifacts=(out, "report"))
     return result, path
+
+
+def strategy_suggestions(ws: Workspace) -> str | None:
+    """The strategy report's line on what the project's own suggestions saved (None before any)."""
+    task = ws.task
+    if not task.drawn_as:
+        return None
+    acceptance = measure_acceptance(ws.label_studio.labeled_tasks(ws.project.id), ws.project.config, task,
+                                    ws.params.strategy.effort_costs(task.drawn_as))
+    return suggestions_line(task.drawn_as, acceptance.objects_kept, acceptance.effort_saved)
 
 
 def strategy_items(ws: Workspace) -> list[Labeled]:

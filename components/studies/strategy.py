@@ -372,8 +372,22 @@ def plot(points: Sequence[StrategyPoint], verdicts: Mapping[str, Verdict], path:
     return path
 
 
-def write(points: Sequence[StrategyPoint], verdicts: Mapping[str, Verdict], folder: Path, title: str, costs: Mapping[str, Any]) -> Path:
-    """strategy.json, strategy.png and strategy.md into `folder`; returns the markdown's path."""
+def suggestions_line(strategy: str, objects_kept: float | None, effort_saved: float | None) -> str | None:
+    """What the project's own suggestions change in the comparison above (which labels from nothing):
+    the share of suggested objects people kept and the annotation time that saved."""
+    if objects_kept is None or effort_saved is None:
+        return None
+    speedup = f", so each hour of {strategy} above buys about {1 / (1 - effort_saved):.1f}x the images" if 0 < effort_saved < 1 else ""
+    return (f"**With flywheel's suggestions** (measured in this project): people kept {objects_kept:.0%} of the suggested "
+            f"{strategy} as they were, and labeling took {effort_saved:.0%} less time than drawing every object{speedup}.")
+
+
+def write(
+    points: Sequence[StrategyPoint], verdicts: Mapping[str, Verdict], folder: Path, title: str, costs: Mapping[str, Any],
+    suggestions: str | None = None,
+) -> Path:
+    """strategy.json, strategy.png and strategy.md into `folder` (with `suggestions`, a line on what the
+    project's suggestions save: `suggestions_line`); returns the markdown's path."""
     folder.mkdir(parents=True, exist_ok=True)
     image = plot(points, verdicts, folder / "strategy.png", title)
     def finite(value: Any) -> Any:  # JSON has no infinity: "not within the measured range" is null
@@ -391,7 +405,7 @@ def write(points: Sequence[StrategyPoint], verdicts: Mapping[str, Verdict], fold
     )
     text = (f"{chr(10).join(f'**{METRICS[m]}**: {v.sentence}' + chr(10) for m, v in verdicts.items())}\n"
             f"| strategy | annotation hours | images | held-out box mAP@0.5 | held-out mask mAP@0.5 |\n|---|---|---|---|---|\n{rows}\n\n"
-            f"![strategy]({image.name})\n")
+            f"![strategy]({image.name})\n" + (f"\n{suggestions}\n" if suggestions else ""))
     path = folder / "strategy.md"
     path.write_text(text)
     return path

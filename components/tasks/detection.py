@@ -102,6 +102,7 @@ class Detection(TaskType):
     metric_title = "box mAP@0.5"
     secondary_metric = "map50_95"
     count_noun = "boxes"
+    drawn_as = "boxes"
     per_class_metric = "ap"
     # the end of the one-cycle schedule, not the epoch of lowest val loss on a handful of images:
     # held-out mAP@0.5 0.606 vs 0.532 at 60 images, 0.747 vs 0.744 at 200 (one seed, 2026-11-26)

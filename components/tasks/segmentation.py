@@ -255,6 +255,7 @@ class Segmentation(Detection):
     metric_title = "mask mAP@0.5"
     secondary_metric = "mask_map50_95"
     count_noun = "masks"
+    drawn_as = "masks"
     per_class_metric = "ap"
     keeps_best_checkpoint = False  # as detection: the end of the one-cycle schedule
     networks = SEGMENTERS

@@ -177,17 +177,19 @@ def strategy_now(
 
     settings = _settings()
     loaded = load_params(params)
+    suggestions = None
     if dataset:
         items = strategy.from_dataset(dataset, settings.workspace / "datasets", count, loaded.strategy.seconds_per_object)
         folder = out or settings.workspace / "reports" / f"strategy-{Path(dataset).stem}"
         title = f"{Path(dataset).stem}: boxes vs masks"
         labels = sorted({box["label"] for item in items for box in json.loads(item.target)["boxes"]}, key=lambda x: (len(x), x))
     else:
-        from components.loop.insight import strategy_items
+        from components.loop.insight import strategy_items, strategy_suggestions
         from components.loop.workspace import open_workspace, reports_dir
 
         ws = open_workspace(_loop_settings(), loaded, project_root=params.parent)
         items = strategy_items(ws)
+        suggestions = strategy_suggestions(ws)
         folder = out or reports_dir(ws) / "strategy"
         title = f"{ws.project.title}: boxes vs masks"
         labels = list(ws.project.config.labels)
@@ -196,7 +198,7 @@ def strategy_now(
     pool, held_out = strategy.split(items, loaded.strategy.held_out)
     typer.echo(f"{len(pool)} images to label, {len(held_out)} held out; budgets {loaded.strategy.hours} h")
     points, verdicts = strategy.compare(pool, held_out, labels, loaded.strategy, loaded.architectures, progress=typer.echo)
-    path = strategy.write(points, verdicts, folder, title, loaded.strategy.seconds_per_object)
+    path = strategy.write(points, verdicts, folder, title, loaded.strategy.seconds_per_object, suggestions)
     for verdict in verdicts.values():
         typer.echo(verdict.sentence)
     typer.echo(f"Comparison: {path}")

@@ -217,3 +217,37 @@ def test_every_object_is_accounted_for_once_and_a_whole_accept_means_every_box_k
     assert edits.objects == len(truth)
     assert edits.kept + edits.adjusted + edits.deleted == len(predicted)
     assert boxes_match(predicted, truth) == (edits.kept == len(truth) == len(predicted))
+
+
+def test_the_report_counts_objects_kept_and_the_time_saved_from_annotations_and_their_suggestions(config):
+    from components.studies.report import measure_acceptance
+    from components.studies.report.contents import build_report, summary_lines
+
+    def task(task_id: int, predicted: list[dict], drawn: list[dict]) -> dict:
+        return {
+            "id": task_id, "data": {}, "updated_at": "2026-01-01T00:00:00Z",
+            "predictions": [{"id": 100 + task_id, "model_version": "m-v1", "result": predicted}],
+            "annotations": [{"id": task_id, "result": drawn, "created_at": "2026-01-01T00:00:00Z", "parent_prediction": 100 + task_id}],
+        }
+
+    a, b = rectangle(config, "1", 10, 10, 20, 20), rectangle(config, "2", 50, 50, 20, 20)
+    far = rectangle(config, "1", 80, 0, 10, 10)
+    tasks = [task(1, [a, b], [a, b]),  # both kept
+             task(2, [a, far], [a, b])]  # one kept, one deleted, one drawn
+    costs = EffortCosts(draw=7.0, verify=1.6, adjust=7.0, delete=1.6)
+    acceptance = measure_acceptance(tasks, config, Detection(), costs)
+    assert (acceptance.shown, acceptance.accepted) == (2, 1)
+    assert acceptance.edits == Edits(kept=3, deleted=1, drawn=1)
+    assert acceptance.objects_kept == 0.75
+    assert acceptance.effort_saved == pytest.approx(1 - (3 * 1.6 + 1.6 + 7.0) / (4 * 7.0))
+    report = build_report([], list(config.labels), {"1": 2, "2": 2}, None, acceptance, target_accuracy=0.7)
+    assert any(line.startswith("Objects kept as suggested: 75.0% (3/4; 0 adjusted, 1 drawn, 1 suggestions deleted); "
+                               "annotation time saved 52%") for line in summary_lines(report))
+
+
+def test_the_strategy_report_says_what_the_projects_suggestions_save():
+    from components.studies.strategy import suggestions_line
+
+    line = suggestions_line("masks", 0.62, 0.55)
+    assert "kept 62% of the suggested masks" in line and "55% less time" in line and "about 2.2x the images" in line
+    assert suggestions_line("boxes", None, None) is None  # nothing made from a suggestion yet: no line

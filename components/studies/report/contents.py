@@ -195,6 +195,14 @@ def summary_lines(report: Report) -> list[str]:
         "Suggestions accepted unchanged: "
         + (f"{rate:.1%} ({report.acceptance.accepted}/{report.acceptance.shown})" if rate is not None else "none made from a suggestion yet")
     )
+    acceptance = report.acceptance
+    if acceptance.objects_kept is not None and acceptance.edits is not None:
+        edits = acceptance.edits
+        saved = f"; annotation time saved {acceptance.effort_saved:.0%}" if acceptance.effort_saved is not None else ""
+        lines.append(
+            f"Objects kept as suggested: {acceptance.objects_kept:.1%} ({edits.kept}/{edits.objects}; {edits.adjusted} adjusted, "
+            f"{edits.drawn} drawn, {edits.deleted} suggestions deleted){saved}"
+        )
     p = report.production
     if p is not None:
         lines.append(

@@ -11,20 +11,29 @@ import numpy as np
 
 from components.core.labeling_config import LabelingConfig
 from components.core.conversions import current_annotation, task_from_json
+from components.core.effort import EffortCosts, Edits, effort_saved
 from components.core.task_type import TaskType
 
 
 @dataclass(frozen=True)
 class Acceptance:
-    """Annotations made from a suggestion, and how many kept the suggested label."""
+    """Annotations made from a suggestion, and how many kept the suggested label; for boxes and masks,
+    what people did object by object (`edits`) and the annotation time that saved (`effort_saved`)."""
 
     shown: int
     accepted: int
     by_model_version: dict[str, tuple[int, int]] = field(default_factory=dict)
+    edits: Edits | None = None
+    effort_saved: float | None = None
 
     @property
     def rate(self) -> float | None:
         return self.accepted / self.shown if self.shown else None
+
+    @property
+    def objects_kept(self) -> float | None:
+        """True objects whose suggested object was kept as it is / true objects, over annotations made from a suggestion."""
+        return self.edits.kept / self.edits.objects if self.edits and self.edits.objects else None
 
 
 BINS = 20  # confidence histograms: bins of 0.05
@@ -96,15 +105,19 @@ def production_view(stats: Mapping[str, Any], validation: Sequence[float], route
     )
 
 
-def measure_acceptance(tasks: Iterable[Mapping[str, Any]], config: LabelingConfig, task_type: TaskType) -> Acceptance:
+def measure_acceptance(
+    tasks: Iterable[Mapping[str, Any]], config: LabelingConfig, task_type: TaskType, costs: EffortCosts | None = None
+) -> Acceptance:
     """Compare each task's current annotation with the prediction it was started from.
 
     Args:
         tasks: Label Studio task JSON with annotations and predictions.
         config: The labeling config.
-        task_type: Says whether an annotation kept a suggestion unchanged.
+        task_type: Says whether an annotation kept a suggestion unchanged, and what was done to its objects.
+        costs: Seconds per action on one object: with them, the effort the suggestions saved.
     """
     by_version: dict[str, list[int]] = {}
+    edits: Edits | None = None
     for raw in tasks:
         predictions = {p.get("id"): p for p in raw.get("predictions") or ()}
         task = task_from_json(raw)
@@ -118,8 +131,13 @@ def measure_acceptance(tasks: Iterable[Mapping[str, Any]], config: LabelingConfi
         counts = by_version.setdefault(str(prediction.get("model_version") or ""), [0, 0])
         counts[0] += 1
         counts[1] += int(kept)
+        done = task_type.edits(prediction.get("result") or [], annotation.result, config)
+        if done is not None:
+            edits = done if edits is None else edits + done
     return Acceptance(
         shown=sum(c[0] for c in by_version.values()),
         accepted=sum(c[1] for c in by_version.values()),
         by_model_version={v: (c[0], c[1]) for v, c in by_version.items()},
+        edits=edits,
+        effort_saved=effort_saved(edits, costs) if edits is not None and costs is not None else None,
     )
