@@ -6,7 +6,9 @@ the project's images look like, from all of them, with SimCLR: two random views 
 (crops, small rotations, contrast, blur, erasing) are pulled together and pushed away from the
 other images' views (lightly's `SimCLRProjectionHead` and `NTXentLoss`, in a Lightning module).
 
-The backbone is each architecture's `features` (images -> one vector each). Its weights are logged
+The backbone is each architecture's `features` (images -> one vector each): a classifier's convolutions,
+or a detector's and a segmenter's trunk (`components.networks.detectors.Trunk`), so boxes and masks
+learn from the unlabeled pool too. Its weights are logged
 as an MLflow run of their own (`flywheel.kind = pretraining`), tagged with the DVC revision of the
 pool it saw; the loop's models start from them, and "Label next" and the error finder embed with
 them from the first label on. Measured choices (recipe, epochs) are in bench/RESULTS.md.
@@ -29,11 +31,27 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from components.core.tags import TAG_READY
-from components.networks.architectures import build_network
+from components.networks.architectures import ARCHITECTURES
 from components.networks.backbones import backbone_of, load_backbone
 from components.networks.preprocessing import MEAN, STD
 
 BACKBONE_FILE = "backbone.pt"
+
+
+def build_network(architecture: str, num_classes: int, options: dict[str, Any]) -> nn.Module:
+    """Any network params.yaml names (a classifier, a detector, a segmenter): its backbone is what
+    pretraining learns.
+
+    Raises:
+        SettingsError: Unknown name or option (the classifiers' message, which lists the known ones).
+    """
+    from components.networks.detectors import DETECTORS
+    from components.networks.segmenters import SEGMENTERS
+
+    for networks in (DETECTORS, SEGMENTERS):
+        if architecture in networks:
+            return networks.build(architecture, num_classes, options)
+    return ARCHITECTURES.build(architecture, num_classes, options)
 
 
 def views(image_size: int, flip: bool) -> v2.Compose:

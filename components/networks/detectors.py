@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.networks.architectures import Networks
+from components.networks.preprocessing import MEAN, STD
 
 
 def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -45,6 +46,41 @@ def _gaussian_radius(height: float, width: float, min_overlap: float = 0.7) -> f
     c3 = (min_overlap - 1) * width * height
     r3 = (b3 + math.sqrt(b3**2 - 4 * a3 * c3)) / 2
     return min(r1, r2, r3)
+
+
+class Trunk(nn.Module):
+    """CenterNet's backbone: normalised images -> features at strides 4, 8 and 16 (`pyramid`). Called
+    as a module it gives one vector per image (the stride-16 features, pooled): what self-supervised
+    pretraining teaches it on every image of the project (`components.learning.pretraining`), as it
+    does a classifier's `features`.
+
+    Args:
+        width: Channels of the first stage; later stages use 2x, 4x and 4x.
+    """
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.stem = nn.Sequential(_conv(3, width, 2), _conv(width, width))
+        self.stage4 = nn.Sequential(_conv(width, 2 * width, 2), _conv(2 * width, 2 * width))
+        self.stage8 = nn.Sequential(_conv(2 * width, 4 * width, 2), _conv(4 * width, 4 * width))
+        # Dilation widens the receptive field past the largest digit (48 px) without another stride.
+        self.stage16 = nn.Sequential(
+            _conv(4 * width, 4 * width, 2),
+            nn.Sequential(
+                nn.Conv2d(4 * width, 4 * width, 3, padding=2, dilation=2, bias=False),
+                nn.BatchNorm2d(4 * width),
+                nn.ReLU(inplace=True),
+            ),
+        )
+
+    def pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Features at strides 4, 8 and 16 of normalised images (N, 3, S, S)."""
+        c4 = self.stage4(self.stem(x))
+        c8 = self.stage8(c4)
+        return c4, c8, self.stage16(c8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pyramid(x)[2].mean(dim=(2, 3))
 
 
 class CenterNet(nn.Module):
@@ -74,18 +110,7 @@ class CenterNet(nn.Module):
         self.head_width = head_width
         self.size_weight = size_weight
         self.offset_weight = offset_weight
-        self.stem = nn.Sequential(_conv(3, width, 2), _conv(width, width))
-        self.stage4 = nn.Sequential(_conv(width, 2 * width, 2), _conv(2 * width, 2 * width))
-        self.stage8 = nn.Sequential(_conv(2 * width, 4 * width, 2), _conv(4 * width, 4 * width))
-        # Dilation widens the receptive field past the largest digit (48 px) without another stride.
-        self.stage16 = nn.Sequential(
-            _conv(4 * width, 4 * width, 2),
-            nn.Sequential(
-                nn.Conv2d(4 * width, 4 * width, 3, padding=2, dilation=2, bias=False),
-                nn.BatchNorm2d(4 * width),
-                nn.ReLU(inplace=True),
-            ),
-        )
+        self.features = Trunk(width)
         self.lateral16 = nn.Conv2d(4 * width, head_width, 1)
         self.lateral8 = nn.Conv2d(4 * width, head_width, 1)
         self.lateral4 = nn.Conv2d(2 * width, head_width, 1)
@@ -110,10 +135,8 @@ class CenterNet(nn.Module):
 
     def trunk(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(normalised images, deepest features at stride 16, neck features at stride 4)."""
-        x = (images - 0.5) / 0.25
-        c4 = self.stage4(self.stem(x))
-        c8 = self.stage8(c4)
-        c16 = self.stage16(c8)
+        x = (images - MEAN) / STD
+        c4, c8, c16 = self.features.pyramid(x)
         p8 = self.smooth8(self.lateral8(c8) + F.interpolate(self.lateral16(c16), scale_factor=2.0, mode="nearest"))
         p4 = self.smooth4(self.lateral4(c4) + F.interpolate(p8, scale_factor=2.0, mode="nearest"))
         return x, c16, p4

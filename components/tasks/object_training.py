@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from components.learning.training import SplitsDataModule
+from components.networks.backbones import backbone_of
 from components.networks.detectors import jitter
 from components.networks.preprocessing import load_images
 from components.tasks.objects import parse_target
@@ -70,6 +71,7 @@ class Detector(L.LightningModule):
         self.save_hyperparameters(ignore=["net"])
         self.net = net
         self.generator = torch.Generator().manual_seed(0)
+        self.backbone_lr_scale = 1.0  # a pretrained backbone learns slower than the rest (training.fit sets it)
 
     def training_step(self, batch: tuple[torch.Tensor, list[dict[str, torch.Tensor]]], batch_idx: int) -> torch.Tensor:
         images, targets = batch
@@ -88,8 +90,16 @@ class Detector(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         # One cycle over the run, peaking at `lr` (docs/studies/detector-choice.md): from scratch, the warm-up
         # keeps the focal loss stable and the decay settles the boxes.
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=1e-4)
+        lr, backbone = self.hparams.lr, backbone_of(self.net)
+        if backbone is None or self.backbone_lr_scale == 1.0:
+            groups = [{"params": list(self.parameters()), "lr": lr}]
+        else:
+            inside = {id(p) for p in backbone.parameters()}
+            groups = [{"params": [p for p in self.parameters() if id(p) not in inside], "lr": lr},
+                      {"params": list(backbone.parameters()), "lr": lr * self.backbone_lr_scale}]
+        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=1e-4)
         schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=self.hparams.lr, total_steps=max(int(self.trainer.estimated_stepping_batches), 1), pct_start=0.15
+            optimizer, max_lr=[g["lr"] for g in groups], total_steps=max(int(self.trainer.estimated_stepping_batches), 1),
+            pct_start=0.15,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,140 @@
+"""`python -m bench.photo_choice`: how to learn boxes on photo-sized images (a design study).
+
+On the photo-scale set (`components.data.photo_composites`: colour clip art on photographs, 384x288,
+1-6 objects of 6 classes), a pool of 1,000 images and 300 held out (seed 0), each recipe trains the
+loop's detector with the loop's own code (`training.fit_steps`, 400 steps, batch 16, 2 threads) on the
+first 40 and 200 images of the pool, and is scored on the held-out images by box mAP@0.5 and by the
+share of true objects a person would keep as suggested (`TaskType.edits` on the answer shown:
+IoU >= 0.5, same class). Recipes:
+
+- `scratch-<S>`: from nothing, images resized to S x S (the digits recipe, at S = 128, 256, 384);
+- `simclr-<S>`: the trunk first pretrained with SimCLR (`components.learning.pretraining`, its views
+  with flips) on all 1,000 pool images at S px, then frozen below `train.freeze_backbone_below` labels
+  and trained at lr x `train.backbone_lr_scale` above, as the loop does.
+
+Run: `.venv/bin/python -m bench.photo_choice [recipe ...]` (default: all). Writes
+docs/studies/photo-choice.md and prints one line per recipe and size.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from bench.results import write_study
+from components.core.params import load_params
+from components.data.photo_composites import CLASSES
+from components.learning.pretraining import SimCLR, TwoViews, build_network, views
+from components.learning.training import Backbone, fit_steps
+from components.networks.backbones import backbone_of
+from components.networks.preprocessing import load_images
+from components.studies.datasets import PHOTO_DETECTION, materialize
+from components.tasks import task_type_named
+from components.tasks.boxes import box_edits
+from components.tasks.objects import answer_of, parse_target
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".flywheel" / "bench" / "photo_choice"
+POOL, HELD_OUT, SIZES = 1000, 300, (40, 200)
+STEPS, BATCH, LR = 400, 16, 0.01
+PRETRAIN_EPOCHS = 20
+RESULTS = DATA / "results.json"
+
+
+def _manifest(items) -> pd.DataFrame:
+    return pd.DataFrame({"image": [str(i.path.resolve()) for i in items], "label": [i.label for i in items]})
+
+
+def objects_kept(model: torch.nn.Module, items, labels: list[str], image_size: int) -> float:
+    """True objects of the held-out images whose shown box a person keeps (IoU >= 0.5, same class)."""
+    kept = objects = 0
+    for start in range(0, len(items), 64):
+        chunk = items[start : start + 64]
+        with torch.no_grad():
+            rows = model(load_images([i.path for i in chunk], image_size))
+        for item, image_rows in zip(chunk, rows, strict=True):
+            target = parse_target(item.label)
+            sx, sy = target["width"] / image_size, target["height"] / image_size
+            shown = answer_of(image_rows)
+            predicted = [(labels[int(c)], (b * torch.tensor([sx, sy, sx, sy])).numpy().astype(float))
+                         for b, c in zip(shown["boxes"], shown["labels"], strict=True)]
+            truth = [(b["label"], torch.tensor([b["x"], b["y"], b["x"] + b["w"], b["y"] + b["h"]]).numpy().astype(float))
+                     for b in target["boxes"]]
+            edits = box_edits(predicted, truth)
+            kept, objects = kept + edits.kept, objects + edits.objects
+    return kept / objects if objects else 0.0
+
+
+def pretrained_trunk(pool, image_size: int, epochs: int, seed: int = 0) -> tuple[dict[str, torch.Tensor], float]:
+    """SimCLR on every pool image at `image_size` (the loop's views, with flips): the trunk's weights, seconds."""
+    p = load_params(ROOT / "params.yaml").pretrain
+    L.seed_everything(seed, workers=True, verbose=False)
+    backbone = backbone_of(build_network("centernet", len(CLASSES), {}))
+    images = load_images([i.path for i in pool], image_size)
+    module = SimCLR(backbone, 64, lr=p.lr, temperature=p.temperature)
+    loader = DataLoader(TwoViews(images, views(image_size, flip=True)), batch_size=min(p.batch_size, len(images)), shuffle=True,
+                        drop_last=True,
+                        generator=torch.Generator().manual_seed(seed))
+    trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, deterministic=True)
+    start = time.perf_counter()
+    trainer.fit(module, train_dataloaders=loader)
+    return {k: v.detach().clone() for k, v in backbone.state_dict().items()}, time.perf_counter() - start
+
+
+def run(recipe: str) -> list[dict]:
+    method, size = recipe.rsplit("-", 1)
+    image_size = int(size)
+    items = materialize(PHOTO_DETECTION, DATA / "datasets", limit=POOL + HELD_OUT, seed=0)
+    pool, held_out = items[:POOL], items[POOL:]
+    task = task_type_named("detection")
+    labels = list(CLASSES)
+    data = task.datamodule(Path("/"), _manifest(held_out).assign(split="val"), labels, image_size, 1, augment=False)
+    data.setup()
+    train = load_params(ROOT / "params.yaml").train
+    state, pretrain_s = (pretrained_trunk(pool, image_size, PRETRAIN_EPOCHS) if method == "simclr" else (None, 0.0))
+    out = []
+    for n in SIZES:
+        backbone = (Backbone(state, "study", frozen=n < train.freeze_backbone_below, lr_scale=train.backbone_lr_scale)
+                    if state is not None else None)
+        start = time.perf_counter()
+        model = fit_steps(task, Path("/"), _manifest(pool[:n]), labels, "centernet", {}, image_size=image_size, steps=STEPS,
+                          batch_size=BATCH, lr=LR, augment=True, seed=0, backbone=backbone)
+        seconds = time.perf_counter() - start
+        scores = task.evaluate(model, data.val_set, labels)
+        row = {"recipe": recipe, "labeled": n, "map50": round(scores.score, 4), "map50_95": round(scores.tiebreak, 4),
+               "objects_kept": round(objects_kept(model, held_out, labels, image_size), 4), "train_s": round(seconds, 1),
+               "pretrain_s": round(pretrain_s, 1)}
+        print(json.dumps(row), flush=True)
+        out.append(row)
+    return out
+
+
+def main(recipes: list[str]) -> None:
+    torch.set_num_threads(2)
+    DATA.mkdir(parents=True, exist_ok=True)
+    done = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    for recipe in recipes:
+        done = [r for r in done if r["recipe"] != recipe] + run(recipe)
+        RESULTS.write_text(json.dumps(done, indent=1))
+    rows = "\n".join(f"| {r['recipe']} | {r['labeled']} | {r['map50']:.3f} | {r['map50_95']:.3f} | {r['objects_kept']:.2f} | "
+                     f"{r['train_s']:.0f} s | {r['pretrain_s']:.0f} s |" for r in sorted(done, key=lambda r: (r["labeled"], r["recipe"])))
+    write_study("photo-choice", f"""# Learning boxes on photo-sized images
+
+{__doc__.split(chr(10), 2)[2].split("Run:")[0].strip()}
+
+| recipe | labeled images | held-out box mAP@0.5 | mAP@0.5:0.95 | objects kept | training | pretraining |
+|---|---|---|---|---|---|---|
+{rows}
+""")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or ["scratch-128", "scratch-256", "scratch-384", "simclr-256"])
