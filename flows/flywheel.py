@@ -26,8 +26,7 @@ def version_new_labels(ws: Workspace, summary: dict[str, object]) -> None:
         latest = ws.data.latest()  # still the latest at `version`: only a holder of this lock versions
         changes = tasks.poll(ws, latest)
         summary["changed_tasks"] = len(changes.tasks)
-        enough = ws.params.poll.min_new_annotations if ws.models.champion() is not None else 1
-        if len(changes.tasks) >= enough:
+        if ws.params.poll.enough_changes(len(changes.tasks), lambda: ws.models.champion() is not None):
             summary["snapshot"] = version_changes(ws, latest, changes).rev
 
 

@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 from components.core.errors import FlywheelError
+from components.core.settings import LOG_FILE_ENV
 
-LOG_FILE = "FLYWHEEL_LOG_FILE"
+LOG_FILE = LOG_FILE_ENV
 VERBOSE = "FLYWHEEL_VERBOSE"
 OURS = ("components", "flows", "bench")
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")  # their failures are reported once, by the CLI or a hook

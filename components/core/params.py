@@ -6,6 +6,7 @@ a file missing one is an error that names it, never a silent fallback to a value
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,6 +75,15 @@ class PollParams(_Section):
     idle_after_s: float = Field(ge=0)
     min_new_annotations: int = Field(ge=1)
 
+
+    def enough_changes(self, changes: int, has_model: Callable[[], bool]) -> bool:
+        """Whether `changes` changed tasks are worth a snapshot: `min_new_annotations` of them; before
+        the first model, one is enough (the first snapshot may have too few labels of a class to train
+        on, and the save that completes it should bring the first model, not wait for nine more).
+        `has_model` is asked only when the answer depends on it."""
+        if changes >= self.min_new_annotations:
+            return True
+        return changes >= 1 and not has_model()
 
 class DataParams(_Section):
     rev: str

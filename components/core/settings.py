@@ -34,6 +34,19 @@ CLIENT_ENV = {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # "View run ... at" on stdout, twice per model
     "MLFLOW_CONFIGURE_LOGGING": "false",  # MLflow's records reach flywheel's handlers (its INFO chatter: the log file)
 }
+# How flywheel's processes log (flows/logs.py): Prefect's logging config file, the loggers Prefect also
+# routes (so their records reach its UI), and the workspace's log file. A server started by `stack up`
+# gets none of them (it logs to its own file); a flow-run worker gets all three.
+LOG_CONFIG_ENV, EXTRA_LOGGERS_ENV, LOG_FILE_ENV = "PREFECT_LOGGING_SETTINGS_PATH", "PREFECT_LOGGING_EXTRA_LOGGERS", "FLYWHEEL_LOG_FILE"
+LOGGING_ENV = (LOG_CONFIG_ENV, EXTRA_LOGGERS_ENV, LOG_FILE_ENV)
+
+
+def logging_env(log_config: Path, workspace: Path) -> dict[str, str]:
+    """The environment that makes a process log as flywheel's CLI does (`LOGGING_ENV`)."""
+    return {LOG_CONFIG_ENV: str(log_config), EXTRA_LOGGERS_ENV: "components,flows",
+            LOG_FILE_ENV: str(workspace / "logs" / "flywheel.log")}
+
+
 CREDENTIALS_FILE = "credentials.env"
 WEBHOOK_SECRET_FILE = "webhook.secret"
 PROFILE_FILE = "profile"  # the profile `stack up --profile` started this workspace with

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from components.core.errors import FlywheelError, SettingsError
-from components.core.settings import CLIENT_ENV, NO_PHONE_HOME, Settings, load_settings
+from components.core.settings import CLIENT_ENV, NO_PHONE_HOME, Settings, load_settings, logging_env
 from flows import logs
 
 HELP = "flywheel: train a vision model while people label in Label Studio."
@@ -98,9 +98,8 @@ def _settings() -> Settings:
     os.environ.setdefault("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(settings.workspace / "prefect" / "results"))  # flow summaries
-    os.environ.setdefault("PREFECT_LOGGING_SETTINGS_PATH", str(logs.SETTINGS_PATH))
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "components,flows")  # their records reach the Prefect UI too
-    os.environ.setdefault(logs.LOG_FILE, str(settings.workspace / "logs" / "flywheel.log"))
+    for name, value in logging_env(logs.SETTINGS_PATH, settings.workspace).items():
+        os.environ.setdefault(name, value)
     # A logging handler that fails (Prefect's log shipper with its server down) stays quiet: the run's
     # own one-line error says what failed, and "--- Error logging to API ---" noise would bury it.
     logging.raiseExceptions = False

@@ -102,7 +102,7 @@ class Dispatcher:
         except LabelStudioError as e:
             log.warning("Counting the label changes: %s", e)
             return True
-        if pending < (self.params.poll.min_new_annotations if self.has_model else 1):
+        if not self.params.poll.enough_changes(pending, lambda: self.has_model):
             self.watermark = self.newest_change()  # seen: the safety net waits for something newer
             return False
         return True

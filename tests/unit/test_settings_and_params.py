@@ -110,3 +110,16 @@ def test_a_workspace_keeps_its_profile(tmp_path):
         stack.choose_profile(tmp_path / "ws", "embedded")
     with pytest.raises(SettingsError, match="FLYWHEEL_PROFILE='big'"):
         load_settings(environ={"FLYWHEEL_WORKSPACE": str(tmp_path / "ws"), "FLYWHEEL_PROFILE": "big"}, cwd=tmp_path)
+
+
+def test_before_the_first_model_one_change_is_enough_and_the_registry_is_asked_only_then():
+    poll = load_params(ROOT / "params.yaml").poll.model_copy(update={"min_new_annotations": 10})
+    asked = []
+
+    def has_model(answer: bool):
+        return lambda: asked.append(answer) or answer
+
+    assert poll.enough_changes(10, has_model(True)) and asked == []  # enough either way: nobody asked
+    assert not poll.enough_changes(0, has_model(False)) and asked == []  # nothing changed: nothing to version
+    assert poll.enough_changes(1, has_model(False)) and asked == [False]  # no model yet: one change brings the first
+    assert not poll.enough_changes(9, has_model(True))  # a model: wait for ten

@@ -21,14 +21,10 @@ from typing import TYPE_CHECKING
 
 from components.adapters.stack import postgres
 from components.core.errors import StackError
-from components.core.settings import NO_PHONE_HOME, Settings
+from components.core.settings import LOGGING_ENV, NO_PHONE_HOME, Settings
 
 if TYPE_CHECKING:
     from components.adapters.stack.service import Service
-
-
-# flywheel's own logging (set by its CLI): a server logs to its own file in the workspace's logs/
-FLYWHEEL_LOGGING = ("PREFECT_LOGGING_SETTINGS_PATH", "PREFECT_LOGGING_EXTRA_LOGGERS", "FLYWHEEL_LOG_FILE")
 
 
 def pid_path(settings: Settings, name: str) -> Path:
@@ -93,7 +89,7 @@ def start(settings: Settings, service: Service) -> int:
     pid_path(settings, service.name).parent.mkdir(parents=True, exist_ok=True)
     if service.before_start is not None:
         service.before_start(settings, service)
-    env = {name: value for name, value in os.environ.items() if name not in FLYWHEEL_LOGGING}
+    env = {name: value for name, value in os.environ.items() if name not in LOGGING_ENV}  # a server logs to its own file
     env.update({**NO_PHONE_HOME, **dict(service.env)})
     env.pop("PORT", None)  # Label Studio would take it over the -p flag
     with open(logs / f"{service.name}.log", "ab") as log:

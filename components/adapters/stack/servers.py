@@ -19,7 +19,7 @@ from components.adapters.stack.postgres import DATABASES, postgres_url
 from components.adapters.stack.profile import ensure_credentials
 from components.core.errors import StackError
 from components.adapters.stack.service import Env, Hook, Service
-from components.core.settings import CLIENT_ENV, Settings, database_url
+from components.core.settings import CLIENT_ENV, Settings, database_url, logging_env
 
 @dataclass(frozen=True)
 class Server:
@@ -217,9 +217,7 @@ def pool_workers(settings: Settings) -> list[Service]:
         "FLYWHEEL_OBJECT_STORE_PORT": str(settings.object_store_port),
         # a flow run's summary (flows persist theirs; tasks nothing) is read back by `flywheel serve`
         "PREFECT_LOCAL_STORAGE_PATH": str(ws / "prefect" / "results"),
-        "PREFECT_LOGGING_SETTINGS_PATH": str(Path(__file__).resolve().parents[3] / "flows" / "logging.yml"),
-        "PREFECT_LOGGING_EXTRA_LOGGERS": "components,flows",
-        "FLYWHEEL_LOG_FILE": str(ws / "logs" / "flywheel.log"),
+        **logging_env(Path(__file__).resolve().parents[3] / "flows" / "logging.yml", ws),
         "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
         "PREFECT_WORKER_QUERY_SECONDS": "2",  # a queued run starts within ~2 s (one cheap request per poll)
     }
