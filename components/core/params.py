@@ -75,7 +75,6 @@ class PollParams(_Section):
     idle_after_s: float = Field(ge=0)
     min_new_annotations: int = Field(ge=1)
 
-
     def enough_changes(self, changes: int, has_model: Callable[[], bool]) -> bool:
         """Whether `changes` changed tasks are worth a snapshot: `min_new_annotations` of them; before
         the first model, one is enough (the first snapshot may have too few labels of a class to train
@@ -84,6 +83,7 @@ class PollParams(_Section):
         if changes >= self.min_new_annotations:
             return True
         return changes >= 1 and not has_model()
+
 
 class DataParams(_Section):
     rev: str

@@ -48,7 +48,7 @@ MIN_SIDE, MAX_SIDE = 28, 150  # an object's longer side, px (log-uniform between
 MAX_HIDDEN = 0.35  # an object may lose at most this share of its pixels to objects pasted over it
 MIN_VISIBLE = 120  # pixels an object keeps at least
 BANK_SIDE = 256  # clip art is kept at most this size on its longer side
-GENERATOR = "components.photo_composites"  # a stored identifier of generated sets: changing it regenerates them
+GENERATOR = "components.data.photo_composites"  # a stored identifier of generated sets: changing it regenerates them
 FORMAT = 1
 INSTALL = "apt-get install openclipart-png mate-backgrounds"
 
@@ -167,7 +167,8 @@ def _render(
         _paste(image, rgb, alpha, int(rng.integers(0, WIDTH - w + 1)), int(rng.integers(0, HEIGHT - h + 1)))
     instances = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
     classes: list[int] = []
-    for _ in range(int(rng.choice([1, 2, 3, 4, 5, 6], p=[0.15, 0.25, 0.25, 0.15, 0.12, 0.08]))):
+    wanted = int(rng.choice([1, 2, 3, 4, 5, 6], p=[0.15, 0.25, 0.25, 0.15, 0.12, 0.08]))
+    while len(classes) < wanted:  # tries again until the image holds its objects (at least one)
         label = int(rng.integers(len(banks)))
         rgb, alpha = _placed(rng, banks[label][int(rng.integers(len(banks[label])))])
         h, w = alpha.shape
@@ -188,6 +189,8 @@ def _render(
             instances[mask] = len(classes) + 1
             classes.append(label)
             break
+        else:
+            wanted -= 1 if len(classes) else 0  # no room left for another: keep those placed
     objects = []
     for k, label in enumerate(classes):
         visible = instances == k + 1

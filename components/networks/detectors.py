@@ -14,6 +14,7 @@ Every detector maps a batch (N, 3, S, S) of RGB in [0, 1] to a dict of raw outpu
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -111,6 +112,9 @@ class CenterNet(nn.Module):
         self.size_weight = size_weight
         self.offset_weight = offset_weight
         self.features = Trunk(width)
+        # Images are normalised by MEAN and this before the trunk: STD, as self-supervised pretraining
+        # does; weights from before the trunk was `features` kept their 0.25 (`_load_from_state_dict`).
+        self.register_buffer("input_std", torch.tensor(float(STD)))
         self.lateral16 = nn.Conv2d(4 * width, head_width, 1)
         self.lateral8 = nn.Conv2d(4 * width, head_width, 1)
         self.lateral4 = nn.Conv2d(2 * width, head_width, 1)
@@ -135,11 +139,22 @@ class CenterNet(nn.Module):
 
     def trunk(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(normalised images, deepest features at stride 16, neck features at stride 4)."""
-        x = (images - MEAN) / STD
+        x = (images - MEAN) / self.input_std
         c4, c8, c16 = self.features.pyramid(x)
         p8 = self.smooth8(self.lateral8(c8) + F.interpolate(self.lateral16(c16), scale_factor=2.0, mode="nearest"))
         p4 = self.smooth4(self.lateral4(c4) + F.interpolate(p8, scale_factor=2.0, mode="nearest"))
         return x, c16, p4
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Weights saved before the trunk became `features` (a model registered by an older flywheel):
+        its stages are renamed into the trunk, and their input scale (0.25) is kept."""
+        stages = tuple(f"{prefix}{name}." for name in ("stem", "stage4", "stage8", "stage16"))
+        old = [key for key in state_dict if key.startswith(stages)]
+        for key in old:
+            state_dict[f"{prefix}features.{key[len(prefix):]}"] = state_dict.pop(key)
+        if old:
+            state_dict.setdefault(f"{prefix}input_std", torch.tensor(0.25))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def heads(self, c16: torch.Tensor, p4: torch.Tensor) -> dict[str, torch.Tensor]:
         return {

@@ -66,7 +66,7 @@ class Outcome:
 
     def _between(self, low: float, high: float) -> list[Step]:
         """The blocks labeled while the labeled fraction was in [low, high) (when each block began)."""
-        starts = [0.0, *(s.fraction_labeled for s in self.steps[:-1])]
+        starts = [0.0, *(s.fraction_labeled for s in self.steps)][: len(self.steps)]
         return [step for step, start in zip(self.steps, starts, strict=True) if low <= start < high]
 
     def acceptance_between(self, low: float, high: float) -> float | None:

@@ -378,8 +378,11 @@ def suggestions_line(strategy: str, objects_kept: float | None, effort_saved: fl
     if objects_kept is None or effort_saved is None:
         return None
     speedup = f", so each hour of {strategy} above buys about {1 / (1 - effort_saved):.1f}x the images" if 0 < effort_saved < 1 else ""
+    time = (f"{effort_saved:.0%} less time than drawing every object{speedup}" if effort_saved >= 0 else
+            f"{-effort_saved:.0%} more time than drawing every object: fixing and deleting wrong suggestions costs more "
+            "than they save so far")
     return (f"**With flywheel's suggestions** (measured in this project): people kept {objects_kept:.0%} of the suggested "
-            f"{strategy} as they were, and labeling took {effort_saved:.0%} less time than drawing every object{speedup}.")
+            f"{strategy} as they were, and labeling took {time}.")
 
 
 def write(

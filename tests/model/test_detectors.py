@@ -100,3 +100,15 @@ def test_unknown_detector_and_option_say_what_to_fix():
         build_detector("yolo", 3)
     with pytest.raises(SettingsError, match="architectures.centernet .* option"):
         build_detector("centernet", 3, {"depth": 9})
+
+
+def test_a_detector_registered_before_its_trunk_was_a_backbone_loads_with_its_own_input_scale():
+    from components.networks.detectors import CenterNet
+
+    trained = CenterNet(3)
+    old = {(k.removeprefix("features.")): v for k, v in trained.state_dict().items() if k != "input_std"}  # the old names
+    loaded = CenterNet(3)
+    loaded.load_state_dict(old)  # strict, as the registry loads
+    assert float(loaded.input_std) == 0.25  # what it was trained on
+    assert all(torch.equal(a, b) for a, b in zip(loaded.features.state_dict().values(), trained.features.state_dict().values()))
+    assert float(CenterNet(3).input_std) == 0.5  # a new one: as self-supervised pretraining normalises

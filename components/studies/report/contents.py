@@ -198,7 +198,9 @@ def summary_lines(report: Report) -> list[str]:
     acceptance = report.acceptance
     if acceptance.objects_kept is not None and acceptance.edits is not None:
         edits = acceptance.edits
-        saved = f"; annotation time saved {acceptance.effort_saved:.0%}" if acceptance.effort_saved is not None else ""
+        effort = acceptance.effort_saved
+        saved = ("" if effort is None else f"; annotation time saved {effort:.0%}" if effort >= 0
+                 else f"; annotation time {-effort:.0%} longer than drawing every object (wrong suggestions cost more than they save)")
         lines.append(
             f"Objects kept as suggested: {acceptance.objects_kept:.1%} ({edits.kept}/{edits.objects}; {edits.adjusted} adjusted, "
             f"{edits.drawn} drawn, {edits.deleted} suggestions deleted){saved}"
