@@ -8,6 +8,8 @@ share of true objects a person would keep as suggested (`TaskType.edits` on the 
 IoU >= 0.5, same class). Recipes:
 
 - `scratch-<S>`: from nothing, images resized to S x S (the digits recipe, at S = 128, 256, 384);
+  `-w<W>` a wider trunk (CenterNet `width`, 16 by default), `-s<N>` N training steps, `-cp<P>` copy-paste
+  augmentation (`detectors.copy_paste`: with P% chance an image receives objects cut from another);
 - `simclr-<S>`: the trunk first pretrained with SimCLR (`components.learning.pretraining`, its views
   with flips) on all 1,000 pool images at S px, then frozen below `train.freeze_backbone_below` labels
   and trained at lr x `train.backbone_lr_scale` above, as the loop does.
@@ -38,6 +40,7 @@ from components.networks.preprocessing import load_images
 from components.studies.datasets import PHOTO_DETECTION, materialize
 from components.tasks import task_type_named
 from components.tasks.boxes import box_edits
+from components.tasks.object_training import Detector
 from components.tasks.objects import answer_of, parse_target
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,16 +75,15 @@ def objects_kept(model: torch.nn.Module, items, labels: list[str], image_size: i
     return kept / objects if objects else 0.0
 
 
-def pretrained_trunk(pool, image_size: int, epochs: int, seed: int = 0) -> tuple[dict[str, torch.Tensor], float]:
+def pretrained_trunk(pool, image_size: int, epochs: int, options: dict[str, int], seed: int = 0) -> tuple[dict[str, torch.Tensor], float]:
     """SimCLR on every pool image at `image_size` (the loop's views, with flips): the trunk's weights, seconds."""
     p = load_params(ROOT / "params.yaml").pretrain
     L.seed_everything(seed, workers=True, verbose=False)
-    backbone = backbone_of(build_network("centernet", len(CLASSES), {}))
+    backbone = backbone_of(build_network("centernet", len(CLASSES), options))
     images = load_images([i.path for i in pool], image_size)
-    module = SimCLR(backbone, 64, lr=p.lr, temperature=p.temperature)
-    loader = DataLoader(TwoViews(images, views(image_size, flip=True)), batch_size=min(p.batch_size, len(images)), shuffle=True,
-                        drop_last=True,
-                        generator=torch.Generator().manual_seed(seed))
+    module = SimCLR(backbone, 4 * options.get("width", 16), lr=p.lr, temperature=p.temperature)
+    loader = DataLoader(TwoViews(images, views(image_size, flip=True)), batch_size=min(p.batch_size, len(images)),
+                        shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed))
     trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, deterministic=True)
     start = time.perf_counter()
@@ -89,9 +91,19 @@ def pretrained_trunk(pool, image_size: int, epochs: int, seed: int = 0) -> tuple
     return {k: v.detach().clone() for k, v in backbone.state_dict().items()}, time.perf_counter() - start
 
 
+def parse(recipe: str) -> tuple[str, int, dict[str, int], int, float]:
+    """`<method>-<size>[-w<width>][-s<steps>][-cp<percent>]` -> (method, image size, CenterNet options,
+    steps, copy-paste probability)."""
+    method, size, *rest = recipe.split("-")
+    options = {"width": int(r[1:]) for r in rest if r.startswith("w")}
+    steps = next((int(r[1:]) for r in rest if r.startswith("s")), STEPS)
+    paste = next((int(r[2:]) / 100 for r in rest if r.startswith("cp")), 0.0)
+    return method, int(size), options, steps, paste
+
+
 def run(recipe: str) -> list[dict]:
-    method, size = recipe.rsplit("-", 1)
-    image_size = int(size)
+    method, image_size, options, steps, paste = parse(recipe)
+    Detector.copy_paste = paste
     items = materialize(PHOTO_DETECTION, DATA / "datasets", limit=POOL + HELD_OUT, seed=0)
     pool, held_out = items[:POOL], items[POOL:]
     task = task_type_named("detection")
@@ -99,13 +111,13 @@ def run(recipe: str) -> list[dict]:
     data = task.datamodule(Path("/"), _manifest(held_out).assign(split="val"), labels, image_size, 1, augment=False)
     data.setup()
     train = load_params(ROOT / "params.yaml").train
-    state, pretrain_s = (pretrained_trunk(pool, image_size, PRETRAIN_EPOCHS) if method == "simclr" else (None, 0.0))
+    state, pretrain_s = (pretrained_trunk(pool, image_size, PRETRAIN_EPOCHS, options) if method == "simclr" else (None, 0.0))
     out = []
     for n in SIZES:
         backbone = (Backbone(state, "study", frozen=n < train.freeze_backbone_below, lr_scale=train.backbone_lr_scale)
                     if state is not None else None)
         start = time.perf_counter()
-        model = fit_steps(task, Path("/"), _manifest(pool[:n]), labels, "centernet", {}, image_size=image_size, steps=STEPS,
+        model = fit_steps(task, Path("/"), _manifest(pool[:n]), labels, "centernet", options, image_size=image_size, steps=steps,
                           batch_size=BATCH, lr=LR, augment=True, seed=0, backbone=backbone)
         seconds = time.perf_counter() - start
         scores = task.evaluate(model, data.val_set, labels)

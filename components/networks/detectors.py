@@ -324,6 +324,77 @@ def jitter(
     return moved, result
 
 
+def copy_paste(
+    images: torch.Tensor, targets: list[dict[str, torch.Tensor]], generator: torch.Generator, probability: float,
+    max_objects: int = 3,
+) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """Copy-paste augmentation within a batch (Ghiasi et al., "Simple Copy-Paste is a Strong Data
+    Augmentation Method for Instance Segmentation", CVPR 2021): with `probability`, an image receives up
+    to `max_objects` labeled objects of another image of the batch, each rescaled (0.75x to 1.25x) and
+    put where it overlaps no labeled object's box, so no label changes. An
+    object is cut by its mask when the task has masks, else by its box.
+
+    Args:
+        images: (N, 3, S, S) in [0, 1].
+        targets: Per image `boxes` (K, 4) xyxy in pixels and `labels` (K,), with `masks` (K, S, S) when the task has them.
+        generator: Source of randomness, so a seeded run repeats.
+        probability: Chance that an image receives objects.
+
+    Returns:
+        The images and their targets with the pasted objects appended.
+    """
+    n, _, height, width = images.shape
+    if n < 2 or probability <= 0:
+        return images, targets
+    source, images = images, images.clone()
+    out = [dict(t) for t in targets]
+    for i in range(n):
+        if float(torch.rand((), generator=generator)) >= probability:
+            continue
+        donors = [j for j in range(n) if j != i and len(targets[j]["boxes"])]
+        if not donors:
+            continue
+        j = donors[int(torch.randint(len(donors), (), generator=generator))]
+        picked = torch.randperm(len(targets[j]["boxes"]), generator=generator)[:max_objects].tolist()
+        for k in picked:
+            x1, y1, x2, y2 = (int(round(float(v))) for v in targets[j]["boxes"][k].clamp(min=0).tolist())
+            x2, y2 = min(x2, width), min(y2, height)
+            if x2 - x1 < 2 or y2 - y1 < 2:
+                continue
+            patch = source[j, :, y1:y2, x1:x2]  # the donor as it came, before anything was pasted on it
+            cut = (targets[j]["masks"][k, y1:y2, x1:x2].float() if "masks" in targets[j]
+                   else torch.ones(y2 - y1, x2 - x1))
+            scale = float(0.75 + 0.5 * torch.rand((), generator=generator))
+            h, w = max(2, min(height, round((y2 - y1) * scale))), max(2, min(width, round((x2 - x1) * scale)))
+            patch = F.interpolate(patch[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+            cut = F.interpolate(cut[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0] >= 0.5
+            if not cut.any():
+                continue
+            for _attempt in range(10):
+                top = int(torch.randint(height - h + 1, (), generator=generator))
+                left = int(torch.randint(width - w + 1, (), generator=generator))
+                box = torch.tensor([[left, top, left + w, top + h]], dtype=torch.float32)
+                boxes = out[i]["boxes"].float()
+                if len(boxes):
+                    lt = torch.maximum(boxes[:, :2], box[:, :2])
+                    rb = torch.minimum(boxes[:, 2:], box[:, 2:])
+                    if float((rb - lt).clamp(min=0).prod(dim=1).max()) > 0:
+                        continue
+                region = images[i, :, top : top + h, left : left + w]
+                region[:, cut] = patch[:, cut]
+                rows, cols = torch.nonzero(cut, as_tuple=True)
+                tight = torch.tensor([[left + cols.min(), top + rows.min(), left + cols.max() + 1, top + rows.max() + 1]],
+                                     dtype=out[i]["boxes"].dtype)
+                out[i]["boxes"] = torch.cat([out[i]["boxes"].reshape(-1, 4), tight])
+                out[i]["labels"] = torch.cat([out[i]["labels"], targets[j]["labels"][k : k + 1]])
+                if "masks" in out[i]:
+                    full = torch.zeros(1, height, width, dtype=torch.bool)
+                    full[0, top : top + h, left : left + w] = cut
+                    out[i]["masks"] = torch.cat([out[i]["masks"].reshape(-1, height, width).bool(), full])
+                break
+    return images, out
+
+
 def keep_confident(
     detections: dict[str, torch.Tensor], score_threshold: float = 0.3, overlap_iou: float = 0.5
 ) -> dict[str, torch.Tensor]:

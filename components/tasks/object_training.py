@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from components.learning.training import SplitsDataModule
 from components.networks.backbones import backbone_of
-from components.networks.detectors import jitter
+from components.networks.detectors import copy_paste, jitter
 from components.networks.preprocessing import load_images
 from components.tasks.objects import parse_target
 
@@ -66,6 +66,8 @@ class DetectionDataModule(SplitsDataModule):
 class Detector(L.LightningModule):
     """Trains any detector of `components.networks.detectors` (its `loss` holds the task's loss)."""
 
+    copy_paste = 0.0  # with `augment`: the chance an image receives objects pasted from another (bench/photo_choice.py measures it)
+
     def __init__(self, net: nn.Module, lr: float, augment: bool, architecture: str):
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
@@ -79,6 +81,7 @@ class Detector(L.LightningModule):
             moved = [jitter(image, target, self.generator) for image, target in zip(images, targets, strict=True)]
             images = torch.stack([image for image, _ in moved])
             targets = [target for _, target in moved]
+            images, targets = copy_paste(images, targets, self.generator, self.copy_paste)
         loss = self.net.loss(self.net(images), targets)
         self.log("train_loss", loss, prog_bar=True, on_epoch=True, on_step=False, batch_size=len(images))
         return loss

@@ -112,3 +112,24 @@ def test_a_detector_registered_before_its_trunk_was_a_backbone_loads_with_its_ow
     assert float(loaded.input_std) == 0.25  # what it was trained on
     assert all(torch.equal(a, b) for a, b in zip(loaded.features.state_dict().values(), trained.features.state_dict().values()))
     assert float(CenterNet(3).input_std) == 0.5  # a new one: as self-supervised pretraining normalises
+
+
+def test_copy_paste_puts_a_labeled_object_where_nothing_is_labeled_with_its_box_and_mask():
+    from components.networks.detectors import copy_paste
+
+    images = torch.zeros(2, 3, 64, 64)
+    images[0, :, 10:20, 10:30] = 1.0
+    masks = torch.zeros(1, 64, 64, dtype=torch.bool)
+    masks[0, 10:20, 10:30] = True
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 30.0, 20.0]]), "labels": torch.tensor([2]), "masks": masks},
+               {"boxes": torch.tensor([[0.0, 0.0, 8.0, 8.0]]), "labels": torch.tensor([1]), "masks": torch.zeros(1, 64, 64, dtype=torch.bool)}]
+    targets[1]["masks"][0, :8, :8] = True
+    pasted_images, pasted = copy_paste(images, targets, torch.Generator().manual_seed(0), probability=1.0)
+    assert pasted[1]["labels"].tolist()[0] == 1 and 2 in pasted[1]["labels"].tolist()  # its own object kept, one pasted
+    k = pasted[1]["labels"].tolist().index(2)
+    x1, y1, x2, y2 = pasted[1]["boxes"][k].int().tolist()
+    assert pasted[1]["masks"][k].sum() == (x2 - x1) * (y2 - y1)  # a solid rectangle stays one, rescaled
+    assert (pasted_images[1, :, pasted[1]["masks"][k]] == 1.0).all()  # the donor's pixels under its mask
+    assert torch.equal(pasted[1]["boxes"][0], targets[1]["boxes"][0])  # nothing covered, nothing moved
+    assert not (pasted[1]["masks"][k] & targets[1]["masks"][0]).any()
+    assert copy_paste(images, targets, torch.Generator(), probability=0.0)[1] is targets  # off: untouched
