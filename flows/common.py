@@ -163,14 +163,16 @@ def one_at_a_time(ws: Workspace | None = None, name: str = CURSOR_LOCK) -> Itera
     Says so when it has to wait. Once it holds the lock, whatever a killed run left open is closed.
     """
     if _ensure_limit(name):
-        holder = _read_holder(name)
-        log.info("Waiting for the loop lock %s, held by %s (a killed run's hold expires within %d s)...", name, holder, LEASE_S)
+        if _holder_gone(name):
+            log.info("Waiting for the loop lock %s: the run holding it was killed, its hold expires within %d s...", name, LEASE_S)
+        else:
+            log.info("Waiting for the loop lock %s, held by %s, until it is done...", name, _read_holder(name))
     with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S):
         if ws is not None:
             _close_abandoned(ws)
         current = _current_run()
         if current:
-            _note_holder(name, {"flow_run_id": current, "flow_run_name": str(flow_run.name)})
+            _note_holder(name, {"flow_run_id": current, "flow_run_name": str(flow_run.name), "owner": owner()})
         try:
             yield
         finally:  # a run that ends, even by an exception, leaves no holder: only a killed one does
