@@ -23,7 +23,7 @@ import numpy as np
 
 from bench.results import BENCH, ROOT, record, seed_figures
 from bench.simulate import scratch_params
-from components.studies.datasets import materialize
+from components.studies.datasets import PACKAGED, materialize
 from components.loop.publish import label_next
 from components.loop.workspace import open_workspace
 from components.core.params import load_params
@@ -258,6 +258,9 @@ def main(config: Config = Config(), echo=print) -> None:
     (only the full default protocol records; a shorter run writes its summary under .flywheel/bench/)."""
     from bench.stack import throwaway_stack
 
+    for dataset in config.datasets:  # a dataset that is not installed stops the run now, not after an hour of the others
+        if dataset in PACKAGED:
+            PACKAGED[dataset]()
     runs = []
     with throwaway_stack() as (settings, scratch):
         for dataset in config.datasets:
