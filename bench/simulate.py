@@ -82,6 +82,7 @@ def run_simulation(
 ) -> list[Outcome]:
     """Simulate each order on its own fresh project against the stack in `settings`; CSVs go to `out_dir`."""
     from flows.flywheel import flywheel_iteration
+    from flows.pretrain import pretrain
 
     images = materialize(config.dataset, scratch / "datasets", limit=config.pool + config.held_out, seed=config.seed,
                          masks=config.task == "segmentation")
@@ -98,6 +99,11 @@ def run_simulation(
         ws = open_workspace(settings, load_params(params_path), create_project=True)
         ws.label_studio.import_images(ws.project, [i.path for i in pool])
         truth = {i.path.name: i.label for i in pool}
+        if strategy and ws.params.pretrain.enabled:  # as `flywheel serve` does in the background before the first labels
+            # (classification's pretrained runs are `bench every-image`'s)
+            pretrained = pretrain(str(params_path), progress=False)
+            if pretrained.get("pretrained"):
+                echo(f"[{order} seed {config.seed}] pretrained on {pretrained['pool_images']} images in {pretrained['seconds']:.0f} s")
         evaluation = HeldOut(held_out, ws.task, ws.project.config.labels, ws.params.train.image_size)
         metric = ws.task.metric
 
