@@ -133,3 +133,16 @@ def test_copy_paste_puts_a_labeled_object_where_nothing_is_labeled_with_its_box_
     assert torch.equal(pasted[1]["boxes"][0], targets[1]["boxes"][0])  # nothing covered, nothing moved
     assert not (pasted[1]["masks"][k] & targets[1]["masks"][0]).any()
     assert copy_paste(images, targets, torch.Generator(), probability=0.0)[1] is targets  # off: untouched
+
+
+def test_a_detectors_trunk_is_a_backbone_pretraining_and_label_next_can_use():
+    from components.learning.pretraining import build_network, embed_with
+    from components.networks.backbones import backbone_of, load_backbone
+
+    for name in ("centernet", "mask_centernet"):
+        trunk = backbone_of(build_network(name, 4, {}))
+        assert trunk is not None and trunk(torch.rand(2, 3, 64, 64)).shape == (2, 64)  # one vector per image
+        state = trunk.state_dict()
+        assert load_backbone(build_network(name, 7, {}), state)  # fits whatever the classes
+        vectors = embed_with(state, name, {}, 4, torch.rand(3, 3, 64, 64))
+        assert vectors.shape == (3, 64) and abs(float((vectors**2).sum(axis=1).mean()) - 1.0) < 1e-5
