@@ -39,6 +39,7 @@ def clear_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except FlywheelError as e:
+            _logging_ready()
             tracebacks.error("%s", e, exc_info=True)
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
             _exit(1)
@@ -48,11 +49,20 @@ def clear_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as e:
             if logs.verbose():
                 raise
+            _logging_ready()
             tracebacks.error("%s: %s", e.__class__.__name__, e, exc_info=True)
             typer.secho(f"error: {_explain(e)}", fg=typer.colors.RED, err=True)
             _exit(1)
 
     return run
+
+
+def _logging_ready() -> None:
+    """flywheel's handlers, for a command that failed before setting up logging (`bench all` runs its
+    benchmarks in child processes and sets up nothing): else the traceback meant for the log file
+    reaches the terminal through Python's last-resort handler."""
+    if not logging.getLogger().handlers:
+        logs.setup()
 
 
 def _exit(code: int) -> None:

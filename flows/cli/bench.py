@@ -134,7 +134,10 @@ def bench_all(
     hours on a 2-core CPU). Those already measured on this code are skipped, so a stopped run resumes."""
     from bench.results import benchmark, stale
 
-    chosen = [benchmark(name) for name in only] if only else list(CATALOG)
+    try:
+        chosen = [benchmark(name) for name in only] if only else list(CATALOG)
+    except KeyError as e:
+        raise SettingsError(f"{e.args[0]}; `flywheel bench status` lists them.") from None
     todo = chosen if force else stale(b.name for b in chosen)
     for entry in chosen:
         if entry not in todo:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 from flows import logs
+from tests.conftest import ROOT
 
 
 def test_a_librarys_own_handler_is_replaced_by_flywheels(monkeypatch, tmp_path, capsys):
@@ -57,3 +58,19 @@ logging.getLogger("components.loop").info("flywheel's own line")
     assert done.returncode == 0, done.stderr
     assert "flywheel's own line" in done.stderr and "a library's chatter" not in done.stderr
     assert "a library's chatter" in log_file.read_text()
+
+
+def test_a_command_that_fails_before_setting_up_logging_still_says_one_line(tmp_path):
+    """`bench all` sets up no logging of its own (its benchmarks run in child processes): its failure's
+    traceback goes to the log file, not through Python's last-resort handler onto the terminal."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, logs.LOG_FILE: str(tmp_path / "flywheel.log")}
+    env.pop(logs.VERBOSE, None)
+    child = "import sys; sys.argv = ['flywheel', 'bench', 'all', '--only', 'no-such-benchmark']\nfrom flows.cli import app\napp()"
+    done = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]  # one line
+    assert done.stderr.startswith("error: no benchmark 'no-such-benchmark'") and "Traceback" not in done.stderr
