@@ -9,7 +9,9 @@ IoU >= 0.5, same class). Recipes:
 
 - `scratch-<S>`: from nothing, images resized to S x S (the digits recipe, at S = 128, 256, 384);
   `-w<W>` a wider trunk (CenterNet `width`, 16 by default), `-s<N>` N training steps, `-cp<P>` copy-paste
-  augmentation (`detectors.copy_paste`: with P% chance an image receives objects cut from another);
+  augmentation (`detectors.copy_paste`: with P% chance an image receives objects cut from another),
+  `-lb` a letterbox (each image padded to a square before it is resized, so its aspect ratio is kept;
+  without it the 4:3 images are squashed to a square);
 - `simclr-<S>`: the trunk first pretrained with SimCLR (`components.learning.pretraining`, its views
   with flips) on all 1,000 pool images at S px, then frozen below `train.freeze_backbone_below` labels
   and trained at lr x `train.backbone_lr_scale` above, as the loop does.
@@ -28,20 +30,22 @@ from pathlib import Path
 import lightning as L
 import pandas as pd
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from bench.results import write_study
+from components.core.effort import Edits
+from components.core.labeling_config import LabelingConfig, load_labeling_config
 from components.core.params import load_params
+from components.core.task_type import TaskType
 from components.data.photo_composites import CLASSES
 from components.learning.pretraining import SimCLR, TwoViews, build_network, views
 from components.learning.training import Backbone, fit_steps
 from components.networks.backbones import backbone_of
 from components.networks.preprocessing import load_images
-from components.studies.datasets import PHOTO_DETECTION, materialize
+from components.studies.datasets import PHOTO_DETECTION, LabeledImage, materialize
 from components.tasks import task_type_named
-from components.tasks.boxes import box_edits
-from components.tasks.object_training import Detector
-from components.tasks.objects import answer_of, parse_target
+from components.tasks.objects import make_target, parse_target
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".flywheel" / "bench" / "photo_choice"
@@ -55,24 +59,15 @@ def _manifest(items) -> pd.DataFrame:
     return pd.DataFrame({"image": [str(i.path.resolve()) for i in items], "label": [i.label for i in items]})
 
 
-def objects_kept(model: torch.nn.Module, items, labels: list[str], image_size: int) -> float:
-    """True objects of the held-out images whose shown box a person keeps (IoU >= 0.5, same class)."""
-    kept = objects = 0
+def objects_kept(model: torch.nn.Module, items, task: TaskType, config: LabelingConfig, image_size: int) -> float:
+    """True objects of the held-out images whose shown box a person keeps (`TaskType.edits`: IoU >= 0.5, same class)."""
+    edits = Edits()
     for start in range(0, len(items), 64):
         chunk = items[start : start + 64]
-        with torch.no_grad():
-            rows = model(load_images([i.path for i in chunk], image_size))
-        for item, image_rows in zip(chunk, rows, strict=True):
-            target = parse_target(item.label)
-            sx, sy = target["width"] / image_size, target["height"] / image_size
-            shown = answer_of(image_rows)
-            predicted = [(labels[int(c)], (b * torch.tensor([sx, sy, sx, sy])).numpy().astype(float))
-                         for b, c in zip(shown["boxes"], shown["labels"], strict=True)]
-            truth = [(b["label"], torch.tensor([b["x"], b["y"], b["x"] + b["w"], b["y"] + b["h"]]).numpy().astype(float))
-                     for b in target["boxes"]]
-            edits = box_edits(predicted, truth)
-            kept, objects = kept + edits.kept, objects + edits.objects
-    return kept / objects if objects else 0.0
+        readings, _ = task.read(model, load_images([i.path for i in chunk], image_size), config)
+        for item, read in zip(chunk, readings, strict=True):
+            edits += task.edits(read.result, task.result_of(item.label, config), config)
+    return edits.kept / edits.objects if edits.objects else 0.0
 
 
 def pretrained_trunk(pool, image_size: int, epochs: int, options: dict[str, int], seed: int = 0) -> tuple[dict[str, torch.Tensor], float]:
@@ -91,23 +86,43 @@ def pretrained_trunk(pool, image_size: int, epochs: int, options: dict[str, int]
     return {k: v.detach().clone() for k, v in backbone.state_dict().items()}, time.perf_counter() - start
 
 
-def parse(recipe: str) -> tuple[str, int, dict[str, int], int, float]:
-    """`<method>-<size>[-w<width>][-s<steps>][-cp<percent>]` -> (method, image size, CenterNet options,
-    steps, copy-paste probability)."""
+def letterboxed(items: list[LabeledImage], folder: Path) -> list[LabeledImage]:
+    """Each image padded at its bottom and right to a square of its longer side (mid grey), its boxes
+    where they were: resized to S x S afterwards, that is a letterbox, the aspect ratio kept."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for item in items:
+        target = parse_target(item.label)
+        side = max(target["width"], target["height"])
+        path = folder / f"{item.path.stem}.png"
+        if not path.exists():
+            square = Image.new("RGB", (side, side), (128, 128, 128))
+            square.paste(Image.open(item.path).convert("RGB"), (0, 0))
+            square.save(path)
+        out.append(LabeledImage(path, make_target(side, side, target["boxes"])))
+    return out
+
+
+def parse(recipe: str) -> tuple[str, int, dict[str, int], int, float, bool]:
+    """`<method>-<size>[-w<width>][-s<steps>][-cp<percent>][-lb]` -> (method, image size, CenterNet
+    options, steps, copy-paste probability, letterbox)."""
     method, size, *rest = recipe.split("-")
-    options = {"width": int(r[1:]) for r in rest if r.startswith("w")}
+    widths = [int(r[1:]) for r in rest if r.startswith("w")]
+    options = {"width": widths[-1]} if widths else {}
     steps = next((int(r[1:]) for r in rest if r.startswith("s")), STEPS)
     paste = next((int(r[2:]) / 100 for r in rest if r.startswith("cp")), 0.0)
-    return method, int(size), options, steps, paste
+    return method, int(size), options, steps, paste, "lb" in rest
 
 
 def run(recipe: str) -> list[dict]:
-    method, image_size, options, steps, paste = parse(recipe)
-    Detector.copy_paste = paste
+    method, image_size, options, steps, paste, letterbox = parse(recipe)
     items = materialize(PHOTO_DETECTION, DATA / "datasets", limit=POOL + HELD_OUT, seed=0)
+    if letterbox:
+        items = letterboxed(items, DATA / "letterboxed")
     pool, held_out = items[:POOL], items[POOL:]
     task = task_type_named("detection")
     labels = list(CLASSES)
+    config = load_labeling_config(ROOT / "label_studio_config" / "photo_detection.xml")
     data = task.datamodule(Path("/"), _manifest(held_out).assign(split="val"), labels, image_size, 1, augment=False)
     data.setup()
     train = load_params(ROOT / "params.yaml").train
@@ -118,11 +133,11 @@ def run(recipe: str) -> list[dict]:
                     if state is not None else None)
         start = time.perf_counter()
         model = fit_steps(task, Path("/"), _manifest(pool[:n]), labels, "centernet", options, image_size=image_size, steps=steps,
-                          batch_size=BATCH, lr=LR, augment=True, seed=0, backbone=backbone)
+                          batch_size=BATCH, lr=LR, augment=True, seed=0, backbone=backbone, copy_paste=paste)
         seconds = time.perf_counter() - start
         scores = task.evaluate(model, data.val_set, labels)
         row = {"recipe": recipe, "labeled": n, "map50": round(scores.score, 4), "map50_95": round(scores.tiebreak, 4),
-               "objects_kept": round(objects_kept(model, held_out, labels, image_size), 4), "train_s": round(seconds, 1),
+               "objects_kept": round(objects_kept(model, held_out, task, config, image_size), 4), "train_s": round(seconds, 1),
                "pretrain_s": round(pretrain_s, 1)}
         print(json.dumps(row), flush=True)
         out.append(row)

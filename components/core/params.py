@@ -116,6 +116,7 @@ class TrainParams(_Section):
     patience: int = Field(ge=1)
     lr: float = Field(gt=0)
     augment: bool
+    copy_paste: float = Field(ge=0, le=1)
     seed: int
     finetune_steps: int = Field(ge=0)
     finetune_lr: float = Field(gt=0)

@@ -119,8 +119,12 @@ class TaskType(ABC):
         """The snapshot's train and val splits; after `setup()`, `.val_set` is what `evaluate` takes."""
 
     @abstractmethod
-    def module(self, architecture: str, options: dict[str, Any], labels: Sequence[str], lr: float, augment: bool) -> L.LightningModule:
-        """The LightningModule that trains `architecture` (its network is `.net`) and logs `val_loss`."""
+    def module(
+        self, architecture: str, options: dict[str, Any], labels: Sequence[str], lr: float, augment: bool, copy_paste: float = 0.0
+    ) -> L.LightningModule:
+        """The LightningModule that trains `architecture` (its network is `.net`) and logs `val_loss`;
+        with `augment`, objects are pasted between the images of a batch with chance `copy_paste` (task
+        types with objects; classification has none)."""
 
     @abstractmethod
     def inference_model(self, net: nn.Module, labels: Sequence[str], image_size: int) -> nn.Module:

@@ -37,6 +37,7 @@ def find_label_errors(
     lr: float,
     augment: bool,
     seed: int,
+    copy_paste: float = 0.0,
     progress: Callable[[str], None] = lambda message: None,
     backbone: Backbone | None = None,
 ) -> tuple[pd.DataFrame, float]:
@@ -52,6 +53,7 @@ def find_label_errors(
         return fit_steps(
             task_type, snapshot_dir, rows, labels, architecture, architecture_options, image_size=image_size,
             steps=steps, batch_size=batch_size, lr=lr, augment=augment, seed=seed, backbone=backbone,
+            copy_paste=copy_paste,
         )
 
     table, score = task_type.find_label_errors(CrossValidation(snapshot_dir, manifest, labels, train_fold, folds, seed, progress))

@@ -250,13 +250,14 @@ def fit_steps(
     augment: bool,
     seed: int,
     backbone: Backbone | None = None,
+    copy_paste: float = 0.0,
 ) -> nn.Module:
     """Train on every row of `manifest` for a fixed number of steps, without validation or tracking
     (one fold of a cross-validation), from a pretrained `backbone` if given (a frozen one: only the
     head trains, on the backbone's features computed once). Returns the inference model."""
     L.seed_everything(seed, workers=True, verbose=False)
     data = task.datamodule(folder, manifest.assign(split="train"), labels, image_size, batch_size, augment)
-    module = task.module(architecture, architecture_options, labels, lr, augment)
+    module = task.module(architecture, architecture_options, labels, lr, augment, copy_paste)
     keep_backbone = start_from_backbone(module, backbone)
     data.setup("fit")
     cached = head_on_cached_features(module, data.train_set) if keep_backbone else None
@@ -295,6 +296,7 @@ def fit(
     max_steps: int = -1,
     lr: float,
     augment: bool,
+    copy_paste: float = 0.0,
     seed: int,
     tracking_uri: str,
     experiment: str,
@@ -329,7 +331,7 @@ def fit(
     parallel = dict(accelerator=accelerator, devices=devices, strategy=strategy) if devices > 1 else {}
     data = task.datamodule(snapshot_dir, manifest, labels, image_size, max(1, batch_size // devices), augment)
     data.setup("fit")  # here, in this process: DDP's processes get it, and the splits are judged here afterwards
-    module = task.module(architecture, architecture_options, labels, lr, augment)
+    module = task.module(architecture, architecture_options, labels, lr, augment, copy_paste)
     logger = MLFlowLogger(experiment_name=experiment, tracking_uri=tracking_uri, tags=run_tags, log_model=False)
     _ = logger.run_id  # the run is created here, in this process: DDP's processes log into it, not into runs of their own
     with tempfile.TemporaryDirectory(prefix="flywheel-ckpt-") as checkpoints:

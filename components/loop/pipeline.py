@@ -63,7 +63,7 @@ def train_folder(snapshot: Path, config: LabelingConfig, params: Params, trackin
         task_type_of(config), snapshot, training_rows(read_manifest(snapshot)), config.labels, p.architecture,
         params.architectures.get(p.architecture, {}),
         image_size=p.image_size, batch_size=p.batch_size, max_epochs=p.max_epochs, min_steps=p.min_steps, max_steps=p.max_steps, patience=p.patience,
-        lr=p.lr, augment=p.augment, seed=p.seed, tracking_uri=tracking_uri,
+        lr=p.lr, augment=p.augment, copy_paste=p.copy_paste, seed=p.seed, tracking_uri=tracking_uri,
         experiment=f"{params.registry.experiment}-dvc", run_tags={TAG_SNAPSHOT_PATH: str(snapshot)},
     )
     out.parent.mkdir(parents=True, exist_ok=True)

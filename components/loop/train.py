@@ -136,6 +136,7 @@ def train(
             max_epochs=p.max_epochs,
             patience=p.patience,
             augment=p.augment,
+            copy_paste=p.copy_paste,
             seed=p.seed,
             tracking_uri=ws.settings.mlflow_tracking_uri,
             experiment=ws.params.registry.experiment,

@@ -320,7 +320,9 @@ class Classification(TaskType):
     ) -> SnapshotDataModule:
         return SnapshotDataModule(folder, manifest, labels, image_size, batch_size, augment)
 
-    def module(self, architecture: str, options: dict[str, Any], labels: Sequence[str], lr: float, augment: bool) -> Classifier:
+    def module(
+        self, architecture: str, options: dict[str, Any], labels: Sequence[str], lr: float, augment: bool, copy_paste: float = 0.0
+    ) -> Classifier:
         net = build_network(architecture, len(labels), options)
         return Classifier(net, len(labels), lr=lr, augment=augment, architecture=architecture)
 

@@ -156,8 +156,11 @@ class Detection(TaskType):
             raise SettingsError(f"train.image_size is {image_size}; detection needs a multiple of 16 (e.g. 128) in params.yaml.")
         return self.data_module(folder, manifest, labels, image_size, batch_size, augment)
 
-    def module(self, architecture: str, options: dict[str, Any], labels: Sequence[str], lr: float, augment: bool) -> Detector:
-        return Detector(self.networks.build(architecture, len(labels), options), lr=lr, augment=augment, architecture=architecture)
+    def module(
+        self, architecture: str, options: dict[str, Any], labels: Sequence[str], lr: float, augment: bool, copy_paste: float = 0.0
+    ) -> Detector:
+        return Detector(self.networks.build(architecture, len(labels), options), lr=lr, augment=augment, architecture=architecture,
+                        copy_paste=copy_paste)
 
     def inference_model(self, net: nn.Module, labels: Sequence[str], image_size: int) -> DetectionModel:
         return self.inference_class(net, labels, image_size).eval()

@@ -66,9 +66,7 @@ class DetectionDataModule(SplitsDataModule):
 class Detector(L.LightningModule):
     """Trains any detector of `components.networks.detectors` (its `loss` holds the task's loss)."""
 
-    copy_paste = 0.0  # with `augment`: the chance an image receives objects pasted from another (bench/photo_choice.py measures it)
-
-    def __init__(self, net: nn.Module, lr: float, augment: bool, architecture: str):
+    def __init__(self, net: nn.Module, lr: float, augment: bool, architecture: str, copy_paste: float = 0.0):
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
@@ -81,7 +79,7 @@ class Detector(L.LightningModule):
             moved = [jitter(image, target, self.generator) for image, target in zip(images, targets, strict=True)]
             images = torch.stack([image for image, _ in moved])
             targets = [target for _, target in moved]
-            images, targets = copy_paste(images, targets, self.generator, self.copy_paste)
+            images, targets = copy_paste(images, targets, self.generator, self.hparams.copy_paste)
         loss = self.net.loss(self.net(images), targets)
         self.log("train_loss", loss, prog_bar=True, on_epoch=True, on_step=False, batch_size=len(images))
         return loss

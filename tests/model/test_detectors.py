@@ -146,3 +146,24 @@ def test_a_detectors_trunk_is_a_backbone_pretraining_and_label_next_can_use():
         assert load_backbone(build_network(name, 7, {}), state)  # fits whatever the classes
         vectors = embed_with(state, name, {}, 4, torch.rand(3, 3, 64, 64))
         assert vectors.shape == (3, 64) and abs(float((vectors**2).sum(axis=1).mean()) - 1.0) < 1e-5
+
+
+def test_train_copy_paste_reaches_the_training_step_of_boxes_and_masks(monkeypatch):
+    from components.tasks import object_training
+    from components.tasks.detection import Detection
+    from components.tasks.segmentation import Segmentation
+
+    seen = []
+    real = object_training.copy_paste
+    monkeypatch.setattr(object_training, "copy_paste", lambda *a: seen.append(a[-1]) or real(*a))  # a spy, the real function runs
+    for task in (Detection(), Segmentation()):
+        name = "centernet" if task.builds("centernet") else "mask_centernet"
+        module = task.module(name, {"width": 8, "head_width": 8}, ["a", "b", "c"], 0.01, augment=True, copy_paste=0.5)
+        targets = _targets()
+        if isinstance(task, Segmentation):
+            targets = [{**t, "masks": torch.zeros(len(t["boxes"]), SIZE, SIZE, dtype=torch.bool)} for t in targets]
+            for k, box in enumerate(targets[0]["boxes"].int().tolist()):
+                targets[0]["masks"][k, box[1] : box[3], box[0] : box[2]] = True
+        loss = module.training_step((torch.rand(2, 3, SIZE, SIZE), targets), 0)
+        assert torch.isfinite(loss)
+    assert seen == [0.5, 0.5]
