@@ -14,7 +14,9 @@ IoU >= 0.5, same class). Recipes:
   without it the 4:3 images are squashed to a square);
 - `simclr-<S>`: the trunk first pretrained with SimCLR (`components.learning.pretraining`, its views
   with flips) on all 1,000 pool images at S px, then frozen below `train.freeze_backbone_below` labels
-  and trained at lr x `train.backbone_lr_scale` above, as the loop does.
+  and trained at lr x `train.backbone_lr_scale` above, as the loop does;
+- `dense-<S>`: the same with a dense objective (`components.learning.dense`: SimCLR's global loss plus
+  InfoNCE between the stride-8 features of the same points seen in two crops).
 
 Run: `.venv/bin/python -m bench.photo_choice [recipe ...]` (default: all). Writes
 docs/studies/photo-choice.md and prints one line per recipe and size.
@@ -39,6 +41,7 @@ from components.core.labeling_config import LabelingConfig, load_labeling_config
 from components.core.params import load_params
 from components.core.task_type import TaskType
 from components.data.photo_composites import CLASSES
+from components.learning.dense import CropPairs, dense_module
 from components.learning.pretraining import SimCLR, TwoViews, build_network, views
 from components.learning.training import Backbone, fit_steps
 from components.networks.backbones import backbone_of
@@ -70,15 +73,21 @@ def objects_kept(model: torch.nn.Module, items, task: TaskType, config: Labeling
     return edits.kept / edits.objects if edits.objects else 0.0
 
 
-def pretrained_trunk(pool, image_size: int, epochs: int, options: dict[str, int], seed: int = 0) -> tuple[dict[str, torch.Tensor], float]:
-    """SimCLR on every pool image at `image_size` (the loop's views, with flips): the trunk's weights, seconds."""
+def pretrained_trunk(method: str, pool, image_size: int, epochs: int, options: dict[str, int], seed: int = 0
+                     ) -> tuple[dict[str, torch.Tensor], float]:
+    """`simclr` (the loop's views, with flips) or `dense` (`components.learning.dense`) on every pool image
+    at `image_size`: the trunk's weights, seconds."""
     p = load_params(ROOT / "params.yaml").pretrain
     L.seed_everything(seed, workers=True, verbose=False)
     backbone = backbone_of(build_network("centernet", len(CLASSES), options))
     images = load_images([i.path for i in pool], image_size)
-    module = SimCLR(backbone, 4 * options.get("width", 16), lr=p.lr, temperature=p.temperature)
-    loader = DataLoader(TwoViews(images, views(image_size, flip=True)), batch_size=min(p.batch_size, len(images)),
-                        shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed))
+    if method == "dense":
+        module, pairs = dense_module(backbone, image_size, lr=p.lr, temperature=p.temperature), CropPairs(images, flip=True)
+    else:
+        module, pairs = (SimCLR(backbone, 4 * options.get("width", 16), lr=p.lr, temperature=p.temperature),
+                         TwoViews(images, views(image_size, flip=True)))
+    loader = DataLoader(pairs, batch_size=min(p.batch_size, len(images)), shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(seed))
     trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, deterministic=True)
     start = time.perf_counter()
@@ -126,7 +135,7 @@ def run(recipe: str) -> list[dict]:
     data = task.datamodule(Path("/"), _manifest(held_out).assign(split="val"), labels, image_size, 1, augment=False)
     data.setup()
     train = load_params(ROOT / "params.yaml").train
-    state, pretrain_s = (pretrained_trunk(pool, image_size, PRETRAIN_EPOCHS, options) if method == "simclr" else (None, 0.0))
+    state, pretrain_s = (pretrained_trunk(method, pool, image_size, PRETRAIN_EPOCHS, options) if method != "scratch" else (None, 0.0))
     out = []
     for n in SIZES:
         backbone = (Backbone(state, "study", frozen=n < train.freeze_backbone_below, lr_scale=train.backbone_lr_scale)
@@ -144,6 +153,29 @@ def run(recipe: str) -> list[dict]:
     return out
 
 
+def conclusion(done: list[dict]) -> str:
+    """What the rows say, written from them: the best recipe at the most labels, and each change measured
+    against the same recipe without it (box mAP@0.5 and objects kept, at every labeled size)."""
+    by = {(r["recipe"], r["labeled"]): r for r in done}
+    most = max(r["labeled"] for r in done)
+    best = max((r for r in done if r["labeled"] == most), key=lambda r: r["map50"])
+    lines = [f"- **Best at {most} labeled images: `{best['recipe']}`**, box mAP@0.5 {best['map50']:.3f}, "
+             f"{best['objects_kept']:.0%} of the objects kept as suggested, {best['train_s']:.0f} s of training."]
+    for recipe in sorted({r["recipe"] for r in done}):
+        method, size, *changes = recipe.split("-")
+        alternatives = [(change, "-".join([method, size, *(c for c in changes if c != change)])) for change in changes]
+        if method != "scratch":
+            alternatives.append((f"{method} pretraining", "-".join(["scratch", size, *changes])))
+        for change, without in alternatives:
+            pairs = [(by[(recipe, n)], by[(without, n)]) for n in sorted({r["labeled"] for r in done})
+                     if (recipe, n) in by and (without, n) in by]
+            if pairs:
+                lines.append(f"- `{change if ' ' in change else '-' + change}` on `{without}`: " + "; ".join(
+                    f"{a['labeled']} labels: mAP@0.5 {b['map50']:.3f} -> {a['map50']:.3f}, kept {b['objects_kept']:.2f} -> "
+                    f"{a['objects_kept']:.2f}" for a, b in pairs) + ".")
+    return "\n".join(lines)
+
+
 def main(recipes: list[str]) -> None:
     torch.set_num_threads(2)
     DATA.mkdir(parents=True, exist_ok=True)
@@ -156,6 +188,10 @@ def main(recipes: list[str]) -> None:
     write_study("photo-choice", f"""# Learning boxes on photo-sized images
 
 {__doc__.split(chr(10), 2)[2].split("Run:")[0].strip()}
+
+## What the runs say
+
+{conclusion(done)}
 
 | recipe | labeled images | held-out box mAP@0.5 | mAP@0.5:0.95 | objects kept | training | pretraining |
 |---|---|---|---|---|---|---|

@@ -83,3 +83,33 @@ def test_weights_of_another_shape_are_not_loaded():
     assert load_backbone(net, other) is False
     assert all(torch.equal(backbone_of(net).state_dict()[k], v) for k, v in before.items())
     assert load_backbone(build_network("resnet18", 3), other) is False  # no `features` backbone
+
+
+def test_the_dense_objective_compares_the_same_place_of_the_image_in_both_crops():
+    """A wrong correspondence would train the trunk on noise without a sign: each point is checked
+    against the image it came from, through crops, resizes and flips."""
+    import torch.nn.functional as F
+
+    from components.learning.dense import CropPairs, correspondences, dense_module
+    from components.networks.detectors import CenterNet
+
+    size = 64
+    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    image = torch.stack([xs / size, ys / size, torch.zeros_like(xs)])  # each pixel says where it is
+    pairs = CropPairs(image[None], flip=True)
+    pairs.photometric = lambda view: view  # geometry only, for this check
+    torch.manual_seed(3)
+    views, wheres = zip(*(pairs._view(image) for _ in range(8)), strict=True)
+    first, second = torch.stack(views[:4]), torch.stack(views[4:])
+    at_first, at_second, overlaps = correspondences(torch.stack(wheres[:4]), torch.stack(wheres[4:]), size)
+    assert overlaps.any() and bool(torch.stack(wheres)[:, 4].any())  # a flip among them
+    seen_first = F.grid_sample(first, at_first[:, :, None, :], align_corners=False)[..., 0]
+    seen_second = F.grid_sample(second, at_second[:, :, None, :], align_corners=False)[..., 0]
+    assert (seen_first - seen_second)[overlaps].abs().max() < 2.5 / size  # the same pixel, to a resize's blur
+
+    trunk = CenterNet(3, width=4).features
+    module = dense_module(trunk, size, lr=1e-3, temperature=0.2)
+    batch = (first, second, torch.stack(wheres[:4]), torch.stack(wheres[4:]))
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    assert torch.isfinite(loss) and trunk.stem[0][0].weight.grad.abs().sum() > 0
