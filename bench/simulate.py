@@ -258,7 +258,16 @@ def summarize_objects(
         return (f"**{figures[key]:.3f}** (sd {figures[key + '_sd']:.3f} over {len(figures[key + '_seeds'])} seeds)"
                 if figures.get(key + "_sd") is not None else (f"**{figures[key]:.3f}** (one seed)" if key in figures else "not measured"))
 
-    costs = load_params(ROOT / "params.yaml").strategy.effort_costs("boxes" if config.task == "detection" else "masks")
+    params = load_params(ROOT / "params.yaml")
+    costs = params.strategy.effort_costs("boxes" if config.task == "detection" else "masks")
+    photos = config.dataset in (PHOTO_DETECTION, PHOTO_SEGMENTATION)
+    demo = params.demo.of(config.task, photos).params
+    train, pretrain = {**params.train.model_dump(), **demo.get("train", {})}, {**params.pretrain.model_dump(), **demo.get("pretrain", {})}
+    recipe = (f"The recipe (params.yaml `demo.{config.task}{'.photo' if photos else ''}`): `{train['architecture']}` at "
+              f"{train['image_size']} px, the first model {train['max_steps']} steps from scratch at lr {train['lr']:g}, each later "
+              f"iteration {train['finetune_steps']} steps fine-tuning the champion at {train['finetune_lr']:g}; copy-paste "
+              f"{train['copy_paste']:g}; self-supervised pretraining {'on' if pretrain['enabled'] else 'off'}. How it was chosen: "
+              f"`docs/studies/{'photo-choice' if photos else config.task.replace('detection', 'detector').replace('segmentation', 'segmenter') + '-choice'}.md`.")
     if config.task == "detection":
         title, what = "object detection (`flywheel bench simulate --task detection`)", "training the CenterNet detector"
         kept = "when every box matches (IoU >= 0.5, same class, nothing missing, nothing extra)"
@@ -275,6 +284,7 @@ order). Dataset `{name}`: a pool of {config.pool} images imported as tasks and a
 {config.held_out} never imported; budget {config.budget} labels, a real flywheel iteration (the Prefect
 flow: snapshot, DVC, {what}, registry, write-back of every unlabeled task) every {config.every} labels.
 The simulated person keeps a pre-annotated image unchanged {kept}, and otherwise draws the truth.
+{recipe}
 
 Object by object, each block also counts what the person does with each suggestion: a true object
 whose suggestion is kept as it is ({match}), suggestions deleted, objects drawn from nothing.

@@ -171,3 +171,4 @@ def test_object_figures_are_the_mean_of_the_per_seed_values_in_the_window(tmp_pa
     assert all(results.writers(key) == ["simulate-digit-boxes"] for key in figures)
     assert (tmp_path / "simulate_digit-boxes_objects.png").stat().st_size > 0
     assert "| random, seed 1 |" in markdown and "effort saved" in markdown
+    assert "`centernet` at 128 px, the first model 400 steps" in markdown  # the recipe the figures came from, read from params
