@@ -3,7 +3,7 @@
 Method (one run, this machine, a fresh embedded stack in a temporary workspace):
 
 1. `bad_inputs_handled`: the bad-input corpus (`tests/integration/test_bad_inputs.py`: 20 data cases in one
-   project through `flywheel run`, 6 settings cases), run with pytest; handled = cases passed / tried.
+   project through `flywheel run`, 6 settings cases and 2 of a COCO export), run with pytest; handled = cases passed / tried.
 2. `dead_server_exit_s`: a 150-task project. Each server (Label Studio, MLflow, Prefect) is killed (kill -9
    of its process group) before `flywheel run`, and MLflow, Label Studio and Prefect again mid-run (at the
    test hook after the first training epoch, or in write-back); the clock runs from the kill (or the

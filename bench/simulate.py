@@ -44,6 +44,7 @@ class SimulationConfig:
     seed: int = 0
     task: str = "classification"
     seeds: int = 1  # boxes and masks: seeds seed, seed + 1, ... (each its own draw of pool and held-out set)
+    images: str | None = None  # a COCO file's image folder (its file_names are relative to it)
 
     @property
     def dataset_name(self) -> str:
@@ -85,7 +86,7 @@ def run_simulation(
     from flows.pretrain import pretrain
 
     images = materialize(config.dataset, scratch / "datasets", limit=config.pool + config.held_out, seed=config.seed,
-                         masks=config.task == "segmentation")
+                         masks=config.task == "segmentation", images_dir=Path(config.images) if config.images else None)
     photos = config.dataset in (PHOTO_DETECTION, PHOTO_SEGMENTATION)
     overrides = load_params(ROOT / "params.yaml").demo.of(config.task, photos).params if config.task != "classification" else None
     labels = dataset_labels(images, config.task)
@@ -322,6 +323,8 @@ def main(config: SimulationConfig, echo=print) -> None:
     out_dir = BENCH if benchmark else ROOT / ".flywheel" / "bench" / name
     out_dir.mkdir(parents=True, exist_ok=True)
     seeds = list(range(config.seed, config.seed + config.seeds)) if config.task != "classification" else [config.seed]
+    if config.dataset not in (*PACKAGED, *OBJECT_SETS):  # a user's own: a missing image is said before any server starts
+        materialize(config.dataset, out_dir, masks=config.task == "segmentation", images_dir=Path(config.images) if config.images else None)
     runs: dict[int, list[Outcome]] = {}
     with throwaway_stack() as (settings, scratch):
         for seed in seeds:

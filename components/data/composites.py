@@ -231,11 +231,14 @@ def _field(record: dict[str, Any], key: str, where: str) -> Any:
     return record[key]
 
 
-def read_coco(path: Path, masks: bool = False) -> list[tuple[Path, list[dict[str, Any]]]]:
+def read_coco(path: Path, masks: bool = False, images_dir: Path | None = None) -> list[tuple[Path, list[dict[str, Any]]]]:
     """Read a COCO detection file (ours or a user's export) into images and their boxes.
 
     Args:
-        path: The COCO JSON; image file names resolve relative to its folder.
+        path: The COCO JSON.
+        masks: Read each object's `segmentation` too.
+        images_dir: The folder image `file_name`s are relative to; by default the file's own folder,
+            then its `images/` (the usual export layout).
 
     Returns:
         `[(image path, [{"label", "x", "y", "w", "h"}])]` in the file's image order, with the
@@ -246,7 +249,7 @@ def read_coco(path: Path, masks: bool = False) -> list[tuple[Path, list[dict[str
     Raises:
         ValueError: The file is not JSON or is malformed: a missing key, an unknown image or
             category id, a box of zero area or outside its image; with `masks`, an annotation
-            without a readable `segmentation`.
+            without a readable `segmentation`; an image file that is not where `file_name` says.
     """
     path = Path(path)
     try:
@@ -292,4 +295,23 @@ def read_coco(path: Path, masks: bool = False) -> list[tuple[Path, list[dict[str
                 raise ValueError(f"{ann_where} has no readable segmentation ({e}).") from None
             box["mask"] = coco_of(mask)
         boxes[image_id].append(box)
-    return [(path.parent / image["file_name"], boxes[image["id"]]) for image in images]
+    return [(image_file(path, image, images_dir), boxes[image["id"]]) for image in images]
+
+
+def image_file(coco: Path, image: dict[str, Any], images_dir: Path | None) -> Path:
+    """Where a COCO image's `file_name` points: relative to `images_dir` when given, else to the
+    COCO file's folder or its `images/` (the first that holds it).
+
+    Raises:
+        ValueError: No such file, naming the entry, where it was looked for, and `--images`.
+    """
+    name = str(image["file_name"])
+    folders = [images_dir] if images_dir is not None else [coco.parent, coco.parent / "images"]
+    for folder in folders:
+        if (folder / name).is_file():
+            return folder / name
+    looked = " or ".join(str(folder / name) for folder in folders)
+    raise ValueError(
+        f"image {image['id']!r}'s file_name {name!r} is not at {looked}. Pass the folder its file_name is "
+        "relative to with --images DIR."
+    )

@@ -101,13 +101,14 @@ PHOTO_SEGMENTATION = "photo-masks"  # the same photo-scale set, read with its in
 OBJECT_SETS = (DETECTION, SEGMENTATION, PHOTO_DETECTION, PHOTO_SEGMENTATION)
 
 
-def read_boxes(coco: Path, masks: bool = False) -> list[LabeledImage]:
-    """A COCO file -> its images, each labeled with its boxes (and `masks`: instance masks) as a target."""
+def read_boxes(coco: Path, masks: bool = False, images_dir: Path | None = None) -> list[LabeledImage]:
+    """A COCO file -> its images, each labeled with its boxes (and `masks`: instance masks) as a target;
+    `images_dir`: the folder its `file_name`s are relative to (`components.data.composites.read_coco`)."""
     from components.data.composites import read_coco
     from components.tasks.objects import make_target
 
     try:
-        images = read_coco(coco, masks=masks)
+        images = read_coco(coco, masks=masks, images_dir=images_dir)
     except ValueError as e:
         raise SettingsError(f"{coco}: {e}") from e
     items = []
@@ -155,6 +156,7 @@ def import_dataset(
     labeling: LabelingConfig,
     source: Path,
     progress: Callable[[Iterable[Path]], Iterable[Path]] = lambda it: it,
+    images_dir: Path | None = None,
 ) -> Imported:
     """Import a folder of images, or a COCO file's images with its boxes or masks, as tasks.
 
@@ -168,10 +170,12 @@ def import_dataset(
         labeling: The labeling config.
         source: A folder of images (searched recursively) or a COCO file (`.json`).
         progress: Wraps the iteration over files (e.g. a progress bar).
+        images_dir: A COCO file's image folder (`read_boxes`).
 
     Raises:
-        SettingsError: `source` is a COCO file and `labeling` a classification config (nothing is
-            created), or the COCO file is malformed.
+        SettingsError: `source` is a COCO file and `labeling` a classification config, the COCO file
+            is malformed or names an image that is not there, or its classes are not all labels of the
+            config (nothing is created).
     """
     coco = source.is_file()
     if coco and labeling.task == "classification":
@@ -179,17 +183,39 @@ def import_dataset(
             f"{source} is a file: a COCO file needs a detection or segmentation project (e.g. --config "
             f"label_studio_config/detection.xml or segmentation.xml); the config given is {labeling.task}."
         )
-    project = label_studio.ensure_project(title, labeling)
     if not coco:
+        project = label_studio.ensure_project(title, labeling)
         return Imported(project, label_studio.import_images(project, find_images(source), progress=progress))
-    items = read_boxes(source, masks=labeling.task == "segmentation")
+    items = read_boxes(source, masks=labeling.task == "segmentation", images_dir=images_dir)
+    check_classes(items, labeling, source)
+    project = label_studio.ensure_project(title, labeling)
     result = label_studio.import_images(project, [i.path for i in items], progress=progress)
     predictions = coco_pre_annotations(items, label_studio.task_hashes(project.id), set(result.created), project.config)
     label_studio.add_predictions(project.id, predictions, f"coco:{source.name}")
     return Imported(project, result, len(predictions))
 
 
-def materialize(name: str, dest: Path, limit: int | None = None, seed: int = 0, masks: bool = False) -> list[LabeledImage]:
+def check_classes(items: Sequence[LabeledImage], labeling: LabelingConfig, source: Path) -> None:
+    """A COCO file's classes must all be labels of the project's config, or its boxes could not be shown.
+
+    Raises:
+        SettingsError: Naming the classes the config lacks, the config's labels, and how to add them.
+    """
+    from components.tasks.objects import parse_target
+
+    classes = {box["label"] for item in items for box in parse_target(item.label)["boxes"]}
+    missing = sorted(classes - set(labeling.labels))
+    if missing:
+        raise SettingsError(
+            f"{source}'s classes are not all labels of the labeling config: {missing} are only in the file; the "
+            f"config has {list(labeling.labels)}. Add each as <Label value=\"...\"/> to the config (params.yaml "
+            "project.config), or pass --config with one that has them."
+        )
+
+
+def materialize(
+    name: str, dest: Path, limit: int | None = None, seed: int = 0, masks: bool = False, images_dir: Path | None = None
+) -> list[LabeledImage]:
     """Write a dataset as `dest/<class>/<index>.png` (once; later calls reuse the files).
 
     Args:
@@ -200,6 +226,8 @@ def materialize(name: str, dest: Path, limit: int | None = None, seed: int = 0, 
         limit: Keep this many images, drawn at random (stratified by chance) with `seed`.
         seed: The draw's seed, so the same call gives the same images.
         masks: Read a COCO file's instance masks too (for segmentation).
+        images_dir: A COCO file's image folder (its `file_name`s are relative to it; by default the
+            file's folder, then `images/` beside it).
 
     Returns:
         The images with their ground-truth labels.
@@ -216,7 +244,7 @@ def materialize(name: str, dest: Path, limit: int | None = None, seed: int = 0, 
         return read_boxes(make_photo_set(dest / f"{PHOTO_DETECTION}-{count}-{seed}", count, seed=seed),
                           masks=name == PHOTO_SEGMENTATION)
     if name.endswith(".json"):
-        items = read_boxes(Path(name), masks=masks)
+        items = read_boxes(Path(name), masks=masks, images_dir=images_dir)
     elif name not in PACKAGED:
         folder = Path(name)
         if not folder.is_dir():

@@ -123,14 +123,16 @@ def bought(items: Sequence[Labeled], strategy: str, hours: float) -> list[Labele
     return out
 
 
-def from_dataset(name: str, dest: Path, count: int, seconds_per_object: Mapping[str, float], seed: int = 0) -> list[Labeled]:
-    """A dataset with instance masks (the demo's `digit-masks`, or a COCO file with `segmentation`),
-    each image costed with the published per-object figures."""
+def from_dataset(
+    name: str, dest: Path, count: int, seconds_per_object: Mapping[str, float], seed: int = 0, images_dir: Path | None = None
+) -> list[Labeled]:
+    """A dataset with instance masks (the demo's `digit-masks`, or a COCO file with `segmentation`,
+    its images in `images_dir` when given), each image costed with the published per-object figures."""
     from components.studies.datasets import materialize
 
     from components.core.errors import SettingsError
 
-    items = materialize(name, dest, limit=count, seed=seed, masks=True)
+    items = materialize(name, dest, limit=count, seed=seed, masks=True, images_dir=images_dir)
     out = []
     for item in items:
         try:

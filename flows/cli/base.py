@@ -79,15 +79,39 @@ def _exit(code: int) -> None:
     raise typer.Exit(code)
 
 
-def _explain(error: Exception) -> str:
-    """An unexpected failure in one line: a server that stopped answering says so, anything else is
-    named with where its traceback is."""
-    try:
-        from components.adapters import stack
+def connection_failed(error: BaseException) -> bool:
+    """Whether `error`, or one it was raised from, is a failure to reach a server (refused, reset, timed
+    out, no route): only then may a failure be blamed on a server that stopped answering."""
+    import requests
 
-        down = [row for row in stack.status(load_settings()) if not row.healthy]
-    except SettingsError:
-        down = []
+    kinds: list[type[BaseException]] = [ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout]
+    try:
+        import httpx
+
+        kinds += [httpx.TransportError]
+    except ImportError:
+        pass
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, tuple(kinds)):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _explain(error: Exception) -> str:
+    """An unexpected failure in one line: a failure to reach a server that is down says which and how
+    to start it; anything else (a missing file, a bad value) is named with where its traceback is."""
+    down = []
+    if connection_failed(error):
+        try:
+            from components.adapters import stack
+
+            down = [row for row in stack.status(load_settings()) if not row.healthy]
+        except SettingsError:
+            down = []
     if down:
         names = ", ".join(f"{row.title} at {row.url}" for row in down)
         return (

@@ -70,6 +70,8 @@ def bench_simulate(
     seed: int = 0,
     seeds: Annotated[int, typer.Option(help="detection, segmentation: seeds --seed, --seed + 1, ... (each its own draw of "
                                             "pool and held-out set); figures are the mean of the per-seed values")] = 1,
+    images: Annotated[Path | None, typer.Option(help="A COCO file's image folder: its file_names are relative to it "
+                                                      "(default: beside the file, then its images/).")] = None,
 ) -> None:
     """Play a person labeling a real dataset with flywheel's pre-annotations, on a throwaway stack."""
     from components.core.params import load_params
@@ -81,7 +83,8 @@ def bench_simulate(
         dataset = load_params().demo.of(task).dataset if task != "classification" else "mnist"
     if seeds < 1:
         raise SettingsError(f"--seeds must be at least 1, not {seeds}.")
-    simulate.main(simulate.SimulationConfig(dataset, tuple(order), pool, held_out, budget, every, seed, task, seeds), echo=typer.echo)
+    simulate.main(simulate.SimulationConfig(dataset, tuple(order), pool, held_out, budget, every, seed, task, seeds,
+                                                str(images) if images else None), echo=typer.echo)
 
 
 @app.command("every-image")

@@ -20,6 +20,8 @@ def import_folder(
                                                  "pre-annotations.", exists=True)],
     project: Annotated[str | None, typer.Option(help="Project title (default: params.yaml project.title).")] = None,
     config: Annotated[Path | None, typer.Option(help="Labeling config (default: params.yaml project.config).")] = None,
+    images: Annotated[Path | None, typer.Option(help="A COCO file's image folder: its file_names are relative to it "
+                                                      "(default: beside the file, then its images/).")] = None,
 ) -> None:
     """Import a folder of images as tasks; files already imported (same content) are skipped.
 
@@ -34,7 +36,7 @@ def import_folder(
     params = load_params()
     labeling = load_labeling_config(config or params.project.config)
     imported = import_dataset(LabelStudio.from_settings(settings), project or params.project.title, labeling, folder,
-                              progress=_progress("hashing images"))
+                              progress=_progress("hashing images"), images_dir=images)
     result = imported.result
     typer.echo(f"project {imported.project.id}: {len(result.created)} tasks created, {result.skipped} already there")
     if imported.pre_annotations is not None:

@@ -165,6 +165,8 @@ def strategy_now(
                                               "digit-masks (the demo set) or a COCO .json with segmentation.")] = "",
     count: Annotated[int, typer.Option(help="Images of --dataset to use, held-out ones included.")] = 1300,
     out: Annotated[Path | None, typer.Option(help="Folder for strategy.md/.png/.json (default: the workspace's reports).")] = None,
+    images: Annotated[Path | None, typer.Option(help="A COCO file's image folder: its file_names are relative to it "
+                                                      "(default: beside the file, then its images/).")] = None,
 ) -> None:
     """Boxes or masks? Train both on the same images at params.yaml's strategy.hours of annotation and
     say which reaches strategy.target on strategy.metric sooner, by how many hours, or that it is too
@@ -179,7 +181,8 @@ def strategy_now(
     loaded = load_params(params)
     suggestions = None
     if dataset:
-        items = strategy.from_dataset(dataset, settings.workspace / "datasets", count, loaded.strategy.seconds_per_object)
+        items = strategy.from_dataset(dataset, settings.workspace / "datasets", count, loaded.strategy.seconds_per_object,
+                                       images_dir=images)
         folder = out or settings.workspace / "reports" / f"strategy-{Path(dataset).stem}"
         title = f"{Path(dataset).stem}: boxes vs masks"
         labels = sorted({box["label"] for item in items for box in json.loads(item.target)["boxes"]}, key=lambda x: (len(x), x))

@@ -346,3 +346,52 @@ def test_settings_case_deleted_project(label_studio, cli_env, loop_env, tmp_path
     assert f"no project {params.project.title!r}" in errors[0] and "snapshots stay under" in errors[0]
     assert label_studio.ensure_project(params.project.title, load_labeling_config(params.project.config), create=False) is None
     assert registry.latest() == kept and registry.checkout(kept).is_dir()  # the versioned data is intact
+
+
+# --- a team's COCO export: its own mistakes said as such, never as servers that stopped answering -------
+
+
+def coco_export(folder: Path, images_in: str, classes: dict[str, str] | None = None, count: int = 4) -> Path:
+    """The demo's boxes as a team's export: `export/annotations.json` whose file_names are bare names
+    relative to `export/<images_in>/`, its categories renamed by `classes`."""
+    import json
+    import shutil
+
+    from components.data.composites import make_detection_set
+
+    made = make_detection_set(folder / "made", count, seed=5)
+    coco = json.loads(made.read_text())
+    export = folder / "export"
+    (export / images_in).mkdir(parents=True)
+    for image in coco["images"]:
+        shutil.copy(made.parent / image["file_name"], export / images_in / Path(image["file_name"]).name)
+        image["file_name"] = Path(image["file_name"]).name
+    for category in coco["categories"]:
+        category["name"] = (classes or {}).get(category["name"], category["name"])
+    (export / "annotations.json").write_text(json.dumps(coco))
+    return export / "annotations.json"
+
+
+COCO_CASES = {
+    "COCO file_names relative to a folder not beside it": (
+        lambda folder: coco_export(folder, "pics"),
+        r"annotations.json: image \d+'s file_name '\d+.png' is not at .*export/\d+.png or .*export/images/\d+.png\. "
+        r"Pass the folder its file_name is relative to with --images DIR"),
+    "COCO classes the labeling config lacks": (
+        lambda folder: coco_export(folder, "images", {str(d): "plants" for d in range(5)}),
+        r"annotations.json's classes are not all labels of the labeling config: \['plants'\] are only in the file; "
+        r"the config has \['0', .*Add each as <Label value=\"...\"/>"),
+}
+
+
+@pytest.mark.parametrize("name", list(COCO_CASES))
+def test_settings_case_coco(name, label_studio, cli_env, tmp_path):
+    make, message = COCO_CASES[name]
+    coco = make(tmp_path)
+    title = f"coco-bad-{uuid.uuid4().hex[:6]}"
+    config = str(Path(__file__).resolve().parents[2] / "label_studio_config" / "detection.xml")
+    code, output, _ = run_cli(cli_env, "import", str(coco), "--project", title, "--config", config, timeout=120)
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(errors) == 1 and re.search(message, errors[0]), output[-2000:]
+    assert "stopped answering" not in output and "Traceback" not in output
+    assert label_studio.ensure_project(title, load_labeling_config(config), create=False) is None  # nothing created

@@ -81,7 +81,26 @@ def _export() -> dict:
 def test_read_coco_reads_a_user_export(tmp_path):
     path = tmp_path / "export.json"
     path.write_text(json.dumps(_export()))
+    Image.new("RGB", (100, 80)).save(tmp_path / "a.png")
     assert read_coco(path) == [(tmp_path / "a.png", [{"label": "cat", "x": 10.0, "y": 10.0, "w": 20.0, "h": 30.0}])]
+
+
+def test_a_coco_exports_file_names_are_found_beside_it_in_its_images_folder_or_where_told(tmp_path):
+    path = tmp_path / "annotations" / "export.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(_export()))
+    with pytest.raises(ValueError, match=r"image 1's file_name 'a.png' is not at .*annotations/a.png or .*annotations/images/a.png\. "
+                                         r"Pass the folder .* --images DIR"):
+        read_coco(path)
+    (path.parent / "images").mkdir()
+    Image.new("RGB", (100, 80)).save(path.parent / "images" / "a.png")  # the usual export layout
+    assert read_coco(path)[0][0] == path.parent / "images" / "a.png"
+    elsewhere = tmp_path / "photos"
+    elsewhere.mkdir()
+    Image.new("RGB", (100, 80)).save(elsewhere / "a.png")
+    assert read_coco(path, images_dir=elsewhere)[0][0] == elsewhere / "a.png"  # --images wins
+    with pytest.raises(ValueError, match=r"is not at .*nowhere/a.png\. Pass"):
+        read_coco(path, images_dir=tmp_path / "nowhere")
 
 
 @pytest.mark.parametrize(

@@ -74,3 +74,33 @@ def test_a_command_that_fails_before_setting_up_logging_still_says_one_line(tmp_
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]  # one line
     assert done.stderr.startswith("error: no benchmark 'no-such-benchmark'") and "Traceback" not in done.stderr
+
+
+def test_only_a_failure_to_reach_a_server_is_blamed_on_a_server():
+    """A missing image or a class the config lacks once read "Label Studio, MLflow, Prefect stopped
+    answering" whenever the default stack was down (e.g. after `bench simulate`'s throwaway stack)."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    from flows.cli.base import _explain, connection_failed
+
+    assert not connection_failed(FileNotFoundError("images/a.png"))
+    assert not connection_failed(ValueError("'plants' is not in list"))
+    assert connection_failed(requests.ConnectionError("refused"))
+    assert connection_failed(ConnectionRefusedError(111, "refused"))
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except ConnectionRefusedError:
+            raise MlflowException("API request failed") from None  # a wrapper that hides its cause from the traceback
+    except MlflowException as wrapped:
+        assert connection_failed(wrapped)  # the refused connection is still its context
+    try:
+        try:
+            raise requests.ConnectionError("Max retries exceeded")
+        except requests.ConnectionError as e:
+            raise RuntimeError("API request failed") from e
+    except RuntimeError as wrapped:
+        assert connection_failed(wrapped)
+    message = _explain(FileNotFoundError(2, "No such file or directory", "my/images/a.png"))
+    assert "stopped answering" not in message and "FileNotFoundError" in message
