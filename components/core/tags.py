@@ -38,8 +38,9 @@ TAG_READY = "flywheel.backbone_ready"  # set once backbone.pt is logged (Lightni
 # `dvc repro`'s training stage
 TAG_SNAPSHOT_PATH = "flywheel.snapshot_path"  # the snapshot folder it trained on
 
-# The kinds of run (TAG_KIND's values); a trained model's run has no kind
-TAG_KIND = "flywheel.kind"  # what a run that is not a trained model is
+# The kinds of run (TAG_KIND's values): MLflow's run list filters on them (`tags.flywheel.kind = 'training'`)
+TAG_KIND = "flywheel.kind"  # what a run is
+KIND_TRAINING = "training"  # a model trained on a snapshot (the loop's, the scheduled retrain's, `dvc repro`'s)
 KIND_PRETRAINING = "pretraining"  # a backbone pretrained on the image pool
 KIND_LABEL_ERRORS = "label-errors"  # a label check's table of suspects
 KIND_REPORT = "report"  # a strategy report

@@ -15,7 +15,7 @@ from components.core.tags import KIND_LABEL_ERRORS, TAG_KIND, TAG_MD5, TAG_RUN_N
 from components.data.snapshot import read_manifest, training_rows
 from components.learning.label_errors import find_label_errors
 from components.loop.pool import backbone_for
-from components.loop.train import run_tags
+from components.loop.train import log_snapshot_input, run_tags
 from components.loop.workspace import LABEL_ERRORS_FILE, Workspace, reports_dir
 
 
@@ -48,12 +48,13 @@ def check_labels(
         partial.replace(path)  # whole or not at all: a write-back may read it meanwhile
     tags = {**run_tags(ws, snapshot_version, p.architecture), TAG_KIND: KIND_LABEL_ERRORS,
             TAG_RUN_NAME: f"label-errors@{snapshot_version.rev}"}
-    ws.models.record_run(
+    run_id = ws.models.record_run(
         tags,
         params={"folds": e.folds, "steps": e.steps},
         metrics={"labeled": len(table), "suspected": int(table["suspected"].sum()), f"out_of_fold_{ws.task.metric}": accuracy},
         table=(table.drop(columns=["image", "snapshot_rev"]), "label_errors.json"),
     )
+    log_snapshot_input(ws, run_id, snapshot_version, len(manifest), "label-check")
     return table
 
 

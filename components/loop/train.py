@@ -26,6 +26,8 @@ from components.core.tags import (
     TAG_DVC_COMMIT,
     TAG_DVC_REV,
     TAG_FINE_TUNED_FROM,
+    TAG_KIND,
+    KIND_TRAINING,
     TAG_LABEL_STUDIO_URL,
     TAG_MD5,
     TAG_OWNER,
@@ -69,6 +71,16 @@ def run_tags(ws: Workspace, snapshot_version: SnapshotVersion, architecture: str
         TAG_RUN_NAME: f"{architecture}@{snapshot_version.rev}",
         TAG_OWNER: owner(),
     }
+
+
+def log_snapshot_input(ws: Workspace, run_id: str, snapshot_version: SnapshotVersion, images: int, context: str) -> None:
+    """Show the snapshot a run read in MLflow's Datasets column: `labels@<rev>`, DVC's hash, the data
+    registry and rev it is read back from (`dvc get <registry> snapshot --rev <rev>`)."""
+    ws.models.log_input(
+        run_id, f"labels@{snapshot_version.rev}", snapshot_version.md5,
+        {"registry": str(snapshot_version.registry), "rev": snapshot_version.rev, "commit": snapshot_version.commit},
+        context, profile={"images": images, "project": ws.project.id},
+    )
 
 
 def champion_to_tune(ws: Workspace, architecture: str, backbone: Backbone | None = None) -> tuple[RegisteredModel, torch.nn.Module] | None:
@@ -117,14 +129,14 @@ def train(
         dict(min_steps=0, max_steps=p.finetune_steps, lr=p.finetune_lr) if start
         else dict(min_steps=p.min_steps, max_steps=p.max_steps, lr=p.lr)
     )
-    tags = run_tags(ws, snapshot_version, architecture)
+    tags = {**run_tags(ws, snapshot_version, architecture), TAG_KIND: KIND_TRAINING}
     if start:
         tags[TAG_FINE_TUNED_FROM] = start[0].model_version
     if backbone is not None:
         tags.update({TAG_BACKBONE: backbone.run_id, TAG_BACKBONE_FROZEN: str(backbone.frozen).lower()})
     ws.models.ensure_experiment()  # made here, not by Lightning's logger (which would say so on the terminal)
     with ws.models.calling(f"track the training of {architecture}"):
-        return fit(
+        trained = fit(
             ws.task,
             folder,
             rows,
@@ -148,6 +160,8 @@ def train(
                     strategy=ws.params.retrain.strategy) if parallel else {}),
             **schedule,
         )
+    log_snapshot_input(ws, trained.run_id, snapshot_version, len(rows), "training")
+    return trained
 
 
 def register(ws: Workspace, trained: TrainedModel) -> Promotion:

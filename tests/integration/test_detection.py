@@ -185,18 +185,18 @@ def test_a_coco_export_with_an_images_folder_and_its_own_classes_imports_and_sim
     from components.core.labeling_config import with_labels
     from tests.integration.test_bad_inputs import coco_export, run_cli
 
-    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-    coco = coco_export(tmp_path, "images", {str(d): name for d, name in enumerate(names)}, count=16)
+    names = {str(d): ("plants" if d < 5 else "rocks") for d in range(10)}  # two classes that are not digits
+    coco = coco_export(tmp_path, "images", names, count=30)
     config = tmp_path / "own.xml"
-    config.write_text(with_labels(load_labeling_config(ROOT / "label_studio_config" / "detection.xml"), names).xml)
+    config.write_text(with_labels(load_labeling_config(ROOT / "label_studio_config" / "detection.xml"), ["plants", "rocks"]).xml)
     title = f"coco-own-{uuid.uuid4().hex[:6]}"
     code, output, _ = run_cli(cli_env, "import", str(coco), "--project", title, "--config", str(config))
     assert code == 0, output
     project = label_studio.ensure_project(title, load_labeling_config(config), create=False)
-    assert label_studio.model_versions(project.id) == {"coco:annotations.json": 16}
+    assert label_studio.model_versions(project.id) == {"coco:annotations.json": 30}
 
-    simulated = SimulationConfig(dataset=str(coco), orders=("random",), pool=12, held_out=4, budget=10, every=10, task="detection")
+    simulated = SimulationConfig(dataset=str(coco), orders=("random",), pool=24, held_out=6, budget=20, every=20, task="detection")
     (tmp_path / "sim").mkdir()
     (outcome,) = run_simulation(load_settings(), tmp_path / "sim", simulated, out_dir=tmp_path, echo=lambda line: None)
-    assert outcome.steps[0].labels == 10 and outcome.steps[0].score is not None  # trained and scored on its own classes
+    assert outcome.steps[0].labels == 20 and outcome.steps[0].score is not None  # trained and scored on its own classes
     assert outcome.steps[0].objects > 0  # and the person's objects were counted

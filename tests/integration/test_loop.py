@@ -17,7 +17,7 @@ from prefect import task
 
 from components.tasks.classification import choice_result
 from components.studies.datasets import materialize
-from components.core.tags import TAG_ARCHITECTURE, TAG_CURSOR, TAG_DATA_REGISTRY, TAG_DVC_REV, TAG_KIND, TAG_MD5, TAG_PROJECT
+from components.core.tags import TAG_ARCHITECTURE, TAG_CURSOR, TAG_DATA_REGISTRY, TAG_DVC_REV, TAG_KIND, TAG_MD5, TAG_PROJECT, KIND_TRAINING
 from components.loop.workspace import open_workspace
 from components.adapters.label_studio import LabelStudio, Project
 from components.core.labeling_config import load_labeling_config
@@ -196,8 +196,13 @@ def test_retrain_compares_every_architecture_in_one_experiment(digits_project, l
     client = MlflowClient(loop_env.mlflow_tracking_uri)
     experiment = client.get_experiment_by_name(params.registry.experiment)
     runs = client.search_runs([experiment.experiment_id])
-    trained = [r for r in runs if TAG_KIND not in r.data.tags]  # not the reports' runs
+    trained = [r for r in runs if r.data.tags.get(TAG_KIND) == KIND_TRAINING]  # not the reports' runs
     assert {r.data.tags[TAG_ARCHITECTURE] for r in trained} == {"small_cnn", "resnet18"}
+    # each shows the snapshot it saw in MLflow's Datasets column: name, DVC hash, registry and rev
+    (seen,) = {(i.dataset.name, i.dataset.digest, i.dataset.source) for r in trained for i in r.inputs.dataset_inputs}
+    latest = open_workspace(load_settings(), params).data.latest()
+    assert seen[0] == f"labels@{latest.rev}" and seen[1] == latest.md5[:36] and f'"rev": "{latest.rev}"' in seen[2]
+    assert all(i.tags[0].value == "training" for r in trained for i in r.inputs.dataset_inputs)
     champion = client.get_model_version_by_alias(params.registry.model_name, "champion")
     best = max(float(v.tags["val_accuracy"]) for v in client.search_model_versions(f"name='{params.registry.model_name}'"))
     assert float(champion.tags["val_accuracy"]) == best

@@ -5,6 +5,7 @@ a killed process left open.
 
 from __future__ import annotations
 
+import json
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -134,6 +135,18 @@ class Runs:
             if artifacts is not None:
                 client.log_artifacts(run_id, str(artifacts[0]), artifact_path=artifacts[1])
         return run_id
+
+    def log_input(self, run_id: str, name: str, digest: str, source: dict[str, str], context: str,
+                  profile: dict[str, Any] | None = None) -> None:
+        """Show what a run read in MLflow's own Datasets column (and the run page's inputs): a versioned
+        snapshot or pool by its name, its hash and where it lives (`source`, e.g. the data registry and
+        its rev), with its role (`context`: training, label-check, pretraining)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name, digest=digest[:36], source_type="dvc", source=json.dumps(source, sort_keys=True),
+                          profile=json.dumps(profile, sort_keys=True) if profile else None)
+        with self.calling(f"record what run {run_id} read"):
+            self.client.log_inputs(run_id, [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         with self.calling(f"tag run {run_id}"):
