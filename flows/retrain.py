@@ -23,7 +23,7 @@ def retrain(params_path: str = "params.yaml") -> dict[str, object]:
         return summary
     summary["snapshot"] = latest.rev
     for architecture in (a for a in ws.params.architectures if ws.task.builds(a)):
-        trained = tasks.train(ws, latest, architecture, parallel=True)  # DDP when retrain.devices > 1
+        trained = tasks.train(ws, latest, architecture, parallel=True)  # DDP when compute.devices > 1
         with one_at_a_time(ws, PUBLISH_LOCK):
             summary["score"][architecture] = tasks.register(ws, trained).candidate_score  # type: ignore[index]
     with one_at_a_time(ws, PUBLISH_LOCK):

@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse
 from components.core.errors import SettingsError
 from components.core.params import load_params
 from components.adapters.registry import ModelRegistry
+from components.networks.compute import resolve
 from components.production.serving import (
     Decoded,
     Refusal,
@@ -139,7 +140,8 @@ class ChampionAPI(ls.LitAPI):
             raise SettingsError(f"Label Studio has no project {params.project.title!r}: run `flywheel demo` or `flywheel import` first.")
         self.config = project.config
         self.models = ModelRegistry(settings.mlflow_tracking_uri, params.registry.model_name, params.registry.experiment)
-        champion = load_champion(self.models, self.config)
+        self.device = device
+        champion = load_champion(self.models, self.config, device)
         if champion is None:
             raise SettingsError(
                 f"No champion of {params.registry.model_name!r} in MLflow yet: label some images and run `flywheel run` "
@@ -168,7 +170,7 @@ class ChampionAPI(ls.LitAPI):
             try:
                 current = self.models.champion()
                 if current is not None and current.version != self.champion.registered.version:
-                    self.champion = load_version(self.models, current, self.config)
+                    self.champion = load_version(self.models, current, self.config, self.device)
                     log.info("now answering with %s", current.model_version)
             except Exception as e:  # noqa: BLE001 - MLflow away: keep serving the model we have
                 log.warning("Could not check the champion (%s); still answering with %s", e, self.champion.model_version)
@@ -234,7 +236,7 @@ def serve_model(params_path: Path, port: int | None = None) -> None:
     path = params_path.resolve()
     server = ls.LitServer(
         ChampionAPI(path),
-        accelerator="cpu",
+        accelerator=resolve(params.compute.accelerator, 1, params.compute.precision).accelerator,  # one setting for every model
         max_payload_size=params.production.max_request_bytes,
         middlewares=[Requests],
         fast_queue=True,

@@ -153,10 +153,17 @@ class RetrainParams(_Section):
     """The scheduled full retrain: every architecture from scratch, on one process or several (DDP)."""
 
     cron: str
-    devices: int = Field(default=1, ge=1)
-    accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
     # not "ddp": it re-runs the process's command per device, which inside a flow run is the whole flow
     strategy: Literal["ddp_fork", "ddp_spawn"] = "ddp_fork"
+
+
+class ComputeParams(_Section):
+    """Where every model runs (training, pretraining, the label check, write-back, serving): one setting,
+    resolved by `components.networks.compute.resolve`."""
+
+    accelerator: Literal["cpu", "gpu", "auto"]
+    devices: int = Field(ge=1)
+    precision: Literal["32-true", "16-mixed", "bf16-mixed"]
 
 
 class ErrorsParams(_Section):
@@ -262,6 +269,7 @@ class Params(_Section):
     registry: RegistryParams
     predict: PredictParams
     retrain: RetrainParams
+    compute: ComputeParams
     errors: ErrorsParams
     select: SelectParams
     report: ReportParams

@@ -16,6 +16,7 @@ import pandas as pd
 from torch import nn
 
 from components.core.task_type import CrossValidation, TaskType
+from components.networks.compute import CPU, Compute
 from components.learning.training import Backbone, fit_steps
 
 # `label` and `suggested` are targets (a class, or boxes as JSON); `quality` 0 = surely wrong, 1 = surely right
@@ -38,6 +39,7 @@ def find_label_errors(
     augment: bool,
     seed: int,
     copy_paste: float = 0.0,
+    compute: Compute = CPU,
     progress: Callable[[str], None] = lambda message: None,
     backbone: Backbone | None = None,
 ) -> tuple[pd.DataFrame, float]:
@@ -53,7 +55,7 @@ def find_label_errors(
         return fit_steps(
             task_type, snapshot_dir, rows, labels, architecture, architecture_options, image_size=image_size,
             steps=steps, batch_size=batch_size, lr=lr, augment=augment, seed=seed, backbone=backbone,
-            copy_paste=copy_paste,
+            copy_paste=copy_paste, compute=compute,
         )
 
     table, score = task_type.find_label_errors(CrossValidation(snapshot_dir, manifest, labels, train_fold, folds, seed, progress))

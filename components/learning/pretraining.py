@@ -33,6 +33,7 @@ from torchvision.transforms import v2
 from components.core.tags import TAG_READY
 from components.networks.architectures import ARCHITECTURES
 from components.networks.backbones import backbone_of, load_backbone
+from components.networks.compute import CPU, Compute, trainer_kwargs
 from components.networks.preprocessing import MEAN, STD
 
 BACKBONE_FILE = "backbone.pt"
@@ -154,6 +155,7 @@ def pretrain(
     run_tags: dict[str, str],
     progress: bool = True,
     wait_while: Callable[[], bool] = lambda: False,
+    compute: Compute = CPU,
 ) -> Pretrained:
     """Pretrain `architecture`'s backbone on `images` with SimCLR, tracked as one MLflow run.
 
@@ -175,6 +177,7 @@ def pretrain(
         wait_while: Asked before each batch: training holds while it says True (the loop refreshing
             pre-annotations); the seconds held are logged (`pretrain_waited_s`), not counted in
             `pretrain_seconds`.
+        compute: Where it trains (`components.networks.compute`); the weights come back on the CPU.
 
     Returns:
         The backbone's weights (also logged as the run's `backbone.pt`) and the run id.
@@ -205,12 +208,12 @@ def pretrain(
         trainer = L.Trainer(
             max_epochs=epochs, logger=logger, enable_checkpointing=False, enable_progress_bar=progress,
             enable_model_summary=False, default_root_dir=scratch, log_every_n_steps=1, deterministic=True,
-            callbacks=[waiting],
+            callbacks=[waiting], **trainer_kwargs(compute),
         )
         start = time.perf_counter()
         trainer.fit(module, train_dataloaders=loader)
         seconds = time.perf_counter() - start - waiting.waited_s
-        state = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
+        state = {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
         path = Path(scratch) / BACKBONE_FILE
         torch.save(state, path)
         client = logger.experiment

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from components.core.faults import pause_point
 from components.networks.backbones import backbone_of, load_backbone
+from components.networks.compute import CPU, Compute, trainer_kwargs
 from components.networks.preprocessing import MEAN, STD, load_images, to_tensor  # noqa: F401 (loop/iteration.py imports the last two here until it is split)
 
 if TYPE_CHECKING:
@@ -251,6 +252,7 @@ def fit_steps(
     seed: int,
     backbone: Backbone | None = None,
     copy_paste: float = 0.0,
+    compute: Compute = CPU,
 ) -> nn.Module:
     """Train on every row of `manifest` for a fixed number of steps, without validation or tracking
     (one fold of a cross-validation), from a pretrained `backbone` if given (a frozen one: only the
@@ -264,12 +266,13 @@ def fit_steps(
     trainer = L.Trainer(
         max_steps=steps, max_epochs=-1, deterministic=True, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=keep_backbone,
+        **trainer_kwargs(compute),
     )
     if cached is not None:
         trainer.fit(cached[0], train_dataloaders=cached[1].loader(batch_size, seed))
     else:
         trainer.fit(module, train_dataloaders=_train_loader(data, seed))
-    return task.inference_model(module.net, labels, image_size)
+    return task.inference_model(module.net.cpu(), labels, image_size)
 
 
 def _train_loader(data: L.LightningDataModule, seed: int) -> Any:
@@ -305,7 +308,7 @@ def fit(
     start_from: nn.Module | None = None,
     backbone: Backbone | None = None,
     devices: int = 1,
-    accelerator: str = "cpu",
+    compute: Compute = CPU,
     strategy: str = "ddp_fork",
 ) -> TrainedModel:
     """Train `architecture` on a snapshot, tracked as one MLflow run.
@@ -324,11 +327,12 @@ def fit(
         validation scores; the run holds `best_val_<metric>` for every metric of the task type, one
         per class (`best_val_f1_<label>`, `best_val_ap_<label>`), the image counts and the task type's figures.
 
-    With `devices` > 1, Lightning's DDP trains on that many processes (`strategy`; gloo on CPU),
-    each on its share of every batch, so the effective batch stays `batch_size`.
+    It trains where `compute` says (`components.networks.compute`); with `devices` > 1, Lightning's DDP
+    trains on that many processes or GPUs (`strategy`; gloo on CPU), each on its share of every batch, so
+    the effective batch stays `batch_size`. The model comes back on the CPU.
     """
     L.seed_everything(seed, workers=True, verbose=False)
-    parallel = dict(accelerator=accelerator, devices=devices, strategy=strategy) if devices > 1 else {}
+    parallel = {**trainer_kwargs(compute, devices), **(dict(strategy=strategy) if devices > 1 else {})}
     data = task.datamodule(snapshot_dir, manifest, labels, image_size, max(1, batch_size // devices), augment)
     data.setup("fit")  # here, in this process: DDP's processes get it, and the splits are judged here afterwards
     module = task.module(architecture, architecture_options, labels, lr, augment, copy_paste)
@@ -365,7 +369,7 @@ def fit(
             trainer.fit(module, datamodule=data)
         if start_from is None and not head_only and task.keeps_best_checkpoint and best.best_model_path:
             module.load_state_dict(torch.load(best.best_model_path, weights_only=True)["state_dict"])
-    inference = task.inference_model(module.net, labels, image_size)
+    inference = task.inference_model(module.net.cpu(), labels, image_size)
     scores = task.evaluate(inference, data.val_set, labels)
     metrics = {f"best_val_{name}": value for name, value in scores.metrics.items()}
     metrics.update({f"best_val_{task.per_class_metric}_{label}": value for label, value in scores.per_class.items()})

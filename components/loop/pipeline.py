@@ -17,6 +17,7 @@ from components.core import compat
 from components.core.errors import DataError
 from components.core.labeling_config import LabelingConfig
 from components.core.params import Params
+from components.networks.compute import resolve
 from components.core.tags import KIND_TRAINING, TAG_KIND, TAG_SNAPSHOT_PATH
 from components.data.snapshot import read_manifest, training_rows
 from components.tasks import task_type_of
@@ -64,6 +65,7 @@ def train_folder(snapshot: Path, config: LabelingConfig, params: Params, trackin
         params.architectures.get(p.architecture, {}),
         image_size=p.image_size, batch_size=p.batch_size, max_epochs=p.max_epochs, min_steps=p.min_steps, max_steps=p.max_steps, patience=p.patience,
         lr=p.lr, augment=p.augment, copy_paste=p.copy_paste, seed=p.seed, tracking_uri=tracking_uri,
+        compute=resolve(params.compute.accelerator, 1, params.compute.precision),
         experiment=f"{params.registry.experiment}-dvc", run_tags={TAG_SNAPSHOT_PATH: str(snapshot), TAG_KIND: KIND_TRAINING},
     )
     out.parent.mkdir(parents=True, exist_ok=True)

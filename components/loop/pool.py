@@ -122,7 +122,7 @@ def pretrain_backbone(ws: Workspace, pool: Mapping[str, Path], pool_rev: str, pr
             load_images(chosen, t.image_size), t.architecture, ws.params.architectures.get(t.architecture, {}),
             len(ws.project.config.labels), epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, temperature=p.temperature,
             flip=p.flip, seed=t.seed, tracking_uri=ws.settings.mlflow_tracking_uri, experiment=ws.params.registry.experiment,
-            run_tags=tags, progress=progress, wait_while=lambda: refreshing_now(ws),
+            run_tags=tags, progress=progress, wait_while=lambda: refreshing_now(ws), compute=ws.compute,
         )
 
 

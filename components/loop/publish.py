@@ -40,6 +40,7 @@ from components.learning.pretraining import Pretrained, embed_with
 from components.learning.selection import rank_for_labeling, rank_typical
 from components.loop.pool import backbone_for, cold_start, fitting_backbone
 from components.loop.workspace import LABEL_ERRORS_FILE, Workspace, reports_dir, snapshot_folder
+from components.networks.compute import torch_device
 from components.networks.preprocessing import load_images, to_tensor
 
 log = logging.getLogger(__name__)
@@ -200,11 +201,15 @@ def write_back(
     model = model if model is not None else ws.models.load(champion)
     tasks = ws.label_studio.unlabeled_tasks(ws.project.id)
     decoded, problems, sizes = decode_unlabeled(ws, tasks, model.image_size)
-    outputs = infer_images(ws.task, model, decoded, ws.project.config, ws.params.predict.batch_size, sizes=sizes)
+    try:
+        model.to(torch_device(ws.compute))  # where params.yaml's compute says; back to the CPU below
+        outputs = infer_images(ws.task, model, decoded, ws.project.config, ws.params.predict.batch_size, sizes=sizes)
+        folder = snapshot_folder(ws, latest)
+        manifest = read_manifest(folder)
+        labeled = _embed_labeled(ws, model, folder, manifest)
+    finally:
+        model.cpu()
     select = ws.params.select
-    folder = snapshot_folder(ws, latest)
-    manifest = read_manifest(folder)
-    labeled = _embed_labeled(ws, model, folder, manifest)
     if cold_start(ws, len(manifest)):  # the model is not trusted yet: typical images of clusters nobody labeled
         order = rank_typical(outputs.embeddings, labeled, select.batch, seed=ws.params.train.seed)
     else:

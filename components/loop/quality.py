@@ -35,7 +35,7 @@ def check_labels(
     table, accuracy = find_label_errors(
         ws.task, folder, manifest, ws.project.config.labels, p.architecture,
         ws.params.architectures.get(p.architecture, {}), folds=e.folds, steps=e.steps, image_size=p.image_size,
-        batch_size=p.batch_size, lr=p.lr, augment=p.augment, copy_paste=p.copy_paste, seed=p.seed, progress=progress,
+        batch_size=p.batch_size, lr=p.lr, augment=p.augment, copy_paste=p.copy_paste, compute=ws.compute, seed=p.seed, progress=progress,
         backbone=backbone_for(ws, p.architecture, len(manifest)),
     )
     out = reports_dir(ws)

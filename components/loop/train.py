@@ -118,7 +118,7 @@ def train(
     """Train one architecture on the snapshot of `snapshot_version`, read by its revision: from
     scratch, or with `warm` (the served loop's fast path) by fine-tuning the champion's weights for
     `train.finetune_steps` steps when the champion is of this architecture. With `parallel` (the
-    scheduled full retrain), on `retrain.devices` processes (DDP) when params.yaml says so."""
+    scheduled full retrain), on `compute.devices` processes or GPUs (DDP) when params.yaml says so."""
     p = ws.params.train
     folder = ws.data.checkout(snapshot_version)
     rows = training_rows(read_manifest(folder))
@@ -156,8 +156,8 @@ def train(
             progress=progress,
             start_from=start[1] if start else None,
             backbone=backbone,
-            **(dict(devices=ws.params.retrain.devices, accelerator=ws.params.retrain.accelerator,
-                    strategy=ws.params.retrain.strategy) if parallel else {}),
+            compute=ws.compute,
+            **(dict(devices=ws.compute.devices, strategy=ws.params.retrain.strategy) if parallel else {}),
             **schedule,
         )
     log_snapshot_input(ws, trained.run_id, snapshot_version, len(rows), "training")

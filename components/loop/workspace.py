@@ -20,6 +20,7 @@ from components.core.labeling_config import load_labeling_config
 from components.core.params import Params
 from components.core.settings import Settings
 from components.data.images import ImageStore
+from components.networks.compute import Compute, resolve
 from components.tasks import TaskType, task_type_of
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,12 @@ class Workspace:
     def task(self) -> TaskType:
         """The project's task type, from its labeling config's control tag."""
         return task_type_of(self.project.config)
+
+    @property
+    def compute(self) -> Compute:
+        """Where this project's models run (params.yaml `compute`, resolved on this machine)."""
+        c = self.params.compute
+        return resolve(c.accelerator, c.devices, c.precision)
 
 
 def open_workspace(

@@ -143,16 +143,18 @@ class Champion:
         model: Its inference model (labels, input size; the runtime of the box task types).
         onnx_file: Its ONNX export, if logged.
         config: The project's labeling config (Label Studio results).
+        device: Where the model answers (LitServe's device for this worker: "cpu", "cuda:0").
     """
 
-    def __init__(self, registered: RegisteredModel, task: TaskType, model: Any, onnx_file: Path | None, config: Any):
+    def __init__(self, registered: RegisteredModel, task: TaskType, model: Any, onnx_file: Path | None, config: Any,
+                 device: str = "cpu"):
         self.registered = registered
         self.task = task
-        self.model = model
+        self.model = model.to(device)
         self.config = config
         self.image_size = int(model.image_size)
         self.session = None
-        if onnx_file is not None and task.name == "classification":
+        if onnx_file is not None and task.name == "classification" and device == "cpu":
             import onnxruntime as ort
 
             options = ort.SessionOptions()
@@ -177,21 +179,21 @@ class Champion:
         return self.task.read(self.model, tensor, self.config, [d.size for d in images])[0]
 
 
-def load_champion(models: ModelRegistry, config: Any) -> Champion | None:
-    """The registry's champion, ready to answer (None while there is none)."""
+def load_champion(models: ModelRegistry, config: Any, device: str = "cpu") -> Champion | None:
+    """The registry's champion, ready to answer on `device` (None while there is none)."""
     registered = models.champion()
     if registered is None:
         return None
-    return load_version(models, registered, config)
+    return load_version(models, registered, config, device)
 
 
-def load_version(models: ModelRegistry, registered: RegisteredModel, config: Any) -> Champion:
-    """A registered version, ready to answer."""
+def load_version(models: ModelRegistry, registered: RegisteredModel, config: Any, device: str = "cpu") -> Champion:
+    """A registered version, ready to answer on `device` (on a GPU the PyTorch model answers, not its ONNX export)."""
     model, recipe = models.load_with_recipe(registered)
     task = task_type_named(recipe.task) if recipe else _task_of(model)
     with tempfile.TemporaryDirectory() as scratch:
         onnx_file = models.download_export(registered, "onnx", Path(scratch))
-        return Champion(registered, task, model, onnx_file, config)
+        return Champion(registered, task, model, onnx_file, config, device)
 
 
 def _task_of(model: Any) -> TaskType:

@@ -30,6 +30,7 @@ from components.core.conversions import Annotation
 from components.core.errors import AnnotationError
 from components.core.labeling_config import LabelingConfig
 from components.networks.backbones import backbone_of
+from components.networks.compute import infer
 from components.core.task_type import CrossValidation, Reading, Scores, TaskType, ranked_label_table
 from components.learning.training import CachedFeatures, HeadOnFeatures, SplitsDataModule
 from components.networks.preprocessing import MEAN, STD, load_images
@@ -348,8 +349,7 @@ class Classification(TaskType):
     def read(
         self, model: nn.Module, images: torch.Tensor, config: LabelingConfig, sizes: Sequence[tuple[int, int]] | None = None
     ) -> tuple[list[Reading], np.ndarray]:
-        with torch.no_grad():
-            probabilities, embeddings = model.probabilities_and_embeddings(images)
+        probabilities, embeddings = infer(model, model.probabilities_and_embeddings, images)
         return readings_of(probabilities.numpy(), model.labels, config), embeddings.numpy()
 
     def find_label_errors(self, check: CrossValidation) -> tuple[pd.DataFrame, float]:

@@ -32,6 +32,7 @@ from components.core.conversions import Annotation
 from components.data.images import shown_size
 from components.learning.label_errors import TABLE_COLUMNS
 from components.networks.detectors import DETECTORS
+from components.networks.compute import infer
 from components.core.effort import Edits
 from components.core.task_type import CrossValidation, Reading, Scores, TaskType, ranked_label_table
 from components.tasks.boxes import MATCH_IOU, box_edits, boxes_match, boxes_of, percent_boxes, value_from_box
@@ -206,8 +207,7 @@ class Detection(TaskType):
     def read(
         self, model: nn.Module, images: torch.Tensor, config: LabelingConfig, sizes: Sequence[tuple[int, int]] | None = None
     ) -> tuple[list[Reading], np.ndarray]:
-        with torch.no_grad():
-            rows, embeddings = model.detections_and_embeddings(images)
+        rows, embeddings = infer(model, model.detections_and_embeddings, images)
         size = model.image_size
         readings = []
         for image_rows in rows:

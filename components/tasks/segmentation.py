@@ -40,6 +40,7 @@ from components.data.masks import (
     polygon_of, polygon_problem, tight_box,
 )
 from components.networks.segmenters import SEGMENTERS, mask_region
+from components.networks.compute import infer
 from components.core.effort import Edits
 from components.core.task_type import Reading, Scores, ranked_label_table
 from components.tasks.detection import Detection, DetectionModel
@@ -335,8 +336,7 @@ class Segmentation(Detection):
     def read(
         self, model: nn.Module, images: torch.Tensor, config: LabelingConfig, sizes: Sequence[tuple[int, int]] | None = None
     ) -> tuple[list[Reading], np.ndarray]:
-        with torch.no_grad():
-            rows, masks, embeddings = model.outputs(images)
+        rows, masks, embeddings = infer(model, model.outputs, images)
         size = model.image_size
         readings = []
         for i, (image_rows, image_masks) in enumerate(zip(rows, masks, strict=True)):
