@@ -124,7 +124,7 @@ class ChampionAPI(ls.LitAPI):
 
     def setup(self, device: str) -> None:
         from components.adapters.label_studio import LabelStudio
-        from components.core.labeling_config import load_labeling_config
+        from components.loop.workspace import find_project
 
         import torch
 
@@ -135,7 +135,7 @@ class ChampionAPI(ls.LitAPI):
         self.max_pixels = params.images.max_pixels
         self.max_bytes = params.production.max_request_bytes
         label_studio = LabelStudio.from_settings(settings)
-        project = label_studio.ensure_project(params.project.title, load_labeling_config(params.project.config), create=False)
+        project = find_project(label_studio, params, self.params_path.parent)
         if project is None:
             raise SettingsError(f"Label Studio has no project {params.project.title!r}: run `flywheel demo` or `flywheel import` first.")
         self.config = project.config

@@ -22,10 +22,17 @@ class _Section(BaseModel):
 
 
 class ProjectParams(_Section):
-    """Which Label Studio project the loop works on, and its labeling config."""
+    """Which Label Studio project the loop works on, and its labeling config.
+
+    With `id`, flywheel attaches to that existing project: its labeling config, task type and label set
+    are read from the project itself, and `title` and `config` are not used. Without it, the project
+    is found by `title`, and `config` (a local XML) is what a new one is created from and what an
+    existing one must match.
+    """
 
     title: str = Field(min_length=1)
     config: Path
+    id: int | None = Field(default=None, ge=1)
 
 
 class PhotoDemoParams(_Section):
@@ -139,8 +146,9 @@ class PretrainParams(_Section):
 
 
 class RegistryParams(_Section):
-    model_name: str = Field(min_length=1)
-    experiment: str = Field(min_length=1)
+    # no quotes: MLflow's search filters quote names with them, and cannot escape one inside
+    model_name: str = Field(min_length=1, pattern=r"^[^'\"`]+$")
+    experiment: str = Field(min_length=1, pattern=r"^[^'\"`]+$")
 
 
 class PredictParams(_Section):

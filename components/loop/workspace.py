@@ -52,6 +52,20 @@ class Workspace:
         return resolve(c.accelerator, c.devices, c.precision)
 
 
+def find_project(label_studio: LabelStudio, params: Params, project_root: Path = Path("."), create: bool = False) -> Project | None:
+    """The project params.yaml names: by `project.id` (its config, task type and labels read from the
+    project itself; the local XML is not read), else by `project.title` (checked against, or with
+    `create` created from, the local `project.config`). None when no project has the title.
+
+    Raises:
+        LabelStudioError: No project has that id, or Label Studio is unreachable or refuses the token.
+        LabelConfigError: The project's config is not one flywheel serves, or differs from the local XML.
+    """
+    if params.project.id is not None:
+        return label_studio.project(params.project.id)
+    return label_studio.ensure_project(params.project.title, load_labeling_config(project_root / params.project.config), create=create)
+
+
 def open_workspace(
     settings: Settings, params: Params, project_root: Path = Path("."), create_project: bool = False
 ) -> Workspace:
@@ -65,8 +79,7 @@ def open_workspace(
     settings.ensure_workspace()
     settings.apply_client_env()
     label_studio = LabelStudio.from_settings(settings)
-    config = load_labeling_config(project_root / params.project.config)
-    project = label_studio.ensure_project(params.project.title, config, create=create_project)
+    project = find_project(label_studio, params, project_root, create=create_project)
     if project is None:
         raise LabelStudioError(
             f"Label Studio at {settings.label_studio_url} has no project {params.project.title!r}. Create it with "
@@ -116,7 +129,8 @@ class WorkspaceCache:
         Raises:
             FlywheelError: As `open_workspace`.
         """
-        key = (settings, params, Path(project_root).resolve(), load_labeling_config(project_root / params.project.config))
+        local = load_labeling_config(project_root / params.project.config) if params.project.id is None else None
+        key = (settings, params, Path(project_root).resolve(), local)
         if self._built is not None and self._built[0] == key:
             settings.ensure_workspace()
             settings.apply_client_env()

@@ -163,6 +163,21 @@ def _loop_settings() -> Settings:
 
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="The params.yaml to use.")]
+ProjectOption = Annotated[int | None, typer.Option(
+    "--project", help="Attach to this existing Label Studio project (its id): its labeling config, task type and labels are "
+                      "read from it, not from a local XML (params.yaml project.id).")]
+
+
+def _attached(params: Path, project: int | None) -> Path:
+    """`params`, or with `project` a copy of it with `project.id` set (in the workspace): the file the
+    loop's flows read, as they read params.yaml."""
+    if project is None:
+        return params
+    from components.core.params import write_derived_params
+
+    out = load_settings().workspace / "attached" / f"params-project-{project}.yaml"
+    write_derived_params(params, {"project": {"id": project}}, out)
+    return out
 
 
 def _progress(description: str) -> Callable[[Any], Any]:

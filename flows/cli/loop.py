@@ -14,6 +14,8 @@ from components.core.settings import load_settings
 from flows.cli.base import (
     TASKS,
     ParamsOption,
+    ProjectOption,
+    _attached,
     _loop_settings,
     _progress,
     _settings,
@@ -73,10 +75,11 @@ def demo(
 
 @app.command("run")
 @clear_errors
-def run_once(params: ParamsOption = Path("params.yaml")) -> None:
+def run_once(params: ParamsOption = Path("params.yaml"), project: ProjectOption = None) -> None:
     """Run one flywheel iteration now: poll, and if enough changed, snapshot -> ... -> write back;
     then the strategy report when the iteration left it out of date."""
     _loop_settings()
+    params = _attached(params, project)
     from flows.flywheel import flywheel_iteration, tidy_predictions
     from flows.pretrain import pretrain
 
@@ -209,10 +212,11 @@ def strategy_now(
 
 @app.command("serve")
 @clear_errors
-def serve(params: ParamsOption = Path("params.yaml")) -> None:
+def serve(params: ParamsOption = Path("params.yaml"), project: ProjectOption = None) -> None:
     """Serve the loop: answer Label Studio's webhooks within seconds, poll as a safety net, retrain on
     retrain.cron (Ctrl-C stops)."""
     settings = _loop_settings()
+    params = _attached(params, project)
     from components.core.params import load_params
     from flows.serve import serve as supervise
 

@@ -40,7 +40,6 @@ from pathlib import Path
 from components.adapters.label_studio import LabelStudio
 from components.adapters.webhooks import ACTIONS, SECRET_HEADER, Inbox, Receiver, ensure_secret
 from components.core.errors import LabelStudioError, SettingsError
-from components.core.labeling_config import load_labeling_config
 from components.core.params import Params, load_params
 from components.core.settings import Settings
 from flows.serve.dispatcher import Dispatcher
@@ -54,9 +53,10 @@ log = logging.getLogger("flows.serve")
 
 
 def _project_id(settings: Settings, params: Params, params_path: Path) -> tuple[LabelStudio, int]:
+    from components.loop.workspace import find_project
+
     ls = LabelStudio.from_settings(settings)
-    config = load_labeling_config(params_path.parent / params.project.config)  # as `flows.common.connect` reads it
-    project = ls.ensure_project(params.project.title, config, create=False)
+    project = find_project(ls, params, params_path.parent)  # as `flows.common.connect` finds it
     if project is None:
         raise LabelStudioError(
             f"Label Studio at {settings.label_studio_url} has no project {params.project.title!r}. Create it with "

@@ -200,3 +200,55 @@ def test_a_coco_export_with_an_images_folder_and_its_own_classes_imports_and_sim
     (outcome,) = run_simulation(load_settings(), tmp_path / "sim", simulated, out_dir=tmp_path, echo=lambda line: None)
     assert outcome.steps[0].labels == 20 and outcome.steps[0].score is not None  # trained and scored on its own classes
     assert outcome.steps[0].objects > 0  # and the person's objects were counted
+
+
+OWN_CONFIG = """<View>
+  <Header value="Which animals?"/>
+  <Image name="photo" value="$picture" zoom="true"/>
+  <RectangleLabels name="animal" toName="photo">
+    <Label value="cat" background="#ff0000"/>
+    <Label value="dog" background="#00aa00"/>
+  </RectangleLabels>
+</View>"""
+
+
+def test_a_project_made_outside_flywheel_is_attached_by_id_and_runs_the_loop(label_studio, cli_env, loop_env, tmp_path):
+    """A team's own project: its title, tag names, data key and classes are none of flywheel's. It is
+    found by id alone (params.yaml's title and local XML are the digits demo's and are not used)."""
+    from components.tasks.objects import make_target
+    from tests.integration.test_bad_inputs import run_cli
+
+    created = label_studio.sdk.projects.create(title=f"Team project {uuid.uuid4().hex[:6]}", label_config=OWN_CONFIG)
+    project = label_studio.project(created.id)
+    assert (project.config.from_name, project.config.to_name, project.config.data_key) == ("animal", "photo", "picture")
+    items = materialize(DETECTION, tmp_path / "datasets", limit=30, seed=4)
+    as_animals = {}
+    for item in items:  # digits below 5 are cats, the rest dogs
+        target = parse_target(item.label)
+        boxes = [{**b, "label": "cat" if int(b["label"]) < 5 else "dog"} for b in target["boxes"]]
+        as_animals[item.path.name] = make_target(target["width"], target["height"], boxes)
+    label_studio.import_images(project, [i.path for i in items])
+    tasks = sorted(label_studio.unlabeled_tasks(project.id).items())
+    task_type = task_type_of(project.config)
+    for task_id, data in tasks[:20]:
+        label_studio.annotate(task_id, task_type.result_of(as_animals[data["filename"]], project.config))
+
+    params_path = write_detection_params(tmp_path, "not the team project title")  # title and XML: the digits demo's
+    code, output, _ = run_cli(cli_env, "run", "--params", str(params_path), "--project", str(project.id))
+    assert code == 0, output[-3000:]
+    unlabeled = [t for t, _ in tasks[20:]]
+    shown = [label_studio.task(t)["predictions"] for t in unlabeled]
+    assert all(len(p) == 1 for p in shown)  # every unlabeled task pre-annotated, in the project's own terms
+    regions = [r for p in shown for r in p[0]["result"]]
+    assert all(r["from_name"] == "animal" and r["to_name"] == "photo" for r in regions)
+    assert {r["value"]["rectanglelabels"][0] for r in regions} <= {"cat", "dog"}
+    attached = load_settings().workspace / "attached" / f"params-project-{project.id}.yaml"
+    ws = open_workspace(load_settings(), load_params(attached))
+    assert ws.project.id == project.id and ws.task.name == "detection"
+    names = {b["label"] for text in read_manifest(ws.data.checkout(ws.data.latest()))["label"] for b in parse_target(text)["boxes"]}
+    assert names == {"cat", "dog"} and list(ws.models.load(ws.models.champion()).labels) == ["cat", "dog"]  # trained on its classes
+    assert label_studio.ensure_project("not the team project title", project.config, create=False) is None  # none made
+
+    code, output, _ = run_cli(cli_env, "run", "--params", str(params_path), "--project", "987654")
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(errors) == 1 and "has no project 987654" in errors[0] and "Projects there:" in errors[0], output[-2000:]

@@ -41,7 +41,20 @@ def test_bad_port_says_which_key(tmp_path):
 
 def test_project_params_parse():
     params = load_params(ROOT / "params.yaml")
-    assert params.project.config.name == "classification.xml"
+    assert params.project.config.name == "classification.xml" and params.project.id is None  # found by title
+
+
+def test_a_registry_name_mlflow_could_not_search_for_is_refused_up_front(tmp_path):
+    """A quote in a model name broke MLflow's filter string mid-run, after training (found attaching a
+    team's project whose title became the name)."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["registry"]["model_name"] = "team's model"
+    raw["project"]["config"] = str(ROOT / raw["project"]["config"])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(SettingsError, match="registry.model_name"):
+        load_params(tmp_path / "params.yaml")
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from components.adapters.label_studio.connection import Project
 from components.adapters.label_studio.predictions import Predictions
 from components.adapters.label_studio.tasks import Tasks
 from components.adapters.label_studio.views import Views
-from components.core.errors import LabelConfigError
+from components.core.errors import LabelConfigError, LabelStudioError
 from components.core.labeling_config import LabelingConfig, parse_labeling_config
 
 
@@ -63,11 +63,26 @@ class LabelStudio(Tasks, Predictions, Views):
         return Project(id=project.id, title=title, config=current)
 
     def project(self, project_id: int) -> Project:
-        """Read an existing project and its labeling config."""
-        with self._calling(f"read project {project_id}"):
-            p = self.sdk.projects.get(id=project_id)
+        """Read an existing project and its labeling config.
+
+        Raises:
+            LabelStudioError: There is no such project (naming the projects there are).
+            LabelConfigError: Its config is not one flywheel serves (saying what it supports).
+        """
+        try:
+            with self._calling(f"read project {project_id}"):
+                p = self.sdk.projects.get(id=project_id)
+        except LabelStudioError as e:
+            if "answered 404" not in str(e):
+                raise
+            with self._calling("list the projects"):
+                there = [f"{q.id} ({q.title!r})" for q in self.sdk.projects.list()][:20]
+            raise LabelStudioError(
+                f"Label Studio at {self.url} has no project {project_id} (project.id in params.yaml, or --project). "
+                f"Projects there: {', '.join(there) or 'none'}."
+            ) from e
         return Project(
-            id=p.id, title=p.title or "", config=parse_labeling_config(p.label_config or "", f"project {p.id}")
+            id=p.id, title=p.title or "", config=parse_labeling_config(p.label_config or "", f"project {p.id} ({p.title!r})")
         )
 
     def ensure_webhook(self, project_id: int, url: str, headers: dict[str, str], actions: Iterable[str]) -> int:
