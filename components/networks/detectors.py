@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from components.core.errors import SettingsError
 from components.networks.architectures import Networks
 from components.networks.preprocessing import MEAN, STD
 
@@ -61,6 +62,7 @@ class Trunk(nn.Module):
 
     def __init__(self, width: int):
         super().__init__()
+        self.channels = (2 * width, 4 * width, 4 * width)  # of `pyramid`'s strides 4, 8, 16
         self.stem = nn.Sequential(_conv(3, width, 2), _conv(width, width))
         self.stage4 = nn.Sequential(_conv(width, 2 * width, 2), _conv(2 * width, 2 * width))
         self.stage8 = nn.Sequential(_conv(2 * width, 4 * width, 2), _conv(4 * width, 4 * width))
@@ -93,6 +95,10 @@ class CenterNet(nn.Module):
         head_width: Hidden channels of each prediction head and of the neck.
         size_weight: Weight of the box-size loss (L1 on log size) against the heatmap focal loss.
         offset_weight: Weight of the centre-offset loss (L1, in output cells).
+        backbone: "trunk" (the small trunk above, from nothing or self-supervised) or "resnet18"
+            (`components.networks.pretrained.ResNetTrunk`: ImageNet weights with `pretrained`, or `weights`).
+        pretrained: With backbone resnet18: ImageNet weights through torchvision (needs internet once).
+        weights: With backbone resnet18: a local ResNet-18 state dict instead.
     """
 
     stride = 4
@@ -105,19 +111,31 @@ class CenterNet(nn.Module):
         head_width: int = 32,
         size_weight: float = 1.0,
         offset_weight: float = 1.0,
+        backbone: str = "trunk",
+        pretrained: bool = False,
+        weights: str | None = None,
     ):
         super().__init__()
         self.num_classes = num_classes
         self.head_width = head_width
         self.size_weight = size_weight
         self.offset_weight = offset_weight
-        self.features = Trunk(width)
+        if backbone == "resnet18":
+            from components.networks.pretrained import ResNetTrunk
+
+            self.features: nn.Module = ResNetTrunk(pretrained, weights)
+        elif backbone == "trunk" and not (pretrained or weights):
+            self.features = Trunk(width)
+        else:
+            raise SettingsError(f"architectures.centernet: backbone {backbone!r} with pretrained={pretrained} and weights={weights!r}: "
+                                "use backbone: trunk (no weights), or backbone: resnet18 with pretrained: true or weights: FILE.")
+        c4, c8, c16 = self.features.channels
         # Images are normalised by MEAN and this before the trunk: STD, as self-supervised pretraining
         # does; weights from before the trunk was `features` kept their 0.25 (`_load_from_state_dict`).
         self.register_buffer("input_std", torch.tensor(float(STD)))
-        self.lateral16 = nn.Conv2d(4 * width, head_width, 1)
-        self.lateral8 = nn.Conv2d(4 * width, head_width, 1)
-        self.lateral4 = nn.Conv2d(2 * width, head_width, 1)
+        self.lateral16 = nn.Conv2d(c16, head_width, 1)
+        self.lateral8 = nn.Conv2d(c8, head_width, 1)
+        self.lateral4 = nn.Conv2d(c4, head_width, 1)
         self.smooth8 = _conv(head_width, head_width)
         self.smooth4 = _conv(head_width, head_width)
         self.heatmap = _head(head_width, head_width, num_classes)
@@ -420,5 +438,11 @@ def keep_confident(
     return {key: value[order] for key, value in kept.items()}
 
 
-DETECTORS = Networks("detector", {"centernet": CenterNet})
+def _faster_rcnn(num_classes: int, pretrained: bool = False, weights: str | None = None) -> nn.Module:
+    from components.networks.pretrained import FasterRCNNMobileNet
+
+    return FasterRCNNMobileNet(num_classes, pretrained, weights)
+
+
+DETECTORS = Networks("detector", {"centernet": CenterNet, "fasterrcnn_mobilenet": _faster_rcnn})
 build_detector = DETECTORS.build  # a detector, by its name in params.yaml

@@ -52,6 +52,11 @@ class DetectionModel(nn.Module):
 
     exports_onnx = False  # its top-k decoding uses a sort the TorchScript-based ONNX exporter cannot write
 
+    @property
+    def exports_torchscript(self) -> bool:
+        """Whether it traces: not a network whose detections have a data-dependent size (torchvision's)."""
+        return bool(getattr(self.net, "traceable", True))
+
     def __init__(self, net: nn.Module, labels: Sequence[str], image_size: int, max_detections: int = MAX_DETECTIONS):
         super().__init__()
         self.net = net

@@ -17,7 +17,7 @@ def _targets() -> list[dict[str, torch.Tensor]]:
     ]
 
 
-@pytest.mark.parametrize("name", sorted(DETECTORS))
+@pytest.mark.parametrize("name", sorted(set(DETECTORS) - {"fasterrcnn_mobilenet"}))  # torchvision's: test_pretrained_detectors
 def test_forward_loss_decode_and_embed_shapes(name):
     torch.manual_seed(0)
     net = build_detector(name, num_classes=3, options={"width": 8, "head_width": 8})

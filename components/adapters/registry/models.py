@@ -63,9 +63,11 @@ class ModelRegistry(Runs):
             (folder / "flywheel").mkdir()
             torch.save(model.state_dict(), folder / "flywheel" / WEIGHTS.name)
             (folder / "flywheel" / RECIPE.name).write_text(json.dumps(asdict(recipe)))
-            export(model, ["onnx", "torchscript"] if onnx_ready else ["torchscript"], folder / "export", f"run {run_id}")
+            formats = ["onnx"] * onnx_ready + ["torchscript"] * bool(getattr(model, "exports_torchscript", True))
+            if formats:
+                export(model, formats, folder / "export", f"run {run_id}")
+                mlflow.log_artifacts(str(folder / "export"), artifact_path="export")
             mlflow.log_artifacts(str(folder / "flywheel"), artifact_path="flywheel")
-            mlflow.log_artifacts(str(folder / "export"), artifact_path="export")
             if onnx_ready:  # MLflow's onnx flavor: a protobuf, no pickle; runs under `mlflow models serve` too
                 import onnx
                 from mlflow import onnx as mlflow_onnx

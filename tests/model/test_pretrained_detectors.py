@@ -1,0 +1,82 @@
+"""Pretrained weights for boxes, offline: torchvision's own loader reads a file put where it looks
+(the real loading code, a file the test makes), or a local file named in params.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from components.core.errors import SettingsError
+from components.networks.detectors import DETECTORS, build_detector
+
+pytestmark = pytest.mark.model
+SIZE = 64
+
+
+@pytest.fixture()
+def torch_cache(tmp_path, monkeypatch) -> Path:
+    """torch's hub cache in a temporary folder: where torchvision's weights API looks before downloading."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _targets() -> list[dict[str, torch.Tensor]]:
+    return [{"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0]]), "labels": torch.tensor([1])},
+            {"boxes": torch.tensor([[20.0, 20.0, 50.0, 60.0]]), "labels": torch.tensor([0])}]
+
+
+def test_faster_rcnn_with_coco_weights_loads_them_from_torchvisions_cache_and_trains_a_step(torch_cache):
+    from torchvision.models.detection import FasterRCNN_MobileNet_V3_Large_FPN_Weights, fasterrcnn_mobilenet_v3_large_fpn
+
+    from components.tasks.detection import Detection, DetectionModel
+
+    coco = FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1
+    torch.manual_seed(1)
+    made = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=91).state_dict()
+    torch.save(made, torch_cache / Path(coco.url).name)  # as a first download would have left it
+
+    net = build_detector("fasterrcnn_mobilenet", 3, {"pretrained": True})
+    loaded = net.state_dict()
+    key = "detector.backbone.body.0.0.weight"
+    assert torch.equal(loaded[key], made[key[len("detector."):]])  # the file's weights, not a fresh draw
+    assert net.detector.roi_heads.box_predictor.cls_score.out_features == 4  # 3 classes and the background
+
+    module = Detection().module("fasterrcnn_mobilenet", {"pretrained": True}, ["a", "b", "c"], 1e-3, augment=False)
+    loss = module.training_step((torch.rand(2, 3, SIZE, SIZE), _targets()), 0)
+    loss.backward()
+    assert torch.isfinite(loss) and module.net.detector.roi_heads.box_predictor.cls_score.weight.grad is not None
+    model = DetectionModel(module.net.eval(), ["a", "b", "c"], SIZE)
+    rows, embeddings = model.detections_and_embeddings(torch.rand(2, 3, SIZE, SIZE))
+    assert rows.shape == (2, 50, 6) and embeddings.shape[0] == 2 and not model.exports_torchscript
+    assert rows[..., 5].max() < 3
+
+
+def test_a_teams_own_checkpoint_is_read_from_the_file_params_yaml_names(tmp_path):
+    own = build_detector("fasterrcnn_mobilenet", 2, {})
+    path = tmp_path / "ours.pt"
+    torch.save({"state_dict": {k.removeprefix("detector."): v for k, v in own.state_dict().items()}}, path)
+    again = build_detector("fasterrcnn_mobilenet", 2, {"weights": str(path)})
+    assert all(torch.equal(a, b) for a, b in zip(own.state_dict().values(), again.state_dict().values(), strict=True))
+    with pytest.raises(SettingsError, match=r"architectures.fasterrcnn_mobilenet.weights is '.*missing.pt', which is not a file"):
+        build_detector("fasterrcnn_mobilenet", 2, {"weights": str(tmp_path / "missing.pt")})
+
+
+def test_centernet_on_an_imagenet_resnet18_reads_torchvisions_file_and_trains(torch_cache):
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    torch.manual_seed(2)
+    made = resnet18(weights=None).state_dict()
+    torch.save(made, torch_cache / Path(ResNet18_Weights.IMAGENET1K_V1.url).name)
+    net = build_detector("centernet", 3, {"backbone": "resnet18", "pretrained": True, "head_width": 16})
+    assert torch.equal(net.features.layer1[0].conv1.weight, made["layer1.0.conv1.weight"])
+    outputs = net(torch.rand(2, 3, SIZE, SIZE))
+    loss = net.loss(outputs, _targets())
+    loss.backward()
+    assert outputs["heatmap"].shape == (2, 3, SIZE // 4, SIZE // 4) and torch.isfinite(loss)
+    with pytest.raises(SettingsError, match="backbone: resnet18 with pretrained: true or weights"):
+        build_detector("centernet", 3, {"pretrained": True})  # the small trunk has no published weights
+    assert "fasterrcnn_mobilenet" in DETECTORS
