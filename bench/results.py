@@ -18,6 +18,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import os
 import re
 import shlex
 import statistics
@@ -29,8 +30,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
+HERE = Path(__file__).resolve().parent
+# FLYWHEEL_BENCH_DIR: another folder for results.json, RESULTS.md and plots (bench/device_check.sh's GPU run),
+# so figures of another machine never replace this one's
+BENCH = Path(os.environ.get("FLYWHEEL_BENCH_DIR") or HERE).resolve()
+ROOT = HERE.parent
 RESULTS_JSON = BENCH / "results.json"
 PROVENANCE_JSON = BENCH / "provenance.json"
 RESULTS_MD = BENCH / "RESULTS.md"
@@ -215,7 +219,7 @@ def record(
     head, dirty, code = AT_START
     if code_version() != code:  # edited while it ran: the figure is the code's as the run started
         dirty = True
-    stamp = {"benchmark": entry.name, "commit": head, "dirty": dirty, "code": code,
+    stamp = {"benchmark": entry.name, "commit": head, "dirty": dirty, "code": code, "device": device(),
              "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "seeds": list(seeds) if seeds is not None else None,
              "command": command or _command()}
     results = {k: v for k, v in _read(RESULTS_JSON).items() if not entry.owns(k)}
@@ -229,7 +233,21 @@ def record(
     sections = read_sections()
     sections[entry.name] = markdown.strip()
     RESULTS_MD.write_text(render(sections, provenance, results))
-    write_readme_block(results, provenance)
+    if BENCH == HERE:  # the README quotes this machine's figures only
+        write_readme_block(results, provenance)
+
+
+def device() -> str:
+    """What the figures were measured on: the GPU when models ran on one, else the CPU's cores."""
+    import torch
+
+    from components.core.params import load_params
+    from components.networks.compute import resolve
+
+    c = load_params(ROOT / "params.yaml").compute
+    if resolve(c.accelerator, 1, c.precision).accelerator == "gpu":
+        return f"{torch.cuda.get_device_name(0)} ({c.precision})"
+    return f"CPU, {os.cpu_count()} cores"
 
 
 def readme_block(results: dict[str, Any], provenance: dict[str, dict[str, Any]]) -> str:
@@ -278,7 +296,8 @@ def _stamp_line(stamp: dict[str, Any] | None) -> str:
         return "_Measured before provenance was recorded: commit, date and seeds unknown; rerun to replace._"
     seeds = ", ".join(map(str, stamp["seeds"])) if stamp.get("seeds") else "not seeded"
     dirty = " plus uncommitted changes" if stamp.get("dirty") else ""
-    return (f"_Measured by `{stamp['command']}` on commit `{stamp['commit']}`{dirty} (code `{stamp['code']}`), "
+    on = f" on {stamp['device']}" if stamp.get("device") else ""
+    return (f"_Measured by `{stamp['command']}` on commit `{stamp['commit']}`{dirty} (code `{stamp['code']}`){on}, "
             f"{stamp['date'][:10]}; seeds: {seeds}._")
 
 
