@@ -376,16 +376,19 @@ class DataRegistry:
         return dest / SNAPSHOT
 
 
-def find_registry(workspace: Path, title: str) -> DataRegistry:
-    """The data registry of the project titled `title` under a workspace (no Label Studio needed).
+def find_registry(workspace: Path, title: str, project_id: int | None = None) -> DataRegistry:
+    """The data registry of the project `project_id`, or else titled `title`, under a workspace (no
+    Label Studio needed).
 
     Raises:
         VersioningError: No snapshot of that project was versioned yet.
     """
+    if project_id is not None and (workspace / "registry" / f"project-{project_id}" / STATE).exists():
+        return DataRegistry(workspace / "registry" / f"project-{project_id}", remote="")
     for state in sorted((workspace / "registry").glob(f"*/{STATE}")):
-        if json.loads(state.read_text()).get("project_title") == title:
+        if project_id is None and json.loads(state.read_text()).get("project_title") == title:
             return DataRegistry(state.parent, remote="")
     raise VersioningError(
-        f"No versioned snapshot of project {title!r} under {workspace / 'registry'}. Label some tasks and "
+        f"No versioned snapshot of project {project_id or repr(title)} under {workspace / 'registry'}. Label some tasks and "
         "run `flywheel run` (or `flywheel serve`) first."
     )

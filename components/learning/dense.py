@@ -72,7 +72,7 @@ def correspondences(first: torch.Tensor, second: torch.Tensor, size: int, grid: 
     bottom = torch.minimum(first[:, 0] + first[:, 2], second[:, 0] + second[:, 2])
     right = torch.minimum(first[:, 1] + first[:, 3], second[:, 1] + second[:, 3])
     overlaps = (bottom - top > 1) & (right - left > 1)
-    steps = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
+    steps = (torch.arange(grid, dtype=torch.float32, device=first.device) + 0.5) / grid
     ys = top[:, None] + (bottom - top)[:, None] * steps[None]  # (N, grid)
     xs = left[:, None] + (right - left)[:, None] * steps[None]
     y = ys[:, :, None].expand(-1, grid, grid).reshape(len(first), -1)
@@ -129,7 +129,7 @@ class DenseContrast(L.LightningModule):
 
         q, k = points(first, at_first), points(second, at_second)
         logits = q @ k.T / self.hparams.temperature
-        target = torch.arange(len(q))
+        target = torch.arange(len(q), device=q.device)
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -26,13 +26,14 @@ from components.data.validation import validate_snapshot
 from components.adapters.versioning import find_registry
 
 
-def fetch_snapshot(workspace: Path, title: str, rev: str, out: Path) -> str:
-    """Restore snapshot `rev` ("latest" = the newest) of project `title` from the DVC remote into `out`.
+def fetch_snapshot(workspace: Path, title: str, rev: str, out: Path, project_id: int | None = None) -> str:
+    """Restore snapshot `rev` ("latest" = the newest) of project `project_id` (else titled `title`) from the
+    DVC remote into `out`.
 
     Returns:
         The rev restored.
     """
-    registry = find_registry(workspace, title)
+    registry = find_registry(workspace, title, project_id)
     if rev == "latest":
         rev = registry.latest().rev  # type: ignore[union-attr]
     with tempfile.TemporaryDirectory(prefix="flywheel-restore-") as tmp:

@@ -39,7 +39,8 @@ CPU = Compute()
 
 
 def resolve(accelerator: str, devices: int = 1, precision: str = "32-true", gpus: int | None = None) -> Compute:
-    """params.yaml's `compute` on this machine: `auto` is a GPU when torch sees one, else the CPU.
+    """params.yaml's `compute` on this machine: `auto` is a GPU when torch sees one (as many as there
+    are, up to `devices`), else the CPU.
 
     Args:
         accelerator: cpu, gpu or auto.
@@ -54,6 +55,8 @@ def resolve(accelerator: str, devices: int = 1, precision: str = "32-true", gpus
         raise SettingsError(f"compute.accelerator is {accelerator!r}; use one of {', '.join(ACCELERATORS)} in params.yaml.")
     visible = torch.cuda.device_count() if gpus is None else gpus
     chosen = ("gpu" if visible else "cpu") if accelerator == "auto" else accelerator
+    if accelerator == "auto" and chosen == "gpu":
+        devices = min(devices, visible)  # auto takes what there is
     if chosen == "gpu" and visible < devices:
         raise SettingsError(
             f"compute.accelerator is gpu with devices {devices}, but torch sees {visible} GPU(s) "

@@ -58,6 +58,43 @@ def load_weights(enum_member: Any, weights: str | None, name: str) -> dict[str, 
         ) from e
 
 
+def fitted(state: dict[str, torch.Tensor], into: nn.Module, name: str, prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """The tensors of `state` that fit `into` by name and shape, after stripping the first of `prefixes`
+    each key starts with (a checkpoint saved from a wrapper: `net.`, `detector.`, `features.`).
+
+    Raises:
+        SettingsError: Fewer than half of `into`'s tensors fit: the file is some other network's.
+    """
+    mine = into.state_dict()
+    stripped = {}
+    for key, value in state.items():
+        for prefix in prefixes:
+            if key.startswith(prefix) and key[len(prefix):] in mine:
+                key = key[len(prefix):]
+                break
+        stripped[key] = value
+    fits = {k: v for k, v in stripped.items() if k in mine and mine[k].shape == v.shape}
+    if len(fits) < len(mine) // 2:
+        raise SettingsError(f"architectures.{name}: the weights fit {len(fits)} of the network's {len(mine)} tensors; "
+                            "they are some other network's.")
+    return fits
+
+
+def freeze_batch_norm(module: nn.Module) -> None:
+    """Every BatchNorm2d under `module` as torchvision's FrozenBatchNorm2d with its statistics: pretrained
+    features keep them (torchvision's detection builders do the same with pretrained weights)."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, key).copy_(getattr(child, key).detach())
+            setattr(module, name, frozen)
+        else:
+            freeze_batch_norm(child)
+
+
 class ResNetTrunk(nn.Module):
     """An ImageNet ResNet-18 as a detector's trunk: the same input (images normalised by MEAN and STD,
     re-normalised here to ImageNet's statistics) and the same `pyramid` (strides 4, 8, 16: `layer1` to
@@ -77,7 +114,7 @@ class ResNetTrunk(nn.Module):
         net = resnet18(weights=None)
         if pretrained or weights:
             state = load_weights(ResNet18_Weights.IMAGENET1K_V1, weights, "centernet")
-            net.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
+            net.load_state_dict(fitted(state, net, "centernet", ("net.features.", "features.")), strict=False)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3 = net.layer1, net.layer2, net.layer3
 
@@ -120,13 +157,9 @@ class FasterRCNNMobileNet(nn.Module):
         self.detector.roi_heads.box_predictor = FastRCNNPredictor(predictor.cls_score.in_features, num_classes + 1)
         if pretrained or weights:
             state = load_weights(coco, weights, "fasterrcnn_mobilenet")
-            mine = self.detector.state_dict()
             # COCO's box predictor (91 classes) does not fit and is left fresh; a checkpoint of this model fits whole
-            fits = {k: v for k, v in state.items() if k in mine and mine[k].shape == v.shape}
-            if len(fits) < len(mine) // 2:
-                raise SettingsError(f"architectures.fasterrcnn_mobilenet: the weights fit {len(fits)} of {len(mine)} tensors; "
-                                    "expected torchvision's fasterrcnn_mobilenet_v3_large_fpn.")
-            self.detector.load_state_dict(fits, strict=False)
+            self.detector.load_state_dict(fitted(state, self.detector, "fasterrcnn_mobilenet", ("net.detector.", "detector.")), strict=False)
+            freeze_batch_norm(self.detector.backbone.body)
         self.detector.roi_heads.score_thresh = 0.0  # every candidate is decoded; flywheel's thresholds decide
 
     def _no_resize(self, images: torch.Tensor) -> None:

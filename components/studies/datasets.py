@@ -157,6 +157,7 @@ def import_dataset(
     source: Path,
     progress: Callable[[Iterable[Path]], Iterable[Path]] = lambda it: it,
     images_dir: Path | None = None,
+    attached: Project | None = None,
 ) -> Imported:
     """Import a folder of images, or a COCO file's images with its boxes or masks, as tasks.
 
@@ -171,6 +172,8 @@ def import_dataset(
         source: A folder of images (searched recursively) or a COCO file (`.json`).
         progress: Wraps the iteration over files (e.g. a progress bar).
         images_dir: A COCO file's image folder (`read_boxes`).
+        attached: An existing project to import into (params.yaml `project.id`): `title` and `labeling`
+            are then its own.
 
     Raises:
         SettingsError: `source` is a COCO file and `labeling` a classification config, the COCO file
@@ -178,17 +181,19 @@ def import_dataset(
             config (nothing is created).
     """
     coco = source.is_file()
+    if attached is not None:
+        title, labeling = attached.title, attached.config
     if coco and labeling.task == "classification":
         raise SettingsError(
             f"{source} is a file: a COCO file needs a detection or segmentation project (e.g. --config "
             f"label_studio_config/detection.xml or segmentation.xml); the config given is {labeling.task}."
         )
     if not coco:
-        project = label_studio.ensure_project(title, labeling)
+        project = attached or label_studio.ensure_project(title, labeling)
         return Imported(project, label_studio.import_images(project, find_images(source), progress=progress))
     items = read_boxes(source, masks=labeling.task == "segmentation", images_dir=images_dir)
     check_classes(items, labeling, source)
-    project = label_studio.ensure_project(title, labeling)
+    project = attached or label_studio.ensure_project(title, labeling)
     result = label_studio.import_images(project, [i.path for i in items], progress=progress)
     predictions = coco_pre_annotations(items, label_studio.task_hashes(project.id), set(result.created), project.config)
     label_studio.add_predictions(project.id, predictions, f"coco:{source.name}")

@@ -73,13 +73,21 @@ class Detector(L.LightningModule):
         self.generator = torch.Generator().manual_seed(0)
         self.backbone_lr_scale = 1.0  # a pretrained backbone learns slower than the rest (training.fit sets it)
 
+    def augmented(self, batch: tuple[torch.Tensor, list[dict[str, torch.Tensor]]]) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+        """A training batch jittered (scale, shift, colours) and, with `copy_paste`, given objects of its other images."""
+        images, targets = batch
+        moved = [jitter(image, target, self.generator) for image, target in zip(images, targets, strict=True)]
+        images = torch.stack([image for image, _ in moved])
+        return copy_paste(images, [target for _, target in moved], self.generator, self.hparams.copy_paste)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # on the CPU, before Lightning moves the batch to the device (a GPU): the augmentations build CPU tensors
+        if self.hparams.augment and self.trainer.training:
+            return self.augmented(batch)
+        return batch
+
     def training_step(self, batch: tuple[torch.Tensor, list[dict[str, torch.Tensor]]], batch_idx: int) -> torch.Tensor:
         images, targets = batch
-        if self.hparams.augment:
-            moved = [jitter(image, target, self.generator) for image, target in zip(images, targets, strict=True)]
-            images = torch.stack([image for image, _ in moved])
-            targets = [target for _, target in moved]
-            images, targets = copy_paste(images, targets, self.generator, self.hparams.copy_paste)
         loss = self.net.loss(self.net(images), targets)
         self.log("train_loss", loss, prog_bar=True, on_epoch=True, on_step=False, batch_size=len(images))
         return loss

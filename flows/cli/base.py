@@ -169,14 +169,17 @@ ProjectOption = Annotated[int | None, typer.Option(
 
 
 def _attached(params: Path, project: int | None) -> Path:
-    """`params`, or with `project` a copy of it with `project.id` set (in the workspace): the file the
+    """`params`, or with `project` a copy of it with `project.id` set and the registry's model name and
+    experiment suffixed with it (a champion is never another project's), in the workspace: the file the
     loop's flows read, as they read params.yaml."""
     if project is None:
         return params
-    from components.core.params import write_derived_params
+    from components.core.params import load_params, write_derived_params
 
+    registry = load_params(params).registry
     out = load_settings().workspace / "attached" / f"params-project-{project}.yaml"
-    write_derived_params(params, {"project": {"id": project}}, out)
+    write_derived_params(params, {"project": {"id": project}, "registry": {
+        "model_name": f"{registry.model_name}-project-{project}", "experiment": f"{registry.experiment}-project-{project}"}}, out)
     return out
 
 

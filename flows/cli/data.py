@@ -34,9 +34,12 @@ def import_folder(
 
     settings = _settings()
     params = load_params()
-    labeling = load_labeling_config(config or params.project.config)
-    imported = import_dataset(LabelStudio.from_settings(settings), project or params.project.title, labeling, folder,
-                              progress=_progress("hashing images"), images_dir=images)
+    label_studio = LabelStudio.from_settings(settings)
+    # params.yaml's attached project (project.id), unless --project or --config says where else
+    attached = label_studio.project(params.project.id) if params.project.id and not (project or config) else None
+    labeling = attached.config if attached else load_labeling_config(config or params.project.config)
+    imported = import_dataset(label_studio, project or params.project.title, labeling, folder,
+                              progress=_progress("hashing images"), images_dir=images, attached=attached)
     result = imported.result
     typer.echo(f"project {imported.project.id}: {len(result.created)} tasks created, {result.skipped} already there")
     if imported.pre_annotations is not None:

@@ -57,6 +57,9 @@ def export_now(
     if chosen is None:
         raise FlywheelError(f"No champion of {loaded.registry.model_name!r} yet: run `flywheel run` first, or pass --version.")
     model = models.load(chosen)
+    if not exports_onnx(model) and not getattr(model, "exports_torchscript", True):
+        raise FlywheelError(f"{chosen.model_version} ({models.architecture_of(chosen)}) exports to neither ONNX nor TorchScript: "
+                            "its detections have a data-dependent size. Load it from MLflow (mlflow.pytorch.load_model) instead.")
     formats = format or (["onnx"] if exports_onnx(model) else ["torchscript"])
     for path in export(model, formats, out, chosen.model_version):
         typer.echo(f"Wrote {path}")

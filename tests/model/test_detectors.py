@@ -164,6 +164,13 @@ def test_train_copy_paste_reaches_the_training_step_of_boxes_and_masks(monkeypat
             targets = [{**t, "masks": torch.zeros(len(t["boxes"]), SIZE, SIZE, dtype=torch.bool)} for t in targets]
             for k, box in enumerate(targets[0]["boxes"].int().tolist()):
                 targets[0]["masks"][k, box[1] : box[3], box[0] : box[2]] = True
-        loss = module.training_step((torch.rand(2, 3, SIZE, SIZE), targets), 0)
+        loss = module.training_step(module.augmented((torch.rand(2, 3, SIZE, SIZE), targets)), 0)
         assert torch.isfinite(loss)
     assert seen == [0.5, 0.5]
+    # and Lightning augments each training batch on the CPU, before moving it to the device
+    import lightning as L
+
+    module = Detection().module("centernet", {"width": 8, "head_width": 8}, ["a", "b", "c"], 0.01, augment=True, copy_paste=0.25)
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([(torch.rand(2, 3, SIZE, SIZE), _targets())] * 2, batch_size=None))
+    assert seen[2:] == [0.25, 0.25]

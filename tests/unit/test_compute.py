@@ -13,6 +13,7 @@ from components.networks.compute import CPU, Compute, infer, resolve, to_cpu, to
 def test_auto_takes_a_gpu_when_torch_sees_one_and_the_cpu_otherwise():
     assert resolve("auto", gpus=0) == Compute("cpu", 1, "32-true")
     assert resolve("auto", devices=2, precision="16-mixed", gpus=2) == Compute("gpu", 2, "16-mixed")
+    assert resolve("auto", devices=4, gpus=1).devices == 1  # auto takes what there is
     assert resolve("cpu", gpus=4).accelerator == "cpu"  # asked for the CPU: the CPU
     assert resolve("auto").accelerator == ("gpu" if torch.cuda.device_count() else "cpu")  # this machine
 

@@ -56,7 +56,8 @@ class Recipe:
     def build(self, weights: dict[str, torch.Tensor]) -> nn.Module:
         """The inference model with these weights (strictly: a misfit is an error, never half-loaded)."""
         task = task_type_named(self.task)
-        options = {**self.options, **({"pretrained": False} if "pretrained" in self.options else {})}  # weights follow: no download
+        # the weights follow: no download, and no local weights file (it may be gone, or on another machine)
+        options = {**self.options, **{k: v for k, v in (("pretrained", False), ("weights", None)) if k in self.options}}
         net = task.module(self.architecture, options, self.labels, lr=1e-3, augment=False).net
         model = task.inference_model(net, self.labels, self.image_size)
         model.load_state_dict(weights)
