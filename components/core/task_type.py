@@ -134,6 +134,12 @@ class TaskType(ABC):
     def evaluate(self, model: nn.Module, val_set: Any, labels: Sequence[str]) -> Scores:
         """Score an inference model on a validation set from `datamodule`."""
 
+    def operating_point(self, model: nn.Module, val_set: Any, labels: Sequence[str], costs: Any) -> tuple[float, float | None] | None:
+        """For task types of objects: the score from which objects are suggested that saves a person most
+        seconds on the validation set (`costs`: `EffortCosts`), and the effort saved there. None: the
+        task type has no such choice (classification suggests its one label)."""
+        return None
+
     @abstractmethod
     def figures(self, scores: Scores, labels: Sequence[str], title: str) -> dict[str, Any]:
         """Matplotlib figures worth logging with a trained model, by file name."""

@@ -164,14 +164,33 @@ def train(
     return trained
 
 
+def choose_operating_point(ws: Workspace, trained: TrainedModel) -> float | None:
+    """For boxes and masks: the score from which the model's objects are suggested that costs a person the
+    fewest seconds on the validation set (params.yaml `strategy.seconds_per_action`), set on the model and
+    logged with its run (`shown_from`, `val_effort_saved`). None for classification, or with no validation images."""
+    if ws.task.drawn_as is None:
+        return None
+    chosen = ws.task.operating_point(trained.model, trained.val_set, list(trained.model.labels),
+                                     ws.params.strategy.effort_costs(ws.task.drawn_as))
+    if chosen is None:
+        return None
+    point, saved = chosen
+    trained.model.shown_from = point
+    ws.models.log_metrics(trained.run_id, {"shown_from": point, **({"val_effort_saved": saved} if saved is not None else {})})
+    return point
+
+
 def register(ws: Workspace, trained: TrainedModel) -> Promotion:
-    """Log and register the model; move `champion` if it does better on the same val set."""
+    """Log and register the model, with the score its objects are suggested from (boxes, masks: the one that
+    saves most seconds on the validation set); move `champion` if it does better on the same val set."""
+    shown_from = choose_operating_point(ws, trained)
     recipe = Recipe(
         task=ws.task.name,
         architecture=trained.architecture,
         options=dict(ws.params.architectures.get(trained.architecture, {})),
         labels=list(trained.model.labels),
         image_size=int(trained.model.image_size),
+        shown_from=shown_from,
     )
     registered = ws.models.register(trained.model, trained.run_id, recipe)
     pause_point("register")  # registered, the champion not judged yet

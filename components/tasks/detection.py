@@ -35,11 +35,11 @@ from components.networks.detectors import DETECTORS
 from components.networks.compute import infer
 from components.core.effort import Edits
 from components.core.task_type import CrossValidation, Reading, Scores, TaskType, ranked_label_table
-from components.tasks.boxes import MATCH_IOU, box_edits, boxes_match, boxes_of, percent_boxes, value_from_box
+from components.tasks.boxes import MATCH_IOU, NEAR_IOU, box_edits, boxes_match, boxes_of, iou, percent_boxes, value_from_box
 from components.tasks.object_training import BoxesDataset, DetectionDataModule, Detector, boxes_in_model_pixels
 from components.tasks.objects import (
-    CANDIDATE_FROM, SHOWN_FROM, answer_of, confidence_of, detections_of, make_target, out_of_fold, parse_target, per_class_ap,
-    reading,
+    CANDIDATE_FROM, OPERATING_POINTS, answer_of, choose_shown_from, confidence_of, detections_of, make_target, out_of_fold,
+    parse_target, per_class_ap, reading, shown_from,
 )
 
 MAX_DETECTIONS = 50
@@ -182,7 +182,7 @@ class Detection(TaskType):
             metric.update(predictions, val_set.targets)
         result, by_class = overall.compute(), per_class.compute()
         correct = np.array([
-            boxes_match(_named(r, labels, SHOWN_FROM), [(labels[int(c)], b.numpy().astype(float)) for b, c in zip(t["boxes"], t["labels"], strict=True)])
+            boxes_match(_named(r, labels, shown_from(model)), [(labels[int(c)], b.numpy().astype(float)) for b, c in zip(t["boxes"], t["labels"], strict=True)])
             for r, t in zip(rows, val_set.targets, strict=True)
         ], dtype=bool)
         map50, map50_95 = max(float(result["map_50"]), 0.0), max(float(result["map"]), 0.0)
@@ -193,6 +193,18 @@ class Detection(TaskType):
             metrics={"map50": map50, "map50_95": map50_95, "exact_match": float(correct.mean()) if len(correct) else 0.0},
             per_class=per_class_ap(by_class, labels),
         )
+
+    def operating_point(self, model: nn.Module, val_set: BoxesDataset, labels: Sequence[str], costs: Any) -> tuple[float, float | None] | None:
+        if not len(val_set):
+            return None
+        lowest = min(OPERATING_POINTS)
+        found, truth = [], []
+        for rows, t in zip(_per_image(model, val_set.images), val_set.targets, strict=True):
+            answer = answer_of(rows, lowest)
+            found.append([(labels[int(c)], b.numpy().astype(float), float(s))
+                          for b, s, c in zip(answer["boxes"], answer["scores"], answer["labels"], strict=True)])
+            truth.append([(labels[int(c)], b.numpy().astype(float)) for b, c in zip(t["boxes"], t["labels"], strict=True)])
+        return choose_shown_from(found, truth, iou, MATCH_IOU, NEAR_IOU, costs)
 
     def figures(self, scores: Scores, labels: Sequence[str], title: str) -> dict[str, Any]:
         import matplotlib
@@ -215,10 +227,11 @@ class Detection(TaskType):
         rows, embeddings = infer(model, model.detections_and_embeddings, images)
         size = model.image_size
         readings = []
+        line = shown_from(model)
         for image_rows in rows:
-            shown = answer_of(image_rows)
+            shown = answer_of(image_rows, line)
             target = make_target(size, size, _boxes(shown, model.labels))
-            readings.append(reading(self, target, config, shown["scores"], answer_of(image_rows, CANDIDATE_FROM)["scores"]))
+            readings.append(reading(self, target, config, shown["scores"], answer_of(image_rows, CANDIDATE_FROM)["scores"], line))
         return readings, embeddings.numpy()
 
     def find_label_errors(self, check: CrossValidation) -> tuple[pd.DataFrame, float]:

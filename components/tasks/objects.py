@@ -26,12 +26,14 @@ from components.core.errors import AnnotationError
 from components.core.labeling_config import LabelingConfig
 from components.networks.detectors import keep_confident
 from components.networks.preprocessing import load_images
-from components.core.effort import Edits
+from components.core.effort import Edits, EffortCosts, effort_saved
 from components.core.task_type import CrossValidation, Reading, TaskType
 
 log = logging.getLogger(__name__)
 
-SHOWN_FROM = 0.3  # objects scored at least this are suggested (docs/studies/detector-choice.md: best exact-match share)
+SHOWN_FROM = 0.3  # objects scored at least this are suggested, unless the model carries its own operating point
+# (`shown_from`): docs/studies/detector-choice.md found 0.3 the best exact-match share
+OPERATING_POINTS = (SHOWN_FROM, 0.05, 0.1, 0.15, 0.2, 0.25, 0.35, 0.4, 0.5, 0.6)  # tried in this order: moving off 0.3 must save
 SAME_OBJECT_IOU = 0.5  # a box overlapping a better-scored one (any class) by more is a second guess, not shown
 CANDIDATE_FROM = 0.05  # objects scored at least this count as what the model considered (confidence, "label next")
 
@@ -181,18 +183,61 @@ def confidence_of(answer: dict[str, torch.Tensor], candidates: torch.Tensor) -> 
     return 1.0 - float(candidates.max()) if len(candidates) else 1.0
 
 
-def borderline(candidates: torch.Tensor) -> float:
+def borderline(candidates: torch.Tensor, line: float = SHOWN_FROM) -> float:
     """What "Label next" ranks by: how close an image's most borderline object (candidate scores) is
-    to the line between shown and not shown, in [0, 1]; 0 when nothing was found."""
-    distance = (candidates - SHOWN_FROM).abs() / max(SHOWN_FROM, 1 - SHOWN_FROM)
+    to the line between shown and not shown (`line`), in [0, 1]; 0 when nothing was found."""
+    distance = (candidates - line).abs() / max(line, 1 - line)
     return float(1.0 - distance.min()) if len(candidates) else 0.0
 
 
-def reading(task_type: TaskType, target: str, config: LabelingConfig, shown: torch.Tensor, candidates: torch.Tensor) -> Reading:
+def reading(
+    task_type: TaskType, target: str, config: LabelingConfig, shown: torch.Tensor, candidates: torch.Tensor, line: float = SHOWN_FROM
+) -> Reading:
     """One image's answer for Label Studio: its objects (`target`), the scores of those shown and of
-    every candidate (scored at least CANDIDATE_FROM) giving its confidence and how borderline it is."""
+    every candidate (scored at least CANDIDATE_FROM) giving its confidence and how borderline it is
+    (against `line`, the score objects are shown from)."""
     confidence = confidence_of({"scores": shown}, candidates)
-    return Reading(target, task_type.result_of(target, config), round(confidence, 4), borderline(candidates))
+    return Reading(target, task_type.result_of(target, config), round(confidence, 4), borderline(candidates, line))
+
+
+def shown_from(model: nn.Module) -> float:
+    """The score a model's objects are suggested from: its own operating point (`choose_shown_from`,
+    chosen when it was registered), else SHOWN_FROM."""
+    return float(getattr(model, "shown_from", None) or SHOWN_FROM)
+
+
+def choose_shown_from(
+    found: Sequence[Sequence[tuple[str, np.ndarray, float]]],
+    truth: Sequence[Sequence[tuple[str, np.ndarray]]],
+    overlap: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    threshold: float,
+    near: float,
+    costs: EffortCosts,
+) -> tuple[float, float | None]:
+    """The operating point: the score from which suggesting an object costs a person the fewest seconds
+    on the validation images (`Edits.seconds` with the project's per-action times), and the effort it saves.
+
+    Args:
+        found: Per image, what the model found from the lowest of OPERATING_POINTS: (label, box or mask, score).
+            The objects shown from a higher score are those scored at least that (the answer only drops objects).
+        truth: Per image, the true objects (label, box or mask).
+        overlap, threshold, near: As `edits_between`.
+        costs: Seconds per action.
+
+    Returns:
+        (score to show objects from, effort saved there; None without true objects). SHOWN_FROM unless
+        another point saves seconds.
+    """
+    best: tuple[float, float, Edits] | None = None
+    for point in OPERATING_POINTS:
+        edits = Edits()
+        for objects, true in zip(found, truth, strict=True):
+            edits += edits_between([(label, shape) for label, shape, score in objects if score >= point], true, overlap, threshold, near)
+        seconds = edits.seconds(costs)
+        if best is None or seconds < best[0] - 1e-6:
+            best = (seconds, point, edits)
+    assert best is not None
+    return best[1], effort_saved(best[2], costs)
 
 
 def per_class_ap(by_class: Mapping[str, torch.Tensor], labels: Sequence[str]) -> dict[str, float]:

@@ -46,7 +46,8 @@ from components.core.task_type import Reading, Scores, ranked_label_table
 from components.tasks.detection import Detection, DetectionModel
 from components.tasks.object_training import BoxesDataset, DetectionDataModule
 from components.tasks.objects import (
-    CANDIDATE_FROM, SAME_OBJECT_IOU, SHOWN_FROM, answer_of, confidence_of, detections_of, edits_between, make_target, one_to_one,
+    CANDIDATE_FROM, OPERATING_POINTS, SAME_OBJECT_IOU, SHOWN_FROM, answer_of, choose_shown_from, confidence_of, detections_of,
+    edits_between, make_target, one_to_one, shown_from,
     parse_target, per_class_ap, reading, regions_of, single_label,
 )
 
@@ -313,7 +314,7 @@ class Segmentation(Detection):
             found["masks"] = torch.from_numpy(paste(masks[visible], found["boxes"], size, size, size))
             for metric in (overall, per_class):
                 metric.update([found], [truth])
-            shown = _answer(rows, masks, labels, size, size, size)
+            shown = _answer(rows, masks, labels, size, size, size, threshold=shown_from(model))
             correct.append(masks_match(
                 [(o["label"], mask_of_coco(o["mask"], size, size)) for o in shown],
                 [(labels[int(c)], m.numpy()) for c, m in zip(truth["labels"], truth["masks"], strict=True)],
@@ -333,18 +334,30 @@ class Segmentation(Detection):
             per_class=per_class_ap(by_class, labels),
         )
 
+    def operating_point(self, model: nn.Module, val_set: BoxesDataset, labels: Sequence[str], costs: Any) -> tuple[float, float | None] | None:
+        if not len(val_set):
+            return None
+        size = model.image_size
+        found, truth = [], []
+        for (rows, masks), t in zip(_per_image(model, val_set.images), val_set.targets, strict=True):
+            objects = _answer(rows, masks, labels, size, size, size, threshold=min(OPERATING_POINTS))
+            found.append([(o["label"], mask_of_coco(o["mask"], size, size), float(o["score"])) for o in objects])
+            truth.append([(labels[int(c)], m.numpy()) for c, m in zip(t["labels"], t["masks"], strict=True)])
+        return choose_shown_from(found, truth, mask_iou, MASK_MATCH_IOU, MASK_NEAR_IOU, costs)
+
     def read(
         self, model: nn.Module, images: torch.Tensor, config: LabelingConfig, sizes: Sequence[tuple[int, int]] | None = None
     ) -> tuple[list[Reading], np.ndarray]:
         rows, masks, embeddings = infer(model, model.outputs, images)
         size = model.image_size
         readings = []
+        line = shown_from(model)
         for i, (image_rows, image_masks) in enumerate(zip(rows, masks, strict=True)):
             width, height = sizes[i] if sizes is not None else (size, size)
-            objects = _answer(image_rows, image_masks, model.labels, size, width, height)
+            objects = _answer(image_rows, image_masks, model.labels, size, width, height, threshold=line)
             target = make_target(width, height, objects)
             shown = torch.tensor([o["score"] for o in objects])
-            readings.append(reading(self, target, config, shown, answer_of(image_rows, CANDIDATE_FROM)["scores"]))
+            readings.append(reading(self, target, config, shown, answer_of(image_rows, CANDIDATE_FROM)["scores"], line))
         return readings, embeddings.numpy()
 
     def judge_labels(

@@ -40,7 +40,8 @@ def write_detection_params(folder: Path, title: str, task: str = "detection", co
         params[section] = {**params[section], **values}
     params["project"] = {"title": title, "config": str(ROOT / "label_studio_config" / config)}
     params["poll"]["min_new_annotations"] = 1
-    params["train"].update({"image_size": 64, "max_epochs": 4, "min_steps": 0, "patience": 2, "batch_size": 8})
+    params["train"].update({"image_size": 64, "max_epochs": 4, "min_steps": 0, "patience": 2, "batch_size": 8,
+                            "finetune_steps": 20})
     params["errors"].update({"folds": 2, "steps": 10})
     params["pretrain"]["enabled"] = False
     params["registry"] = {"model_name": f"test-{title}", "experiment": f"test-{title}"}
@@ -135,6 +136,11 @@ def test_boxes_round_trip_and_the_loop_runs_end_to_end(boxes_project, label_stud
     assert all(r["type"] == "rectanglelabels" and 0.0 <= r["score"] <= 1.0 for r in some["result"])
     if some["result"]:
         assert some["score"] == pytest.approx(min(r["score"] for r in some["result"]), abs=1e-4)
+    # shown from the operating point chosen on the validation images, kept with the model and logged with its run
+    model, recipe = ws.models.load_with_recipe(champion)
+    logged = ws.models.client.get_run(champion.run_id).data.metrics
+    assert recipe.shown_from == model.shown_from == logged["shown_from"] and "val_effort_saved" in logged
+    assert all(r["score"] >= recipe.shown_from for t in unlabeled for r in label_studio.task(t)["predictions"][0]["result"])
     nxt = label_next(ws)
     assert 0 < len(nxt) <= ws.params.select.batch and set(nxt) <= set(unlabeled)
     scores = [label_studio.task(t)["predictions"][0]["score"] for t in nxt]

@@ -36,7 +36,8 @@ def photo_params(folder: Path, task: str) -> Path:
     title = f"photo-{task[:3]}-{uuid.uuid4().hex[:6]}"
     params["project"] = {"title": title, "config": str(ROOT / params["project"]["config"])}
     params["poll"]["min_new_annotations"] = 1
-    params["train"].update({"image_size": 96, "max_epochs": 4, "min_steps": 0, "max_steps": 40, "patience": 2, "batch_size": 8})
+    params["train"].update({"image_size": 96, "max_epochs": 4, "min_steps": 0, "max_steps": 40, "patience": 2, "batch_size": 8,
+                            "finetune_steps": 20})
     params["pretrain"]["enabled"] = False
     params["registry"] = {"model_name": f"test-{title}", "experiment": f"test-{title}"}
     path = folder / "params.yaml"

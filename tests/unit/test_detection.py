@@ -180,6 +180,32 @@ def test_reading_shows_confident_boxes_scored_and_ranks_the_borderline(config):
     assert shown[0]["value"]["x"] == pytest.approx(100 * 10 / 128) and embeddings.shape == (2, 3)
 
 
+def test_a_model_shows_objects_from_its_own_operating_point(config):
+    from components.tasks.detection import DetectionModel
+
+    rows = torch.tensor([[10, 10, 30, 40, 0.9, 3], [50, 50, 70, 70, 0.32, 1], [80, 80, 100, 100, 0.18, 2]], dtype=torch.float32)
+    model = DetectionModel(_Peaks(rows), config.labels, image_size=128)
+    model.shown_from = 0.15
+    readings, _ = Detection().read(model, torch.zeros(1, 3, 128, 128), config)
+    assert [r["value"]["rectanglelabels"] for r in readings[0].result] == [["3"], ["1"], ["2"]]
+
+
+def test_the_operating_point_is_the_score_that_saves_most_seconds():
+    from components.tasks.boxes import MATCH_IOU, NEAR_IOU, iou
+    from components.tasks.objects import SHOWN_FROM, choose_shown_from
+
+    costs = EffortCosts(draw=7.0, verify=1.6, adjust=7.0, delete=1.6)
+    box = lambda x: np.array([x, 10.0, x + 20, 30.0])  # noqa: E731
+    truth = [[("1", box(0)), ("2", box(40))]]
+    # an under-confident model: the second true object scores 0.12, a wrong one 0.08
+    found = [[("1", box(0), 0.9), ("2", box(40), 0.12), ("3", box(80), 0.08)]]
+    point, saved = choose_shown_from(found, truth, iou, MATCH_IOU, NEAR_IOU, costs)
+    assert 0.08 < point <= 0.12 and saved == pytest.approx(1 - 3.2 / 14)
+    # nothing gained below the default: it stays
+    point, _ = choose_shown_from([[("1", box(0), 0.9), ("3", box(80), 0.2)]], [[("1", box(0))]], iou, MATCH_IOU, NEAR_IOU, costs)
+    assert point == SHOWN_FROM
+
+
 def test_suggested_boxes_never_leave_the_image(config):
     from components.tasks.detection import DetectionModel
 

@@ -6,6 +6,7 @@ a killed process left open.
 from __future__ import annotations
 
 import json
+import time
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -147,6 +148,14 @@ class Runs:
                           profile=json.dumps(profile, sort_keys=True) if profile else None)
         with self.calling(f"record what run {run_id} read"):
             self.client.log_inputs(run_id, [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
+        """Log figures to a finished run (one batch call)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        with self.calling(f"log to run {run_id}"):
+            self.client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()])
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         with self.calling(f"tag run {run_id}"):

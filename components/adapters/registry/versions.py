@@ -45,13 +45,15 @@ class RegisteredModel:
 @dataclass(frozen=True)
 class Recipe:
     """What rebuilds a registered model from its weights: its task type, architecture (params.yaml's
-    name and options), labels and input size."""
+    name and options), labels and input size; for boxes and masks, the score its objects are
+    suggested from (`shown_from`, chosen on the validation set when it was registered; None: the default)."""
 
     task: str
     architecture: str
     options: dict[str, Any]
     labels: list[str]
     image_size: int
+    shown_from: float | None = None
 
     def build(self, weights: dict[str, torch.Tensor]) -> nn.Module:
         """The inference model with these weights (strictly: a misfit is an error, never half-loaded)."""
@@ -61,4 +63,6 @@ class Recipe:
         net = task.module(self.architecture, options, self.labels, lr=1e-3, augment=False).net
         model = task.inference_model(net, self.labels, self.image_size)
         model.load_state_dict(weights)
+        if self.shown_from is not None:
+            model.shown_from = self.shown_from
         return model.eval()
