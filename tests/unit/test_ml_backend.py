@@ -1,0 +1,96 @@
+"""Label Studio's ML backend protocol (what a smart tool sends, what comes back) and the classical
+box-to-mask answer, without a server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from components.core.labeling_config import load_labeling_config
+from components.data.masks import mask_of_brush
+from components.production.assist import grabcut
+from components.production.ml_backend import BadRequest, answers, brush_region, parse_predict, project_id_of, prompt_of
+from tests.conftest import ROOT
+
+CONFIG = load_labeling_config(ROOT / "label_studio_config" / "segmentation.xml")
+
+
+def region(kind: str, **value) -> dict:
+    return {"original_width": 200, "original_height": 100, "image_rotation": 0, "type": kind,
+            "from_name": "smart", "to_name": "image", "value": value}
+
+
+def test_a_smart_rectangle_and_clicks_become_one_prompt_in_pixels():
+    label = CONFIG.labels[0]
+    box = prompt_of({"result": [region("rectanglelabels", x=10, y=20, width=50, height=40, rectanglelabels=[label])]}, CONFIG)
+    assert box.box == pytest.approx((20, 20, 120, 60)) and box.label == label and (box.width, box.height) == (200, 100)
+    clicks = prompt_of({"result": [
+        {**region("keypointlabels", x=50, y=50, keypointlabels=[label]), "is_positive": True},
+        {**region("keypointlabels", x=10, y=90, keypointlabels=[label]), "is_positive": False},
+    ]}, CONFIG)
+    assert clicks.box is None and clicks.positive == ((100, 50),) and clicks.negative == ((20, 90),)
+
+
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [
+        ({"result": []}, "holds no smart region"),
+        ({"result": [region("rectanglelabels", x=10, y=20, width=50, height=40, rectanglelabels=["giraffe"])]}, "'giraffe' is not one of"),
+        ({"result": [region("rectanglelabels", x=80, y=20, width=50, height=40, rectanglelabels=["0"])]}, "not inside the image"),
+        ({"result": [region("keypointlabels", x=120, y=20, keypointlabels=["0"])]}, "not inside the image"),
+        ({"result": [{**region("rectanglelabels", x=1, y=1, width=5, height=5, rectanglelabels=["0"]), "original_width": "wide"}]},
+         "missing or not a number"),
+    ],
+)
+def test_a_prompt_that_cannot_be_answered_says_what_to_send(context, message):
+    with pytest.raises(BadRequest, match=message):
+        prompt_of(context, CONFIG)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ([], "must be a JSON object"),
+        ({"tasks": []}, "non-empty list of tasks"),
+        ({"tasks": [{"id": "7", "data": {}}]}, "integer 'id' and a 'data' object"),
+        ({"tasks": [{"id": 7, "data": {}}], "params": {"context": {"result": "x"}}}, "must be null .* or {'result'"),
+        ({"tasks": [{"id": 7, "data": {}}, {"id": 8, "data": {}}], "params": {"context": {"result": []}}}, "about one task"),
+        ({"tasks": [{"id": 7, "data": {}}], "project": "my-project"}, "'<project id>.<created timestamp>'"),
+    ],
+)
+def test_a_malformed_predict_call_is_a_4xx_with_what_to_send(body, message):
+    with pytest.raises(BadRequest, match=message) as e:
+        parse_predict(body)
+    assert 400 <= e.value.status < 500
+
+
+def test_label_studios_own_calls_parse():
+    batch = parse_predict({"tasks": [{"id": 7, "data": {"image": "/data/x.png"}}], "project": "3.1727172000",
+                           "label_config": "<View/>", "params": {"login": None, "password": None, "context": None}})
+    assert batch.project_id == 3 and batch.context is None and batch.tasks[0]["id"] == 7
+    assert project_id_of(None) is None and project_id_of(12) == 12
+
+
+def test_a_mask_comes_back_as_the_brush_region_label_studio_shows():
+    mask = np.zeros((100, 200), dtype=bool)
+    mask[20:60, 30:90] = True
+    shown = brush_region(mask, CONFIG.labels[0], CONFIG, 0.9)
+    assert shown["type"] == "brushlabels" and shown["value"]["brushlabels"] == [CONFIG.labels[0]]
+    assert (shown["original_width"], shown["original_height"]) == (200, 100)
+    assert np.array_equal(mask_of_brush(shown["value"]["rle"], 200, 100), mask)
+    assert answers([([shown], 0.9)], "v3") == {"results": [{"result": [shown], "score": 0.9, "model_version": "v3"}]}
+
+
+def test_grabcut_finds_an_object_from_its_box_and_clicks_fix_it():
+    rng = np.random.default_rng(0)
+    image = (rng.normal(0, 12, (100, 200, 3)) + [40, 160, 60]).clip(0, 255).astype(np.uint8)  # grass
+    ys, xs = np.mgrid[:100, :200]
+    disc = (xs - 100) ** 2 + (ys - 50) ** 2 <= 30**2
+    image[disc] = (rng.normal(0, 12, (int(disc.sum()), 3)) + [200, 40, 40]).clip(0, 255).astype(np.uint8)  # a red object
+    label = CONFIG.labels[0]
+    prompt = prompt_of({"result": [region("rectanglelabels", x=32, y=15, width=36, height=70, rectanglelabels=[label])]}, CONFIG)
+    found = grabcut(image, prompt)
+    iou = (found & disc).sum() / (found | disc).sum()
+    assert iou > 0.85, iou
+    just_clicks = prompt_of({"result": [{**region("keypointlabels", x=50, y=50, keypointlabels=[label]), "is_positive": True}]}, CONFIG)
+    assert grabcut(image, just_clicks)[50, 100]  # a click alone: the object under it
