@@ -78,6 +78,7 @@ CATALOG: tuple[Benchmark, ...] = (
     Benchmark("simulate-photo-masks", "simulate --task segmentation --dataset photo-masks --order random --budget 200 "
               "--held-out 300 --seeds 3", ("photo_seg_*",), 90),
     Benchmark("strategy", "strategy", ("strategy_report",), 15),
+    Benchmark("assist", "assist", ("assist_*",), 20),
     Benchmark("label-errors", "errors", ("errors_precision_*", "errors_recall_*"), 12),
     Benchmark("robustness", "robustness", ("bad_inputs_*", "dead_server_exit_s*", "predictions_per_*"), 12),
     Benchmark("load", "load", ("load_*", "errors_check_*"), 20),

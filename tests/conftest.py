@@ -37,6 +37,7 @@ def stack_environ(workspace: Path) -> dict[str, str]:
         "FLYWHEEL_LABEL_STUDIO_PORT": str(free_port()),
         "FLYWHEEL_MLFLOW_PORT": str(free_port()),
         "FLYWHEEL_PREFECT_PORT": str(free_port()),
+        "FLYWHEEL_ML_BACKEND_PORT": str(free_port()),
         "FLYWHEEL_LABEL_STUDIO_BIN": str(ROOT / ".venv-ls" / "bin" / "label-studio"),
     }
 

@@ -19,6 +19,9 @@ CONTROL_TAGS = {
     "BrushLabels": ("segmentation", "Label"),
     "PolygonLabels": ("segmentation", "Label"),
 }
+# smart tools (`smart="true"`): a person draws one to ask the mask assistant for an object's outline; they
+# prompt, they are not labels, and only a mask config (`BrushLabels`, `PolygonLabels`) may have them
+PROMPT_TAGS = ("RectangleLabels", "KeyPointLabels")
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class LabelingConfig:
         control_type: The control tag (e.g. "Choices"); results carry it, lower-cased, as `type`.
         data_key: The task data field holding the image URL (`$image` -> "image").
         labels: The label set, in the config's order.
+        prompts: The `name`s of the smart tools that prompt the mask assistant (`PROMPT_TAGS`), if any.
     """
 
     xml: str
@@ -40,6 +44,7 @@ class LabelingConfig:
     control_type: str
     data_key: str
     labels: tuple[str, ...]
+    prompts: tuple[str, ...] = ()
 
     @property
     def result_type(self) -> str:
@@ -53,7 +58,8 @@ class LabelingConfig:
 
 
 def parse_labeling_config(xml: str, source: str = "labeling config") -> LabelingConfig:
-    """Parse a config with one supported control tag (`CONTROL_TAGS`) bound to one `<Image>`.
+    """Parse a config with one supported control tag (`CONTROL_TAGS`) bound to one `<Image>`, and for masks
+    the smart tools that prompt the assistant (`PROMPT_TAGS` with `smart="true"`, the same labels or fewer).
 
     Args:
         xml: The config text.
@@ -71,7 +77,8 @@ def parse_labeling_config(xml: str, source: str = "labeling config") -> Labeling
     except ET.ParseError as e:
         raise LabelConfigError(f"{source} is not valid XML ({e}); fix the file and run again.") from e
     images = {el.get("name"): el for el in root.iter("Image")}
-    controls = [el for el in root.iter() if el.tag in CONTROL_TAGS]
+    smart = [el for el in root.iter() if el.tag in PROMPT_TAGS and el.get("smart", "").lower() == "true"]
+    controls = [el for el in root.iter() if el.tag in CONTROL_TAGS and el not in smart]
     if len(controls) != 1 or not images:
         found = ", ".join(f"<{el.tag}>" for el in controls) or "none"
         raise LabelConfigError(
@@ -96,6 +103,7 @@ def parse_labeling_config(xml: str, source: str = "labeling config") -> Labeling
             f"{source}: <{control.tag}> needs at least one <{child} value=...>, each non-empty and unique "
             f"(found {list(labels)})."
         )
+    _check_prompts(smart, control, labels, source)
     return LabelingConfig(
         xml=xml,
         from_name=control.get("name", ""),
@@ -103,7 +111,27 @@ def parse_labeling_config(xml: str, source: str = "labeling config") -> Labeling
         control_type=control.tag,
         data_key=value[1:],
         labels=labels,
+        prompts=tuple(el.get("name", "") for el in smart),
     )
+
+
+def _check_prompts(smart: list[ET.Element], control: ET.Element, labels: tuple[str, ...], source: str) -> None:
+    """Smart tools belong to a mask config, on its image, with labels it has."""
+    if smart and CONTROL_TAGS[control.tag][0] != "segmentation":
+        tools = ", ".join(f"<{el.tag} name={el.get('name')!r}>" for el in smart)
+        raise LabelConfigError(
+            f"{source}: smart tools ({tools}) "
+            f"ask the mask assistant for an outline, so they belong to a <BrushLabels> or <PolygonLabels> config, not "
+            f"<{control.tag}>; remove smart=\"true\" or the tool."
+        )
+    for el in smart:
+        if el.get("toName") != control.get("toName"):
+            raise LabelConfigError(f"{source}: the smart tool <{el.tag} name={el.get('name')!r}> must point at the image the masks are "
+                                   f"drawn on (toName={control.get('toName')!r}), not {el.get('toName')!r}.")
+        extra = [c.get("value") for c in el.iter("Label") if c.get("value") not in labels]
+        if extra:
+            raise LabelConfigError(f"{source}: the smart tool <{el.tag} name={el.get('name')!r}> has labels {extra} that "
+                                   f"<{control.tag}> lacks; a smart tool's label is the class of the mask it asks for.")
 
 
 def load_labeling_config(path: str | Path) -> LabelingConfig:
@@ -134,11 +162,12 @@ def with_labels(config: LabelingConfig, labels: list[str] | tuple[str, ...]) -> 
         A parsed config whose XML lists exactly `labels`.
     """
     root = ET.fromstring(config.xml)
-    control = next(el for el in root.iter(config.control_type) if el.get("name") == config.from_name)
-    child = CONTROL_TAGS[config.control_type][1]
-    for choice in list(control.iter(child)):
-        control.remove(choice)
-    for label in labels:
-        ET.SubElement(control, child, value=str(label))
+    names = {config.from_name, *config.prompts}  # the smart tools ask for the same classes
+    for control in [el for el in root.iter() if el.get("name") in names and el.tag in (*CONTROL_TAGS, *PROMPT_TAGS)]:
+        child = CONTROL_TAGS.get(control.tag, ("", "Label"))[1]
+        for choice in list(control.iter(child)):
+            control.remove(choice)
+        for label in labels:
+            ET.SubElement(control, child, value=str(label))
     ET.indent(root)
     return parse_labeling_config(ET.tostring(root, encoding="unicode"), source="generated config")

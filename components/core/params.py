@@ -261,6 +261,12 @@ class ProductionParams(_Section):
     max_request_bytes: int = Field(gt=0)
 
 
+class AssistParams(_Section):
+    """flywheel as the project's ML backend in Label Studio, under `flywheel serve`."""
+
+    backend: bool
+
+
 class Params(_Section):
     """All of params.yaml."""
 
@@ -283,6 +289,7 @@ class Params(_Section):
     report: ReportParams
     strategy: StrategyParams
     production: ProductionParams
+    assist: AssistParams
 
     @model_validator(mode="after")
     def _known_architecture(self) -> Params:

@@ -83,6 +83,9 @@ class Settings:
         receiver_host, receiver_port: Where `flywheel serve` receives Label Studio's webhooks
             (127.0.0.1 by default: Label Studio on the same machine).
         receiver_url: The receiver's address as Label Studio reaches it (default: host and port).
+        ml_backend_host, ml_backend_port: Where `flywheel serve` answers as the project's ML backend (Label
+            Studio's Settings > Model: "Retrieve predictions", the mask assistant's smart tools).
+        ml_backend_url: Its address as Label Studio reaches it (default: host and port).
         webhook_secret: The shared secret Label Studio's webhooks carry (FLYWHEEL_WEBHOOK_SECRET, or
             the workspace's webhook.secret, created once by `flywheel serve`); never logged.
         profile: "embedded" (SQLite, local folders) or "team" (PostgreSQL, an S3 object store).
@@ -110,6 +113,9 @@ class Settings:
     receiver_host: str = "127.0.0.1"
     receiver_port: int = 8790
     receiver_url: str = "http://127.0.0.1:8790"
+    ml_backend_host: str = "127.0.0.1"
+    ml_backend_port: int = 8791
+    ml_backend_url: str = "http://127.0.0.1:8791"
     webhook_secret: str = field(default="", repr=False)
     profile: str = "embedded"
     postgres_port: int = 5433
@@ -239,6 +245,8 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
     ) | ({"object_store"} if team and not own_store else set())
     receiver_host = env.get("FLYWHEEL_RECEIVER_HOST") or "127.0.0.1"
     receiver_port = _port(env, "FLYWHEEL_RECEIVER_PORT", 8790)
+    ml_backend_host = env.get("FLYWHEEL_ML_BACKEND_HOST") or "127.0.0.1"
+    ml_backend_port = _port(env, "FLYWHEEL_ML_BACKEND_PORT", 8791)
     secret_file = workspace / WEBHOOK_SECRET_FILE
     ls_bin = env.get("FLYWHEEL_LABEL_STUDIO_BIN") or str(cwd / ".venv-ls" / "bin" / "label-studio")
     return Settings(
@@ -256,6 +264,9 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
         receiver_host=receiver_host,
         receiver_port=receiver_port,
         receiver_url=(env.get("FLYWHEEL_RECEIVER_URL") or f"http://{receiver_host}:{receiver_port}").rstrip("/"),
+        ml_backend_host=ml_backend_host,
+        ml_backend_port=ml_backend_port,
+        ml_backend_url=(env.get("FLYWHEEL_ML_BACKEND_URL") or f"http://{ml_backend_host}:{ml_backend_port}").rstrip("/"),
         webhook_secret=env.get("FLYWHEEL_WEBHOOK_SECRET") or (secret_file.read_text().strip() if secret_file.is_file() else ""),
         profile=profile,
         postgres_port=pg_port,

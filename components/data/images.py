@@ -109,9 +109,12 @@ def read_image(path: Path, image_size: int, max_pixels: int) -> np.ndarray:
     return decode_image(path, image_size, max_pixels)[0]
 
 
-def decode_image(source: Path | BinaryIO, image_size: int, max_pixels: int) -> tuple[np.ndarray, tuple[int, int], str]:
+def decode_image(
+    source: Path | BinaryIO, image_size: int, max_pixels: int, keep_aspect: bool = False
+) -> tuple[np.ndarray, tuple[int, int], str]:
     """Decode an image (a file, or bytes in a `BytesIO`) as `read_image` does. Returns the (S, S, 3)
     uint8 pixels, the upright image's (width, height) and its file type as PIL names it ("PNG", "JPEG", "").
+    With `keep_aspect`, the pixels keep the image's shape, its longer side at most `image_size` (never enlarged).
 
     Raises:
         ValueError: As `read_image`.
@@ -128,7 +131,10 @@ def decode_image(source: Path | BinaryIO, image_size: int, max_pixels: int) -> t
             image.draft("RGB", (image_size, image_size))  # JPEG: decode at a reduced scale, much faster
             # upright as a browser (and so Label Studio) shows it: boxes are drawn on that picture
             upright = ImageOps.exif_transpose(image)
-            rgb = upright.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
+            w, h = upright.size
+            scale = min(1.0, image_size / max(w, h)) if keep_aspect else None
+            size = (max(1, round(w * scale)), max(1, round(h * scale))) if scale is not None else (image_size, image_size)
+            rgb = upright.convert("RGB").resize(size, Image.Resampling.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8), shown, image.format or ""
     except UnidentifiedImageError as e:
         raise ValueError("the file is not an image PIL can read") from e

@@ -178,6 +178,19 @@ def brush_region(mask: np.ndarray, label: str, config: LabelingConfig, score: fl
     }
 
 
+def polygon_region(mask: np.ndarray, label: str, config: LabelingConfig, score: float) -> dict[str, Any]:
+    """A mask (height, width) as the polygon region Label Studio shows: its outline, in percent."""
+    from components.data.masks import points_in_percent, polygon_of
+
+    height, width = mask.shape
+    return {
+        "from_name": config.from_name, "to_name": config.to_name, "type": "polygonlabels",
+        "original_width": int(width), "original_height": int(height), "image_rotation": 0,
+        "value": {"points": points_in_percent(polygon_of(mask), width, height), "closed": True, "polygonlabels": [label]},
+        "score": round(float(score), 4), "readonly": False,
+    }
+
+
 def answers(results: Sequence[tuple[Sequence[Mapping[str, Any]], float]], model_version: str) -> dict[str, Any]:
     """`/predict`'s answer: one prediction per task, in the order asked."""
     return {"results": [{"result": list(result), "score": round(float(score), 4), "model_version": model_version}

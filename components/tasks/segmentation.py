@@ -164,6 +164,13 @@ class SegmentationModel(DetectionModel):
         rows, masks, _ = self.outputs(images)
         return rows, masks
 
+    def masks_of_boxes(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """The mask head on boxes a person drew (the mask assistant): one image (1, 3, S, S), boxes (K, 4)
+        xyxy in model pixels -> mask probabilities (K, M, M) over each box's `mask_region`."""
+        outputs = self.net(image)
+        index = torch.zeros(len(boxes), 1, dtype=boxes.dtype, device=boxes.device)
+        return self.net.mask_logits(outputs, torch.cat([index, boxes], dim=1)).sigmoid()
+
 
 def paste(masks: torch.Tensor, boxes: torch.Tensor, image_size: int, width: int, height: int) -> np.ndarray:
     """Mask probabilities (K, M, M) of detected boxes (K, 4) in model pixels -> boolean masks

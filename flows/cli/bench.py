@@ -24,6 +24,7 @@ app = typer.Typer(help="Benchmarks; each writes bench/results.json and bench/RES
 # In this order in `flywheel bench --help`, after simulate and every-image.
 WITHOUT_OPTIONS = {
     "strategy": "Boxes or masks on the demo set, in annotation hours (`flywheel strategy --dataset digit-masks`).",
+    "assist": "The mask assistant: mask IoU from a box with no mask labeled (GrabCut) and after 50, and ms per answer.",
     "micro": "Incremental poll vs full export, bulk vs one-call write-back, training throughput.",
     "latency": "Seconds from an annotation saved to refreshed pre-annotations, with a stage breakdown.",
     "errors": "Flip 5/10/20% of the default dataset's labels on purpose; does the error finder rank them first?",

@@ -1,6 +1,6 @@
 """`flywheel serve`: react to Label Studio within seconds, and burn nothing while nobody labels.
 
-This process stays lean (no torch: ~160 MB, asleep between events) and runs four things:
+This process stays lean (no torch: ~160 MB, asleep between events) and runs five things:
 
 - **the webhook receiver** (`components.adapters.webhooks`): Label Studio posts each label change of the
   project; the receiver checks the shared secret and queues it; a burst coalesces into one wake-up.
@@ -13,6 +13,9 @@ This process stays lean (no torch: ~160 MB, asleep between events) and runs four
   after `predict.tidy_after_s`, it deletes superseded pre-annotations in small chunks; after
   `errors.after_idle_s`, it checks a new snapshot's labels (k-fold). The tidy and the check stop
   (after a chunk, after a fold) when new labels arrive, and run again when idle.
+- **the ML backend** (`flows.ml_backend`, with `assist.backend`): a child process Label Studio calls as the
+  project's model (Settings > Model): "Retrieve predictions" answered by the champion, and in a mask
+  project the smart tools' masks. It connects itself to the project.
 - **Prefect's runner** for the rare, long run, in a child process (`python -m flows.serve PARAMS`):
   the full retrain on `retrain.cron` (from scratch, every architecture). When Prefect stops
   answering, it pauses with one line and resumes.
@@ -34,6 +37,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -44,7 +49,7 @@ from components.core.params import Params, load_params
 from components.core.settings import Settings
 from flows.serve.dispatcher import Dispatcher
 from flows.serve.pretrainer import Pretrainer
-from flows.serve.processes import STOP_S, Worker
+from flows.serve.processes import STOP_S, Worker, stop_child
 from flows.serve.runner import Runner, serve_deployments
 
 __all__ = ["Dispatcher", "Pretrainer", "Runner", "Worker", "serve", "serve_deployments"]
@@ -115,7 +120,10 @@ def serve(settings: Settings, params_path: Path) -> int:
     receiver, hook = _start_receiver(settings, ls, project_id, inbox) if params.poll.webhooks else (None, None)
     runner = Runner(params_path, f"{settings.prefect_api_url}/health", stopping)
     pretrainer = Pretrainer(params_path, params)
+    ml_backend = None
     try:
+        if params.assist.backend:
+            ml_backend = subprocess.Popen([sys.executable, "-m", "flows.ml_backend", str(params_path)], start_new_session=True)
         worker.start()
         if not settings.team:
             runner.start()
@@ -127,6 +135,8 @@ def serve(settings: Settings, params_path: Path) -> int:
         stopping.set()
         worker.stop()
         pretrainer.stop()
+        if ml_backend is not None:
+            stop_child(ml_backend)
         if hook is not None:
             try:
                 ls.deactivate_webhook(hook)

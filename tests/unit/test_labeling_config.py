@@ -1,9 +1,12 @@
+from pathlib import Path
+
 import pytest
 
 from components.core.errors import LabelConfigError
 from components.core.labeling_config import load_labeling_config, parse_labeling_config, with_labels
 
 pytestmark = pytest.mark.unit
+ROOT = Path(__file__).resolve().parents[2]
 
 CONFIG = """<View><Image name="img" value="$photo"/>
 <Choices name="cls" toName="img"><Choice value="cat"/><Choice value="dog"/></Choices></View>"""
@@ -47,3 +50,42 @@ def test_with_labels_replaces_the_label_set_only():
     config = with_labels(parse_labeling_config(CONFIG), ["ant", "bee", "cow"])
     assert config.labels == ("ant", "bee", "cow")
     assert (config.from_name, config.to_name, config.data_key) == ("cls", "img", "photo")
+
+
+SMART = """<View><Image name="img" value="$image"/>
+<BrushLabels name="mask" toName="img"><Label value="cat"/><Label value="dog"/></BrushLabels>
+<RectangleLabels name="box" toName="img" smart="true" smartOnly="true"><Label value="cat"/><Label value="dog"/></RectangleLabels>
+<KeyPointLabels name="click" toName="img" smart="true"><Label value="cat"/></KeyPointLabels></View>"""
+
+
+def test_smart_tools_prompt_the_assistant_and_are_not_the_labels():
+    config = parse_labeling_config(SMART)
+    assert (config.from_name, config.control_type, config.labels) == ("mask", "BrushLabels", ("cat", "dog"))
+    assert config.prompts == ("box", "click")
+
+
+@pytest.mark.parametrize("name", ["segmentation.xml", "photo_segmentation.xml", "segmentation_polygon.xml"])
+def test_shipped_mask_configs_have_the_assistant(name):
+    config = load_labeling_config(ROOT / "label_studio_config" / name)
+    assert config.prompts == ("box_prompt", "click_prompt")
+
+
+@pytest.mark.parametrize(
+    "xml, message",
+    [
+        (SMART.replace("BrushLabels", "Choices").replace("<Label value=\"cat\"/><Label value=\"dog\"/></Choices>",
+                                                          "<Choice value=\"cat\"/><Choice value=\"dog\"/></Choices>"), "belong to a <BrushLabels>"),
+        (SMART.replace('<KeyPointLabels name="click" toName="img"', '<KeyPointLabels name="click" toName="other"'), "must point at the image"),
+        (SMART.replace('<Label value="cat"/></KeyPointLabels>', '<Label value="cow"/></KeyPointLabels>'), r"labels \['cow'\]"),
+        (SMART.replace(' smart="true" smartOnly="true"', ""), "exactly one control tag"),
+    ],
+)
+def test_bad_smart_tools_say_what_is_wrong(xml, message):
+    with pytest.raises(LabelConfigError, match=message):
+        parse_labeling_config(xml)
+
+
+def test_with_labels_gives_the_smart_tools_the_same_labels():
+    config = with_labels(parse_labeling_config(SMART), ["ant", "bee"])
+    assert config.labels == ("ant", "bee") and config.prompts == ("box", "click")
+    assert parse_labeling_config(config.xml).prompts == ("box", "click")

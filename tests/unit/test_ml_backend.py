@@ -94,3 +94,31 @@ def test_grabcut_finds_an_object_from_its_box_and_clicks_fix_it():
     assert iou > 0.85, iou
     just_clicks = prompt_of({"result": [{**region("keypointlabels", x=50, y=50, keypointlabels=[label]), "is_positive": True}]}, CONFIG)
     assert grabcut(image, just_clicks)[50, 100]  # a click alone: the object under it
+
+
+def test_a_mask_comes_back_as_a_polygon_in_a_polygon_project():
+    from components.data.masks import mask_of_polygon, points_in_pixels
+    from components.production.ml_backend import polygon_region
+
+    config = load_labeling_config(ROOT / "label_studio_config" / "segmentation_polygon.xml")
+    mask = np.zeros((100, 200), dtype=bool)
+    mask[20:60, 30:90] = True
+    shown = polygon_region(mask, config.labels[1], config, 0.8)
+    assert shown["type"] == "polygonlabels" and shown["value"]["polygonlabels"] == [config.labels[1]] and shown["value"]["closed"]
+    back = mask_of_polygon(points_in_pixels(shown["value"]["points"], 200, 100), 200, 100)
+    assert (back & mask).sum() / (back | mask).sum() > 0.97
+
+
+def test_a_prompt_on_a_scaled_image_comes_back_at_the_images_size(tmp_path):
+    from PIL import Image
+
+    from components.production.assist import grabcut_answer
+    from components.production.ml_backend import Prompt
+
+    image = np.full((1200, 1600, 3), (40, 160, 60), np.uint8)
+    image[400:800, 600:1000] = (200, 40, 40)
+    Image.fromarray(image).save(tmp_path / "big.png")
+    mask = grabcut_answer(tmp_path / "big.png", Prompt("0", (560, 360, 1040, 840), (), (), 1600, 1200), 10**8)
+    truth = np.zeros((1200, 1600), bool)
+    truth[400:800, 600:1000] = True
+    assert mask.shape == (1200, 1600) and (mask & truth).sum() / (mask | truth).sum() > 0.9

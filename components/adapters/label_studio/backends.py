@@ -27,7 +27,9 @@ class Backends(Connection):
         with self._calling(f"connect the ML backend {url} to project {project_id}"):
             same = [b for b in self.sdk.ml.list(project=project_id) if (b.url or "").rstrip("/") == url.rstrip("/")]
             if same:
-                self.sdk.ml.update(id=same[0].id, url=url, title=title, is_interactive=interactive, auth_method="NONE")
+                # `project` too: Label Studio 1.23 answers a PATCH without it with a 500 (MLBackend.setup_() missing 'project')
+                self.sdk.ml.update(id=same[0].id, project=project_id, url=url, title=title, is_interactive=interactive,
+                                   auth_method="NONE")
                 return int(same[0].id)
             created = self.sdk.ml.create(project=project_id, url=url, title=title, is_interactive=interactive, auth_method="NONE")
             return int(created.id)

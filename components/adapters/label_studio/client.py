@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from components.adapters.label_studio.backends import Backends
 from components.adapters.label_studio.connection import Project
 from components.adapters.label_studio.predictions import Predictions
 from components.adapters.label_studio.tasks import Tasks
@@ -15,7 +16,7 @@ from components.core.errors import LabelConfigError, LabelStudioError
 from components.core.labeling_config import LabelingConfig, parse_labeling_config
 
 
-class LabelStudio(Tasks, Predictions, Views):
+class LabelStudio(Tasks, Predictions, Views, Backends):
     """Talks to one Label Studio server.
 
     Args:

@@ -119,6 +119,8 @@ def _label_studio_env(settings: Settings) -> Env:
         # Webhooks to flywheel's receiver on 127.0.0.1: Label Studio refuses loopback
         # targets (a reserved network) unless SSRF protection is off.
         ("SSRF_PROTECTION_ENABLED", "false"),
+        # flywheel as the project's ML backend (`flywheel serve`) on 127.0.0.1: refused as a local address otherwise
+        ("ML_BLOCK_LOCAL_IP", "false"),
         *_team_env(settings, "label_studio"),
     )
 

@@ -1,0 +1,159 @@
+"""`flywheel bench assist`: the mask assistant (draw a box, get the mask), measured.
+
+On the segmentation demo's two sets (digits: 128 px composites; photos: colour clip art on photographs,
+384x288), for each seed a pool and 100 held-out images are drawn. For every true object of the held-out
+images, the assistant is asked for its mask from the object's own box (as a person drawing a smart box
+would give it), and its mask IoU with the true mask is taken:
+
+- `assist_mask_iou_0_<set>`: no mask labeled yet: GrabCut seeded by the box (`assist.grabcut_answer`);
+- `assist_mask_iou_50_<set>`: the project's segmenter trained with the loop's recipe (the demo's params:
+  architecture, image size, steps, copy-paste) on the pool's first images until they hold 50 masks; its
+  mask head answers the box (`assist.learned_answer`). `assist_mask_iou_50` is the lower of the two sets;
+- `assist_p50_ms`: the median milliseconds of one request through the backend's own answer path (read the
+  task's image, the mask head or GrabCut, the brush region) on the photo set's 384x288 images, the model
+  warm, 2 threads.
+
+Each figure is the mean over seeds of the per-seed means. Run: `flywheel bench assist`.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bench.results import seed_figures, record
+from components.core.labeling_config import load_labeling_config
+from components.core.params import load_params
+from components.data.masks import mask_iou, mask_of_coco
+from components.learning.training import fit_steps
+from components.production.assist import grabcut_answer, learned_answer
+from components.production.ml_backend import Prompt, brush_region
+from components.studies.datasets import PHOTO_SEGMENTATION, SEGMENTATION, materialize
+from components.tasks import task_type_named
+from components.tasks.objects import parse_target
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".flywheel" / "bench" / "assist"
+SEEDS = (0, 1, 2)
+POOL, HELD_OUT, MASKS = 300, 100, 50
+MAX_PIXELS = 100_000_000
+SETS = {"digits": (SEGMENTATION, False, "segmentation.xml"), "photos": (PHOTO_SEGMENTATION, True, "photo_segmentation.xml")}
+
+
+def objects_of(items) -> list[tuple[Path, Prompt, np.ndarray]]:
+    """(image, the object's box as a prompt, its true mask) for every object of `items`."""
+    out = []
+    for item in items:
+        target = parse_target(item.label)
+        width, height = int(target["width"]), int(target["height"])
+        for obj in target["boxes"]:
+            box = (float(obj["x"]), float(obj["y"]), float(obj["x"] + obj["w"]), float(obj["y"] + obj["h"]))
+            out.append((item.path, Prompt(str(obj["label"]), box, (), (), width, height), mask_of_coco(obj["mask"], width, height)))
+    return out
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float(mask_iou(a[None], b[None])[0, 0])
+
+
+def first_with_masks(items, masks: int) -> list:
+    """The pool's first images that together hold `masks` masks."""
+    out, count = [], 0
+    for item in items:
+        if count >= masks:
+            break
+        out.append(item)
+        count += len(parse_target(item.label)["boxes"])
+    return out
+
+
+def segmenter(items, labels: list[str], photos: bool, seed: int):
+    """The segmenter the loop would train on `items` (the demo's recipe: params.yaml demo.segmentation)."""
+    params = load_params(ROOT / "params.yaml")
+    demo = params.demo.of("segmentation", photos)
+    train = {**params.train.model_dump(), **demo.params.get("train", {})}
+    manifest = pd.DataFrame({"image": [str(i.path.resolve()) for i in items], "label": [i.label for i in items]})
+    steps = int(train["max_steps"]) if int(train["max_steps"]) > 0 else int(train["min_steps"])
+    return fit_steps(task_type_named("segmentation"), Path("/"), manifest, labels, train["architecture"], {},
+                     image_size=int(train["image_size"]), steps=steps, batch_size=int(train["batch_size"]), lr=float(train["lr"]),
+                     augment=True, seed=seed, copy_paste=float(train.get("copy_paste", 0.0)))
+
+
+def run_set(name: str, seed: int, echo: Callable[[str], None]) -> dict[str, float]:
+    dataset, photos, config_name = SETS[name]
+    config = load_labeling_config(ROOT / "label_studio_config" / config_name)
+    items = materialize(dataset, DATA / "datasets", limit=POOL + HELD_OUT, seed=seed)
+    pool, held = items[:POOL], items[POOL:]
+    objects = objects_of(held)
+    grabcut = [iou(grabcut_answer(path, prompt, MAX_PIXELS), truth) for path, prompt, truth in objects]
+    labeled = first_with_masks(pool, MASKS)
+    start = time.perf_counter()
+    model = segmenter(labeled, list(config.labels), photos, seed)
+    train_s = time.perf_counter() - start
+    model.eval()
+    learned = [iou(learned_answer(model, path, prompt, MAX_PIXELS)[0], truth) for path, prompt, truth in objects]
+    row = {"set": name, "seed": seed, "objects": len(objects), "labeled_images": len(labeled),
+           "iou_0": round(statistics.fmean(grabcut), 4), "iou_50": round(statistics.fmean(learned), 4),
+           "kept_0": round(float(np.mean(np.array(grabcut) >= 0.8)), 4), "kept_50": round(float(np.mean(np.array(learned) >= 0.8)), 4),
+           "train_s": round(train_s, 1)}
+    if photos:
+        row.update(latency(model, objects[:60], config))
+    echo(json.dumps(row))
+    return row
+
+
+def latency(model, objects, config) -> dict[str, float]:
+    """Milliseconds per answer (median, 95th percentile) on the photo set: the mask head and GrabCut, each
+    reading the image file and encoding the brush region, as the backend does for one request."""
+    out = {}
+    for name, answer in (("learned", lambda p, q: learned_answer(model, p, q, MAX_PIXELS)[0]),
+                         ("grabcut", lambda p, q: grabcut_answer(p, q, MAX_PIXELS))):
+        times = []
+        for path, prompt, _ in objects:
+            start = time.perf_counter()
+            brush_region(answer(path, prompt), prompt.label, config, 1.0)
+            times.append(1000 * (time.perf_counter() - start))
+        out[f"p50_ms_{name}"] = round(float(np.percentile(times, 50)), 1)
+        out[f"p95_ms_{name}"] = round(float(np.percentile(times, 95)), 1)
+    return out
+
+
+def main(echo: Callable[[str], None] = print) -> dict[str, float]:
+    torch.set_num_threads(2)
+    DATA.mkdir(parents=True, exist_ok=True)
+    rows = [run_set(name, seed, echo) for name in SETS for seed in SEEDS]
+    (DATA / "rows.json").write_text(json.dumps(rows, indent=1))
+    figures: dict[str, float] = {}
+    for name in SETS:
+        mine = [r for r in rows if r["set"] == name]
+        figures.update(seed_figures(f"assist_mask_iou_0_{name}", [r["iou_0"] for r in mine]))
+        figures.update(seed_figures(f"assist_mask_iou_50_{name}", [r["iou_50"] for r in mine]))
+    photos = [r for r in rows if r["set"] == "photos"]
+    figures["assist_mask_iou_0"] = min(figures["assist_mask_iou_0_digits"], figures["assist_mask_iou_0_photos"])
+    figures["assist_mask_iou_50"] = min(figures["assist_mask_iou_50_digits"], figures["assist_mask_iou_50_photos"])
+    figures.update(seed_figures("assist_p50_ms", [max(r["p50_ms_learned"], r["p50_ms_grabcut"]) for r in photos]))
+    table = "\n".join(
+        f"| {r['set']} | {r['seed']} | {r['objects']} | {r['labeled_images']} | {r['iou_0']:.3f} | {r['kept_0']:.2f} | {r['iou_50']:.3f} | "
+        f"{r['kept_50']:.2f} | {r['train_s']:.0f} s | {r.get('p50_ms_learned', '-')} / {r.get('p50_ms_grabcut', '-')} |" for r in rows)
+    record(figures, "assist", f"""## The mask assistant: draw a box, get the mask (`flywheel bench assist`)
+
+{__doc__.split(chr(10), 2)[2].split("Run:")[0].strip()}
+
+| set | seed | held-out objects | images holding {MASKS} masks | mask IoU, GrabCut | share >= 0.8 | mask IoU, mask head after {MASKS} masks | share >= 0.8 | training | p50 ms (mask head / GrabCut) |
+|---|---|---|---|---|---|---|---|---|---|
+{table}
+
+- **No mask labeled yet** (GrabCut from the box): mean mask IoU {figures['assist_mask_iou_0_digits']:.3f} on digits, \
+{figures['assist_mask_iou_0_photos']:.3f} on photos.
+- **After {MASKS} masks** (the project's segmenter's mask head): {figures['assist_mask_iou_50_digits']:.3f} on digits, \
+{figures['assist_mask_iou_50_photos']:.3f} on photos (target >= 0.85 on both).
+- **One answer** on a 384x288 photo: {figures['assist_p50_ms']:.0f} ms at the median (the slower of the two answers; target <= 300).
+""", seeds=list(SEEDS))
+    return figures

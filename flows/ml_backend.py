@@ -1,0 +1,278 @@
+"""`python -m flows.ml_backend PARAMS`: flywheel as the project's ML backend in Label Studio.
+
+`flywheel serve` starts it beside the loop (`flows.serve`), and it connects itself to the project
+(Settings > Model shows "flywheel", once, however often it starts). It answers Label Studio 1.23's
+protocol (`components.production.ml_backend` owns its shapes):
+
+- `POST /predict` with no context (the Data Manager's "Retrieve predictions", a task opened without
+  predictions): the champion's answer for each task, as the loop's write-back gives it;
+- `POST /predict` with a context (a smart box or clicks drawn in a mask project): the object's mask, as a
+  brush region (a polygon in a polygon project) with the class the person chose;
+- `GET /health`, `POST /setup` (the champion's version), `POST /webhook` (acknowledged: the loop has its own).
+
+The process stays warm: the workspace is opened and the champion loaded once, and the champion is
+looked up again at most every `CHAMPION_CHECK_S`, so a request never pays an import or a model load it
+could have paid before. A request that cannot be answered gets a 4xx whose `detail` says what to send;
+nothing is written to Label Studio by this process except through the answers Label Studio asks for.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from components.core.errors import LabelStudioError
+from components.core.settings import Settings
+from components.data.images import ImageError, StoredImage, decode_image, shown_size
+from components.loop.workspace import Workspace
+from components.production.assist import Measured, grabcut_answer, learned_answer, measure
+from components.production.ml_backend import (
+    BadRequest,
+    answers,
+    brush_region,
+    health,
+    parse_predict,
+    polygon_region,
+    prompt_of,
+    setup,
+)
+from components.production.serving import Champion, Decoded, load_champion
+
+log = logging.getLogger("flows.ml_backend")
+
+CHAMPION_CHECK_S = 10.0  # how stale the champion may be: a lookup is one request to MLflow, in the background
+FALLBACK_VERSION = "flywheel-assistant (GrabCut)"
+
+
+class Backend:
+    """What answers Label Studio: the project's workspace, its champion (reloaded when it changes) and the
+    mask assistant."""
+
+    def __init__(self, ws: Workspace):
+        self.ws = ws
+        self.config = ws.project.config
+        self._champion: Champion | None = None
+        self.measured = Measured(0.0, 0.0, 0)  # the champion's mask head against GrabCut (`assist.measure`)
+
+    def champion(self) -> Champion | None:
+        """The champion as last looked up (`refresh`): a request never waits for a model load."""
+        return self._champion
+
+    def refresh(self) -> None:
+        """Look the champion up in the registry, and load it when it changed."""
+        registered = self.ws.models.champion()
+        if registered is None:
+            self._champion = None
+        elif self._champion is None or self._champion.model_version != registered.model_version:
+            device = "cuda" if self.ws.compute.accelerator == "gpu" else "cpu"
+            champion = load_champion(self.ws.models, self.config, device)
+            measured = self._measure(champion) if champion is not None else Measured(0.0, 0.0, 0)
+            self._champion, self.measured = champion, measured
+            log.info("ML backend: answering with %s%s.", registered.model_version,
+                     f"; masks from a box by {'it' if measured.use_learned else 'GrabCut'} (mask IoU {measured.learned:.2f} "
+                     f"vs GrabCut's {measured.grabcut:.2f} on {measured.objects} validation masks)" if measured.objects else "")
+
+    def _measure(self, champion: Champion) -> Measured:
+        """The champion's mask head against GrabCut on the latest snapshot's validation masks."""
+        if champion.task.name != "segmentation":
+            return Measured(0.0, 0.0, 0)
+        from components.data.snapshot import read_manifest
+        from components.tasks.objects import parse_target
+
+        latest = self.ws.data.latest()
+        if latest is None:
+            return Measured(0.0, 0.0, 0)
+        folder = self.ws.data.checkout(latest)
+        manifest = read_manifest(folder)
+        rows = manifest[manifest["split"] == "val"].sort_values("task_id")
+        samples = [(folder / row.image, parse_target(row.label)) for row in rows.itertuples()]
+        return measure(champion.model, samples, self.ws.params.images.max_pixels)
+
+    def keep_fresh(self, stopping: threading.Event) -> None:
+        """`refresh` every CHAMPION_CHECK_S until `stopping` (a failed lookup is retried, never fatal)."""
+        while not stopping.wait(CHAMPION_CHECK_S):
+            try:
+                self.refresh()
+            except Exception as e:  # noqa: BLE001 - MLflow down for a while: keep answering with the model there is
+                log.warning("ML backend: could not look the champion up (%s); answering with %s.", e, self.model_version())
+
+    def model_version(self) -> str | None:
+        champion = self.champion()
+        return champion.model_version if champion is not None else None
+
+    def predict(self, body: Any) -> dict[str, Any]:
+        """`/predict`: the champion's answers (a batch call), or the mask for a smart tool's prompt.
+
+        Raises:
+            BadRequest: What is wrong with the request (`components.production.ml_backend`), a task of
+                another project, an image that cannot be read, a prompt drawn on another image.
+        """
+        request = parse_predict(body)
+        for task in request.tasks:
+            project = task.get("project", request.project_id)
+            if project is not None and project != self.ws.project.id:
+                raise BadRequest(f"Task {task['id']} is in project {project}; this backend serves project {self.ws.project.id} "
+                                 f"({self.ws.project.title!r}). Connect a backend to each project (flywheel serve --project N).")
+        if request.context is not None:
+            return self.assist(request.tasks[0], request.context)
+        return self.batch(request.tasks)
+
+    def batch(self, tasks: tuple[Any, ...]) -> dict[str, Any]:
+        """One prediction per task from the champion; none at all while there is no champion (Label
+        Studio then shows the task without one)."""
+        champion = self.champion()
+        if champion is None:
+            return {"results": []}
+        images = [self._decoded(task, champion.image_size) for task in tasks]
+        readings = champion.answer(images)
+        return answers([(r.result, r.confidence) for r in readings], champion.model_version)
+
+    def assist(self, task: Any, context: Any) -> dict[str, Any]:
+        """The mask of the object a person prompted, as a region of the project's mask control: the
+        champion's mask head for a box once it measures better than GrabCut, else GrabCut."""
+        if self.ws.task.name != "segmentation":
+            raise BadRequest(f"Project {self.ws.project.id} labels with <{self.config.control_type}>: the mask assistant answers "
+                             "smart tools in a mask project (<BrushLabels> or <PolygonLabels>) only.")
+        prompt = prompt_of(context, self.config)
+        image = self._stored(task).path
+        try:
+            width, height = shown_size(image)
+        except (OSError, ValueError) as e:
+            raise BadRequest(f"Cannot read the image of task {task['id']}: {e}. Replace the image in the task.", status=422) from e
+        if abs(prompt.width / prompt.height - width / height) > 0.02 * width / height:
+            raise BadRequest(f"The smart region was drawn on a {prompt.width}x{prompt.height} image, but task {task['id']}'s image is "
+                             f"{width}x{height}: send the context drawn on this task's image.")
+        champion = self.champion()
+        try:
+            if champion is not None and prompt.box is not None and self.measured.use_learned:
+                mask, score = learned_answer(champion.model, image, prompt, self.ws.params.images.max_pixels)
+                version = f"{champion.model_version} (mask head)"
+            else:
+                mask, score, version = grabcut_answer(image, prompt, self.ws.params.images.max_pixels), 1.0, FALLBACK_VERSION
+        except ValueError as e:
+            raise BadRequest(f"Cannot read the image of task {task['id']}: {e}. Replace the image in the task.", status=422) from e
+        if not mask.any():
+            return answers([([], 0.0)], version)
+        region = (brush_region(mask, prompt.label, self.config, score) if self.config.control_type == "BrushLabels"
+                  else polygon_region(mask, prompt.label, self.config, score))
+        return answers([([region], score)], version)
+
+    def _stored(self, task: Any) -> StoredImage:
+        try:
+            return self.ws.images.resolve(int(task["id"]), task["data"], self.config.data_key)
+        except ImageError as e:
+            raise BadRequest(f"Cannot read the image of task {task['id']}: {e}", status=422) from e
+
+    def _decoded(self, task: Any, image_size: int) -> Decoded:
+        try:
+            pixels, size, kind = decode_image(self._stored(task).path, image_size, self.ws.params.images.max_pixels)
+        except (OSError, ValueError) as e:
+            raise BadRequest(f"Cannot read the image of task {task['id']}: {e}. Replace the image in the task.", status=422) from e
+        return Decoded(b"", pixels, size, kind)
+
+
+def app_of(backend: Backend) -> FastAPI:
+    """The HTTP API Label Studio calls."""
+    app = FastAPI(title="flywheel ML backend", description=__doc__.split("\n\n")[0], version="1")
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request: Request, e: BadRequest) -> JSONResponse:
+        # Label Studio 1.23 shows a person only the status line ("422 Client Error: Unprocessable Entity",
+        # its ml/api_connector.py raise_for_status), not the body: the message goes to serve's terminal too
+        log.warning("ML backend: refused a %s to %s: %s", request.method, request.url.path, e)
+        return JSONResponse({"detail": str(e)}, status_code=e.status)
+
+    @app.get("/health")
+    @app.get("/")
+    def get_health() -> dict[str, Any]:
+        """Whether the backend answers, with which model, and what answers a smart box (measured)."""
+        m = backend.measured
+        return {**health(backend.model_version()),
+                "assist": {"boxes_answered_by": "mask head" if m.use_learned else "GrabCut", "mask_iou_learned": m.learned,
+                           "mask_iou_grabcut": m.grabcut, "measured_on_masks": m.objects}}
+
+    @app.post("/setup")
+    def post_setup(body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Label Studio connects: the version its predictions are filed under."""
+        return setup(backend.model_version())
+
+    @app.post("/predict")
+    async def post_predict(request: Request) -> JSONResponse:
+        """The champion's predictions for tasks, or a smart tool's mask (`params.context`)."""
+        try:
+            body = await request.json()
+        except ValueError:
+            raise BadRequest('The body must be JSON: {"tasks": [{"id": 1, "data": {...}}], "params": {"context": null}}.', status=400)
+        from starlette.concurrency import run_in_threadpool
+
+        return JSONResponse(await run_in_threadpool(backend.predict, body))
+
+    @app.post("/webhook")
+    def post_webhook(body: dict[str, Any] | None = None) -> dict[str, str]:
+        """Label Studio's project events and "Start training": acknowledged; the loop learns of labels by its own webhook."""
+        return {"status": "ok"}
+
+    @app.get("/versions")
+    def get_versions() -> dict[str, list[str]]:
+        """The model versions this backend answers with."""
+        version = backend.model_version()
+        return {"versions": [v for v in (version, FALLBACK_VERSION) if v]}
+
+    return app
+
+
+def run(settings: Settings, params_path: Path, ready: threading.Event | None = None) -> None:
+    """Open the workspace, start answering, connect to the project once the server listens."""
+    import uvicorn
+
+    from components.core.params import load_params
+    from components.loop.workspace import open_workspace
+
+    ws = open_workspace(settings, load_params(params_path), params_path.parent)
+    backend = Backend(ws)
+    backend.refresh()  # loaded before the first request, not during it
+    stopping = threading.Event()
+    threading.Thread(target=backend.keep_fresh, args=(stopping,), daemon=True, name="champion").start()
+    server = uvicorn.Server(uvicorn.Config(app_of(backend), host=settings.ml_backend_host, port=settings.ml_backend_port,
+                                           log_level="warning", access_log=False))
+
+    def connect() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.05)
+        if not server.started:
+            return
+        try:
+            backend_id = ws.label_studio.ensure_ml_backend(ws.project.id, settings.ml_backend_url)
+        except LabelStudioError as e:
+            log.warning("Label Studio refused flywheel as the project's ML backend at %s (%s). Set FLYWHEEL_ML_BACKEND_URL to an "
+                        "address Label Studio can reach (a Label Studio on this machine needs ML_BLOCK_LOCAL_IP=false, as "
+                        "`flywheel stack up` starts it).", settings.ml_backend_url, e)
+            return
+        log.info("ML backend %d of project %d answers at %s.", backend_id, ws.project.id, settings.ml_backend_url)
+        if ready is not None:
+            ready.set()
+
+    threading.Thread(target=connect, daemon=True, name="connect-ml-backend").start()
+    try:
+        server.run()
+    finally:
+        stopping.set()
+
+
+def main() -> None:
+    from components.core.settings import load_settings
+    from flows import logs
+
+    logs.setup()
+    run(load_settings(), Path(sys.argv[1]))
+
+
+if __name__ == "__main__":
+    main()
