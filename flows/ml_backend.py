@@ -178,6 +178,22 @@ class Backend:
         return Decoded(b"", pixels, size, kind)
 
 
+# `/predict`'s body as Label Studio sends it, for the OpenAPI schema (the handler checks it itself, so that a
+# wrong one is answered with what to send: `ml_backend.parse_predict`)
+_REGION = {"type": "object", "properties": {
+    "type": {"type": "string", "enum": ["rectanglelabels", "keypointlabels"]}, "original_width": {"type": "integer"},
+    "original_height": {"type": "integer"}, "is_positive": {"type": "boolean"}, "from_name": {"type": "string"},
+    "to_name": {"type": "string"}, "value": {"type": "object"}}, "required": ["type", "original_width", "original_height", "value"]}
+PREDICT_SCHEMA = {"type": "object", "required": ["tasks"], "properties": {
+    "tasks": {"type": "array", "items": {"type": "object", "required": ["id", "data"], "properties": {
+        "id": {"type": "integer"}, "data": {"type": "object"}, "project": {"type": "integer"}}}},
+    "project": {"type": "string", "description": "<project id>.<created timestamp>"},
+    "label_config": {"type": "string"},
+    "params": {"type": "object", "properties": {"context": {"anyOf": [
+        {"type": "null"}, {"type": "object", "required": ["result"], "properties": {"result": {"type": "array", "items": _REGION}}}]}}},
+}}
+
+
 def app_of(backend: Backend) -> FastAPI:
     """The HTTP API Label Studio calls."""
     app = FastAPI(title="flywheel ML backend", description=__doc__.split("\n\n")[0], version="1")
@@ -203,7 +219,7 @@ def app_of(backend: Backend) -> FastAPI:
         """Label Studio connects: the version its predictions are filed under."""
         return setup(backend.model_version())
 
-    @app.post("/predict")
+    @app.post("/predict", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": PREDICT_SCHEMA}}}})
     async def post_predict(request: Request) -> JSONResponse:
         """The champion's predictions for tasks, or a smart tool's mask (`params.context`)."""
         try:

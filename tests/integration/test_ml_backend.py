@@ -16,6 +16,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
 
 from components.adapters.label_studio import LabelStudio
 from components.core.labeling_config import load_labeling_config
@@ -197,3 +200,32 @@ def test_retrieve_predictions_answers_with_the_champion(backend, label_studio):
     # a task opened without predictions gets the champion's too (Label Studio asks the backend as it opens it)
     opened = tasks[3][0]
     assert versions(opened) == [] and [p["model_version"] for p in label_studio.task(opened)["predictions"]] == [champion.model_version]
+
+
+@pytest.fixture(scope="module")
+def backend_schema(backend, label_studio):
+    connected(label_studio, backend["project"].id, backend["url"], backend["process"], backend["log"])
+    return schemathesis.openapi.from_url(f"{backend['url']}/openapi.json")
+
+
+@schemathesis.check
+def says_what_to_send(ctx, response, case) -> None:
+    """Every 4xx carries a `detail`: a sentence, or FastAPI's list of what is wrong where."""
+    if 400 <= response.status_code < 500:
+        detail = response.json().get("detail")
+        assert detail and (isinstance(detail, str) or all(d.get("msg") for d in detail)), (response.status_code, response.text)
+
+
+def test_the_backends_http_api_never_answers_5xx(backend_schema):
+    """schemathesis, from the backend's OpenAPI schema, every operation: no 5xx, and every 4xx says what to
+    send. (Its pytest plugin does not run under pytest 9: the cases come from its hypothesis strategies.)"""
+    operations = [result.ok() for result in backend_schema.get_all_operations()]
+    assert {o.path for o in operations} >= {"/health", "/setup", "/predict", "/webhook", "/versions"}
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def call(case) -> None:
+            case.call_and_validate(checks=[not_a_server_error, says_what_to_send])
+
+        call()
