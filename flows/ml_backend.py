@@ -19,6 +19,7 @@ nothing is written to Label Studio by this process except through the answers La
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from PIL import Image
 from fastapi.responses import JSONResponse
 
 from components.core.errors import LabelStudioError
@@ -49,6 +51,8 @@ log = logging.getLogger("flows.ml_backend")
 
 CHAMPION_CHECK_S = 10.0  # how stale the champion may be: a lookup is one request to MLflow, in the background
 FALLBACK_VERSION = "flywheel-assistant (GrabCut)"
+NOT_MEASURED = Measured(0.0, 0.0, 0)
+CHUNK = 16  # images per forward pass of a batch call (Label Studio sends every selected task in one)
 
 
 class Backend:
@@ -58,23 +62,33 @@ class Backend:
     def __init__(self, ws: Workspace):
         self.ws = ws
         self.config = ws.project.config
-        self._champion: Champion | None = None
-        self.measured = Measured(0.0, 0.0, 0)  # the champion's mask head against GrabCut (`assist.measure`)
+        # the champion and its mask head measured against GrabCut (`assist.measure`): replaced together, read once
+        self.state: tuple[Champion | None, Measured] = (None, NOT_MEASURED)
 
     def champion(self) -> Champion | None:
         """The champion as last looked up (`refresh`): a request never waits for a model load."""
-        return self._champion
+        return self.state[0]
+
+    @property
+    def measured(self) -> Measured:
+        return self.state[1]
 
     def refresh(self) -> None:
         """Look the champion up in the registry, and load it when it changed."""
         registered = self.ws.models.champion()
+        current = self.champion()
         if registered is None:
-            self._champion = None
-        elif self._champion is None or self._champion.model_version != registered.model_version:
+            self.state = (None, NOT_MEASURED)
+        elif current is None or current.model_version != registered.model_version:
             device = "cuda" if self.ws.compute.accelerator == "gpu" else "cpu"
             champion = load_champion(self.ws.models, self.config, device)
-            measured = self._measure(champion) if champion is not None else Measured(0.0, 0.0, 0)
-            self._champion, self.measured = champion, measured
+            try:
+                measured = self._measure(champion) if champion is not None else NOT_MEASURED
+            except Exception as e:  # noqa: BLE001 - the champion still answers "Retrieve predictions"; boxes get GrabCut
+                log.warning("ML backend: could not measure %s's mask head (%s): boxes are answered by GrabCut.",
+                            registered.model_version, e)
+                measured = NOT_MEASURED
+            self.state = (champion, measured)
             log.info("ML backend: answering with %s%s.", registered.model_version,
                      f"; masks from a box by {'it' if measured.use_learned else 'GrabCut'} (mask IoU {measured.learned:.2f} "
                      f"vs GrabCut's {measured.grabcut:.2f} on {measured.objects} validation masks)" if measured.objects else "")
@@ -82,13 +96,13 @@ class Backend:
     def _measure(self, champion: Champion) -> Measured:
         """The champion's mask head against GrabCut on the latest snapshot's validation masks."""
         if champion.task.name != "segmentation":
-            return Measured(0.0, 0.0, 0)
+            return NOT_MEASURED
         from components.data.snapshot import read_manifest
         from components.tasks.objects import parse_target
 
         latest = self.ws.data.latest()
         if latest is None:
-            return Measured(0.0, 0.0, 0)
+            return NOT_MEASURED
         folder = self.ws.data.checkout(latest)
         manifest = read_manifest(folder)
         rows = manifest[manifest["split"] == "val"].sort_values("task_id")
@@ -130,9 +144,20 @@ class Backend:
         champion = self.champion()
         if champion is None:
             return {"results": []}
-        images = [self._decoded(task, champion.image_size) for task in tasks]
-        readings = champion.answer(images)
-        return answers([(r.result, r.confidence) for r in readings], champion.model_version)
+        decoded: list[Decoded | None] = []
+        for task in tasks:
+            try:
+                decoded.append(self._decoded(task, champion.image_size))
+            except BadRequest as e:  # this task's image: the others still get their predictions
+                log.warning("ML backend: no prediction for task %s: %s", task["id"], e)
+                decoded.append(None)
+        readable = [d for d in decoded if d is not None]
+        readings = iter([r for start in range(0, len(readable), CHUNK) for r in champion.answer(readable[start : start + CHUNK])])
+        results = []
+        for d in decoded:
+            reading = next(readings) if d is not None else None
+            results.append((reading.result, reading.confidence) if reading is not None else ([], 0.0))
+        return answers(results, champion.model_version)
 
     def assist(self, task: Any, context: Any) -> dict[str, Any]:
         """The mask of the object a person prompted, as a region of the project's mask control: the
@@ -144,14 +169,14 @@ class Backend:
         image = self._stored(task).path
         try:
             width, height = shown_size(image)
-        except (OSError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - whatever PIL raises on this file (a decompression bomb too) is this task's
             raise BadRequest(f"Cannot read the image of task {task['id']}: {e}. Replace the image in the task.", status=422) from e
-        if abs(prompt.width / prompt.height - width / height) > 0.02 * width / height:
+        if abs(prompt.width - width) > 1 or abs(prompt.height - height) > 1:
             raise BadRequest(f"The smart region was drawn on a {prompt.width}x{prompt.height} image, but task {task['id']}'s image is "
                              f"{width}x{height}: send the context drawn on this task's image.")
-        champion = self.champion()
+        champion, measured = self.state
         try:
-            if champion is not None and prompt.box is not None and self.measured.use_learned:
+            if champion is not None and prompt.box is not None and measured.use_learned:
                 mask, score = learned_answer(champion.model, image, prompt, self.ws.params.images.max_pixels)
                 version = f"{champion.model_version} (mask head)"
             else:
@@ -169,11 +194,13 @@ class Backend:
             return self.ws.images.resolve(int(task["id"]), task["data"], self.config.data_key)
         except ImageError as e:
             raise BadRequest(f"Cannot read the image of task {task['id']}: {e}", status=422) from e
+        except ValueError as e:  # a URL no path can be made of (a NUL byte)
+            raise BadRequest(f"Cannot read the image of task {task['id']}: its URL is not a file path ({e}).", status=422) from e
 
     def _decoded(self, task: Any, image_size: int) -> Decoded:
         try:
             pixels, size, kind = decode_image(self._stored(task).path, image_size, self.ws.params.images.max_pixels)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise BadRequest(f"Cannot read the image of task {task['id']}: {e}. Replace the image in the task.", status=422) from e
         return Decoded(b"", pixels, size, kind)
 
@@ -253,7 +280,10 @@ def run(settings: Settings, params_path: Path, ready: threading.Event | None = N
 
     ws = open_workspace(settings, load_params(params_path), params_path.parent)
     backend = Backend(ws)
-    backend.refresh()  # loaded before the first request, not during it
+    try:
+        backend.refresh()  # loaded before the first request, not during it
+    except Exception as e:  # noqa: BLE001 - MLflow not answering yet: looked up again in the background
+        log.warning("ML backend: could not look the champion up yet (%s); answering without one until it can.", e)
     stopping = threading.Event()
     threading.Thread(target=backend.keep_fresh, args=(stopping,), daemon=True, name="champion").start()
     server = uvicorn.Server(uvicorn.Config(app_of(backend), host=settings.ml_backend_host, port=settings.ml_backend_port,
@@ -276,6 +306,16 @@ def run(settings: Settings, params_path: Path, ready: threading.Event | None = N
             ready.set()
 
     threading.Thread(target=connect, daemon=True, name="connect-ml-backend").start()
+    parent = os.getppid()
+
+    def orphaned() -> None:  # `flywheel serve` killed outright (SIGKILL): stop with it, freeing the port
+        while not server.should_exit:
+            if os.getppid() != parent:
+                log.warning("ML backend: flywheel serve is gone; stopping.")
+                server.should_exit = True
+            time.sleep(1.0)
+
+    threading.Thread(target=orphaned, daemon=True, name="parent").start()
     try:
         server.run()
     finally:

@@ -78,6 +78,8 @@ def parse_labeling_config(xml: str, source: str = "labeling config") -> Labeling
         raise LabelConfigError(f"{source} is not valid XML ({e}); fix the file and run again.") from e
     images = {el.get("name"): el for el in root.iter("Image")}
     smart = [el for el in root.iter() if el.tag in PROMPT_TAGS and el.get("smart", "").lower() == "true"]
+    if not any(el.tag in CONTROL_TAGS and CONTROL_TAGS[el.tag][0] == "segmentation" for el in root.iter()):
+        smart = []  # no mask control: a smart tool is the labels themselves (e.g. a detection config's smart rectangle)
     controls = [el for el in root.iter() if el.tag in CONTROL_TAGS and el not in smart]
     if len(controls) != 1 or not images:
         found = ", ".join(f"<{el.tag}>" for el in controls) or "none"
@@ -116,14 +118,7 @@ def parse_labeling_config(xml: str, source: str = "labeling config") -> Labeling
 
 
 def _check_prompts(smart: list[ET.Element], control: ET.Element, labels: tuple[str, ...], source: str) -> None:
-    """Smart tools belong to a mask config, on its image, with labels it has."""
-    if smart and CONTROL_TAGS[control.tag][0] != "segmentation":
-        tools = ", ".join(f"<{el.tag} name={el.get('name')!r}>" for el in smart)
-        raise LabelConfigError(
-            f"{source}: smart tools ({tools}) "
-            f"ask the mask assistant for an outline, so they belong to a <BrushLabels> or <PolygonLabels> config, not "
-            f"<{control.tag}>; remove smart=\"true\" or the tool."
-        )
+    """Smart tools point at the image the masks are drawn on, with labels the mask control has."""
     for el in smart:
         if el.get("toName") != control.get("toName"):
             raise LabelConfigError(f"{source}: the smart tool <{el.tag} name={el.get('name')!r}> must point at the image the masks are "

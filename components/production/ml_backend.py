@@ -89,7 +89,7 @@ def project_id_of(project: Any) -> int | None:
     if project is None or project == "":
         return None
     head = str(project).split(".", 1)[0]
-    if not head.isdigit():
+    if not (head.isascii() and head.isdigit()):
         raise BadRequest(f"'project' is {project!r}; Label Studio sends '<project id>.<created timestamp>', e.g. '3.1727172000'.")
     return int(head)
 
@@ -141,7 +141,9 @@ def prompt_of(context: Mapping[str, Any], config: LabelingConfig) -> Prompt:
             width, height = int(region["original_width"]), int(region["original_height"])
             names = value[region["type"]]
             x, y = float(value["x"]), float(value["y"])
-        except (KeyError, TypeError, ValueError) as e:
+            if not isinstance(names, list) or not np.isfinite([x, y]).all():
+                raise ValueError(f"value.{region['type']} must be a list of one label, value.x and value.y finite numbers")
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise BadRequest(f"A smart region needs original_width, original_height and value.x, value.y and value.{region.get('type')} "
                              f"(the label); missing or not a number: {e}.") from e
         if width <= 0 or height <= 0:
@@ -152,6 +154,8 @@ def prompt_of(context: Mapping[str, Any], config: LabelingConfig) -> Prompt:
         if region["type"] == "rectanglelabels":
             try:
                 w, h = float(value["width"]), float(value["height"])
+                if not np.isfinite([w, h]).all():
+                    raise ValueError("not finite")
             except (KeyError, TypeError, ValueError) as e:
                 raise BadRequest("A smart rectangle needs value.width and value.height (percent).") from e
             if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > 100.5 or y + h > 100.5:

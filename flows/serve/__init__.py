@@ -37,8 +37,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -49,10 +47,10 @@ from components.core.params import Params, load_params
 from components.core.settings import Settings
 from flows.serve.dispatcher import Dispatcher
 from flows.serve.pretrainer import Pretrainer
-from flows.serve.processes import STOP_S, Worker, stop_child
+from flows.serve.processes import STOP_S, MLBackend, Worker
 from flows.serve.runner import Runner, serve_deployments
 
-__all__ = ["Dispatcher", "Pretrainer", "Runner", "Worker", "serve", "serve_deployments"]
+__all__ = ["Dispatcher", "MLBackend", "Pretrainer", "Runner", "Worker", "serve", "serve_deployments"]
 
 log = logging.getLogger("flows.serve")
 
@@ -120,10 +118,10 @@ def serve(settings: Settings, params_path: Path) -> int:
     receiver, hook = _start_receiver(settings, ls, project_id, inbox) if params.poll.webhooks else (None, None)
     runner = Runner(params_path, f"{settings.prefect_api_url}/health", stopping)
     pretrainer = Pretrainer(params_path, params)
-    ml_backend = None
+    ml_backend = MLBackend(params_path, stopping) if params.assist.backend else None
     try:
-        if params.assist.backend:
-            ml_backend = subprocess.Popen([sys.executable, "-m", "flows.ml_backend", str(params_path)], start_new_session=True)
+        if ml_backend is not None:
+            ml_backend.start()
         worker.start()
         if not settings.team:
             runner.start()
@@ -136,7 +134,7 @@ def serve(settings: Settings, params_path: Path) -> int:
         worker.stop()
         pretrainer.stop()
         if ml_backend is not None:
-            stop_child(ml_backend)
+            ml_backend.stop()
         if hook is not None:
             try:
                 ls.deactivate_webhook(hook)

@@ -133,3 +133,33 @@ class Worker:
             except BrokenPipeError:
                 pass
             stop_child(self.process)
+
+
+class MLBackend:
+    """The ML backend child (`flows.ml_backend`): started once, started again when it exits, until serving stops."""
+
+    RESTART_S = 5.0  # between an exit and the next start (a crash loop costs a line every few seconds, not a core)
+
+    def __init__(self, params_path: Path, stopping: threading.Event):
+        self.params_path = params_path
+        self.stopping = stopping
+        self.process: subprocess.Popen | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="ml-backend")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            self.process = subprocess.Popen([sys.executable, "-m", "flows.ml_backend", str(self.params_path)], start_new_session=True)
+            code = self.process.wait()
+            if self.stopping.is_set():
+                return
+            log.warning("The ML backend exited (exit code %s): starting it again in %.0f s (see the log file).", code, self.RESTART_S)
+            self.stopping.wait(self.RESTART_S)
+
+    def stop(self) -> None:
+        """Stop the child (serving is stopping: `stopping` is set, so it is not started again)."""
+        if self.process is not None and self.process.poll() is None:
+            stop_child(self.process)
+        self._thread.join(timeout=GRACE_S)

@@ -197,6 +197,13 @@ def test_retrieve_predictions_answers_with_the_champion(backend, label_studio):
     got = label_studio.task(labeled[0])["predictions"][0]["result"]
     assert [(r["type"], r["value"]["brushlabels"], r["value"]["rle"]) for r in got] == [
         (r["type"], r["value"]["brushlabels"], r["value"]["rle"]) for r in reading.result]
+    # one unreadable image among the tasks asked for costs that task its prediction, not the others theirs
+    good = {"id": tasks[4][0], "data": tasks[4][1], "project": project.id}
+    gone = {"id": tasks[5][0], "data": {**tasks[5][1], "image": "/data/local-files/?d=nowhere/gone.png"}, "project": project.id}
+    reply = httpx.post(f"{backend['url']}/predict", json={"tasks": [gone, good], "params": {"context": None}}, timeout=30)
+    assert reply.status_code == 200, reply.text
+    first, second = reply.json()["results"]
+    assert first["result"] == [] and first["score"] == 0.0 and second["model_version"] == champion.model_version
     # a task opened without predictions gets the champion's too (Label Studio asks the backend as it opens it)
     opened = tasks[3][0]
     assert versions(opened) == [] and [p["model_version"] for p in label_studio.task(opened)["predictions"]] == [champion.model_version]

@@ -74,7 +74,7 @@ def test_shipped_mask_configs_have_the_assistant(name):
     "xml, message",
     [
         (SMART.replace("BrushLabels", "Choices").replace("<Label value=\"cat\"/><Label value=\"dog\"/></Choices>",
-                                                          "<Choice value=\"cat\"/><Choice value=\"dog\"/></Choices>"), "belong to a <BrushLabels>"),
+                                                          "<Choice value=\"cat\"/><Choice value=\"dog\"/></Choices>"), "exactly one control tag"),
         (SMART.replace('<KeyPointLabels name="click" toName="img"', '<KeyPointLabels name="click" toName="other"'), "must point at the image"),
         (SMART.replace('<Label value="cat"/></KeyPointLabels>', '<Label value="cow"/></KeyPointLabels>'), r"labels \['cow'\]"),
         (SMART.replace(' smart="true" smartOnly="true"', ""), "exactly one control tag"),
@@ -89,3 +89,10 @@ def test_with_labels_gives_the_smart_tools_the_same_labels():
     config = with_labels(parse_labeling_config(SMART), ["ant", "bee"])
     assert config.labels == ("ant", "bee") and config.prompts == ("box", "click")
     assert parse_labeling_config(config.xml).prompts == ("box", "click")
+
+
+def test_a_detection_configs_own_smart_rectangle_is_its_labels():
+    xml = """<View><Image name="img" value="$image"/>
+<RectangleLabels name="box" toName="img" smart="true"><Label value="cat"/></RectangleLabels></View>"""
+    config = parse_labeling_config(xml)
+    assert (config.from_name, config.task, config.prompts) == ("box", "detection", ())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from components.core.labeling_config import load_labeling_config
 from components.data.masks import mask_of_brush
@@ -40,6 +41,12 @@ def test_a_smart_rectangle_and_clicks_become_one_prompt_in_pixels():
         ({"result": [region("keypointlabels", x=120, y=20, keypointlabels=["0"])]}, "not inside the image"),
         ({"result": [{**region("rectanglelabels", x=1, y=1, width=5, height=5, rectanglelabels=["0"]), "original_width": "wide"}]},
          "missing or not a number"),
+        # what once answered 500: a label that is not a list, an infinite size or coordinate
+        ({"result": [region("rectanglelabels", x=1, y=1, width=5, height=5, rectanglelabels=5)]}, "list of one label"),
+        ({"result": [{**region("rectanglelabels", x=1, y=1, width=5, height=5, rectanglelabels=["0"]), "original_width": 1e400}]},
+         "missing or not a number"),
+        ({"result": [region("rectanglelabels", x=float("nan"), y=1, width=5, height=5, rectanglelabels=["0"])]}, "finite"),
+        ({"result": [region("rectanglelabels", x=1, y=1, width=float("inf"), height=5, rectanglelabels=["0"])]}, "value.width"),
     ],
 )
 def test_a_prompt_that_cannot_be_answered_says_what_to_send(context, message):
@@ -56,6 +63,7 @@ def test_a_prompt_that_cannot_be_answered_says_what_to_send(context, message):
         ({"tasks": [{"id": 7, "data": {}}], "params": {"context": {"result": "x"}}}, "must be null .* or {'result'"),
         ({"tasks": [{"id": 7, "data": {}}, {"id": 8, "data": {}}], "params": {"context": {"result": []}}}, "about one task"),
         ({"tasks": [{"id": 7, "data": {}}], "project": "my-project"}, "'<project id>.<created timestamp>'"),
+        ({"tasks": [{"id": 7, "data": {}}], "project": "\u00b2.1"}, "'<project id>.<created timestamp>'"),
     ],
 )
 def test_a_malformed_predict_call_is_a_4xx_with_what_to_send(body, message):
@@ -122,3 +130,32 @@ def test_a_prompt_on_a_scaled_image_comes_back_at_the_images_size(tmp_path):
     truth = np.zeros((1200, 1600), bool)
     truth[400:800, 600:1000] = True
     assert mask.shape == (1200, 1600) and (mask & truth).sum() / (mask | truth).sum() > 0.9
+
+
+class _AllMask(torch.nn.Module):
+    """A segmenter net whose mask head says "object" everywhere: the learned answer is then exactly the
+    box's mask region, which shows how boxes and masks are scaled (no training needed)."""
+
+    stride = 4
+
+    def forward(self, images):
+        return {"images": images}
+
+    def mask_logits(self, outputs, boxes):
+        return torch.full((len(boxes), 28, 28), 10.0)
+
+
+def test_the_learned_answer_is_the_mask_head_on_the_box_at_the_images_own_size():
+    from components.networks.segmenters import MASK_MARGIN
+    from components.production.assist import learned
+    from components.production.ml_backend import Prompt
+    from components.tasks.segmentation import SegmentationModel
+
+    model = SegmentationModel(_AllMask(), CONFIG.labels, image_size=64)
+    prompt = Prompt("3", (40.0, 10.0, 120.0, 50.0), (), (), 200, 100)  # a wide image, a box off-centre
+    mask, score = learned(model, np.zeros((64, 64, 3), np.uint8), prompt)
+    assert mask.shape == (100, 200) and score > 0.99
+    ys, xs = np.nonzero(mask)
+    grow_x, grow_y = MASK_MARGIN * 80, MASK_MARGIN * 40  # the mask region: the box grown on every side
+    assert abs(xs.min() - (40 - grow_x)) <= 1.5 and abs(xs.max() + 1 - (120 + grow_x)) <= 1.5
+    assert abs(ys.min() - (10 - grow_y)) <= 1.5 and abs(ys.max() + 1 - (50 + grow_y)) <= 1.5
