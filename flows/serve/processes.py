@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -150,10 +151,17 @@ class MLBackend:
         self._thread.start()
 
     def _run(self) -> None:
+        quick = 0
         while not self.stopping.is_set():
+            started = time.monotonic()
             self.process = subprocess.Popen([sys.executable, "-m", "flows.ml_backend", str(self.params_path)], start_new_session=True)
             code = self.process.wait()
             if self.stopping.is_set():
+                return
+            quick = quick + 1 if time.monotonic() - started < 60 else 1
+            if quick >= QUICK_EXITS:
+                log.warning("The ML backend exited %d times within a minute of starting (exit code %s): serving goes on without "
+                            "it (Label Studio's smart tools and Retrieve predictions); see the log file.", quick, code)
                 return
             log.warning("The ML backend exited (exit code %s): starting it again in %.0f s (see the log file).", code, self.RESTART_S)
             self.stopping.wait(self.RESTART_S)
