@@ -271,7 +271,7 @@ def app_of(backend: Backend) -> FastAPI:
     return app
 
 
-def run(settings: Settings, params_path: Path, ready: threading.Event | None = None) -> None:
+def run(settings: Settings, params_path: Path) -> None:
     """Open the workspace, start answering, connect to the project once the server listens."""
     import uvicorn
 
@@ -302,8 +302,6 @@ def run(settings: Settings, params_path: Path, ready: threading.Event | None = N
                         "`flywheel stack up` starts it).", settings.ml_backend_url, e)
             return
         log.info("ML backend %d of project %d answers at %s.", backend_id, ws.project.id, settings.ml_backend_url)
-        if ready is not None:
-            ready.set()
 
     threading.Thread(target=connect, daemon=True, name="connect-ml-backend").start()
     parent = os.getppid()
