@@ -34,7 +34,7 @@ from components.core.errors import LabelStudioError
 from components.core.settings import Settings
 from components.data.images import ImageError, StoredImage, decode_image, shown_size
 from components.loop.workspace import Workspace
-from components.production.assist import Measured, grabcut_answer, learned_answer, measure
+from components.production.assist import Measured, answer, measure
 from components.production.ml_backend import (
     BadRequest,
     answers,
@@ -175,14 +175,12 @@ class Backend:
             raise BadRequest(f"The smart region was drawn on a {prompt.width}x{prompt.height} image, but task {task['id']}'s image is "
                              f"{width}x{height}: send the context drawn on this task's image.")
         champion, measured = self.state
+        learned = champion is not None and prompt.box is not None and measured.use_learned
         try:
-            if champion is not None and prompt.box is not None and measured.use_learned:
-                mask, score = learned_answer(champion.model, image, prompt, self.ws.params.images.max_pixels)
-                version = f"{champion.model_version} (mask head)"
-            else:
-                mask, score, version = grabcut_answer(image, prompt, self.ws.params.images.max_pixels), 1.0, FALLBACK_VERSION
+            mask, score = answer(image, prompt, champion.model if learned else None, self.ws.params.images.max_pixels)
         except ValueError as e:
             raise BadRequest(f"Cannot read the image of task {task['id']}: {e}. Replace the image in the task.", status=422) from e
+        version = f"{champion.model_version} (mask head)" if learned else FALLBACK_VERSION
         if not mask.any():
             return answers([([], 0.0)], version)
         region = (brush_region(mask, prompt.label, self.config, score) if self.config.control_type == "BrushLabels"

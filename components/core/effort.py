@@ -56,3 +56,22 @@ def effort_saved(edits: Edits, costs: EffortCosts) -> float | None:
     """1 - annotation seconds with suggestions / seconds without; None when there was nothing to draw."""
     without = edits.seconds_without(costs)
     return 1.0 - edits.seconds(costs) / without if without else None
+
+
+@dataclass(frozen=True)
+class MaskCosts:
+    """Seconds a person spends on one mask with the assistant (params.yaml `strategy`).
+
+    Attributes:
+        box: Drawing the smart box (`seconds_per_object.boxes`).
+        verify: Looking at the mask that comes back (`seconds_per_action.verify`).
+        click: One correction click on or off the object (`seconds_per_action.click`).
+        draw: Drawing the mask by hand when clicks do not get it right (`seconds_per_object.masks`).
+        max_clicks: Clicks a person gives before drawing by hand (`strategy.max_clicks`).
+    """
+
+    box: float
+    verify: float
+    click: float
+    draw: float
+    max_clicks: int

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from components.core.effort import EffortCosts
+from components.core.effort import EffortCosts, MaskCosts
 from components.core.errors import SettingsError
 
 
@@ -211,6 +211,7 @@ class ActionSeconds(_Section):
     verify: float = Field(gt=0)
     delete: float = Field(ge=0)
     adjust: dict[Literal["boxes", "masks"], float]
+    click: float = Field(1.75, gt=0)  # one correction click with the mask assistant
 
     @model_validator(mode="after")
     def _every_strategy(self) -> ActionSeconds:
@@ -231,6 +232,12 @@ class StrategyParams(_Section):
     seconds_per_action: ActionSeconds
     architectures: dict[Literal["boxes", "masks"], str]
     train: StrategyTrainParams
+    max_clicks: int = Field(5, ge=0)  # correction clicks a person gives the mask assistant before drawing by hand
+
+    def mask_costs(self) -> MaskCosts:
+        """Seconds per action on one mask made with the mask assistant."""
+        return MaskCosts(box=self.seconds_per_object["boxes"], verify=self.seconds_per_action.verify,
+                         click=self.seconds_per_action.click, draw=self.seconds_per_object["masks"], max_clicks=self.max_clicks)
 
     def effort_costs(self, strategy: Literal["boxes", "masks"]) -> EffortCosts:
         """Seconds per action on one object when labeling `strategy` with suggestions."""

@@ -33,6 +33,7 @@ from components.data.images import ImageError
 from components.data.snapshot import read_manifest, training_rows
 from components.loop.ingest import resolve_image
 from components.loop.workspace import LABEL_ERRORS_FILE, Workspace, reports_dir, snapshot_folder
+from components.production.assist import seconds_with_assistant
 from components.production.serving import read_stats
 from components.studies.report import LearningPoint, Report, build_report, measure_acceptance, production_view, read_out_of_fold, write_report
 from components.studies.strategy import Labeled, costs_of, suggestions_line
@@ -125,7 +126,8 @@ def strategy_suggestions(ws: Workspace) -> str | None:
 def strategy_items(ws: Workspace) -> list[Labeled]:
     """The project's labeled images with their masks, in the order people labeled them, for
     `flywheel strategy`: labeling with masks is timed by each annotation's `lead_time` (the costs in
-    params.yaml where Label Studio has none), boxes by params.yaml's cost per box.
+    params.yaml where Label Studio has none), boxes by params.yaml's cost per box, masks with the assistant
+    by a simulated person correcting GrabCut's masks of its objects with clicks (`assist.seconds_with_assistant`).
 
     Raises:
         SettingsError: The project is not labeled with masks.
@@ -136,7 +138,7 @@ def strategy_items(ws: Workspace) -> list[Labeled]:
             f"{ws.task.name}. Point params.yaml at a <BrushLabels> or <PolygonLabels> project, or pass --dataset with a "
             "COCO file that has segmentation."
         )
-    costs = ws.params.strategy.seconds_per_object
+    costs, mask_costs = ws.params.strategy.seconds_per_object, ws.params.strategy.mask_costs()
     found: list[tuple[Any, Labeled]] = []
     for raw in ws.label_studio.labeled_tasks(ws.project.id):
         task = task_from_json(raw)
@@ -152,5 +154,6 @@ def strategy_items(ws: Workspace) -> list[Labeled]:
         seconds = costs_of(json.loads(target), costs)
         if annotation.lead_time and annotation.lead_time > 0:
             seconds["masks"] = annotation.lead_time
+        seconds["assisted"] = seconds_with_assistant(image.path, json.loads(target), mask_costs, ws.params.images.max_pixels)
         found.append((annotation.updated_at, Labeled(image.path, target, seconds)))
     return [item for _, item in sorted(found, key=lambda pair: pair[0])]

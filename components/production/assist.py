@@ -13,14 +13,15 @@ Their mask IoU from the true box on held-out objects is `assist_mask_iou_0` / `a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from components.core.effort import MaskCosts
 from components.data.images import decode_image
 from components.data.masks import mask_iou, mask_of_coco
 from components.production.ml_backend import Prompt
@@ -45,13 +46,16 @@ def box_of(prompt: Prompt) -> tuple[int, int, int, int]:
     return x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)
 
 
-def grabcut(image: np.ndarray, prompt: Prompt, iterations: int = 4) -> np.ndarray:
+def grabcut(image: np.ndarray, prompt: Prompt, iterations: int = 4, start: np.ndarray | None = None) -> np.ndarray:
     """The object's mask (height, width) from GrabCut seeded by the prompt.
 
     Args:
         image: (height, width, 3) uint8 RGB, the size the prompt is in.
         prompt: The box and clicks.
         iterations: GrabCut's rounds.
+        start: A mask to refine (the answer the person is correcting with clicks): inside the box, its
+            pixels start as probable object and the rest as probable background; None: the whole box
+            starts as probable object.
     """
     import cv2
 
@@ -59,12 +63,14 @@ def grabcut(image: np.ndarray, prompt: Prompt, iterations: int = 4) -> np.ndarra
     x1, y1, x2, y2 = box_of(prompt)
     mask = np.full((height, width), cv2.GC_BGD, np.uint8)
     mask[y1:y2, x1:x2] = cv2.GC_PR_FGD
+    if start is not None and start[y1:y2, x1:x2].any():
+        mask[y1:y2, x1:x2] = np.where(start[y1:y2, x1:x2], cv2.GC_PR_FGD, cv2.GC_PR_BGD)
     radius = max(1, int(CLICK_RADIUS * min(width, height)))
     for points, value in ((prompt.positive, cv2.GC_FGD), (prompt.negative, cv2.GC_BGD)):
         for x, y in points:
             cv2.circle(mask, (int(x), int(y)), radius, int(value), thickness=-1)
     if (x2 - x1) < 3 or (y2 - y1) < 3:
-        return mask == cv2.GC_PR_FGD  # too small to model: the box itself
+        return (mask == cv2.GC_PR_FGD) | (mask == cv2.GC_FGD)  # too small to model: the box itself
     background, foreground = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     bgr = np.ascontiguousarray(image[..., ::-1])
     try:
@@ -105,8 +111,9 @@ def scaled(prompt: Prompt, sx: float, sy: float) -> Prompt:
                   tuple((x * sx, y * sy) for x, y in prompt.negative), round(prompt.width * sx), round(prompt.height * sy))
 
 
-def enlarged(mask: np.ndarray, width: int, height: int) -> np.ndarray:
-    """A mask found on a scaled image, back at the image's own size (the size Label Studio's regions are in)."""
+def resized(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A mask at (width, height): one found on a scaled image back at the image's own size (the size Label
+    Studio's regions are in), or one at that size onto the scaled image."""
     if mask.shape == (height, width):
         return mask
     import cv2
@@ -114,17 +121,102 @@ def enlarged(mask: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
-def grabcut_answer(image: Path, prompt: Prompt, max_pixels: int) -> np.ndarray:
-    """GrabCut's mask for the prompt on an image file, at the prompt's image size."""
-    pixels, _, _ = decode_image(image, ASSIST_SIDE, max_pixels, keep_aspect=True)
-    small = scaled(prompt, pixels.shape[1] / prompt.width, pixels.shape[0] / prompt.height)
-    return enlarged(grabcut(pixels, small), prompt.width, prompt.height)
+def assist_pixels(image: Path, max_pixels: int) -> np.ndarray:
+    """An image file as GrabCut reads it: RGB, its longer side at most ASSIST_SIDE, aspect kept."""
+    return decode_image(image, ASSIST_SIDE, max_pixels, keep_aspect=True)[0]
+
+
+def grabcut_answer(image: Path, prompt: Prompt, max_pixels: int, start: np.ndarray | None = None) -> np.ndarray:
+    """GrabCut's mask for the prompt on an image file, at the prompt's image size (refining `start`, a
+    mask at that size, when given)."""
+    pixels = assist_pixels(image, max_pixels)
+    sx, sy = pixels.shape[1] / prompt.width, pixels.shape[0] / prompt.height
+    small_start = None if start is None else resized(start, pixels.shape[1], pixels.shape[0])
+    return resized(grabcut(pixels, scaled(prompt, sx, sy), start=small_start), prompt.width, prompt.height)
+
 
 
 def learned_answer(model: Any, image: Path, prompt: Prompt, max_pixels: int) -> tuple[np.ndarray, float]:
     """The segmenter's mask for the prompt's box on an image file, and its confidence."""
     pixels, _, _ = decode_image(image, int(model.image_size), max_pixels)
     return learned(model, pixels, prompt)
+
+
+def answer(image: Path, prompt: Prompt, model: Any | None, max_pixels: int) -> tuple[np.ndarray, float]:
+    """The assistant's mask for a prompt on an image file, and its confidence.
+
+    With `model` (the champion, once its mask head measured better) and a box: the mask head's mask,
+    refined by GrabCut with the person's clicks when there are any. Otherwise GrabCut from the box and clicks.
+    """
+    if model is not None and prompt.box is not None:
+        mask, score = learned_answer(model, image, prompt, max_pixels)
+        if prompt.positive or prompt.negative:
+            mask = grabcut_answer(image, prompt, max_pixels, start=mask)
+        return mask, score
+    return grabcut_answer(image, prompt, max_pixels), 1.0
+
+
+# --- what a mask costs a person with the assistant ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Corrected:
+    """One mask made with the assistant by a simulated person.
+
+    Attributes:
+        seconds: What it cost them.
+        clicks: Correction clicks they gave.
+        iou: The assistant's last mask's IoU with theirs.
+        drawn: True when the clicks did not reach MASK_MATCH_IOU and they drew it by hand.
+    """
+
+    seconds: float
+    clicks: int
+    iou: float
+    drawn: bool
+
+
+def next_click(mask: np.ndarray, truth: np.ndarray) -> tuple[tuple[float, float], bool] | None:
+    """A simulated person's next correction click (the protocol of Xu et al., CVPR 2016): the pixel deepest
+    inside the larger error, positive when it is part of the object the mask missed, negative when it is
+    background the mask took; None when the masks agree."""
+    import cv2
+
+    best: tuple[float, tuple[float, float], bool] | None = None
+    for error, positive in ((truth & ~mask, True), (mask & ~truth, False)):
+        if error.any():
+            depth = cv2.distanceTransform(np.pad(error, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+            y, x = np.unravel_index(int(depth.argmax()), depth.shape)
+            if best is None or depth[y, x] > best[0]:
+                best = (float(depth[y, x]), (x + 0.5, y + 0.5), positive)
+    return None if best is None else (best[1], best[2])
+
+
+def corrected(prompt: Prompt, truth: np.ndarray, ask: Callable[[Prompt], np.ndarray], costs: MaskCosts) -> Corrected:
+    """A simulated person makes the mask `truth` with the assistant: draws the box (`prompt`), looks at the
+    mask `ask` returns, clicks where it is most wrong (`next_click`) and asks again until its mask IoU with
+    theirs reaches MASK_MATCH_IOU, or draws the mask by hand after `costs.max_clicks` clicks.
+
+    Args:
+        prompt: The object's box, in the image's pixels.
+        truth: Their mask (height, width), the prompt's image size.
+        ask: The assistant: a prompt (the box and every click so far) -> its mask.
+        costs: Seconds per action.
+    """
+    from components.tasks.segmentation import MASK_MATCH_IOU
+
+    mask = ask(prompt)
+    seconds, clicks = costs.box + costs.verify, 0
+    score = float(mask_iou(mask[None], truth[None])[0, 0])
+    while score < MASK_MATCH_IOU and clicks < costs.max_clicks and (click := next_click(mask, truth)) is not None:
+        point, positive = click
+        prompt = replace(prompt, positive=(*prompt.positive, point)) if positive else replace(prompt, negative=(*prompt.negative, point))
+        mask = ask(prompt)
+        clicks += 1
+        seconds += costs.click
+        score = float(mask_iou(mask[None], truth[None])[0, 0])
+    drawn = score < MASK_MATCH_IOU
+    return Corrected(seconds + (costs.draw if drawn else 0.0), clicks, score, drawn)
 
 
 @dataclass(frozen=True)
@@ -171,3 +263,24 @@ def measure(model: Any, samples: Sequence[tuple[Path, dict[str, Any]]], max_pixe
         return Measured(0.0, 0.0, 0)
     learned_iou, grabcut_iou = np.mean(ious, axis=0)
     return Measured(round(float(learned_iou), 4), round(float(grabcut_iou), 4), len(ious))
+
+
+def seconds_with_assistant(image: Path, target: Mapping[str, Any], costs: MaskCosts, max_pixels: int, model: Any | None = None) -> float:
+    """What making an image's masks with the assistant costs a simulated person (`corrected`, object by
+    object, each from its own box), the answer GrabCut's unless `model` (a segmenter whose mask head answers).
+
+    Args:
+        image: The image file.
+        target: Its masks as the manifest holds them (`{"width", "height", "boxes": [{..., "mask"}]}`).
+        costs: Seconds per action (params.yaml `strategy.mask_costs()`).
+        max_pixels: params.yaml `images.max_pixels`.
+        model: The mask head's segmenter, or None for GrabCut.
+    """
+    width, height = int(target["width"]), int(target["height"])
+    total = 0.0
+    for obj in target["boxes"]:
+        box = (float(obj["x"]), float(obj["y"]), float(obj["x"] + obj["w"]), float(obj["y"] + obj["h"]))
+        truth = mask_of_coco(obj["mask"], width, height)
+        total += corrected(Prompt(str(obj["label"]), box, (), (), width, height), truth,
+                           lambda prompt: answer(image, prompt, model, max_pixels)[0], costs).seconds
+    return total

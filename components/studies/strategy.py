@@ -1,7 +1,10 @@
 """Boxes or masks? The annotation strategies compared on the same images, in annotation hours.
 
-The same images, labeled as boxes and as instance masks (a mask's box is its tight box, so one set
-of masks gives both), are used to train each strategy's model with the loop's own training
+Three strategies: boxes, masks drawn by hand, and masks made with the mask assistant (the person draws
+the box and corrects the mask that comes back with clicks: `production.assist.corrected`; the masks it
+ends with are the person's, so it trains the same model as masks, on more images per hour). The same
+images, labeled as boxes and as instance masks (a mask's box is its tight box, so one set of masks
+gives both), are used to train each strategy's model with the loop's own training
 (`training.fit_steps`, the task type's architecture) at a few annotation budgets in *hours*: images
 are taken in one fixed random order until the budget is spent, each image costing what its objects
 cost in that strategy. Each model is scored on the same held-out images by box mAP@0.5 and mask
@@ -12,7 +15,8 @@ there sooner and by how many hours, or that it is too early to tell.
 
 Costs per object come from params.yaml (`strategy`), defaulting to published figures; with real
 Label Studio annotations, the strategy the project was labeled with is timed by each annotation's
-`lead_time` instead.
+`lead_time` instead. An image's cost with the assistant is what a simulated person spends on its masks
+(measured by the caller, which owns the assistant: `from_dataset`'s `assisted`).
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ import torch
 
 from components.studies.report.curve import CurveFit, fit_curve
 
-STRATEGIES = ("boxes", "masks")
-TASK_OF = {"boxes": "detection", "masks": "segmentation"}
+STRATEGIES = ("boxes", "masks", "assisted")
+TASK_OF = {"boxes": "detection", "masks": "segmentation", "assisted": "segmentation"}
+LABELED_AS = {"boxes": "boxes", "masks": "masks", "assisted": "masks"}  # what each strategy's person ends with
+NAMES = {"boxes": "boxes", "masks": "masks drawn by hand", "assisted": "masks with the assistant"}
 METRICS = {"box_map50": "box mAP@0.5", "mask_map50": "mask mAP@0.5"}
 BOOTSTRAPS = 400
 NOISE_FLOOR = 0.02  # the least scatter assumed around a curve: champion-to-champion noise at these sizes
@@ -46,7 +52,8 @@ class Labeled:
     Attributes:
         path: The image file.
         target: Its segmentation target (`tasks.objects.make_target` with masks).
-        seconds: Strategy -> seconds a person spends labeling it that way.
+        seconds: Strategy -> seconds a person spends labeling it that way (no "assisted" when the
+            assistant was not measured on it: that strategy is then left out).
     """
 
     path: Path
@@ -88,7 +95,8 @@ def measured(points: Sequence[StrategyPoint], metric: str) -> Iterator[Measured]
 @dataclass(frozen=True)
 class Verdict:
     """Which strategy reaches `target` on `metric` sooner; `hours` per strategy: (median, low, high)
-    of the 80% bootstrap interval, None where it does not reach it within the extrapolation."""
+    of the 80% bootstrap interval, None where it does not reach it within the extrapolation;
+    `hours_saved`: against the next soonest strategy."""
 
     metric: str
     target: float
@@ -99,13 +107,13 @@ class Verdict:
 
 
 def costs_of(target: Mapping[str, Any], seconds_per_object: Mapping[str, float]) -> dict[str, float]:
-    """Seconds to label an image's objects in each strategy (a parsed target)."""
-    return {strategy: len(target["boxes"]) * float(seconds_per_object[strategy]) for strategy in STRATEGIES}
+    """Seconds to label an image's objects as boxes and as masks drawn by hand (a parsed target)."""
+    return {strategy: len(target["boxes"]) * float(seconds_per_object[strategy]) for strategy in ("boxes", "masks")}
 
 
 def target_for(strategy: str, target: str) -> str:
     """A segmentation target as the strategy labels it: boxes drop the masks."""
-    if strategy == "masks":
+    if LABELED_AS[strategy] == "masks":
         return target
     parsed = json.loads(target)
     parsed["boxes"] = [{k: v for k, v in box.items() if k != "mask"} for box in parsed["boxes"]]
@@ -124,10 +132,12 @@ def bought(items: Sequence[Labeled], strategy: str, hours: float) -> list[Labele
 
 
 def from_dataset(
-    name: str, dest: Path, count: int, seconds_per_object: Mapping[str, float], seed: int = 0, images_dir: Path | None = None
+    name: str, dest: Path, count: int, seconds_per_object: Mapping[str, float], seed: int = 0, images_dir: Path | None = None,
+    assisted: Callable[[Path, Mapping[str, Any]], float] | None = None, progress: Callable[[str], None] = lambda line: None,
 ) -> list[Labeled]:
     """A dataset with instance masks (the demo's `digit-masks`, or a COCO file with `segmentation`,
-    its images in `images_dir` when given), each image costed with the published per-object figures."""
+    its images in `images_dir` when given), each image costed with the published per-object figures,
+    and with `assisted` ((image, parsed target) -> seconds with the mask assistant) when given."""
     from components.studies.datasets import materialize
 
     from components.core.errors import SettingsError
@@ -145,7 +155,12 @@ def from_dataset(
                 f"Dataset {name!r} has no instance masks ({item.path.name}); use digit-masks or a COCO file whose "
                 "annotations have `segmentation`."
             )
-        out.append(Labeled(item.path, item.label, costs_of(target, seconds_per_object)))
+        seconds = costs_of(target, seconds_per_object)
+        if assisted is not None:
+            seconds["assisted"] = assisted(item.path, target)
+            if len(out) % 200 == 199:
+                progress(f"masks with the assistant: {len(out) + 1} of {len(items)} images simulated")
+        out.append(Labeled(item.path, item.label, seconds))
     return out
 
 
@@ -169,9 +184,9 @@ def compare(
     train = params.train
 
     def fit(strategy: str, rows: pd.DataFrame) -> torch.nn.Module:
-        architecture = params.architectures[strategy]
+        architecture = params.architectures[LABELED_AS[strategy]]
         return fit_steps(
-            tasks[strategy], Path("/"), rows, labels, architecture, architectures.get(architecture, {}),
+            tasks[LABELED_AS[strategy]], Path("/"), rows, labels, architecture, architectures.get(architecture, {}),
             image_size=train.image_size, steps=train.steps, batch_size=train.batch_size, lr=train.lr, augment=True, seed=0,
         )
 
@@ -242,7 +257,7 @@ def measure(
     data = Segmentation().datamodule(Path("/"), manifest, labels, image_size, 1, augment=False)
     data.setup()
     points = []
-    for strategy in STRATEGIES:
+    for strategy in (s for s in STRATEGIES if items and all(s in i.seconds for i in items)):
         for budget in hours:
             chosen = bought(items, strategy, budget)
             if len(chosen) < MIN_IMAGES:
@@ -277,7 +292,8 @@ def verdict(points: Sequence[StrategyPoint], metric: str, target: float, extrapo
     """Which strategy reaches `target` on `metric` sooner, with 80% intervals from bootstrap refits.
 
     A strategy "reaches" the target when its fitted curve does within `extrapolate` times the most
-    hours measured for it. The sooner one is named only when at least `SURE` of the refits agree.
+    hours measured for it. The sooner one is named only when it comes out first (before every other
+    strategy) in at least `SURE` of the refits; the hours it saves are against the next soonest.
     """
     rng = np.random.default_rng(seed)
     name = METRICS[metric]
@@ -310,37 +326,41 @@ def verdict(points: Sequence[StrategyPoint], metric: str, target: float, extrapo
         h = hours.get(strategy)
         if h is None:
             reached_best, at = best.get(strategy, (0.0, 0.0))
-            return f"{strategy} do not reach it within {extrapolate:g}x the hours measured (best {reached_best:.2f} at {_hours(at)} h)"
+            return f"{NAMES[strategy]} do not reach it within {extrapolate:g}x the hours measured (best {reached_best:.2f} at {_hours(at)} h)"
         upper = f"{_hours(h[2])} h" if math.isfinite(h[2]) else f"beyond {extrapolate:g}x the hours measured"
-        return f"{strategy} after {_hours(h[0])} h (80% interval {_hours(h[1])} h to {upper})"
+        return f"{NAMES[strategy]} after {_hours(h[0])} h (80% interval {_hours(h[1])} h to {upper})"
 
     if few:
-        sentence = ("Too early to tell: " + ", ".join(f"{s} were trained at {n} budget(s)" for s, n in few.items())
+        sentence = ("Too early to tell: " + ", ".join(f"{NAMES[s]} were trained at {n} budget(s)" for s, n in few.items())
                     + "; a learning curve needs 3. Label more, or add budgets to strategy.hours.")
         return Verdict(metric, target, sentence, None, hours, None)
     present = [s for s in STRATEGIES if s in draws]
     if len(present) < 2:
-        return Verdict(metric, target, f"Too early to tell: only {', '.join(present) or 'no strategy'} could be trained.", None, hours, None)
-    a, b = present
-    if hours[a] is None and hours[b] is None:
-        sentence = (f"Too early to tell: neither strategy reaches {name} {target:g} within {extrapolate:g}x the hours measured "
-                    f"({said(a)}; {said(b)}). Label more, or set strategy.target lower.")
+        return Verdict(metric, target, f"Too early to tell: only {', '.join(NAMES[s] for s in present) or 'no strategy'} "
+                       "could be trained.", None, hours, None)
+    if all(hours[s] is None for s in present):
+        sentence = (f"Too early to tell: {'neither strategy' if len(present) == 2 else 'no strategy'} reaches {name} {target:g} "
+                    f"within {extrapolate:g}x the hours measured ({'; '.join(said(s) for s in present)}). Label more, or set "
+                    "strategy.target lower.")
         return Verdict(metric, target, sentence, None, hours, None)
-    sooner_a = np.mean(draws[a] < draws[b])
-    sooner_b = np.mean(draws[b] < draws[a])
-    winner, loser, share = (a, b, sooner_a) if sooner_a >= sooner_b else (b, a, sooner_b)
-    both = np.isfinite(draws[winner]) & np.isfinite(draws[loser])
+    # in each refit, the strategy that reaches the target first (strictly: a tie, or none reaching it, names nobody)
+    first = {s: np.mean(np.all([draws[s] < draws[o] for o in present if o != s], axis=0)) for s in present}
+    winner = max(present, key=lambda s: first[s])
+    share = first[winner]
+    runner = min((s for s in present if s != winner), key=lambda s: (np.median(draws[s]), STRATEGIES.index(s)))
+    both = np.isfinite(draws[winner]) & np.isfinite(draws[runner])
     saved = None
     if both.mean() >= 0.5:
-        low, median, high = np.percentile(draws[loser][both] - draws[winner][both], [10, 50, 90])
+        low, median, high = np.percentile(draws[runner][both] - draws[winner][both], [10, 50, 90])
         saved = (float(median), float(low), float(high))
+    others = ", ".join(said(s) for s in present if s != winner)
     if share < SURE:
-        sentence = (f"Too early to tell which reaches {name} {target:g} sooner: {said(winner)}, {said(loser)}; "
-                    f"{winner} come out sooner in only {share:.0%} of bootstrap refits (needs {SURE:.0%}). Label more.")
+        sentence = (f"Too early to tell which reaches {name} {target:g} sooner: {said(winner)}, {others}; "
+                    f"{NAMES[winner]} come out first in only {share:.0%} of bootstrap refits (needs {SURE:.0%}). Label more.")
         return Verdict(metric, target, sentence, None, hours, saved)
-    by = (f": {_hours(saved[0])} h sooner (80% interval {_hours(saved[1])} to {_hours(saved[2])} h)" if saved
-          else f": {winner} sooner in {share:.0%} of bootstrap refits")
-    sentence = f"{winner.capitalize()} reach {name} {target:g} sooner: {said(winner)}, {said(loser)}{by}."
+    by = (f": {_hours(saved[0])} h sooner than {NAMES[runner]} (80% interval {_hours(saved[1])} to {_hours(saved[2])} h)" if saved
+          else f": {NAMES[winner]} first in {share:.0%} of bootstrap refits")
+    sentence = f"{NAMES[winner].capitalize()} reach {name} {target:g} sooner: {said(winner)}, {others}{by}."
     return Verdict(metric, target, sentence, winner, hours, saved)
 
 
@@ -351,11 +371,11 @@ def plot(points: Sequence[StrategyPoint], verdicts: Mapping[str, Verdict], path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"boxes": "tab:blue", "masks": "tab:orange"}
+    colours = {"boxes": "tab:blue", "masks": "tab:orange", "assisted": "tab:green"}
     fig, axes = plt.subplots(1, len(METRICS), figsize=(5.2 * len(METRICS), 3.8), squeeze=False)
     for ax, metric in zip(axes[0], METRICS, strict=True):
         for strategy, mine, x, y, fit in measured(points, metric):
-            ax.plot(x, y, "o", color=colours[strategy], label=f"{strategy} ({mine[-1].images} images at {x[-1]:.1f} h)")
+            ax.plot(x, y, "o", color=colours[strategy], label=f"{NAMES[strategy]} ({mine[-1].images} images at {x[-1]:.1f} h)")
             if fit is not None:
                 grid = np.geomspace(x.min(), 3 * x.max(), 100)
                 ax.plot(grid, [fit.accuracy_at(h) for h in grid], "-", color=colours[strategy], alpha=0.6)
@@ -406,7 +426,7 @@ def write(
         {"title": title, "costs": dict(costs), "points": [asdict(p) for p in points],
          "verdicts": {k: asdict(v) for k, v in verdicts.items()}}), indent=2))
     rows = "\n".join(
-        f"| {p.strategy} | {p.hours:.2f} | {p.images} | {p.scores['box_map50']:.3f} | {p.scores['mask_map50']:.3f} |" for p in points
+        f"| {NAMES[p.strategy]} | {p.hours:.2f} | {p.images} | {p.scores['box_map50']:.3f} | {p.scores['mask_map50']:.3f} |" for p in points
     )
     text = (f"{chr(10).join(f'**{METRICS[m]}**: {v.sentence}' + chr(10) for m, v in verdicts.items())}\n"
             f"| strategy | annotation hours | images | held-out box mAP@0.5 | held-out mask mAP@0.5 |\n|---|---|---|---|---|\n{rows}\n\n"

@@ -171,10 +171,11 @@ def strategy_now(
     images: Annotated[Path | None, typer.Option(help="A COCO file's image folder: its file_names are relative to it "
                                                       "(default: beside the file, then its images/).")] = None,
 ) -> None:
-    """Boxes or masks? Train both on the same images at params.yaml's strategy.hours of annotation and
-    say which reaches strategy.target on strategy.metric sooner, by how many hours, or that it is too
-    early to tell. Images come from the project (labeled with masks; timed by Label Studio's
-    lead_time) or from --dataset (timed by params.yaml's published costs)."""
+    """Boxes, masks, or masks with the assistant? Train each on the same images at params.yaml's
+    strategy.hours of annotation and say which reaches strategy.target on strategy.metric sooner, by how
+    many hours, or that it is too early to tell. Images come from the project (labeled with masks; timed by
+    Label Studio's lead_time) or from --dataset (timed by params.yaml's published costs); masks with the
+    assistant are timed by a simulated person correcting GrabCut's masks with clicks."""
     import json
 
     from components.core.params import load_params
@@ -184,10 +185,16 @@ def strategy_now(
     loaded = load_params(params)
     suggestions = None
     if dataset:
-        items = strategy.from_dataset(dataset, settings.workspace / "datasets", count, loaded.strategy.seconds_per_object,
-                                       images_dir=images)
+        from components.production.assist import seconds_with_assistant
+
+        costs = loaded.strategy.mask_costs()
+        typer.echo(f"Simulating a person making each image's masks with the assistant (GrabCut, up to {costs.max_clicks} clicks)")
+        items = strategy.from_dataset(
+            dataset, settings.workspace / "datasets", count, loaded.strategy.seconds_per_object, images_dir=images,
+            assisted=lambda image, target: seconds_with_assistant(image, target, costs, loaded.images.max_pixels), progress=typer.echo,
+        )
         folder = out or settings.workspace / "reports" / f"strategy-{Path(dataset).stem}"
-        title = f"{Path(dataset).stem}: boxes vs masks"
+        title = f"{Path(dataset).stem}: boxes, masks, or masks with the assistant"
         labels = sorted({box["label"] for item in items for box in json.loads(item.target)["boxes"]}, key=lambda x: (len(x), x))
     else:
         from components.loop.insight import strategy_items, strategy_suggestions
@@ -197,7 +204,7 @@ def strategy_now(
         items = strategy_items(ws)
         suggestions = strategy_suggestions(ws)
         folder = out or reports_dir(ws) / "strategy"
-        title = f"{ws.project.title}: boxes vs masks"
+        title = f"{ws.project.title}: boxes, masks, or masks with the assistant"
         labels = list(ws.project.config.labels)
     if len(items) < 3 * strategy.MIN_IMAGES:
         raise FlywheelError(f"Only {len(items)} images labeled with masks; label at least {3 * strategy.MIN_IMAGES} to compare strategies.")

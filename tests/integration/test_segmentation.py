@@ -192,12 +192,14 @@ def test_flywheel_strategy_compares_boxes_and_masks_timed_by_lead_time(label_stu
     assert len(items) == 16
     for item in items:  # masks timed by Label Studio's lead_time, boxes by params.yaml's cost per box
         objects = parse_target(item.target)["boxes"]
+        assisted = item.seconds.pop("assisted")  # a simulated person: the box and a look at least, drawing by hand at most
+        assert len(objects) * (7.0 + 1.6) <= assisted <= len(objects) * (7.0 + 1.6 + 5 * 1.75 + 79.0)
         assert item.seconds == {"masks": lead[frozenset(o["mask"] for o in objects)], "boxes": len(objects) * 7.0}
 
     code, output, _ = run_cli(cli_env, "strategy", "--params", str(params_path), "--out", str(tmp_path / "strategy"))
     assert code == 0, output
     saved = json.loads((tmp_path / "strategy" / "strategy.json").read_text())
-    assert {p["strategy"] for p in saved["points"]} == {"boxes", "masks"}
+    assert {p["strategy"] for p in saved["points"]} == {"boxes", "masks", "assisted"}
     sentence = saved["verdicts"]["mask_map50"]["sentence"]
     assert sentence in output and ("sooner" in sentence or sentence.startswith("Too early to tell"))
     assert (tmp_path / "strategy" / "strategy.png").stat().st_size > 0

@@ -9,8 +9,9 @@ import torch
 
 from components.core.labeling_config import load_labeling_config
 from components.data.masks import mask_of_brush
-from components.production.assist import grabcut
-from components.production.ml_backend import BadRequest, answers, brush_region, parse_predict, project_id_of, prompt_of
+from components.core.effort import MaskCosts
+from components.production.assist import corrected, grabcut, next_click
+from components.production.ml_backend import BadRequest, Prompt, answers, brush_region, parse_predict, project_id_of, prompt_of
 from tests.conftest import ROOT
 
 CONFIG = load_labeling_config(ROOT / "label_studio_config" / "segmentation.xml")
@@ -159,3 +160,50 @@ def test_the_learned_answer_is_the_mask_head_on_the_box_at_the_images_own_size()
     grow_x, grow_y = MASK_MARGIN * 80, MASK_MARGIN * 40  # the mask region: the box grown on every side
     assert abs(xs.min() - (40 - grow_x)) <= 1.5 and abs(xs.max() + 1 - (120 + grow_x)) <= 1.5
     assert abs(ys.min() - (10 - grow_y)) <= 1.5 and abs(ys.max() + 1 - (50 + grow_y)) <= 1.5
+
+
+def test_a_simulated_person_clicks_on_the_largest_error_first():
+    truth = np.zeros((40, 40), bool)
+    truth[5:35, 5:35] = True
+    missed = truth.copy()
+    missed[5:35, 20:35] = False  # the right half is missing: a positive click inside it
+    (x, y), positive = next_click(missed, truth)
+    assert positive and truth[int(y), int(x)] and not missed[int(y), int(x)]
+    extra = truth.copy()
+    extra[0:40, 36:40] = True  # a thin strip of background taken, smaller than a missed corner
+    extra[5:15, 5:15] = False
+    (x, y), positive = next_click(extra, truth)
+    assert positive and 5 <= x <= 15 and 5 <= y <= 15
+    assert next_click(truth, truth) is None
+
+
+def test_a_mask_made_with_the_assistant_costs_the_box_a_look_and_the_clicks_or_drawing_by_hand():
+    costs = MaskCosts(box=7.0, verify=1.6, click=1.75, draw=79.0, max_clicks=5)
+    truth = np.zeros((40, 40), bool)
+    truth[5:35, 5:35] = True
+    half = truth.copy()
+    half[:, 20:] = False
+    prompt = Prompt("1", (5.0, 5.0, 35.0, 35.0), (), (), 40, 40)
+    right = corrected(prompt, truth, lambda p: truth, costs)
+    assert (right.seconds, right.clicks, right.drawn) == (7.0 + 1.6, 0, False)
+    # an assistant that listens: a positive click on the missing half brings it back
+    asked = []
+    fixed = corrected(prompt, truth, lambda p: asked.append(p) or (truth if p.positive else half), costs)
+    assert (fixed.seconds, fixed.clicks, fixed.drawn) == (7.0 + 1.6 + 1.75, 1, False)
+    assert len(asked) == 2 and asked[1].box == prompt.box and len(asked[1].positive) == 1
+    # one that never does: five clicks, then the mask is drawn by hand
+    stuck = corrected(prompt, truth, lambda p: half, costs)
+    assert (stuck.seconds, stuck.clicks, stuck.drawn) == (7.0 + 1.6 + 5 * 1.75 + 79.0, 5, True)
+
+
+def test_grabcut_refines_a_mask_it_is_given_with_the_persons_clicks():
+    image = np.zeros((60, 80, 3), np.uint8)
+    image[15:45, 20:60] = (200, 40, 40)
+    truth = np.zeros((60, 80), bool)
+    truth[15:45, 20:60] = True
+    prompt = Prompt("1", (10.0, 5.0, 70.0, 55.0), (), (), 80, 60)
+    start = np.zeros((60, 80), bool)
+    start[15:45, 20:40] = True  # the left half of the object, as a weak mask head might answer
+    clicked = Prompt("1", prompt.box, ((50.0, 30.0),), (), 80, 60)
+    found = grabcut(image, clicked, start=start)
+    assert found[30, 50] and found[30, 25] and not found[5, 5]

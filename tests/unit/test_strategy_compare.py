@@ -58,3 +58,12 @@ def test_the_comparison_is_written_with_its_plot(tmp_path):
     assert (tmp_path / "strategy.png").stat().st_size > 0 and verdicts["box_map50"].sentence in path.read_text()
     saved = json.loads((tmp_path / "strategy.json").read_text())
     assert len(saved["points"]) == 6 and saved["costs"]["masks"] == 79.0
+
+
+def test_three_strategies_name_the_first_and_the_hours_it_saves_on_the_next():
+    points = (curve("boxes", 0.75, 0.5, [0.5, 1, 2, 4, 8]) + curve("masks", 0.9, 0.3, [1, 2, 4, 8, 16])
+              + curve("assisted", 0.9, 0.15, [0.25, 0.5, 1, 2, 4]))
+    said = verdict(points, "box_map50", 0.7)
+    assert said.sooner == "assisted" and said.hours_saved is not None and said.hours_saved[0] > 0
+    assert said.sentence.startswith("Masks with the assistant reach box mAP@0.5 0.7 sooner"), said.sentence
+    assert "masks drawn by hand after" in said.sentence and "boxes" in said.sentence and "h sooner than" in said.sentence
