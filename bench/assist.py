@@ -38,9 +38,9 @@ import torch
 from bench.results import seed_figures, record
 from components.core.labeling_config import load_labeling_config
 from components.core.params import load_params
-from components.data.masks import mask_iou, mask_of_coco
+from components.data.masks import pair_iou
 from components.learning.training import fit_steps
-from components.production.assist import answer, corrected, grabcut_answer, learned_answer, measure
+from components.production.assist import asker, corrected, grabcut_answer, learned_answer, measure, object_prompts
 from components.production.ml_backend import Prompt, brush_region
 from components.studies.datasets import PHOTO_SEGMENTATION, SEGMENTATION, materialize
 from components.tasks import task_type_named
@@ -58,18 +58,7 @@ SETS = {"digits": (SEGMENTATION, False, "segmentation.xml"), "photos": (PHOTO_SE
 
 def objects_of(items) -> list[tuple[Path, Prompt, np.ndarray]]:
     """(image, the object's box as a prompt, its true mask) for every object of `items`."""
-    out = []
-    for item in items:
-        target = parse_target(item.label)
-        width, height = int(target["width"]), int(target["height"])
-        for obj in target["boxes"]:
-            box = (float(obj["x"]), float(obj["y"]), float(obj["x"] + obj["w"]), float(obj["y"] + obj["h"]))
-            out.append((item.path, Prompt(str(obj["label"]), box, (), (), width, height), mask_of_coco(obj["mask"], width, height)))
-    return out
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float(mask_iou(a[None], b[None])[0, 0])
+    return [(item.path, prompt, truth) for item in items for prompt, truth in object_prompts(parse_target(item.label))]
 
 
 def first_with_masks(items, masks: int) -> list:
@@ -101,13 +90,13 @@ def run_set(name: str, seed: int, echo: Callable[[str], None]) -> dict[str, floa
     items = materialize(dataset, DATA / "datasets", limit=POOL + HELD_OUT, seed=seed)
     pool, held = items[:POOL], items[POOL:]
     objects = objects_of(held)
-    grabcut = [iou(grabcut_answer(path, prompt, MAX_PIXELS), truth) for path, prompt, truth in objects]
+    grabcut = [pair_iou(grabcut_answer(path, prompt, MAX_PIXELS), truth) for path, prompt, truth in objects]
     labeled = first_with_masks(pool, MASKS)
     start = time.perf_counter()
     model = segmenter(labeled, list(config.labels), photos, seed)
     train_s = time.perf_counter() - start
     model.eval()
-    learned = [iou(learned_answer(model, path, prompt, MAX_PIXELS)[0], truth) for path, prompt, truth in objects]
+    learned = [pair_iou(learned_answer(model, path, prompt, MAX_PIXELS)[0], truth) for path, prompt, truth in objects]
     # the backend's switch-over, on the pool's next images (as on the snapshot's validation masks)
     switch = measure(model, [(i.path, parse_target(i.label)) for i in pool[len(labeled):len(labeled) + VALIDATION]], MAX_PIXELS)
     costs = load_params(ROOT / "params.yaml").strategy.mask_costs()
@@ -116,8 +105,10 @@ def run_set(name: str, seed: int, echo: Callable[[str], None]) -> dict[str, floa
         if key == "50" and answerer is None:
             seconds[key] = seconds["0"]  # GrabCut still answers after 50 masks: the same person, the same seconds
             continue
-        made = [corrected(prompt, truth, lambda q, path=path, m=answerer: answer(path, q, m, MAX_PIXELS)[0], costs)
-                for path, prompt, truth in objects[:CORRECTED]]
+        made = []
+        for path, prompt, truth in objects[:CORRECTED]:
+            ask = asker(path, answerer, MAX_PIXELS)
+            made.append(corrected(prompt, truth, lambda q, ask=ask: ask(q).mask, costs))
         seconds[key] = {"seconds": round(statistics.fmean(c.seconds for c in made), 2),
                         "clicks": round(statistics.fmean(c.clicks for c in made), 2),
                         "drawn": round(float(np.mean([c.drawn for c in made])), 4)}

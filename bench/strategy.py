@@ -71,9 +71,11 @@ training) on what {params.strategy.hours} hours of annotation buy: a box costs
 polygon mask {costs['masks']:g} s (COCO, Lin et al., ECCV 2014). A mask with the assistant costs what a
 simulated person spends on it: the box ({mask_costs.box:g} s), a look at GrabCut's mask ({mask_costs.verify:g} s), a
 click where it is most wrong ({mask_costs.click:g} s each; Xu et al., CVPR 2016's protocol) until mask IoU >= 0.8, and
-after {mask_costs.max_clicks} clicks the mask drawn by hand ({mask_costs.draw:g} s more): {simulated}. GrabCut answers
-throughout, so this is the assistant's least help: the project's mask head, once it measures better
-(`flywheel bench assist`), answers instead. Every model is scored on the same
+after {mask_costs.max_clicks} clicks the mask drawn by hand ({mask_costs.draw:g} s more): {simulated}. The simulated
+person knows the true mask (an oracle, as in the interactive-segmentation literature), a click's seconds
+include looking at the new mask, and a mask accepted at IoU >= 0.8 counts as theirs: the assisted strategy
+trains on the true masks, as masks drawn by hand do. GrabCut answers throughout; the project's mask head
+answers instead once it measures better on boxes (`flywheel bench assist` times both). Every model is scored on the same
 held-out images by box mAP@0.5 and mask mAP@0.5 (a box model's mask is its box, filled). Curves
 `ceiling - scale * hours^-exponent` per strategy; the hours to the target come with 80% intervals
 from {strategy.BOOTSTRAPS} parametric bootstrap refits, and a strategy is called sooner only when at least

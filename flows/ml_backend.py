@@ -177,10 +177,10 @@ class Backend:
         champion, measured = self.state
         learned = champion is not None and prompt.box is not None and measured.use_learned
         try:
-            mask, score = answer(image, prompt, champion.model if learned else None, self.ws.params.images.max_pixels)
+            mask, score, made_by = answer(image, prompt, champion.model if learned else None, self.ws.params.images.max_pixels)
         except ValueError as e:
             raise BadRequest(f"Cannot read the image of task {task['id']}: {e}. Replace the image in the task.", status=422) from e
-        version = f"{champion.model_version} (mask head)" if learned else FALLBACK_VERSION
+        version = f"{champion.model_version} ({made_by})" if learned else FALLBACK_VERSION
         if not mask.any():
             return answers([([], 0.0)], version)
         region = (brush_region(mask, prompt.label, self.config, score) if self.config.control_type == "BrushLabels"
@@ -250,7 +250,7 @@ def app_of(backend: Backend) -> FastAPI:
         try:
             body = await request.json()
         except ValueError:
-            raise BadRequest('The body must be JSON: {"tasks": [{"id": 1, "data": {...}}], "params": {"context": null}}.', status=400)
+            raise BadRequest('The body must be JSON: {"tasks": [{"id": 1, "data": {...}}], "params": {"context": null}}.', status=400) from None
         from starlette.concurrency import run_in_threadpool
 
         return JSONResponse(await run_in_threadpool(backend.predict, body))

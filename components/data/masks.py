@@ -162,6 +162,11 @@ def tight_box(mask: np.ndarray) -> tuple[float, float, float, float]:
     return float(cols.min()), float(rows.min()), float(cols.max() + 1 - cols.min()), float(rows.max() + 1 - rows.min())
 
 
+def pair_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """The IoU of two boolean masks of one size (0 when both are empty)."""
+    return float(mask_iou(a[None], b[None])[0, 0])
+
+
 def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise IoU of boolean masks (N, H, W) and (M, H, W) -> (N, M)."""
     if not len(a) or not len(b):

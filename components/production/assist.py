@@ -16,14 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from components.core.effort import MaskCosts
 from components.data.images import decode_image
-from components.data.masks import mask_iou, mask_of_coco
+from components.data.masks import mask_of_coco, pair_iou
 from components.production.ml_backend import Prompt
 
 ASSIST_SIDE = 512  # GrabCut works on the image scaled to this longer side (a 12 MP photo answers in ~0.2 s)
@@ -53,17 +53,20 @@ def grabcut(image: np.ndarray, prompt: Prompt, iterations: int = 4, start: np.nd
         image: (height, width, 3) uint8 RGB, the size the prompt is in.
         prompt: The box and clicks.
         iterations: GrabCut's rounds.
-        start: A mask to refine (the answer the person is correcting with clicks): inside the box, its
-            pixels start as probable object and the rest as probable background; None: the whole box
-            starts as probable object.
+        start: A mask to refine (the answer the person is correcting with clicks): its pixels start as
+            probable object and the rest of the box (grown to hold the mask, which may reach past it) as
+            probable background; None: the whole box starts as probable object.
     """
     import cv2
 
     height, width = image.shape[:2]
     x1, y1, x2, y2 = box_of(prompt)
+    if start is not None and start.any():
+        ys, xs = np.nonzero(start)
+        x1, y1, x2, y2 = min(x1, int(xs.min())), min(y1, int(ys.min())), max(x2, int(xs.max()) + 1), max(y2, int(ys.max()) + 1)
     mask = np.full((height, width), cv2.GC_BGD, np.uint8)
     mask[y1:y2, x1:x2] = cv2.GC_PR_FGD
-    if start is not None and start[y1:y2, x1:x2].any():
+    if start is not None and start.any():
         mask[y1:y2, x1:x2] = np.where(start[y1:y2, x1:x2], cv2.GC_PR_FGD, cv2.GC_PR_BGD)
     radius = max(1, int(CLICK_RADIUS * min(width, height)))
     for points, value in ((prompt.positive, cv2.GC_FGD), (prompt.negative, cv2.GC_BGD)):
@@ -126,14 +129,17 @@ def assist_pixels(image: Path, max_pixels: int) -> np.ndarray:
     return decode_image(image, ASSIST_SIDE, max_pixels, keep_aspect=True)[0]
 
 
-def grabcut_answer(image: Path, prompt: Prompt, max_pixels: int, start: np.ndarray | None = None) -> np.ndarray:
-    """GrabCut's mask for the prompt on an image file, at the prompt's image size (refining `start`, a
-    mask at that size, when given)."""
-    pixels = assist_pixels(image, max_pixels)
+def grabcut_on(pixels: np.ndarray, prompt: Prompt, start: np.ndarray | None = None) -> np.ndarray:
+    """GrabCut's mask for the prompt on an image as `assist_pixels` decoded it, at the prompt's image size
+    (refining `start`, a mask at that size, when given)."""
     sx, sy = pixels.shape[1] / prompt.width, pixels.shape[0] / prompt.height
     small_start = None if start is None else resized(start, pixels.shape[1], pixels.shape[0])
     return resized(grabcut(pixels, scaled(prompt, sx, sy), start=small_start), prompt.width, prompt.height)
 
+
+def grabcut_answer(image: Path, prompt: Prompt, max_pixels: int) -> np.ndarray:
+    """GrabCut's mask for the prompt on an image file, at the prompt's image size."""
+    return grabcut_on(assist_pixels(image, max_pixels), prompt)
 
 
 def learned_answer(model: Any, image: Path, prompt: Prompt, max_pixels: int) -> tuple[np.ndarray, float]:
@@ -142,18 +148,47 @@ def learned_answer(model: Any, image: Path, prompt: Prompt, max_pixels: int) -> 
     return learned(model, pixels, prompt)
 
 
-def answer(image: Path, prompt: Prompt, model: Any | None, max_pixels: int) -> tuple[np.ndarray, float]:
-    """The assistant's mask for a prompt on an image file, and its confidence.
+class Answer(NamedTuple):
+    """The assistant's mask, its confidence, and what made it ("mask head", "mask head + GrabCut", "GrabCut")."""
 
-    With `model` (the champion, once its mask head measured better) and a box: the mask head's mask,
-    refined by GrabCut with the person's clicks when there are any. Otherwise GrabCut from the box and clicks.
+    mask: np.ndarray
+    score: float
+    made_by: str
+
+
+def asker(image: Path, model: Any | None, max_pixels: int) -> Callable[[Prompt], Answer]:
+    """The assistant on one image file, asked again and again (a person adding clicks): the image decoded
+    once, the mask head run once per box.
+
+    With `model` (the champion, once its mask head measured better) and a box: the mask head's mask, refined
+    by GrabCut from it with the person's clicks when there are any (confidence 1, as GrabCut's own). Else
+    GrabCut from the box and clicks.
     """
-    if model is not None and prompt.box is not None:
-        mask, score = learned_answer(model, image, prompt, max_pixels)
-        if prompt.positive or prompt.negative:
-            mask = grabcut_answer(image, prompt, max_pixels, start=mask)
-        return mask, score
-    return grabcut_answer(image, prompt, max_pixels), 1.0
+    pixels: list[np.ndarray] = []
+    heads: dict[tuple[float, float, float, float], tuple[np.ndarray, float]] = {}
+
+    def grabcut_pixels() -> np.ndarray:
+        if not pixels:
+            pixels.append(assist_pixels(image, max_pixels))
+        return pixels[0]
+
+    def ask(prompt: Prompt) -> Answer:
+        clicked = bool(prompt.positive or prompt.negative)
+        if model is not None and prompt.box is not None:
+            if prompt.box not in heads:
+                heads[prompt.box] = learned_answer(model, image, prompt, max_pixels)
+            mask, score = heads[prompt.box]
+            if not clicked:
+                return Answer(mask, score, "mask head")
+            return Answer(grabcut_on(grabcut_pixels(), prompt, start=mask), 1.0, "mask head + GrabCut")
+        return Answer(grabcut_on(grabcut_pixels(), prompt), 1.0, "GrabCut")
+
+    return ask
+
+
+def answer(image: Path, prompt: Prompt, model: Any | None, max_pixels: int) -> Answer:
+    """The assistant's answer to one prompt on an image file (`asker`)."""
+    return asker(image, model, max_pixels)(prompt)
 
 
 # --- what a mask costs a person with the assistant ----------------------------------------------------
@@ -207,14 +242,16 @@ def corrected(prompt: Prompt, truth: np.ndarray, ask: Callable[[Prompt], np.ndar
 
     mask = ask(prompt)
     seconds, clicks = costs.box + costs.verify, 0
-    score = float(mask_iou(mask[None], truth[None])[0, 0])
+    if not truth.any():  # an object too small to fill a pixel: nothing to correct
+        return Corrected(seconds, 0, 0.0 if mask.any() else 1.0, False)
+    score = pair_iou(mask, truth)
     while score < MASK_MATCH_IOU and clicks < costs.max_clicks and (click := next_click(mask, truth)) is not None:
         point, positive = click
         prompt = replace(prompt, positive=(*prompt.positive, point)) if positive else replace(prompt, negative=(*prompt.negative, point))
         mask = ask(prompt)
         clicks += 1
         seconds += costs.click
-        score = float(mask_iou(mask[None], truth[None])[0, 0])
+        score = pair_iou(mask, truth)
     drawn = score < MASK_MATCH_IOU
     return Corrected(seconds + (costs.draw if drawn else 0.0), clicks, score, drawn)
 
@@ -250,15 +287,11 @@ def measure(model: Any, samples: Sequence[tuple[Path, dict[str, Any]]], max_pixe
     """
     ious: list[tuple[float, float]] = []
     for image, target in samples:
-        width, height = int(target["width"]), int(target["height"])
-        for obj in target["boxes"]:
+        for prompt, truth in object_prompts(target):
             if len(ious) >= MEASURE_OBJECTS:
                 break
-            box = (float(obj["x"]), float(obj["y"]), float(obj["x"] + obj["w"]), float(obj["y"] + obj["h"]))
-            prompt = Prompt(str(obj["label"]), box, (), (), width, height)
-            truth = mask_of_coco(obj["mask"], width, height)[None]
             mine, _ = learned_answer(model, image, prompt, max_pixels)
-            ious.append((float(mask_iou(mine[None], truth)[0, 0]), float(mask_iou(grabcut_answer(image, prompt, max_pixels)[None], truth)[0, 0])))
+            ious.append((pair_iou(mine, truth), pair_iou(grabcut_answer(image, prompt, max_pixels), truth)))
     if not ious:
         return Measured(0.0, 0.0, 0)
     learned_iou, grabcut_iou = np.mean(ious, axis=0)
@@ -276,11 +309,16 @@ def seconds_with_assistant(image: Path, target: Mapping[str, Any], costs: MaskCo
         max_pixels: params.yaml `images.max_pixels`.
         model: The mask head's segmenter, or None for GrabCut.
     """
+    ask = asker(image, model, max_pixels)
+    return sum(corrected(prompt, truth, lambda p: ask(p).mask, costs).seconds for prompt, truth in object_prompts(target))
+
+
+def object_prompts(target: Mapping[str, Any]) -> list[tuple[Prompt, np.ndarray]]:
+    """Each true object of a target as the smart box a person would draw on it, with its true mask.
+
+    Args:
+        target: As the manifest holds it (`{"width", "height", "boxes": [{"label", "x", "y", "w", "h", "mask"}]}`).
+    """
     width, height = int(target["width"]), int(target["height"])
-    total = 0.0
-    for obj in target["boxes"]:
-        box = (float(obj["x"]), float(obj["y"]), float(obj["x"] + obj["w"]), float(obj["y"] + obj["h"]))
-        truth = mask_of_coco(obj["mask"], width, height)
-        total += corrected(Prompt(str(obj["label"]), box, (), (), width, height), truth,
-                           lambda prompt: answer(image, prompt, model, max_pixels)[0], costs).seconds
-    return total
+    return [(Prompt(str(obj["label"]), (float(obj["x"]), float(obj["y"]), float(obj["x"] + obj["w"]), float(obj["y"] + obj["h"])),
+                    (), (), width, height), mask_of_coco(obj["mask"], width, height)) for obj in target["boxes"]]

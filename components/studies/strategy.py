@@ -174,7 +174,7 @@ def compare(
     items: Sequence[Labeled], held_out: Sequence[Labeled], labels: Sequence[str], params: Any, architectures: Mapping[str, dict[str, Any]],
     progress: Callable[[str], None] = lambda line: None,
 ) -> tuple[list[StrategyPoint], dict[str, Verdict]]:
-    """Train and score both strategies at every budget of `params.hours` (params.yaml `strategy`),
+    """Train and score every strategy at every budget of `params.hours` (params.yaml `strategy`),
     and judge each metric at `params.target` (the team's `params.metric` first)."""
     from components.tasks.detection import Detection
     from components.tasks.segmentation import Segmentation

@@ -207,3 +207,20 @@ def test_grabcut_refines_a_mask_it_is_given_with_the_persons_clicks():
     clicked = Prompt("1", prompt.box, ((50.0, 30.0),), (), 80, 60)
     found = grabcut(image, clicked, start=start)
     assert found[30, 50] and found[30, 25] and not found[5, 5]
+
+
+def test_clicks_refine_a_mask_that_reaches_past_the_box_without_cutting_it_off():
+    image = np.zeros((60, 80, 3), np.uint8)
+    image[10:50, 10:70] = (200, 40, 40)
+    box = Prompt("1", (20.0, 20.0, 60.0, 40.0), ((40.0, 30.0),), (), 80, 60)  # a box drawn inside the object
+    start = np.zeros((60, 80), bool)
+    start[10:50, 10:70] = True  # the mask head's answer, past the box as it may be
+    found = grabcut(image, box, start=start)
+    assert found[12, 12] and found[47, 67]  # kept beyond the box
+
+
+def test_an_object_with_an_empty_mask_costs_the_box_and_a_look():
+    costs = MaskCosts(box=7.0, verify=1.6, click=1.75, draw=79.0, max_clicks=5)
+    prompt = Prompt("1", (5.0, 5.0, 6.0, 6.0), (), (), 40, 40)
+    made = corrected(prompt, np.zeros((40, 40), bool), lambda p: np.zeros((40, 40), bool), costs)
+    assert (made.seconds, made.clicks, made.drawn) == (7.0 + 1.6, 0, False)
