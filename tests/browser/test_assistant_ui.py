@@ -11,19 +11,15 @@ import contextlib
 import os
 import shutil
 import time
-import uuid
 
 import pytest
 
 from components.adapters.label_studio import LabelStudio
-from components.core.labeling_config import load_labeling_config
-from components.core.params import load_params
 from components.core.settings import Settings, load_settings
 from components.data.masks import mask_of_brush, mask_of_coco, pair_iou
-from components.studies.datasets import SEGMENTATION, materialize
 from components.tasks.objects import parse_target
-from tests.integration.test_detection import write_detection_params
 from tests.integration.test_ml_backend import connected, start_backend
+from tests.integration.test_segmentation import new_masks_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -39,17 +35,13 @@ def project(loop_env: Settings, label_studio: LabelStudio, tmp_path_factory):
     if not shutil.which(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium` (.ci/run installs it).")
     folder = tmp_path_factory.mktemp("browser")
-    params_path = write_detection_params(folder, f"ui-{uuid.uuid4().hex[:6]}", "segmentation", "segmentation.xml")
-    params = load_params(params_path)
-    images = materialize(SEGMENTATION, folder / "datasets", limit=4)
-    project = label_studio.ensure_project(params.project.title, load_labeling_config(params.project.config))
-    label_studio.import_images(project, [i.path for i in images])
+    params_path, project, truth = new_masks_project(label_studio, folder, "ui", 4)
     settings = load_settings()
     log = folder / "backend.log"
     process = start_backend(params_path, {**os.environ, "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}, log)
     try:
         connected(label_studio, project.id, settings.ml_backend_url, process, log)
-        yield {"project": project, "settings": settings, "truth": {i.path.name: i.label for i in images}, "folder": folder}
+        yield {"project": project, "settings": settings, "truth": truth, "folder": folder}
     finally:
         process.terminate()
         process.wait(timeout=20)

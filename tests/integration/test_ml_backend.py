@@ -18,16 +18,14 @@ import numpy as np
 import pytest
 
 from components.adapters.label_studio import LabelStudio
-from components.core.labeling_config import load_labeling_config
 from components.core.params import load_params
 from components.core.settings import Settings, load_settings
 from components.data.masks import mask_iou, mask_of_brush, mask_of_coco
 from components.networks.preprocessing import load_images
-from components.studies.datasets import SEGMENTATION, materialize
 from components.tasks.objects import parse_target
 from tests.conftest import ROOT
 from tests.integration.fuzz import fuzz
-from tests.integration.test_detection import write_detection_params
+from tests.integration.test_segmentation import new_masks_project
 
 pytestmark = pytest.mark.integration
 
@@ -67,15 +65,11 @@ def connected(label_studio: LabelStudio, project_id: int, url: str, process: sub
 @pytest.fixture(scope="module")
 def backend(loop_env: Settings, label_studio: LabelStudio, stack_env: dict[str, str], tmp_path_factory) -> Iterator[dict]:
     folder = tmp_path_factory.mktemp("ml-backend")
-    params_path = write_detection_params(folder, f"mlb-{uuid.uuid4().hex[:6]}", "segmentation", "segmentation.xml")
-    params = load_params(params_path)
-    images = materialize(SEGMENTATION, folder / "datasets", limit=30)
-    project = label_studio.ensure_project(params.project.title, load_labeling_config(params.project.config))
-    label_studio.import_images(project, [i.path for i in images])
+    params_path, project, truth = new_masks_project(label_studio, folder, "mlb", 30)
     settings = load_settings()
     env = {**os.environ, "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
     log = folder / "backend.log"
-    state = {"params": params_path, "project": project, "truth": {i.path.name: i.label for i in images}, "env": env,
+    state = {"params": params_path, "project": project, "truth": truth, "env": env,
              "log": log, "process": start_backend(params_path, env, log), "url": settings.ml_backend_url, "folder": folder}
     try:
         yield state

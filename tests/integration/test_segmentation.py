@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,15 +51,20 @@ def drawn_masks(result: list[dict], polygon: bool = False) -> list[tuple[str, np
     return sorted(out, key=lambda m: (m[0], int(np.argmax(m[1]))))
 
 
-@pytest.fixture(scope="module")
-def masks_project(loop_env: Settings, label_studio: LabelStudio, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("segmentation")
-    params_path = write_detection_params(folder, f"seg-{uuid.uuid4().hex[:6]}", "segmentation", "segmentation.xml")
+def new_masks_project(label_studio: LabelStudio, folder: Path, prefix: str, limit: int):
+    """A fresh brush-mask project of the segmentation demo's first `limit` images, with its params.yaml in
+    `folder`: (params path, project, file name -> true target)."""
+    params_path = write_detection_params(folder, f"{prefix}-{uuid.uuid4().hex[:6]}", "segmentation", "segmentation.xml")
     params = load_params(params_path)
-    images = materialize(SEGMENTATION, folder / "datasets", limit=36)
+    images = materialize(SEGMENTATION, folder / "datasets", limit=limit)
     project = label_studio.ensure_project(params.project.title, load_labeling_config(params.project.config))
     label_studio.import_images(project, [i.path for i in images])
     return params_path, project, {i.path.name: i.label for i in images}
+
+
+@pytest.fixture(scope="module")
+def masks_project(loop_env: Settings, label_studio: LabelStudio, tmp_path_factory):
+    return new_masks_project(label_studio, tmp_path_factory.mktemp("segmentation"), "seg", 36)
 
 
 def test_brush_masks_round_trip_pixel_exact_and_polygons_within_098(label_studio, loop_env, tmp_path):
