@@ -115,7 +115,7 @@ def run_set(name: str, seed: int, echo: Callable[[str], None]) -> dict[str, floa
     row = {"set": name, "seed": seed, "objects": len(objects), "labeled_images": len(labeled),
            "iou_0": round(statistics.fmean(grabcut), 4), "iou_50": round(statistics.fmean(learned), 4),
            "kept_0": round(float(np.mean(np.array(grabcut) >= 0.8)), 4), "kept_50": round(float(np.mean(np.array(learned) >= 0.8)), 4),
-           "train_s": round(train_s, 1), "switch": {"learned": switch.learned, "grabcut": switch.grabcut, "objects": switch.objects},
+           "train_s": round(train_s, 1), "switch": {"learned": switch.learned, "grabcut": switch.fallback, "objects": switch.objects},
            "answers_50": "mask head" if switch.use_learned else "GrabCut",
            **{f"{k}_{key}": v for key, c in seconds.items() for k, v in c.items()}}
     if photos:

@@ -30,11 +30,11 @@ from fastapi import FastAPI, Request
 from PIL import Image
 from fastapi.responses import JSONResponse
 
-from components.core.errors import LabelStudioError
+from components.core.errors import FlywheelError, LabelStudioError
 from components.core.settings import Settings
 from components.data.images import ImageError, StoredImage, decode_image, shown_size
 from components.loop.workspace import Workspace
-from components.production.assist import Measured, answer, measure
+from components.production.assist import Measured, Sam, answer, load_sam, measure
 from components.production.ml_backend import (
     BadRequest,
     answers,
@@ -50,8 +50,7 @@ from components.production.serving import Champion, Decoded, load_champion
 log = logging.getLogger("flows.ml_backend")
 
 CHAMPION_CHECK_S = 10.0  # how stale the champion may be: a lookup is one request to MLflow, in the background
-FALLBACK_VERSION = "flywheel-assistant (GrabCut)"
-NOT_MEASURED = Measured(0.0, 0.0, 0)
+FALLBACK_VERSION = "flywheel-assistant ({})"  # the model version of an answer by GrabCut or a team's SAM
 CHUNK = 16  # images per forward pass of a batch call (Label Studio sends every selected task in one)
 
 
@@ -59,11 +58,16 @@ class Backend:
     """What answers Label Studio: the project's workspace, its champion (reloaded when it changes) and the
     mask assistant."""
 
-    def __init__(self, ws: Workspace):
+    def __init__(self, ws: Workspace, sam: Sam | None = None):
         self.ws = ws
         self.config = ws.project.config
-        # the champion and its mask head measured against GrabCut (`assist.measure`): replaced together, read once
-        self.state: tuple[Champion | None, Measured] = (None, NOT_MEASURED)
+        self.sam = sam  # the team's SAM model (params.yaml assist.sam_checkpoint): the fallback instead of GrabCut
+        self.fallback_name = "GrabCut" if sam is None else sam.name
+        self.not_measured = Measured(0.0, 0.0, 0, self.fallback_name)
+        # the champion and its mask head measured against the fallback (`assist.measure`): replaced together, read once
+        self.state: tuple[Champion | None, Measured] = (None, self.not_measured)
+        self.unmeasured = False  # a champion loaded whose mask head is not measured yet
+        self.fallback_ious: dict[tuple[str, Any], float] = {}  # per validation object: measured once, for every champion
 
     def champion(self) -> Champion | None:
         """The champion as last looked up (`refresh`): a request never waits for a model load."""
@@ -73,49 +77,61 @@ class Backend:
     def measured(self) -> Measured:
         return self.state[1]
 
-    def refresh(self) -> None:
-        """Look the champion up in the registry, and load it when it changed."""
+    def refresh(self, measure: bool = True) -> None:
+        """Look the champion up in the registry and load it when it changed: it answers at once, and boxes get
+        the fallback until its mask head is measured (now, unless `measure` is False: a SAM embeds every
+        validation image, minutes on a CPU, and the server should not wait for that to start)."""
         registered = self.ws.models.champion()
         current = self.champion()
         if registered is None:
-            self.state = (None, NOT_MEASURED)
-        elif current is None or current.model_version != registered.model_version:
+            self.state = (None, self.not_measured)
+            return
+        if current is None or current.model_version != registered.model_version:
             device = "cuda" if self.ws.compute.accelerator == "gpu" else "cpu"
-            champion = load_champion(self.ws.models, self.config, device)
-            try:
-                measured = self._measure(champion) if champion is not None else NOT_MEASURED
-            except Exception as e:  # noqa: BLE001 - the champion still answers "Retrieve predictions"; boxes get GrabCut
-                log.warning("ML backend: could not measure %s's mask head (%s): boxes are answered by GrabCut.",
-                            registered.model_version, e)
-                measured = NOT_MEASURED
-            self.state = (champion, measured)
-            log.info("ML backend: answering with %s%s.", registered.model_version,
-                     f"; masks from a box by {'it' if measured.use_learned else 'GrabCut'} (mask IoU {measured.learned:.2f} "
-                     f"vs GrabCut's {measured.grabcut:.2f} on {measured.objects} validation masks)" if measured.objects else "")
+            self.state = (load_champion(self.ws.models, self.config, device), self.not_measured)
+            self.unmeasured = True
+            log.info("ML backend: answering with %s.", registered.model_version)
+        if measure and self.unmeasured:
+            self._measure_champion()
+
+    def _measure_champion(self) -> None:
+        champion = self.champion()
+        try:
+            measured = self._measure(champion) if champion is not None else self.not_measured
+        except Exception as e:  # noqa: BLE001 - the champion still answers "Retrieve predictions"; boxes get the fallback
+            log.warning("ML backend: could not measure %s's mask head (%s): boxes are answered by %s.",
+                        champion.model_version if champion else None, e, self.fallback_name)
+            measured = self.not_measured
+        self.state, self.unmeasured = (champion, measured), False
+        if measured.objects and champion is not None:
+            log.info("ML backend: masks from a box by %s (mask IoU %.2f, %s's %.2f, on %d validation masks of %s).",
+                     "the mask head" if measured.use_learned else self.fallback_name, measured.learned, self.fallback_name,
+                     measured.fallback, measured.objects, champion.model_version)
 
     def _measure(self, champion: Champion) -> Measured:
-        """The champion's mask head against GrabCut on the latest snapshot's validation masks."""
+        """The champion's mask head against the fallback on the latest snapshot's validation masks."""
         if champion.task.name != "segmentation":
-            return NOT_MEASURED
+            return self.not_measured
         from components.data.snapshot import read_manifest
         from components.tasks.objects import parse_target
 
         latest = self.ws.data.latest()
         if latest is None:
-            return NOT_MEASURED
+            return self.not_measured
         folder = self.ws.data.checkout(latest)
         manifest = read_manifest(folder)
         rows = manifest[manifest["split"] == "val"].sort_values("task_id")
         samples = [(folder / row.image, parse_target(row.label)) for row in rows.itertuples()]
-        return measure(champion.model, samples, self.ws.params.images.max_pixels)
+        return measure(champion.model, samples, self.ws.params.images.max_pixels, self.sam, self.fallback_ious)
 
     def keep_fresh(self, stopping: threading.Event) -> None:
-        """`refresh` every CHAMPION_CHECK_S until `stopping` (a failed lookup is retried, never fatal)."""
-        while not stopping.wait(CHAMPION_CHECK_S):
+        """`refresh` now and then every CHAMPION_CHECK_S until `stopping` (a failed lookup is retried, never fatal)."""
+        while not stopping.is_set():
             try:
                 self.refresh()
             except Exception as e:  # noqa: BLE001 - MLflow down for a while: keep answering with the model there is
                 log.warning("ML backend: could not look the champion up (%s); answering with %s.", e, self.model_version())
+            stopping.wait(CHAMPION_CHECK_S)
 
     def model_version(self) -> str | None:
         champion = self.champion()
@@ -161,7 +177,8 @@ class Backend:
 
     def assist(self, task: Any, context: Any) -> dict[str, Any]:
         """The mask of the object a person prompted, as a region of the project's mask control: the
-        champion's mask head for a box once it measures better than GrabCut, else GrabCut."""
+        champion's mask head for a box once it measures better than the fallback, else the fallback (GrabCut, or
+        the team's SAM)."""
         if self.ws.task.name != "segmentation":
             raise BadRequest(f"Project {self.ws.project.id} labels with <{self.config.control_type}>: the mask assistant answers "
                              "smart tools in a mask project (<BrushLabels> or <PolygonLabels>) only.")
@@ -177,10 +194,10 @@ class Backend:
         champion, measured = self.state
         learned = champion is not None and prompt.box is not None and measured.use_learned
         try:
-            mask, score, made_by = answer(image, prompt, champion.model if learned else None, self.ws.params.images.max_pixels)
+            mask, score, made_by = answer(image, prompt, champion.model if learned else None, self.ws.params.images.max_pixels, self.sam)
         except ValueError as e:
             raise BadRequest(f"Cannot read the image of task {task['id']}: {e}. Replace the image in the task.", status=422) from e
-        version = f"{champion.model_version} ({made_by})" if learned else FALLBACK_VERSION
+        version = f"{champion.model_version} ({made_by})" if learned and made_by != self.fallback_name else FALLBACK_VERSION.format(made_by)
         if not mask.any():
             return answers([([], 0.0)], version)
         region = (brush_region(mask, prompt.label, self.config, score) if self.config.control_type == "BrushLabels"
@@ -236,8 +253,8 @@ def app_of(backend: Backend) -> FastAPI:
         """Whether the backend answers, with which model, and what answers a smart box (measured)."""
         m = backend.measured
         return {**health(backend.model_version()),
-                "assist": {"boxes_answered_by": "mask head" if m.use_learned else "GrabCut", "mask_iou_learned": m.learned,
-                           "mask_iou_grabcut": m.grabcut, "measured_on_masks": m.objects}}
+                "assist": {"boxes_answered_by": "mask head" if m.use_learned else m.fallback_name, "mask_iou_learned": m.learned,
+                           "mask_iou_fallback": m.fallback, "fallback": m.fallback_name, "measured_on_masks": m.objects}}
 
     @app.post("/setup")
     def post_setup(body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -264,7 +281,7 @@ def app_of(backend: Backend) -> FastAPI:
     def get_versions() -> dict[str, list[str]]:
         """The model versions this backend answers with."""
         version = backend.model_version()
-        return {"versions": [v for v in (version, FALLBACK_VERSION) if v]}
+        return {"versions": [v for v in (version, FALLBACK_VERSION.format(backend.fallback_name)) if v]}
 
     return app
 
@@ -276,10 +293,16 @@ def run(settings: Settings, params_path: Path) -> None:
     from components.core.params import load_params
     from components.loop.workspace import open_workspace
 
-    ws = open_workspace(settings, load_params(params_path), params_path.parent)
-    backend = Backend(ws)
+    params = load_params(params_path)
+    ws = open_workspace(settings, params, params_path.parent)
+    sam = None
+    if params.assist.sam_checkpoint:
+        log.info("ML backend: loading %s (assist.sam_checkpoint).", params.assist.sam_checkpoint)
+        sam = load_sam(params.assist.sam_checkpoint, params.assist.sam_model_type, params_path.parent,
+                       "cuda" if ws.compute.accelerator == "gpu" else "cpu")
+    backend = Backend(ws, sam)
     try:
-        backend.refresh()  # loaded before the first request, not during it
+        backend.refresh(measure=False)  # loaded before the first request, not during it (measured in the background)
     except Exception as e:  # noqa: BLE001 - MLflow not answering yet: looked up again in the background
         log.warning("ML backend: could not look the champion up yet (%s); answering without one until it can.", e)
     stopping = threading.Event()
@@ -323,7 +346,11 @@ def main() -> None:
     from flows import logs
 
     logs.setup()
-    run(load_settings(), Path(sys.argv[1]))
+    try:
+        run(load_settings(), Path(sys.argv[1]))
+    except FlywheelError as e:  # a setting it cannot start with (a SAM checkpoint of another kind): said once, plainly
+        log.error("ML backend: %s", e)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -272,6 +272,8 @@ class AssistParams(_Section):
     """flywheel as the project's ML backend in Label Studio, under `flywheel serve`."""
 
     backend: bool
+    sam_checkpoint: str | None = None  # a SAM checkpoint (segment-anything's .pth): it answers smart tools instead of GrabCut
+    sam_model_type: Literal["vit_h", "vit_l", "vit_b"] = "vit_b"  # the kind of model that checkpoint holds
 
 
 class Params(_Section):

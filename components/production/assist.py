@@ -6,13 +6,18 @@ Two answers, and the one that measures better on the project's own masks is used
   class-agnostic mask head on the box the person drew (`SegmentationModel.masks_of_boxes`);
 - **classical**, before the project has a segmenter or while GrabCut measures better: OpenCV's GrabCut
   seeded by the box (everything outside it background), with the person's clicks as certain foreground
-  (positive) or background (negative). Clicks alone always get GrabCut (the mask head reads boxes).
+  (positive) or background (negative). Clicks alone always get GrabCut (the mask head reads boxes);
+- **SAM**, when a team has a SAM checkpoint (params.yaml `assist.sam_checkpoint`, the `segment-anything`
+  package's model): it takes GrabCut's place, boxes and clicks alike (`Sam`), and the mask head is measured
+  against it.
 
 Their mask IoU from the true box on held-out objects is `assist_mask_iou_0` / `assist_mask_iou_50` (bench).
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 
 from components.core.effort import MaskCosts
+from components.core.errors import SettingsError
 from components.data.images import decode_image
 from components.data.masks import mask_of_coco, pair_iou
 from components.production.ml_backend import Prompt
@@ -30,6 +36,9 @@ ASSIST_SIDE = 512  # GrabCut works on the image scaled to this longer side (a 12
 MEASURE_OBJECTS = 40  # the learned answer is measured against GrabCut on this many of the snapshot's validation masks
 CLICK_RADIUS = 0.02  # a click marks a disc of this share of the image's shorter side
 MARGIN = 0.1  # clicks without a box: the box around them, grown by this share of its size
+SAM_SIDE = 1024  # SAM reads an image at this longer side
+EMBEDDINGS = 8  # images whose SAM embedding is kept
+SAM_DOWNLOAD = "https://github.com/facebookresearch/segment-anything#model-checkpoints"
 
 
 def box_of(prompt: Prompt) -> tuple[int, int, int, int]:
@@ -148,6 +157,98 @@ def learned_answer(model: Any, image: Path, prompt: Prompt, max_pixels: int) -> 
     return learned(model, pixels, prompt)
 
 
+class Sam:
+    """A team's SAM-family model (the `segment-anything` package's `SamPredictor`) answering prompts, loaded once.
+
+    SAM embeds an image once (the slow part: ~23 s for vit_b on two CPU cores) and answers each box and
+    click from that embedding (~0.08 s). The last EMBEDDINGS images' embeddings are kept (4 MB each), so the
+    clicks of a person correcting a mask reuse theirs, and measuring the mask head against SAM in the
+    background neither evicts it nor makes them wait: embeddings are computed outside the lock, only the
+    answer from one is taken under it.
+    """
+
+    def __init__(self, predictor: Any, model_type: str):
+        self.predictor = predictor
+        self.name = f"SAM {model_type}"
+        self._lock = threading.Lock()
+        self._embeddings: OrderedDict[tuple[str, int], tuple[torch.Tensor, tuple[int, int], tuple[int, int]]] = OrderedDict()
+
+    def _embedding(self, image: Path, max_pixels: int) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+        """(features, the decoded image's (height, width), SAM's input size) of an image file, computed once."""
+        from segment_anything import SamPredictor
+
+        key = (str(image), image.stat().st_mtime_ns)
+        with self._lock:
+            if key in self._embeddings:
+                self._embeddings.move_to_end(key)
+                return self._embeddings[key]
+        pixels = decode_image(image, SAM_SIDE, max_pixels, keep_aspect=True)[0]
+        embedder = SamPredictor(self.predictor.model)  # its own state: embeddings are made side by side
+        embedder.set_image(pixels)  # RGB, SamPredictor's default
+        embedding = (embedder.features, embedder.original_size, embedder.input_size)
+        with self._lock:
+            self._embeddings[key] = embedding
+            while len(self._embeddings) > EMBEDDINGS:
+                self._embeddings.popitem(last=False)
+        return embedding
+
+    def mask(self, image: Path, prompt: Prompt, max_pixels: int) -> tuple[np.ndarray, float]:
+        """The object's mask (at the prompt's image size) and SAM's own estimate of its IoU."""
+        features, (height, width), input_size = self._embedding(image, max_pixels)
+        small = scaled(prompt, width / prompt.width, height / prompt.height)
+        points = [*small.positive, *small.negative]
+        with self._lock:
+            predictor = self.predictor
+            predictor.features, predictor.original_size, predictor.input_size = features, (height, width), input_size
+            predictor.is_image_set = True
+            masks, scores, _ = predictor.predict(
+                point_coords=np.array(points, np.float32) if points else None,
+                point_labels=np.array([1] * len(small.positive) + [0] * len(small.negative)) if points else None,
+                box=None if small.box is None else np.array(small.box, np.float32), multimask_output=False)
+        return resized(np.asarray(masks[0], bool), prompt.width, prompt.height), float(scores[0])
+
+
+def sam_path(checkpoint: str, base: Path) -> Path:
+    """The SAM checkpoint params.yaml `assist.sam_checkpoint` names (relative to the params file's folder `base`).
+
+    Raises:
+        SettingsError: It is not a file; the message says where to get one.
+    """
+    path = (base / Path(checkpoint).expanduser()).resolve()
+    if not path.is_file():
+        raise SettingsError(
+            f"params.yaml assist.sam_checkpoint is {checkpoint!r}, but {path} is not a file. Download a SAM checkpoint there "
+            f"(sam_vit_b_01ec64.pth, with assist.sam_model_type: vit_b; {SAM_DOWNLOAD}), or set assist.sam_checkpoint: null "
+            "to answer smart tools with GrabCut and the project's own mask head.")
+    return path
+
+
+def load_sam(checkpoint: str, model_type: str, base: Path, device: str = "cpu") -> Sam:
+    """The SAM model params.yaml `assist` points at, ready to answer.
+
+    Args:
+        checkpoint: `assist.sam_checkpoint`: a `.pth` state dict, as segment-anything's releases are.
+        model_type: `assist.sam_model_type`: vit_b, vit_l or vit_h.
+        base: The params file's folder (a relative checkpoint is relative to it).
+        device: "cpu" or "cuda".
+
+    Raises:
+        SettingsError: The file is missing, or holds no checkpoint of that kind of SAM.
+    """
+    from segment_anything import SamPredictor, sam_model_registry
+
+    path = sam_path(checkpoint, base)
+    model = sam_model_registry[model_type]()
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as e:  # noqa: BLE001 - not a pickle, not a state dict, or another model's weights: one message
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise SettingsError(
+            f"{path} is not a SAM {model_type} checkpoint ({type(e).__name__}: {reason}). Set params.yaml assist.sam_model_type to "
+            f"the kind it holds (vit_b, vit_l or vit_h), or point assist.sam_checkpoint at a SAM checkpoint ({SAM_DOWNLOAD}).") from e
+    return Sam(SamPredictor(model.eval().to(device)), model_type)
+
+
 class Answer(NamedTuple):
     """The assistant's mask, its confidence, and what made it ("mask head", "mask head + GrabCut", "GrabCut")."""
 
@@ -156,13 +257,13 @@ class Answer(NamedTuple):
     made_by: str
 
 
-def asker(image: Path, model: Any | None, max_pixels: int) -> Callable[[Prompt], Answer]:
+def asker(image: Path, model: Any | None, max_pixels: int, sam: Sam | None = None) -> Callable[[Prompt], Answer]:
     """The assistant on one image file, asked again and again (a person adding clicks): the image decoded
     once, the mask head run once per box.
 
     With `model` (the champion, once its mask head measured better) and a box: the mask head's mask, refined
     by GrabCut from it with the person's clicks when there are any (confidence 1, as GrabCut's own). Else
-    GrabCut from the box and clicks.
+    `sam` from the box and clicks when a team has one, else GrabCut. With `sam`, clicks always go to it.
     """
     pixels: list[np.ndarray] = []
     heads: dict[tuple[float, float, float, float], tuple[np.ndarray, float]] = {}
@@ -174,6 +275,8 @@ def asker(image: Path, model: Any | None, max_pixels: int) -> Callable[[Prompt],
 
     def ask(prompt: Prompt) -> Answer:
         clicked = bool(prompt.positive or prompt.negative)
+        if sam is not None and (model is None or prompt.box is None or clicked):
+            return Answer(*sam.mask(image, prompt, max_pixels), sam.name)
         if model is not None and prompt.box is not None:
             if prompt.box not in heads:
                 heads[prompt.box] = learned_answer(model, image, prompt, max_pixels)
@@ -186,9 +289,9 @@ def asker(image: Path, model: Any | None, max_pixels: int) -> Callable[[Prompt],
     return ask
 
 
-def answer(image: Path, prompt: Prompt, model: Any | None, max_pixels: int) -> Answer:
+def answer(image: Path, prompt: Prompt, model: Any | None, max_pixels: int, sam: Sam | None = None) -> Answer:
     """The assistant's answer to one prompt on an image file (`asker`)."""
-    return asker(image, model, max_pixels)(prompt)
+    return asker(image, model, max_pixels, sam)(prompt)
 
 
 # --- what a mask costs a person with the assistant ----------------------------------------------------
@@ -262,21 +365,24 @@ class Measured:
 
     Attributes:
         learned: The segmenter's.
-        grabcut: GrabCut's.
-        objects: How many masks were measured (0: none yet, GrabCut answers).
+        fallback: The fallback's (GrabCut, or SAM when a team has one).
+        objects: How many masks were measured (0: none yet, the fallback answers).
+        fallback_name: "GrabCut", or the SAM model's name.
     """
 
     learned: float
-    grabcut: float
+    fallback: float
     objects: int
+    fallback_name: str = "GrabCut"
 
     @property
     def use_learned(self) -> bool:
-        """The switch-over: the learned answer once it measures at least as well as GrabCut."""
-        return self.objects > 0 and self.learned >= self.grabcut
+        """The switch-over: the learned answer once it measures at least as well as the fallback."""
+        return self.objects > 0 and self.learned >= self.fallback
 
 
-def measure(model: Any, samples: Sequence[tuple[Path, dict[str, Any]]], max_pixels: int) -> Measured:
+def measure(model: Any, samples: Sequence[tuple[Path, dict[str, Any]]], max_pixels: int, sam: Sam | None = None,
+            known: dict[tuple[str, Any], float] | None = None) -> Measured:
     """Ask both answers for each true object's mask from its own box (the first MEASURE_OBJECTS objects).
 
     Args:
@@ -284,18 +390,27 @@ def measure(model: Any, samples: Sequence[tuple[Path, dict[str, Any]]], max_pixe
         samples: (image file, target) of validation images; a target as the manifest holds it
             (`{"width", "height", "boxes": [{"label", "x", "y", "w", "h", "mask"}]}`).
         max_pixels: params.yaml `images.max_pixels`.
+        sam: The team's SAM model: the fallback measured instead of GrabCut.
+        known: The fallback's mask IoU per (image, box) measured before, filled in as it is measured: the
+            fallback does not change between champions (a SAM on a CPU embeds each image in ~23 s).
     """
+    name = "GrabCut" if sam is None else sam.name
+    known = {} if known is None else known
     ious: list[tuple[float, float]] = []
     for image, target in samples:
         for prompt, truth in object_prompts(target):
             if len(ious) >= MEASURE_OBJECTS:
                 break
             mine, _ = learned_answer(model, image, prompt, max_pixels)
-            ious.append((pair_iou(mine, truth), pair_iou(grabcut_answer(image, prompt, max_pixels), truth)))
+            key = (str(image), prompt.box)
+            if key not in known:
+                theirs = grabcut_answer(image, prompt, max_pixels) if sam is None else sam.mask(image, prompt, max_pixels)[0]
+                known[key] = pair_iou(theirs, truth)
+            ious.append((pair_iou(mine, truth), known[key]))
     if not ious:
-        return Measured(0.0, 0.0, 0)
-    learned_iou, grabcut_iou = np.mean(ious, axis=0)
-    return Measured(round(float(learned_iou), 4), round(float(grabcut_iou), 4), len(ious))
+        return Measured(0.0, 0.0, 0, name)
+    learned_mean, fallback_mean = np.mean(ious, axis=0)
+    return Measured(round(float(learned_mean), 4), round(float(fallback_mean), 4), len(ious), name)
 
 
 def seconds_with_assistant(image: Path, target: Mapping[str, Any], costs: MaskCosts, max_pixels: int, model: Any | None = None) -> float:

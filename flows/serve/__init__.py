@@ -96,6 +96,10 @@ def _start_receiver(settings: Settings, ls: LabelStudio, project_id: int, inbox:
 def serve(settings: Settings, params_path: Path) -> int:
     """Serve until Ctrl-C or SIGTERM. Returns the exit code."""
     params = load_params(params_path)
+    if params.assist.backend and params.assist.sam_checkpoint:  # a missing SAM file stops serve here, with the fix
+        from components.production.assist import sam_path
+
+        sam_path(params.assist.sam_checkpoint, params_path.parent)
     stopping = threading.Event()
 
     ls, project_id = _project_id(settings, params, params_path)

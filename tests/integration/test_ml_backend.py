@@ -167,14 +167,14 @@ def test_retrieve_predictions_answers_with_the_champion(backend, label_studio):
     summary = flywheel_iteration(str(backend["params"]))
     assert summary["trained"]
     champion = ws.models.champion()
-    deadline = time.monotonic() + DEADLINE_S  # the backend looks the champion up every few seconds
+    deadline = time.monotonic() + DEADLINE_S  # the backend looks the champion up every few seconds, then measures it
     with httpx.Client(base_url=backend["url"], timeout=5) as client:
-        while client.get("/health").json()["model_version"] != champion.model_version:
-            assert time.monotonic() < deadline, "the ML backend never took the new champion"
+        while (health := client.get("/health").json())["model_version"] != champion.model_version or not health["assist"]["measured_on_masks"]:
+            assert time.monotonic() < deadline, f"the ML backend never took and measured the new champion: {health}"
             time.sleep(0.5)
-    assist = client_health(backend["url"])["assist"]  # the switch-over, measured on the snapshot's validation masks
+    assist = health["assist"]  # the switch-over, measured on the snapshot's validation masks
     assert assist["measured_on_masks"] > 0 and assist["boxes_answered_by"] == (
-        "mask head" if assist["mask_iou_learned"] >= assist["mask_iou_grabcut"] else "GrabCut")
+        "mask head" if assist["mask_iou_learned"] >= assist["mask_iou_fallback"] else "GrabCut") and assist["fallback"] == "GrabCut"
     labeled = [task_id for task_id, _ in tasks[:3]]  # write-back leaves labeled tasks without predictions
     versions = lambda t: [p.model_version for p in label_studio.sdk.predictions.list(task=t)]  # noqa: E731 - opens no task
     assert all(versions(t) == [] for t in labeled)
@@ -205,3 +205,42 @@ def test_the_backends_http_api_never_answers_5xx(backend, label_studio):
     """schemathesis, from the backend's OpenAPI schema, every operation: no 5xx, and every 4xx says what to send."""
     connected(label_studio, backend["project"].id, backend["url"], backend["process"], backend["log"])
     fuzz(backend["url"], {"/health", "/setup", "/predict", "/webhook", "/versions"})
+
+
+def test_a_teams_sam_checkpoint_answers_the_clicks(backend, label_studio):
+    """params.yaml assist.sam_checkpoint: the backend loads it once and SAM answers in GrabCut's place
+    (segment-anything's vit_b with random weights, saved as a checkpoint is: what its masks are worth is not
+    asserted here, only that SAM answers, at the task's image size, through Label Studio). Last in this file:
+    the backend it starts is the one the fixture stops."""
+    import torch
+    from segment_anything import sam_model_registry
+
+    project = backend["project"]
+    folder = backend["params"].parent
+    torch.save(sam_model_registry["vit_b"]().state_dict(), folder / "sam_vit_b.pth")
+    params_path = folder / "params-sam.yaml"
+    params_path.write_text(backend["params"].read_text().replace("sam_checkpoint: null", "sam_checkpoint: sam_vit_b.pth"))
+    backend["process"].terminate()
+    backend["process"].wait(timeout=20)
+    backend["process"] = start_backend(params_path, backend["env"], backend["log"])
+    backends = connected(label_studio, project.id, backend["url"], backend["process"], backend["log"])
+    assert client_health(backend["url"])["assist"]["fallback"] == "SAM vit_b"
+    backend_id = next(b["id"] for b in backends if b["url"] == backend["url"])
+    task_id, data = sorted(label_studio.unlabeled_tasks(project.id).items())[4]
+    target = parse_target(backend["truth"][data["filename"]])
+    width, height, obj = target["width"], target["height"], target["boxes"][0]
+    click = {**smart_box(obj, width, height, name="click_prompt"), "type": "keypointlabels", "is_positive": True,
+             "value": {"x": 100 * (obj["x"] + obj["w"] / 2) / width, "y": 100 * (obj["y"] + obj["h"] / 2) / height,
+                       "width": 0.5, "keypointlabels": [obj["label"]]}}
+    context = {"result": [smart_box(obj, width, height), click]}
+    task = label_studio.task(task_id)
+    # SAM embeds the image first (~25 s on two cores, past Label Studio's client's 20 s): asked directly once...
+    direct = httpx.post(f"{backend['url']}/predict", json={"tasks": [{"id": task_id, "data": task["data"], "project": project.id}],
+                                                            "params": {"context": context}}, timeout=180)
+    assert direct.status_code == 200 and direct.json()["results"][0]["model_version"] == "flywheel-assistant (SAM vit_b)", direct.text
+    # ...then through Label Studio, answered from the embedding it keeps
+    reply = label_studio.sdk.ml.with_raw_response.predict_interactive(id=backend_id, task=task_id, context=context).response.json()
+    assert "errors" not in reply, reply
+    assert reply["data"]["model_version"] == "flywheel-assistant (SAM vit_b)", reply
+    for region in reply["data"]["result"]:  # random weights may find no object at all; any mask is the task's size
+        assert region["value"]["brushlabels"] == [obj["label"]] and region["original_width"] == width

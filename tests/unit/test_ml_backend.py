@@ -224,3 +224,42 @@ def test_an_object_with_an_empty_mask_costs_the_box_and_a_look():
     prompt = Prompt("1", (5.0, 5.0, 6.0, 6.0), (), (), 40, 40)
     made = corrected(prompt, np.zeros((40, 40), bool), lambda p: np.zeros((40, 40), bool), costs)
     assert (made.seconds, made.clicks, made.drawn) == (7.0 + 1.6, 0, False)
+
+
+def test_a_missing_sam_checkpoint_says_where_to_get_one_and_how_to_do_without(tmp_path):
+    from components.core.errors import SettingsError
+    from components.production.assist import sam_path
+
+    with pytest.raises(SettingsError) as e:
+        sam_path("models/sam.pth", tmp_path)
+    message = str(e.value)
+    assert "assist.sam_checkpoint" in message and str(tmp_path / "models" / "sam.pth") in message
+    assert "sam_vit_b_01ec64.pth" in message and "assist.sam_checkpoint: null" in message
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "sam.pth").write_bytes(b"weights")
+    assert sam_path("models/sam.pth", tmp_path) == tmp_path / "models" / "sam.pth"  # relative to the params file's folder
+
+
+@pytest.mark.parametrize("content", ["not a checkpoint", "another model's weights"])
+def test_a_file_that_holds_no_sam_of_that_kind_says_so(tmp_path, content):
+    from components.core.errors import SettingsError
+    from components.production.assist import load_sam
+
+    path = tmp_path / "sam.pth"
+    if content == "not a checkpoint":
+        path.write_bytes(b"\x00 not a pickle")
+    else:
+        torch.save(torch.nn.Linear(3, 2).state_dict(), path)
+    with pytest.raises(SettingsError) as e:
+        load_sam("sam.pth", "vit_b", tmp_path)
+    assert f"{path} is not a SAM vit_b checkpoint" in str(e.value) and "assist.sam_model_type" in str(e.value)
+
+
+def test_an_unknown_kind_of_sam_is_refused_when_params_load(tmp_path):
+    from components.core.errors import SettingsError
+    from components.core.params import load_params
+
+    text = (ROOT / "params.yaml").read_text().replace("sam_model_type: vit_b", "sam_model_type: vit_x")
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(SettingsError, match="sam_model_type"):
+        load_params(tmp_path / "params.yaml")
