@@ -187,7 +187,7 @@ class Backend:
         try:
             width, height = shown_size(image)
         except Exception as e:  # noqa: BLE001 - whatever PIL raises on this file (a decompression bomb too) is this task's
-            raise BadRequest(f"Cannot read the image of task {task['id']}: {e}. Replace the image in the task.", status=422) from e
+            raise unreadable(task, e) from e
         if abs(prompt.width - width) > 1 or abs(prompt.height - height) > 1:
             raise BadRequest(f"The smart region was drawn on a {prompt.width}x{prompt.height} image, but task {task['id']}'s image is "
                              f"{width}x{height}: send the context drawn on this task's image.")
@@ -196,7 +196,7 @@ class Backend:
         try:
             mask, score, made_by = answer(image, prompt, champion.model if learned else None, self.ws.params.images.max_pixels, self.sam)
         except ValueError as e:
-            raise BadRequest(f"Cannot read the image of task {task['id']}: {e}. Replace the image in the task.", status=422) from e
+            raise unreadable(task, e) from e
         version = f"{champion.model_version} ({made_by})" if learned and made_by != self.fallback_name else FALLBACK_VERSION.format(made_by)
         if not mask.any():
             return answers([([], 0.0)], version)
@@ -207,17 +207,24 @@ class Backend:
     def _stored(self, task: Any) -> StoredImage:
         try:
             return self.ws.images.resolve(int(task["id"]), task["data"], self.config.data_key)
-        except ImageError as e:
-            raise BadRequest(f"Cannot read the image of task {task['id']}: {e}", status=422) from e
+        except ImageError as e:  # it says what to do
+            raise BadRequest(f"Cannot read the image of task {task['id']}: {e.problem}", status=422) from e
         except ValueError as e:  # a URL no path can be made of (a NUL byte)
-            raise BadRequest(f"Cannot read the image of task {task['id']}: its URL is not a file path ({e}).", status=422) from e
+            raise BadRequest(f"Cannot read the image of task {task['id']}: its URL is not a file path ({e}); fix the task's data.",
+                             status=422) from e
 
     def _decoded(self, task: Any, image_size: int) -> Decoded:
+        path = self._stored(task).path
         try:
-            pixels, size, kind = decode_image(self._stored(task).path, image_size, self.ws.params.images.max_pixels)
+            pixels, size, kind = decode_image(path, image_size, self.ws.params.images.max_pixels)
         except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise BadRequest(f"Cannot read the image of task {task['id']}: {e}. Replace the image in the task.", status=422) from e
+            raise unreadable(task, e) from e
         return Decoded(b"", pixels, size, kind)
+
+
+def unreadable(task: Any, reason: object) -> BadRequest:
+    """The 422 for a task whose image file is there but cannot be decoded (`reason`: what PIL or the checks said)."""
+    return BadRequest(f"Cannot read the image of task {task['id']}: {reason}. Replace the image in the task.", status=422)
 
 
 # `/predict`'s body as Label Studio sends it, for the OpenAPI schema (the handler checks it itself, so that a
