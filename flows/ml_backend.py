@@ -30,7 +30,7 @@ from fastapi import FastAPI, Request
 from PIL import Image
 from fastapi.responses import JSONResponse
 
-from components.core.errors import FlywheelError, LabelStudioError
+from components.core.errors import SETTINGS_EXIT, FlywheelError, LabelStudioError
 from components.core.settings import Settings
 from components.data.images import ImageError, StoredImage, decode_image, shown_size
 from components.loop.workspace import Workspace
@@ -67,7 +67,7 @@ class Backend:
         # the champion and its mask head measured against the fallback (`assist.measure`): replaced together, read once
         self.state: tuple[Champion | None, Measured] = (None, self.not_measured)
         self.unmeasured = False  # a champion loaded whose mask head is not measured yet
-        self.fallback_ious: dict[tuple[str, Any], float] = {}  # per validation object: measured once, for every champion
+        self.fallback_ious: dict[tuple[str, Any, str], float] = {}  # per validation object: measured once, for every champion
 
     def champion(self) -> Champion | None:
         """The champion as last looked up (`refresh`): a request never waits for a model load."""
@@ -102,14 +102,18 @@ class Backend:
             log.warning("ML backend: could not measure %s's mask head (%s): boxes are answered by %s.",
                         champion.model_version if champion else None, e, self.fallback_name)
             measured = self.not_measured
+        if measured is None:  # a newer champion arrived while measuring: the next refresh loads and measures it
+            return
         self.state, self.unmeasured = (champion, measured), False
         if measured.objects and champion is not None:
             log.info("ML backend: masks from a box by %s (mask IoU %.2f, %s's %.2f, on %d validation masks of %s).",
                      "the mask head" if measured.use_learned else self.fallback_name, measured.learned, self.fallback_name,
                      measured.fallback, measured.objects, champion.model_version)
 
-    def _measure(self, champion: Champion) -> Measured:
-        """The champion's mask head against the fallback on the latest snapshot's validation masks."""
+    def _measure(self, champion: Champion) -> Measured | None:
+        """The champion's mask head against the fallback on the latest snapshot's validation masks (None: a newer
+        champion arrived meanwhile; it is looked up every CHAMPION_CHECK_S while measuring, which can take
+        minutes with a SAM on a CPU)."""
         if champion.task.name != "segmentation":
             return self.not_measured
         from components.data.snapshot import read_manifest
@@ -122,7 +126,19 @@ class Backend:
         manifest = read_manifest(folder)
         rows = manifest[manifest["split"] == "val"].sort_values("task_id")
         samples = [(folder / row.image, parse_target(row.label)) for row in rows.itertuples()]
-        return measure(champion.model, samples, self.ws.params.images.max_pixels, self.sam, self.fallback_ious)
+        looked_up = [time.monotonic()]
+
+        def superseded() -> bool:
+            if time.monotonic() - looked_up[0] < CHAMPION_CHECK_S:
+                return False
+            looked_up[0] = time.monotonic()
+            try:
+                registered = self.ws.models.champion()
+            except Exception:  # noqa: BLE001 - MLflow down for a moment: go on measuring the champion there is
+                return False
+            return registered is None or registered.model_version != champion.model_version
+
+        return measure(champion.model, samples, self.ws.params.images.max_pixels, self.sam, self.fallback_ious, superseded)
 
     def keep_fresh(self, stopping: threading.Event) -> None:
         """`refresh` now and then every CHAMPION_CHECK_S until `stopping` (a failed lookup is retried, never fatal)."""
@@ -195,7 +211,7 @@ class Backend:
         learned = champion is not None and prompt.box is not None and measured.use_learned
         try:
             mask, score, made_by = answer(image, prompt, champion.model if learned else None, self.ws.params.images.max_pixels, self.sam)
-        except ValueError as e:
+        except (ValueError, OSError) as e:  # a file that cannot be decoded, or went away meanwhile
             raise unreadable(task, e) from e
         version = f"{champion.model_version} ({made_by})" if learned and made_by != self.fallback_name else FALLBACK_VERSION.format(made_by)
         if not mask.any():
@@ -355,9 +371,9 @@ def main() -> None:
     logs.setup()
     try:
         run(load_settings(), Path(sys.argv[1]))
-    except FlywheelError as e:  # a setting it cannot start with (a SAM checkpoint of another kind): said once, plainly
+    except FlywheelError as e:  # a setting it cannot start with (a SAM checkpoint of another kind): serve does not restart it
         log.error("ML backend: %s", e)
-        sys.exit(2)
+        sys.exit(SETTINGS_EXIT)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ only those, never a refused token, a 4xx or bad data.
 """
 
 
+SETTINGS_EXIT = 2  # the exit code of a child process that cannot start with its settings (its supervisor does not restart it)
+
+
 class FlywheelError(Exception):
     """A failure with a message a user can act on."""
 

@@ -16,7 +16,9 @@ Their mask IoU from the true box on held-out objects is `assist_mask_iou_0` / `a
 
 from __future__ import annotations
 
+import hashlib
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -161,51 +163,93 @@ class Sam:
     """A team's SAM-family model (the `segment-anything` package's `SamPredictor`) answering prompts, loaded once.
 
     SAM embeds an image once (the slow part: ~23 s for vit_b on two CPU cores) and answers each box and
-    click from that embedding (~0.08 s). The last EMBEDDINGS images' embeddings are kept (4 MB each), so the
-    clicks of a person correcting a mask reuse theirs, and measuring the mask head against SAM in the
-    background neither evicts it nor makes them wait: embeddings are computed outside the lock, only the
-    answer from one is taken under it.
+    click from that embedding (~0.08 s). A person's images' embeddings are kept (the last EMBEDDINGS, 4 MB
+    each), so their clicks on an object reuse its image's; two asks about an image not yet embedded wait
+    for one embedding. Measuring the mask head against SAM (`masks`, in the background) keeps none of its
+    embeddings and waits while a person is being answered, so it neither evicts theirs nor slows them.
     """
 
     def __init__(self, predictor: Any, model_type: str):
         self.predictor = predictor
         self.name = f"SAM {model_type}"
         self._lock = threading.Lock()
-        self._embeddings: OrderedDict[tuple[str, int], tuple[torch.Tensor, tuple[int, int], tuple[int, int]]] = OrderedDict()
+        self._embeddings: OrderedDict[tuple[str, int], Embedding] = OrderedDict()
+        self._embedding_now: dict[tuple[str, int], threading.Event] = {}  # images a person's ask is embedding
+        self._asking = 0  # a person's asks being answered
 
-    def _embedding(self, image: Path, max_pixels: int) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
-        """(features, the decoded image's (height, width), SAM's input size) of an image file, computed once."""
+    def _embed(self, image: Path, max_pixels: int) -> Embedding:
         from segment_anything import SamPredictor
 
-        key = (str(image), image.stat().st_mtime_ns)
-        with self._lock:
-            if key in self._embeddings:
-                self._embeddings.move_to_end(key)
-                return self._embeddings[key]
         pixels = decode_image(image, SAM_SIDE, max_pixels, keep_aspect=True)[0]
         embedder = SamPredictor(self.predictor.model)  # its own state: embeddings are made side by side
         embedder.set_image(pixels)  # RGB, SamPredictor's default
-        embedding = (embedder.features, embedder.original_size, embedder.input_size)
-        with self._lock:
-            self._embeddings[key] = embedding
-            while len(self._embeddings) > EMBEDDINGS:
-                self._embeddings.popitem(last=False)
-        return embedding
+        return Embedding(embedder.features, embedder.original_size, embedder.input_size)
 
-    def mask(self, image: Path, prompt: Prompt, max_pixels: int) -> tuple[np.ndarray, float]:
-        """The object's mask (at the prompt's image size) and SAM's own estimate of its IoU."""
-        features, (height, width), input_size = self._embedding(image, max_pixels)
+    def _kept_embedding(self, image: Path, max_pixels: int) -> Embedding:
+        """A person's image's embedding: kept, made once however many ask for it at once."""
+        key = (str(image), image.stat().st_mtime_ns)
+        while True:
+            with self._lock:
+                if key in self._embeddings:
+                    self._embeddings.move_to_end(key)
+                    return self._embeddings[key]
+                underway = self._embedding_now.get(key)
+                if underway is None:
+                    self._embedding_now[key] = threading.Event()
+                    break
+            underway.wait()  # another ask is embedding it: take theirs (or embed it, if theirs failed)
+        try:
+            embedding = self._embed(image, max_pixels)
+            with self._lock:
+                self._embeddings[key] = embedding
+                while len(self._embeddings) > EMBEDDINGS:
+                    self._embeddings.popitem(last=False)
+            return embedding
+        finally:
+            with self._lock:
+                self._embedding_now.pop(key).set()
+
+    def _answer(self, embedding: Embedding, prompt: Prompt) -> tuple[np.ndarray, float]:
+        (height, width) = embedding.original_size
         small = scaled(prompt, width / prompt.width, height / prompt.height)
         points = [*small.positive, *small.negative]
+        one_click = small.box is None and len(points) == 1  # ambiguous (a part or the whole?): SAM's three guesses, its best
         with self._lock:
             predictor = self.predictor
-            predictor.features, predictor.original_size, predictor.input_size = features, (height, width), input_size
+            predictor.features, predictor.original_size, predictor.input_size = embedding
             predictor.is_image_set = True
             masks, scores, _ = predictor.predict(
                 point_coords=np.array(points, np.float32) if points else None,
                 point_labels=np.array([1] * len(small.positive) + [0] * len(small.negative)) if points else None,
-                box=None if small.box is None else np.array(small.box, np.float32), multimask_output=False)
-        return resized(np.asarray(masks[0], bool), prompt.width, prompt.height), float(scores[0])
+                box=None if small.box is None else np.array(small.box, np.float32), multimask_output=one_click)
+        best = int(np.argmax(scores))
+        return resized(np.asarray(masks[best], bool), prompt.width, prompt.height), float(scores[best])
+
+    def mask(self, image: Path, prompt: Prompt, max_pixels: int) -> tuple[np.ndarray, float]:
+        """A person's ask: the object's mask (at the prompt's image size) and SAM's own estimate of its IoU."""
+        with self._lock:
+            self._asking += 1
+        try:
+            return self._answer(self._kept_embedding(image, max_pixels), prompt)
+        finally:
+            with self._lock:
+                self._asking -= 1
+
+    def masks(self, image: Path, prompts: Sequence[Prompt], max_pixels: int) -> list[np.ndarray]:
+        """Masks for several prompts on one image, in the background: after any person's ask being answered,
+        the image embedded once and not kept."""
+        while self._asking:
+            time.sleep(0.2)
+        embedding = self._embed(image, max_pixels)
+        return [self._answer(embedding, prompt)[0] for prompt in prompts]
+
+
+class Embedding(NamedTuple):
+    """SAM's embedding of an image, as `SamPredictor.set_image` leaves it."""
+
+    features: torch.Tensor
+    original_size: tuple[int, int]  # the image SAM was given, (height, width)
+    input_size: tuple[int, int]  # after its resize to SAM_SIDE
 
 
 def sam_path(checkpoint: str, base: Path) -> Path:
@@ -262,8 +306,8 @@ def asker(image: Path, model: Any | None, max_pixels: int, sam: Sam | None = Non
     once, the mask head run once per box.
 
     With `model` (the champion, once its mask head measured better) and a box: the mask head's mask, refined
-    by GrabCut from it with the person's clicks when there are any (confidence 1, as GrabCut's own). Else
-    `sam` from the box and clicks when a team has one, else GrabCut. With `sam`, clicks always go to it.
+    by GrabCut from it with the person's clicks when there are any (confidence 1, as GrabCut's own): they
+    correct the answer they see. Else `sam` from the box and clicks when a team has one, else GrabCut.
     """
     pixels: list[np.ndarray] = []
     heads: dict[tuple[float, float, float, float], tuple[np.ndarray, float]] = {}
@@ -275,7 +319,7 @@ def asker(image: Path, model: Any | None, max_pixels: int, sam: Sam | None = Non
 
     def ask(prompt: Prompt) -> Answer:
         clicked = bool(prompt.positive or prompt.negative)
-        if sam is not None and (model is None or prompt.box is None or clicked):
+        if sam is not None and (model is None or prompt.box is None):
             return Answer(*sam.mask(image, prompt, max_pixels), sam.name)
         if model is not None and prompt.box is not None:
             if prompt.box not in heads:
@@ -382,7 +426,7 @@ class Measured:
 
 
 def measure(model: Any, samples: Sequence[tuple[Path, dict[str, Any]]], max_pixels: int, sam: Sam | None = None,
-            known: dict[tuple[str, Any], float] | None = None) -> Measured:
+            known: dict[tuple[str, Any, str], float] | None = None, stop: Callable[[], bool] | None = None) -> Measured | None:
     """Ask both answers for each true object's mask from its own box (the first MEASURE_OBJECTS objects).
 
     Args:
@@ -391,22 +435,29 @@ def measure(model: Any, samples: Sequence[tuple[Path, dict[str, Any]]], max_pixe
             (`{"width", "height", "boxes": [{"label", "x", "y", "w", "h", "mask"}]}`).
         max_pixels: params.yaml `images.max_pixels`.
         sam: The team's SAM model: the fallback measured instead of GrabCut.
-        known: The fallback's mask IoU per (image, box) measured before, filled in as it is measured: the
-            fallback does not change between champions (a SAM on a CPU embeds each image in ~23 s).
+        known: The fallback's mask IoU per object measured before, filled in as it is measured: the fallback
+            does not change between champions (a SAM on a CPU embeds each image in ~23 s). An object is its
+            image file's name (a snapshot's are their content's hash), its box and its true mask.
+        stop: Asked before each image: True stops measuring (a newer champion arrived) and returns None.
     """
     name = "GrabCut" if sam is None else sam.name
     known = {} if known is None else known
     ious: list[tuple[float, float]] = []
     for image, target in samples:
-        for prompt, truth in object_prompts(target):
-            if len(ious) >= MEASURE_OBJECTS:
-                break
-            mine, _ = learned_answer(model, image, prompt, max_pixels)
-            key = (str(image), prompt.box)
-            if key not in known:
-                theirs = grabcut_answer(image, prompt, max_pixels) if sam is None else sam.mask(image, prompt, max_pixels)[0]
-                known[key] = pair_iou(theirs, truth)
-            ious.append((pair_iou(mine, truth), known[key]))
+        if len(ious) >= MEASURE_OBJECTS:
+            break
+        if stop is not None and stop():
+            return None
+        objects = object_prompts(target)[: MEASURE_OBJECTS - len(ious)]
+        keys = [(image.name, prompt.box, hashlib.sha1(np.packbits(truth)).hexdigest()) for prompt, truth in objects]
+        unknown = [(key, prompt, truth) for key, (prompt, truth) in zip(keys, objects, strict=True) if key not in known]
+        if unknown:
+            prompts = [prompt for _, prompt, _ in unknown]
+            theirs = (sam.masks(image, prompts, max_pixels) if sam is not None
+                      else [grabcut_answer(image, prompt, max_pixels) for prompt in prompts])
+            known.update({key: pair_iou(mask, truth) for (key, _, truth), mask in zip(unknown, theirs, strict=True)})
+        ious += [(pair_iou(learned_answer(model, image, prompt, max_pixels)[0], truth), known[key])
+                 for key, (prompt, truth) in zip(keys, objects, strict=True)]
     if not ious:
         return Measured(0.0, 0.0, 0, name)
     learned_mean, fallback_mean = np.mean(ious, axis=0)

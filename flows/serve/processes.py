@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 
-from components.core.errors import FlywheelError
+from components.core.errors import SETTINGS_EXIT, FlywheelError
 
 GRACE_S = 6.0  # a child's own shutdown, before the rest is killed
 STOP_S = 10.0  # the promise: serving has stopped this long after Ctrl-C or SIGTERM
@@ -157,6 +157,10 @@ class MLBackend:
             self.process = subprocess.Popen([sys.executable, "-m", "flows.ml_backend", str(self.params_path)], start_new_session=True)
             code = self.process.wait()
             if self.stopping.is_set():
+                return
+            if code == SETTINGS_EXIT:  # it said why (a setting it cannot start with): starting it again would say it again
+                log.error("The ML backend cannot start with params.yaml's assist settings (see the log file): serving goes on "
+                          "without it; fix them and restart flywheel serve.")
                 return
             quick = quick + 1 if time.monotonic() - started < 60 else 1
             if quick >= QUICK_EXITS:

@@ -207,11 +207,33 @@ def test_the_backends_http_api_never_answers_5xx(backend, label_studio):
     fuzz(backend["url"], {"/health", "/setup", "/predict", "/webhook", "/versions"})
 
 
+def test_a_sam_checkpoint_of_another_kind_stops_the_backend_once_with_the_fix(backend, monkeypatch, capfd):
+    """A file that holds no SAM of that kind: the backend says so and exits, and serve's supervisor does not start
+    it again (a restart would say the same); the running backend is untouched (it exits before it listens)."""
+    import threading
+
+    from components.core.errors import SETTINGS_EXIT
+    from flows.serve.processes import MLBackend
+
+    folder = backend["params"].parent
+    (folder / "not-sam.pth").write_bytes(b"\x00 not a checkpoint")
+    params_path = folder / "params-not-sam.yaml"
+    params_path.write_text(backend["params"].read_text().replace("sam_checkpoint: null", "sam_checkpoint: not-sam.pth"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", backend["env"]["MLFLOW_TRACKING_URI"])
+    supervisor = MLBackend(params_path, threading.Event())
+    supervisor.start()
+    supervisor._thread.join(timeout=DEADLINE_S)
+    assert not supervisor._thread.is_alive() and supervisor.process.returncode == SETTINGS_EXIT  # started once, not again
+    said = "".join(capfd.readouterr())
+    assert said.count("is not a SAM vit_b checkpoint") == 1 and "assist.sam_model_type" in said, said[-2000:]
+    assert backend["process"].poll() is None and client_health(backend["url"])["status"] == "UP"
+
+
 def test_a_teams_sam_checkpoint_answers_the_clicks(backend, label_studio):
-    """params.yaml assist.sam_checkpoint: the backend loads it once and SAM answers in GrabCut's place
-    (segment-anything's vit_b with random weights, saved as a checkpoint is: what its masks are worth is not
-    asserted here, only that SAM answers, at the task's image size, through Label Studio). Last in this file:
-    the backend it starts is the one the fixture stops."""
+    """params.yaml assist.sam_checkpoint: the backend loads it once and SAM answers in GrabCut's place, through
+    Label Studio (segment-anything's vit_b with random weights, saved as a checkpoint is: what its masks are worth
+    is not asserted, and it may find no object at all; tests/model/test_sam.py checks how it is asked). Last in
+    this file: the backend it starts is the one the fixture stops."""
     import torch
     from segment_anything import sam_model_registry
 

@@ -1,14 +1,17 @@
 """A team's SAM checkpoint answers the smart tools (params.yaml assist.sam_checkpoint): segment-anything's own
-vit_b, built here with random weights (no checkpoint can be downloaded) and saved as a checkpoint is."""
+vit_b, built here with random weights (no checkpoint can be downloaded) and saved as a checkpoint is. What its
+masks are worth is not asserted (random weights); how it is asked is."""
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from components.production.assist import Measured, asker, load_sam
+from components.production.assist import asker, load_sam
 from components.production.ml_backend import Prompt
 
 
@@ -23,20 +26,31 @@ def sam(tmp_path_factory):
 
 
 def test_sam_answers_a_box_and_the_clicks_after_it_from_one_embedding(sam, tmp_path):
-    image = np.full((300, 400, 3), (40, 160, 60), np.uint8)
-    image[100:200, 150:250] = (200, 40, 40)
+    image = np.full((1500, 2000, 3), (40, 160, 60), np.uint8)  # larger than SAM reads: decoded at 1024x768
+    image[500:1000, 750:1250] = (200, 40, 40)
     Image.fromarray(image).save(tmp_path / "photo.png")
     embedded, asked = [], []
     sam.predictor.model.image_encoder.register_forward_hook(lambda *_: embedded.append(1))
     predict = sam.predictor.predict
     sam.predictor.predict = lambda **kw: asked.append(kw) or predict(**kw)  # a spy: every call goes through to SAM
+    box = Prompt("fish", (700.0, 450.0, 1300.0, 1050.0), (), (), 2000, 1500)
     ask = asker(tmp_path / "photo.png", None, 10**8, sam)  # no mask head yet: SAM is the fallback, not GrabCut
 
-    first = ask(Prompt("fish", (140.0, 90.0, 260.0, 210.0), (), (), 800, 600))  # drawn on the image shown at 800x600
-    clicked = ask(Prompt("fish", (140.0, 90.0, 260.0, 210.0), ((200.0, 150.0),), ((20.0, 20.0),), 800, 600))
+    with ThreadPoolExecutor(2) as pool:  # a box asked twice at once (a double click): one embedding for both
+        first, again = pool.map(ask, [box, box])
+    clicked = ask(Prompt("fish", box.box, ((1000.0, 750.0),), ((100.0, 100.0),), 2000, 1500))
 
-    assert first.made_by == clicked.made_by == "SAM vit_b" and len(embedded) == 1  # one embedding, two answers
-    assert first.mask.shape == clicked.mask.shape == (600, 800) and first.mask.dtype == bool
-    assert np.allclose(asked[0]["box"], [70, 45, 130, 105]) and asked[0]["point_coords"] is None  # at the image's 400x300
-    assert np.allclose(asked[1]["point_coords"], [[100, 75], [10, 10]]) and list(asked[1]["point_labels"]) == [1, 0]
-    assert Measured(0.7, 0.8, 40, "SAM vit_b").use_learned is False  # the mask head takes over only once it measures better
+    assert first.made_by == clicked.made_by == "SAM vit_b" and len(embedded) == 1  # one embedding, three answers
+    assert first.mask.shape == clicked.mask.shape == (1500, 2000) and first.mask.dtype == bool
+    assert np.array_equal(first.mask, again.mask)
+    assert np.allclose(asked[0]["box"], [358.4, 230.4, 665.6, 537.6]) and asked[0]["point_coords"] is None  # at 1024x768
+    assert np.allclose(asked[2]["point_coords"], [[512, 384], [51.2, 51.2]]) and list(asked[2]["point_labels"]) == [1, 0]
+    assert asked[0]["multimask_output"] is False  # a box is not ambiguous; one click alone is (SAM's three guesses)
+    one_click = ask(Prompt("fish", None, ((1000.0, 750.0),), (), 2000, 1500))
+    assert asked[3]["multimask_output"] is True and one_click.mask.shape == (1500, 2000) and len(embedded) == 1
+
+    # measuring in the background embeds its images without keeping them: a person's stays
+    Image.fromarray(np.roll(image, 40, axis=1)).save(tmp_path / "validation.png")
+    sam.masks(tmp_path / "validation.png", [box], 10**8)
+    ask(box)
+    assert len(embedded) == 2 and len(sam._embeddings) == 1  # measuring's own; the person's box from theirs, still kept

@@ -263,3 +263,23 @@ def test_an_unknown_kind_of_sam_is_refused_when_params_load(tmp_path):
     (tmp_path / "params.yaml").write_text(text)
     with pytest.raises(SettingsError, match="sam_model_type"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_the_mask_head_is_measured_against_the_fallback_once_per_object_and_stops_for_a_newer_champion(tmp_path):
+    from PIL import Image
+
+    from components.data.masks import coco_of
+    from components.production.assist import measure
+    from components.tasks.segmentation import SegmentationModel
+
+    model = SegmentationModel(_AllMask(), CONFIG.labels, image_size=64)
+    truth = np.zeros((100, 200), bool)
+    truth[20:60, 40:120] = True
+    Image.fromarray(np.where(truth[..., None], 200, 40).astype(np.uint8).repeat(3, axis=2)).save(tmp_path / "a.png")
+    target = {"width": 200, "height": 100, "boxes": [{"label": "3", "x": 40, "y": 20, "w": 80, "h": 40, "mask": coco_of(truth)}]}
+    known: dict = {}
+    first = measure(model, [(tmp_path / "a.png", target)], 10**8, known=known)
+    assert first.objects == 1 and first.fallback > 0.9 and len(known) == 1  # GrabCut finds the block
+    known[next(iter(known))] = 0.123  # what the fallback measured before is not measured again
+    assert measure(model, [(tmp_path / "a.png", target)], 10**8, known=known).fallback == 0.123
+    assert measure(model, [(tmp_path / "a.png", target)], 10**8, known=known, stop=lambda: True) is None
