@@ -34,6 +34,7 @@ from components.core.errors import SETTINGS_EXIT, FlywheelError, LabelStudioErro
 from components.core.settings import Settings
 from components.data.images import ImageError, StoredImage, decode_image, shown_size
 from components.loop.workspace import Workspace
+from components.networks.compute import torch_device
 from components.production.assist import Measured, Sam, answer, load_sam, measure
 from components.production.ml_backend import (
     BadRequest,
@@ -87,7 +88,7 @@ class Backend:
             self.state = (None, self.not_measured)
             return
         if current is None or current.model_version != registered.model_version:
-            device = "cuda" if self.ws.compute.accelerator == "gpu" else "cpu"
+            device = str(torch_device(self.ws.compute))
             self.state = (load_champion(self.ws.models, self.config, device), self.not_measured)
             self.unmeasured = True
             log.info("ML backend: answering with %s.", registered.model_version)
@@ -322,7 +323,7 @@ def run(settings: Settings, params_path: Path) -> None:
     if params.assist.sam_checkpoint:
         log.info("ML backend: loading %s (assist.sam_checkpoint).", params.assist.sam_checkpoint)
         sam = load_sam(params.assist.sam_checkpoint, params.assist.sam_model_type, params_path.parent,
-                       "cuda" if ws.compute.accelerator == "gpu" else "cpu")
+                       str(torch_device(ws.compute)))
     backend = Backend(ws, sam)
     try:
         backend.refresh(measure=False)  # loaded before the first request, not during it (measured in the background)
