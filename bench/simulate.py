@@ -21,12 +21,13 @@ from components.studies.datasets import (
     DETECTION, OBJECT_SETS, PACKAGED, PHOTO_DETECTION, PHOTO_SEGMENTATION, SEGMENTATION, LabeledImage, materialize,
 )
 from components.tasks.objects import parse_target
-from components.loop.publish import label_next
-from components.loop.workspace import open_workspace
+from components.loop import train as training
+from components.loop.publish import label_next, write_back
+from components.loop.workspace import Workspace, open_workspace
 from components.core.labeling_config import load_labeling_config, with_labels
 from components.core.params import load_params
 from components.core.settings import Settings
-from components.studies.simulator import HeldOut, Outcome, Step, plot_curves, simulate, split_pool, write_csv
+from components.studies.simulator import HeldOut, Outcome, Retraining, Step, plot_curves, simulate, split_pool, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,6 +79,28 @@ def dataset_labels(images: Sequence[LabeledImage], task: str) -> list[str]:
     return sorted(classes, key=lambda x: (len(x), x))
 
 
+def background_retraining(ws: Workspace) -> Retraining | None:
+    """`flywheel serve`'s background retrain for the simulator (when `retrain.growth` is on): the same due check,
+    training from scratch and judge as `flows.retrain.background_retrain`, split so the simulator can hold the
+    model back until the person has labeled for as long as it trained."""
+    if not ws.params.retrain.growth:
+        return None
+
+    def land(trained: Any) -> str:
+        promotion = training.register(ws, trained)
+        if promotion.promoted:
+            write_back(ws, promotion.champion, ws.data.latest(), trained.model)
+        against = f" vs {promotion.champion_score:.3f}" if promotion.champion_score is not None and not promotion.promoted else ""
+        return (f"{promotion.candidate.model_version} ({trained.metrics['train_images']:.0f} images, {ws.task.metric_title} "
+                f"{promotion.candidate_score:.3f}{against}) {'promoted' if promotion.promoted else 'not promoted'}")
+
+    return Retraining(
+        due=lambda: training.retrain_due(ws, ws.data.latest()),
+        train=lambda: training.train(ws, ws.data.latest(), ws.params.train.architecture, progress=False, background=True),
+        land=land,
+    )
+
+
 def run_simulation(
     settings: Settings, scratch: Path, config: SimulationConfig, out_dir: Path = BENCH, echo=print
 ) -> list[Outcome]:
@@ -113,13 +136,14 @@ def run_simulation(
             acceptance = "-" if step.acceptance is None else f"{step.acceptance:.2f}"
             kept = f"  objects kept {step.kept}/{step.objects}" if step.objects else ""
             echo(f"[{order} seed {config.seed}] {step.labels:4d} labels  held-out {metric} {accuracy}  accepted {acceptance}{kept}  "
-                 f"iteration {step.iteration_s:.1f}s")
+                 f"iteration {step.iteration_s:.1f}s" + (f"  [{step.retrain}]" if step.retrain else ""))
 
         outcome = simulate(
             ws.label_studio, ws.project, truth, evaluation, ws.models,
             run_iteration=lambda: flywheel_iteration(str(params_path)),
             order=order, budget=config.budget, every=config.every, seed=config.seed,
             next_tasks=lambda: label_next(ws), on_step=show, costs=costs,
+            retraining=background_retraining(ws) if costs else None,
         )
         write_csv(outcome, out_dir / f"simulate_{config.dataset_name}_{order}{f'_seed{config.seed}' if strategy else ''}.csv")
         outcomes.append(outcome)

@@ -1,4 +1,5 @@
-"""The scheduled full retrain: every architecture in params.yaml on the latest snapshot, best to champion."""
+"""Full retrains from scratch: the scheduled one (every architecture in params.yaml on the latest snapshot, best
+to champion), and the background one (the loop's architecture, each time the labeled set grew by `retrain.growth`)."""
 
 from __future__ import annotations
 
@@ -33,3 +34,39 @@ def retrain(params_path: str = "params.yaml") -> dict[str, object]:
     scores = ", ".join(f"{a} {v:.3f}" for a, v in summary["score"].items())  # type: ignore[union-attr]
     log.info("Retrained on %s: %s %s; champion %s.", summary["snapshot"], ws.task.metric_title, scores, summary["champion"])
     return summary
+
+
+@flow(name="flywheel-background-retrain", log_prints=True, on_failure=[report_failure], persist_result=True)
+def background_retrain(params_path: str = "params.yaml", progress: bool = False, trigger: str = "background") -> dict[str, object]:
+    """Train the loop's model from scratch on the latest snapshot when it is due (`tasks.retrain_due`): the fast
+    path's chain of short fine-tunes does not reach what a full training on the same labels does. The judge
+    decides as for any model; a new champion's pre-annotations are written at once."""
+    ws = connect(params_path)
+    latest = ws.data.latest()
+    if not tasks.retrain_due(ws, latest):
+        return {"retrained": False}
+    log.info("Retraining %s from scratch on %s in the background...", ws.params.train.architecture, latest.rev)  # type: ignore[union-attr]
+    trained = tasks.train(ws, latest, ws.params.train.architecture, progress, background=True)
+    with one_at_a_time(ws, PUBLISH_LOCK):
+        promotion = tasks.register(ws, trained)
+        _, written = tasks.refresh_preannotations(ws, promotion.champion, ws.data.latest()) if promotion.promoted else (None, 0)
+    verdict = "now the champion" if promotion.promoted else "the champion stays"
+    log.info("Retrained from scratch on %s (%d training images): %s %.3f, %s.", latest.rev,  # type: ignore[union-attr]
+             int(trained.metrics["train_images"]), ws.task.metric_title, promotion.candidate_score, verdict)
+    return {"retrained": True, "snapshot": latest.rev, "promoted": promotion.promoted,  # type: ignore[union-attr]
+            "score": promotion.candidate_score, "written": written}
+
+
+if __name__ == "__main__":  # `flywheel serve`'s background retrain (flows.serve.background.Retrainer)
+    import signal
+    import sys
+
+    import torch
+
+    from components.core.params import load_params
+    from flows import logs
+
+    logs.setup()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for `flywheel serve`, which stops this process
+    torch.set_num_threads(load_params(sys.argv[1]).retrain.threads)
+    background_retrain(sys.argv[1])

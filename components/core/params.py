@@ -158,11 +158,28 @@ class PredictParams(_Section):
 
 
 class RetrainParams(_Section):
-    """The scheduled full retrain: every architecture from scratch, on one process or several (DDP)."""
+    """Full retrains from scratch: the scheduled one (every architecture, on one process or several, DDP),
+    and the background one of the loop's architecture each time the labeled set grew by `growth`."""
 
     cron: str
     # not "ddp": it re-runs the process's command per device, which inside a flow run is the whole flow
     strategy: Literal["ddp_fork", "ddp_spawn"] = "ddp_fork"
+    growth: float = Field(ge=0)
+    steps: int | None = Field(ge=1)
+    threads: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _growth_grows(self) -> RetrainParams:
+        if 0 < self.growth <= 1:
+            raise ValueError(f"retrain.growth is {self.growth}: 0 (off), or more than 1 (2: each time the labeled set doubled)")
+        return self
+
+    def due(self, labeled: int, at_last_scratch: int | None) -> bool:
+        """Whether a background retrain is due with `labeled` training images, the newest model trained from
+        scratch having seen `at_last_scratch` (None: no model was, as far as the tags say)."""
+        if not self.growth:
+            return False
+        return at_last_scratch is None or labeled >= at_last_scratch * self.growth
 
 
 class ComputeParams(_Section):

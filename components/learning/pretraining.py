@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from components.core.tags import TAG_READY
+from components.learning.training import WaitWhile
 from components.networks.architectures import ARCHITECTURES
 from components.networks.backbones import backbone_of, load_backbone
 from components.networks.compute import CPU, Compute, trainer_kwargs
@@ -105,27 +106,6 @@ class SimCLR(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=1e-4)
-
-
-class WaitWhile(L.Callback):
-    """Holds training before each batch while `busy()` says so (the loop refreshing pre-annotations:
-    a background pretraining gives it the cores); counts the seconds waited.
-
-    Args:
-        busy: Asked before each batch, then every `every_s` while it says True.
-        every_s: How often to ask again.
-    """
-
-    def __init__(self, busy: Callable[[], bool], every_s: float = 0.2):
-        self.busy = busy
-        self.every_s = every_s
-        self.waited_s = 0.0
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        began = time.perf_counter()
-        while self.busy():
-            time.sleep(self.every_s)
-        self.waited_s += time.perf_counter() - began
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ fold of a cross-validation). What is trained and how it is judged comes from the
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,6 +284,27 @@ def _train_loader(data: L.LightningDataModule, seed: int) -> Any:
     return loader
 
 
+class WaitWhile(L.Callback):
+    """Holds training before each batch while `busy()` says so (the loop refreshing pre-annotations:
+    a background pretraining gives it the cores); counts the seconds waited.
+
+    Args:
+        busy: Asked before each batch, then every `every_s` while it says True.
+        every_s: How often to ask again.
+    """
+
+    def __init__(self, busy: Callable[[], bool], every_s: float = 0.2):
+        self.busy = busy
+        self.every_s = every_s
+        self.waited_s = 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        began = time.perf_counter()
+        while self.busy():
+            time.sleep(self.every_s)
+        self.waited_s += time.perf_counter() - began
+
+
 def fit(
     task: TaskType,
     snapshot_dir: Path,
@@ -310,6 +332,7 @@ def fit(
     devices: int = 1,
     compute: Compute = CPU,
     strategy: str = "ddp_fork",
+    wait_while: Callable[[], bool] | None = None,
 ) -> TrainedModel:
     """Train `architecture` on a snapshot, tracked as one MLflow run.
 
@@ -329,7 +352,8 @@ def fit(
 
     It trains where `compute` says (`components.networks.compute`); with `devices` > 1, Lightning's DDP
     trains on that many processes or GPUs (`strategy`; gloo on CPU), each on its share of every batch, so
-    the effective batch stays `batch_size`. The model comes back on the CPU.
+    the effective batch stays `batch_size`. The model comes back on the CPU. With `wait_while` (a background
+    retrain), each batch waits while it says True (an iteration refreshing pre-annotations: it gets the cores).
     """
     L.seed_everything(seed, workers=True, verbose=False)
     parallel = {**trainer_kwargs(compute, devices), **(dict(strategy=strategy) if devices > 1 else {})}
@@ -341,6 +365,7 @@ def fit(
     with tempfile.TemporaryDirectory(prefix="flywheel-ckpt-") as checkpoints:
         best = ModelCheckpoint(dirpath=checkpoints, monitor="val_loss", mode="min", save_weights_only=True)
         keep_backbone = start_from_backbone(module, backbone)
+        waiting = [WaitWhile(wait_while)] if wait_while is not None else []
         head_only = bool(keep_backbone) and start_from is None  # a frozen pretrained backbone: only the head trains
         cached = head_on_cached_features(module, data.train_set) if head_only and devices == 1 else None
         if start_from is not None or head_only:
@@ -351,12 +376,12 @@ def fit(
             schedule: dict[str, Any] = dict(
                 max_epochs=-1, max_steps=max_steps if start_from is not None else max(min_steps, 1),
                 limit_val_batches=0, num_sanity_val_steps=0,
-                callbacks=[FaultPoint(), *keep_backbone], log_every_n_steps=10, enable_checkpointing=False,
+                callbacks=[FaultPoint(), *keep_backbone, *waiting], log_every_n_steps=10, enable_checkpointing=False,
             )
         else:
             schedule = dict(
                 max_epochs=max_epochs, min_steps=min_steps, max_steps=max_steps,
-                callbacks=[EarlyStopping(monitor="val_loss", patience=patience), best, FaultPoint(), *keep_backbone],
+                callbacks=[EarlyStopping(monitor="val_loss", patience=patience), best, FaultPoint(), *keep_backbone, *waiting],
                 log_every_n_steps=1,
             )
         trainer = L.Trainer(

@@ -35,11 +35,15 @@ from components.core.tags import (
     TAG_PROMOTED,
     TAG_REGISTERED,
     TAG_RUN_NAME,
+    TAG_SCHEDULE,
+    SCHEDULE_BACKGROUND,
+    SCHEDULE_FINE_TUNE,
+    SCHEDULE_SCRATCH,
 )
 from components.data.snapshot import read_manifest, training_rows
 from components.learning.training import Backbone, TrainedModel, fit
 from components.loop.pool import backbone_for, pretrained_run
-from components.loop.workspace import Workspace
+from components.loop.workspace import Workspace, refreshing_now
 
 log = logging.getLogger(__name__)
 
@@ -111,25 +115,50 @@ def champion_to_tune(ws: Workspace, architecture: str, backbone: Backbone | None
     return champion, model
 
 
+def retrain_due(ws: Workspace, snapshot_version: SnapshotVersion | None) -> bool:
+    """Whether the background retrain should train the loop's model from scratch on this snapshot: it is on
+    (`retrain.growth`), the loop registered a model of the snapshot already (the fast path comes first), and
+    that model saw `growth` times the training images of the newest registered model trained from scratch."""
+    if not ws.params.retrain.growth or snapshot_version is None or snapshot_version.too_few:
+        return False
+    architecture = ws.params.train.architecture
+    latest = ws.models.runs_tagged({TAG_MD5: snapshot_version.md5, TAG_ARCHITECTURE: architecture}, registered=True)
+    if not latest:
+        return False
+    scratch = [
+        run for schedule in (SCHEDULE_SCRATCH, SCHEDULE_BACKGROUND)
+        for run in ws.models.runs_tagged({TAG_ARCHITECTURE: architecture, TAG_SCHEDULE: schedule}, registered=True)
+    ]
+    newest = max(scratch, key=lambda run: run.info.start_time, default=None)
+    seen = int(newest.data.metrics.get("train_images", 0)) if newest is not None else None
+    return ws.params.retrain.due(int(latest[0].data.metrics.get("train_images", 0)), seen)
+
+
 def train(
     ws: Workspace, snapshot_version: SnapshotVersion, architecture: str, progress: bool = True, warm: bool = False,
-    parallel: bool = False,
+    parallel: bool = False, background: bool = False,
 ) -> TrainedModel:
     """Train one architecture on the snapshot of `snapshot_version`, read by its revision: from
     scratch, or with `warm` (the served loop's fast path) by fine-tuning the champion's weights for
     `train.finetune_steps` steps when the champion is of this architecture. With `parallel` (the
-    scheduled full retrain), on `compute.devices` processes or GPUs (DDP) when params.yaml says so."""
+    scheduled full retrain), on `compute.devices` processes or GPUs (DDP) when params.yaml says so. With
+    `background` (the background retrain), from scratch for `retrain.steps`, waiting between batches while
+    an iteration refreshes pre-annotations."""
     p = ws.params.train
     folder = ws.data.checkout(snapshot_version)
     rows = training_rows(read_manifest(folder))
     pretrained = pretrained_run(ws, architecture)
     backbone = backbone_for(ws, architecture, len(rows), pretrained) if pretrained is not None else None
-    start = champion_to_tune(ws, architecture, backbone) if warm else None
+    start = champion_to_tune(ws, architecture, backbone) if warm and not background else None
+    steps = ws.params.retrain.steps if background else None
     schedule = (
         dict(min_steps=0, max_steps=p.finetune_steps, lr=p.finetune_lr) if start
-        else dict(min_steps=p.min_steps, max_steps=p.max_steps, lr=p.lr)
+        else dict(min_steps=steps or p.min_steps, max_steps=steps or p.max_steps, lr=p.lr)
     )
-    tags = {**run_tags(ws, snapshot_version, architecture), TAG_KIND: KIND_TRAINING}
+    tags = {
+        **run_tags(ws, snapshot_version, architecture), TAG_KIND: KIND_TRAINING,
+        TAG_SCHEDULE: SCHEDULE_FINE_TUNE if start else SCHEDULE_BACKGROUND if background else SCHEDULE_SCRATCH,
+    }
     if start:
         tags[TAG_FINE_TUNED_FROM] = start[0].model_version
     if backbone is not None:
@@ -157,6 +186,7 @@ def train(
             start_from=start[1] if start else None,
             backbone=backbone,
             compute=ws.compute,
+            wait_while=(lambda: refreshing_now(ws)) if background else None,
             **(dict(devices=ws.compute.devices, strategy=ws.params.retrain.strategy) if parallel else {}),
             **schedule,
         )

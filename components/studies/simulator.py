@@ -54,6 +54,7 @@ class Step:
     drawn: int = 0  # true objects drawn from nothing
     seconds: float = 0.0  # annotation seconds of the block, with its suggestions
     seconds_without: float = 0.0  # the same objects drawn from nothing
+    retrain: str = ""  # a background retrain started or landed in this block (`Retraining`)
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,22 @@ def preannotation_accuracy(ls: LabelStudio, project: Project, truth: dict[str, s
     return right / total if total else None
 
 
+@dataclass(frozen=True)
+class Retraining:
+    """The background retrain (`retrain.growth`), played in the person's time: `flywheel serve` trains it beside
+    the labeling, so its model arrives only after the person has labeled for as long as it trained.
+
+    After each iteration `due()` says whether one starts; `train()` then trains it at once and its result is
+    held back; `land(trained)` registers it, lets the judge decide and writes a new champion's pre-annotations
+    (returns a few words on the outcome), once the annotation seconds since (`costs`) cover its training
+    seconds plus those of the iterations meanwhile (the retrain waits while one runs). One at a time.
+    """
+
+    due: Callable[[], bool]
+    train: Callable[[], Any]
+    land: Callable[[Any], str]
+
+
 def simulate(
     ls: LabelStudio,
     project: Project,
@@ -182,6 +199,7 @@ def simulate(
     on_step: Callable[[Step], None] = lambda step: None,
     first_block: Sequence[int] = (),
     costs: EffortCosts | None = None,
+    retraining: Retraining | None = None,
 ) -> Outcome:
     """Play the annotator for `budget` labels, running an iteration every `every` labels.
 
@@ -203,9 +221,13 @@ def simulate(
         first_block: Task ids labeled first, in place of the order's first block (e.g. 2 per class);
             after that block, the pre-annotation accuracy on every unlabeled task is measured.
         costs: Seconds per action on one object (boxes and masks): the blocks' annotation seconds.
+        retraining: The background retrain, timed by the annotation seconds (needs `costs`).
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, not {order!r}")
+    if retraining is not None and costs is None:
+        raise ValueError("a background retrain is timed by the annotation seconds: pass `costs`")
+    pending: list[Any] | None = None  # a retrain trained and held back: [its result, the annotation seconds it still needs]
     task_type = task_type_of(project.config)
     unlabeled = ls.unlabeled_tasks(project.id)
     pool = len(unlabeled)
@@ -221,12 +243,14 @@ def simulate(
             queue = list(first_block)
         shown = accepted = 0
         edits = Edits()
+        events = []
         model_version = ls.shown_model_version(project.id)
-        for task_id in queue:
+        for position, task_id in enumerate(queue, 1):
             task = ls.task(task_id)
             result = task_type.result_of(truth[task["data"]["filename"]], project.config)
             suggestion = shown_prediction(task, model_version) if model_version else None
-            edits += task_type.edits(suggestion["result"] if suggestion else [], result, project.config) or Edits()
+            image = task_type.edits(suggestion["result"] if suggestion else [], result, project.config) or Edits()
+            edits += image
             if suggestion is not None:
                 shown += 1
                 if task_type.agree(suggestion["result"], result, project.config):
@@ -234,10 +258,22 @@ def simulate(
                     result = suggestion["result"]  # accepted unchanged
             ls.annotate(task_id, result, parent_prediction=suggestion["id"] if suggestion else None)
             done.add(task_id)
+            if pending is not None and retraining is not None and costs is not None:
+                pending[1] -= image.seconds(costs)
+                if pending[1] <= 0:  # trained meanwhile in the background: the next images see what it changed
+                    events.append(f"retrain landed after {labels + position} labels: {retraining.land(pending[0])}")
+                    pending = None
+                    model_version = ls.shown_model_version(project.id)
         labels += len(queue)
         start = time.perf_counter()
         run_iteration()
         elapsed = time.perf_counter() - start
+        if pending is not None:
+            pending[1] += elapsed  # the background retrain waits while an iteration runs
+        elif retraining is not None and retraining.due():
+            began = time.perf_counter()
+            pending = [retraining.train(), time.perf_counter() - began]
+            events.append(f"retrain started after {labels} labels ({pending[1]:.0f} s of training)")
         champion = registry.champion()
         scores = held_out.score(registry, champion) if champion else None
         step = Step(
@@ -254,6 +290,7 @@ def simulate(
             objects=edits.objects, kept=edits.kept, adjusted=edits.adjusted, deleted=edits.deleted, drawn=edits.drawn,
             seconds=round(edits.seconds(costs), 1) if costs else 0.0,
             seconds_without=round(edits.seconds_without(costs), 1) if costs else 0.0,
+            retrain="; ".join(events),
         )
         steps.append(step)
         on_step(step)

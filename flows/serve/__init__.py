@@ -28,7 +28,7 @@ Ctrl-C or SIGTERM stops everything within `STOP_S` seconds; a run killed that wa
 next one (see `flows.common`).
 
 Where things are: `dispatcher` (what wakes serving and the work it hands off), `processes` (the
-warm worker's process, stopping a child), `pretrainer` (the background pretraining), `runner`
+warm worker's process, stopping a child), `background` (the background pretraining and retrain), `runner`
 (Prefect's runner for the scheduled retrain); `serve` itself, here, starts and stops them all.
 """
 
@@ -46,11 +46,11 @@ from components.core.errors import LabelStudioError, SettingsError
 from components.core.params import Params, load_params
 from components.core.settings import Settings
 from flows.serve.dispatcher import Dispatcher
-from flows.serve.pretrainer import Pretrainer
+from flows.serve.background import Pretrainer, Retrainer
 from flows.serve.processes import STOP_S, MLBackend, Worker
 from flows.serve.runner import Runner, serve_deployments
 
-__all__ = ["Dispatcher", "MLBackend", "Pretrainer", "Runner", "Worker", "serve", "serve_deployments"]
+__all__ = ["Dispatcher", "MLBackend", "Pretrainer", "Retrainer", "Runner", "Worker", "serve", "serve_deployments"]
 
 log = logging.getLogger("flows.serve")
 
@@ -121,7 +121,7 @@ def serve(settings: Settings, params_path: Path) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     receiver, hook = _start_receiver(settings, ls, project_id, inbox) if params.poll.webhooks else (None, None)
     runner = Runner(params_path, f"{settings.prefect_api_url}/health", stopping)
-    pretrainer = Pretrainer(params_path, params)
+    pretrainer, retrainer = Pretrainer(params_path, params), Retrainer(params_path, params)
     ml_backend = MLBackend(params_path, stopping) if params.assist.backend else None
     try:
         if ml_backend is not None:
@@ -129,7 +129,7 @@ def serve(settings: Settings, params_path: Path) -> int:
         worker.start()
         if not settings.team:
             runner.start()
-        dispatcher = Dispatcher(params, ls, project_id, inbox, worker, pretrainer)
+        dispatcher = Dispatcher(params, ls, project_id, inbox, worker, pretrainer, retrainer)
         pretrainer.maybe_start(dispatcher.task_count())
         while not stopping.is_set():
             dispatcher.step(stopping)
@@ -137,6 +137,7 @@ def serve(settings: Settings, params_path: Path) -> int:
         stopping.set()
         worker.stop()
         pretrainer.stop()
+        retrainer.stop()
         if ml_backend is not None:
             ml_backend.stop()
         if hook is not None:

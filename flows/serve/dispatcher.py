@@ -14,7 +14,7 @@ from components.adapters.label_studio import LabelStudio
 from components.adapters.webhooks import LABEL_ACTIONS, Inbox, Wakeup
 from components.core.errors import LabelStudioError
 from components.core.params import Params
-from flows.serve.pretrainer import Pretrainer
+from flows.serve.background import Pretrainer, Retrainer
 from flows.serve.processes import HEALTH_S, Worker
 
 SAFETY_NET = "safety-net poll"
@@ -31,9 +31,9 @@ class Dispatcher:
     strategy report), the tidy, the label check. One line on the terminal per thing that matters."""
 
     def __init__(self, params: Params, ls: LabelStudio, project_id: int, inbox: Inbox, worker: Worker,
-                 pretrainer: Pretrainer | None = None):
+                 pretrainer: Pretrainer | None = None, retrainer: Retrainer | None = None):
         self.params, self.ls, self.project_id, self.inbox, self.worker = params, ls, project_id, inbox, worker
-        self.pretrainer = pretrainer
+        self.pretrainer, self.retrainer = pretrainer, retrainer
         self.watermark: str | None = None  # Label Studio's newest change when work was last handed off
         self.cursor: str | None = None  # the latest snapshot's cursor, as the last iteration reported it
         self.retry = False  # the last iteration failed: the next wake-up runs one whatever changed
@@ -124,8 +124,10 @@ class Dispatcher:
         self.handle(reply.get("summary") or {})
 
     def handle(self, summary: dict[str, Any]) -> None:
-        """Note what an iteration reported: the cursor, and the idle work it calls for."""
+        """Note what an iteration reported: the cursor, the idle work it calls for, a background retrain."""
         now = time.monotonic()
+        if self.retrainer is not None and summary.get("retrain_due"):
+            self.retrainer.maybe_start()
         self.cursor = summary.get("cursor") or self.cursor
         self.has_model = self.has_model or bool(summary.get("champion"))
         if summary.get("snapshot") or summary.get("trained"):

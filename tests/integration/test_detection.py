@@ -258,3 +258,83 @@ def test_a_project_made_outside_flywheel_is_attached_by_id_and_runs_the_loop(lab
     code, output, _ = run_cli(cli_env, "run", "--params", str(params_path), "--project", "987654")
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert code == 1 and len(errors) == 1 and "has no project 987654" in errors[0] and "Projects there:" in errors[0], output[-2000:]
+
+
+def retrain_params(folder: Path, growth: float) -> Path:
+    """The detection demo's small test params with the background retrain on (`retrain.growth`), 30 steps from scratch."""
+    params_path = write_detection_params(folder, f"retrain-{uuid.uuid4().hex[:6]}")
+    raw = yaml.safe_load(params_path.read_text())
+    raw["retrain"].update({"growth": growth, "steps": 30, "threads": 1})
+    params_path.write_text(yaml.safe_dump(raw))
+    return params_path
+
+
+def test_the_background_retrain_trains_from_scratch_once_the_labeled_set_doubled(label_studio, loop_env, tmp_path):
+    """The iteration that sees the labeled set doubled since the last model from scratch says so (`flywheel
+    serve` then starts the retrain's child); the retrain trains from scratch, is judged like any model, and
+    is not due again until the labeled set grows again."""
+    from components.core.tags import SCHEDULE_BACKGROUND, SCHEDULE_FINE_TUNE, SCHEDULE_SCRATCH, TAG_PROMOTED, TAG_SCHEDULE
+    from flows.flywheel import flywheel_iteration
+    from flows.retrain import background_retrain
+
+    params_path = retrain_params(tmp_path, growth=1.5)
+    ws = open_workspace(load_settings(), load_params(params_path), create_project=True)
+    images = materialize(DETECTION, tmp_path / "datasets", limit=60)
+    ws.label_studio.import_images(ws.project, [i.path for i in images])
+    truth = {i.path.name: i.label for i in images}
+    unlabeled = sorted(ws.label_studio.unlabeled_tasks(ws.project.id).items())
+
+    def label(tasks: list) -> None:
+        for task_id, data in tasks:
+            ws.label_studio.annotate(task_id, ws.task.result_of(truth[data["filename"]], ws.project.config))
+
+    label(unlabeled[:20])
+    first = flywheel_iteration(str(params_path), progress=False)
+    assert first["trained"] and not first.get("retrain_due")  # the first model is itself from scratch
+    assert background_retrain(str(params_path)) == {"retrained": False}
+    label(unlabeled[20:50])
+    second = flywheel_iteration(str(params_path), progress=False)
+    assert second["trained"] and second["retrain_due"], second
+    schedules = [r.data.tags.get(TAG_SCHEDULE) for r in ws.models.runs_tagged({}, registered=True, max_results=10)]
+    assert schedules == [SCHEDULE_FINE_TUNE, SCHEDULE_SCRATCH]  # newest first: the fast path fine-tuned the first model
+
+    retrained = background_retrain(str(params_path))
+    assert retrained["retrained"] and retrained["snapshot"] == ws.data.latest().rev, retrained
+    (run,) = ws.models.runs_tagged({TAG_SCHEDULE: SCHEDULE_BACKGROUND}, registered=True, max_results=10)
+    assert run.data.tags[TAG_PROMOTED] == str(retrained["promoted"]).lower()  # judged, as every model is
+    assert run.data.metrics["train_images"] == ws.models.runs_tagged({TAG_SCHEDULE: SCHEDULE_FINE_TUNE}, registered=True)[0].data.metrics["train_images"]
+    if retrained["promoted"]:  # a new champion's pre-annotations are written at once
+        assert ws.label_studio.shown_model_version(ws.project.id) == ws.models.champion().model_version
+    assert background_retrain(str(params_path)) == {"retrained": False}  # done for this labeled set
+
+
+def test_the_simulated_background_retrain_lands_only_after_the_person_labeled_while_it_trained(label_studio, loop_env, tmp_path):
+    """`bench simulate` plays the retrain in the person's time: trained at once, held back (not registered)
+    until the annotation seconds since cover its training seconds, then judged and shown."""
+    from bench.simulate import background_retraining
+    from components.core.tags import SCHEDULE_BACKGROUND, TAG_SCHEDULE
+    from components.studies.simulator import HeldOut, simulate, split_pool
+    from flows.flywheel import flywheel_iteration
+
+    params_path = retrain_params(tmp_path, growth=1.5)
+    ws = open_workspace(load_settings(), load_params(params_path), create_project=True)
+    pool, held_out = split_pool(materialize(DETECTION, tmp_path / "datasets", limit=90), 10, seed=0)
+    ws.label_studio.import_images(ws.project, [i.path for i in pool])
+    registered = []
+
+    def background_models(step) -> None:
+        registered.append(len(ws.models.runs_tagged({TAG_SCHEDULE: SCHEDULE_BACKGROUND}, registered=True, max_results=10)))
+
+    outcome = simulate(
+        ws.label_studio, ws.project, {i.path.name: i.label for i in pool},
+        HeldOut(held_out, ws.task, ws.project.config.labels, ws.params.train.image_size), ws.models,
+        run_iteration=lambda: flywheel_iteration(str(params_path), progress=False), order="random", budget=60, every=20,
+        costs=ws.params.strategy.effort_costs("boxes"), retraining=background_retraining(ws), on_step=background_models,
+    )
+    started = next(i for i, s in enumerate(outcome.steps) if "retrain started" in s.retrain)
+    assert registered[started] == 0  # held back: the person has not labeled a second since it trained
+    landed = next(i for i, s in enumerate(outcome.steps) if "retrain landed" in s.retrain)
+    assert landed > started and registered[landed] == 1, [s.retrain for s in outcome.steps]
+    with pytest.raises(ValueError, match="pass `costs`"):
+        simulate(ws.label_studio, ws.project, {}, None, ws.models, lambda: None, "random", 1, 1,  # type: ignore[arg-type]
+                 retraining=background_retraining(ws))

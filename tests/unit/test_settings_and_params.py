@@ -136,3 +136,30 @@ def test_before_the_first_model_one_change_is_enough_and_the_registry_is_asked_o
     assert not poll.enough_changes(0, has_model(False)) and asked == []  # nothing changed: nothing to version
     assert poll.enough_changes(1, has_model(False)) and asked == [False]  # no model yet: one change brings the first
     assert not poll.enough_changes(9, has_model(True))  # a model: wait for ten
+
+
+@pytest.mark.parametrize(
+    "growth, labeled, at_last_scratch, due",
+    [
+        (0, 500, 20, False),  # off
+        (2, 39, 20, False),  # not doubled yet
+        (2, 40, 20, True),  # doubled since the last model from scratch
+        (2, 80, 40, True),
+        (1.5, 59, 40, False),
+        (2, 16, None, True),  # no model from scratch on record (runs from before the schedule tag): one now
+    ],
+)
+def test_the_background_retrain_is_due_when_the_labeled_set_grew_by_growth(growth, labeled, at_last_scratch, due):
+    params = load_params(ROOT / "params.yaml")
+    retrain = params.retrain.model_copy(update={"growth": growth})
+    assert retrain.due(labeled, at_last_scratch) is due
+
+
+def test_a_growth_that_does_not_grow_is_refused_with_what_to_write(tmp_path):
+    import yaml
+
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
+    shipped["retrain"]["growth"] = 0.5
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(shipped))
+    with pytest.raises(SettingsError, match=r"retrain.growth is 0.5: 0 \(off\), or more than 1"):
+        load_params(tmp_path / "params.yaml")
