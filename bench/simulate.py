@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from bench.results import BENCH, CATALOG, record, seed_figures
@@ -94,11 +95,15 @@ def background_retraining(ws: Workspace) -> Retraining | None:
         return (f"{promotion.candidate.model_version} ({trained.metrics['train_images']:.0f} images, {ws.task.metric_title} "
                 f"{promotion.candidate_score:.3f}{against}) {'promoted' if promotion.promoted else 'not promoted'}")
 
-    return Retraining(
-        due=lambda: training.retrain_due(ws, ws.data.latest()),
-        train=lambda: training.train(ws, ws.data.latest(), ws.params.train.architecture, progress=False, background=True),
-        land=land,
-    )
+    def train() -> Any:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(ws.params.retrain.threads)  # as `flywheel serve`'s child trains it
+        try:
+            return training.train(ws, ws.data.latest(), ws.params.train.architecture, progress=False, background=True)
+        finally:
+            torch.set_num_threads(threads)
+
+    return Retraining(due=lambda: training.retrain_due(ws, ws.data.latest()), train=train, land=land)
 
 
 def run_simulation(

@@ -286,7 +286,7 @@ def _train_loader(data: L.LightningDataModule, seed: int) -> Any:
 
 class WaitWhile(L.Callback):
     """Holds training before each batch while `busy()` says so (the loop refreshing pre-annotations:
-    a background pretraining gives it the cores); counts the seconds waited.
+    a background pretraining or retrain gives it the cores); counts the seconds waited.
 
     Args:
         busy: Asked before each batch, then every `every_s` while it says True.

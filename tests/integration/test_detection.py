@@ -265,6 +265,7 @@ def retrain_params(folder: Path, growth: float) -> Path:
     params_path = write_detection_params(folder, f"retrain-{uuid.uuid4().hex[:6]}")
     raw = yaml.safe_load(params_path.read_text())
     raw["retrain"].update({"growth": growth, "steps": 30, "threads": 1})
+    raw["validate"]["min_per_class"] = 1  # a first model from the first block
     params_path.write_text(yaml.safe_dump(raw))
     return params_path
 
@@ -328,7 +329,7 @@ def test_the_simulated_background_retrain_lands_only_after_the_person_labeled_wh
     outcome = simulate(
         ws.label_studio, ws.project, {i.path.name: i.label for i in pool},
         HeldOut(held_out, ws.task, ws.project.config.labels, ws.params.train.image_size), ws.models,
-        run_iteration=lambda: flywheel_iteration(str(params_path), progress=False), order="random", budget=60, every=20,
+        run_iteration=lambda: flywheel_iteration(str(params_path), progress=False), order="random", budget=80, every=20,
         costs=ws.params.strategy.effort_costs("boxes"), retraining=background_retraining(ws), on_step=background_models,
     )
     started = next(i for i, s in enumerate(outcome.steps) if "retrain started" in s.retrain)

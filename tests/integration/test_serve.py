@@ -117,3 +117,55 @@ def test_serve_pretrains_the_backbone_in_the_background_at_low_priority(stack, s
         serving.terminate()
         serving.wait(timeout=30)
         log.close()
+
+
+def test_serve_retrains_from_scratch_in_the_background_once_the_labeled_set_grew(stack, stack_env, loop_env, label_studio, tmp_path):
+    import psutil
+    import yaml
+
+    from components.core.tags import SCHEDULE_BACKGROUND, SCHEDULE_SCRATCH, TAG_SCHEDULE
+    from components.loop.workspace import open_workspace
+    from tests.integration.test_loop import make_digits_project
+
+    params_path, project, truth = make_digits_project(label_studio, tmp_path, "serve-retrain", limit=90)
+    raw = yaml.safe_load(params_path.read_text())
+    raw["retrain"].update(growth=1.5, steps=20, threads=1)
+    params_path.write_text(yaml.safe_dump(raw))
+    ws = open_workspace(loop_env, load_params(params_path))
+    tasks = sorted(label_studio.unlabeled_tasks(project.id).items())
+
+    def label(chunk: list) -> None:
+        for task_id, data in chunk:
+            label_studio.annotate(task_id, ws.task.result_of(truth[data["filename"]], project.config))
+
+    def wait_for(what: str, found, seconds: float):  # noqa: ANN001, ANN202
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            assert serving.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            if (value := found()) is not None:
+                return value
+            time.sleep(0.5)
+        pytest.fail(f"{what} within {seconds} s: {(tmp_path / 'serve.log').read_text()[-2000:]}")
+
+    label(tasks[:30])
+    env = {**os.environ, **stack_env, "PREFECT_API_URL": stack.prefect_api_url, "MLFLOW_TRACKING_URI": stack.mlflow_tracking_uri,
+           "FLYWHEEL_RECEIVER_PORT": str(free_port())}
+    log = open(tmp_path / "serve.log", "w")
+    serving = subprocess.Popen(
+        [str(Path(sys.executable).parent / "flywheel"), "serve", "--params", str(params_path)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for("no first model", ws.models.champion, 180)
+        label(tasks[30:80])  # the labeled set more than 1.5 times what the first model (from scratch) saw
+        child = wait_for("no background retrain started", lambda: next(
+            (p for p in psutil.Process(serving.pid).children(recursive=True) if _runs(p, "flows.retrain")), None), 240)
+        assert child.nice() >= 10  # below the loop's priority: it never holds up a refresh
+        run = wait_for("no model retrained from scratch registered", lambda: next(
+            iter(ws.models.runs_tagged({TAG_SCHEDULE: SCHEDULE_BACKGROUND}, registered=True)), None), 240)
+        assert run.data.metrics["train_images"] >= 1.5 * ws.models.runs_tagged(
+            {TAG_SCHEDULE: SCHEDULE_SCRATCH}, registered=True)[0].data.metrics["train_images"]
+    finally:
+        serving.terminate()
+        serving.wait(timeout=30)
+        log.close()
