@@ -298,6 +298,12 @@ def summarize_objects(
               f"iteration {train['finetune_steps']} steps fine-tuning the champion at {train['finetune_lr']:g}; copy-paste "
               f"{train['copy_paste']:g}; self-supervised pretraining {'on' if pretrain['enabled'] else 'off'}. How it was chosen: "
               f"`docs/studies/{'photo-choice' if photos else config.task.replace('detection', 'detector').replace('segmentation', 'segmenter') + '-choice'}.md`.")
+    retrain = {**params.retrain.model_dump(), **demo.get("retrain", {})}
+    if retrain["growth"]:
+        events = "; ".join(f"{o.order}: {s.retrain}" for o in every for s in o.steps if s.retrain) or "none started"
+        recipe += (f" A background retrain from scratch ({retrain['steps'] or train['max_steps']} steps) each time the labeled"
+                   f" set grew {retrain['growth']:g}x, played in the person's time (trained at once, shown once the annotation"
+                   f" seconds since covered its training seconds): {events}.")
     if config.task == "detection":
         title, what = "object detection (`flywheel bench simulate --task detection`)", "training the CenterNet detector"
         kept = "when every box matches (IoU >= 0.5, same class, nothing missing, nothing extra)"
