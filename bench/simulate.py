@@ -82,10 +82,19 @@ def dataset_labels(images: Sequence[LabeledImage], task: str) -> list[str]:
 
 def background_retraining(ws: Workspace) -> Retraining | None:
     """`flywheel serve`'s background retrain for the simulator (when `retrain.growth` is on): the same due check,
-    training from scratch and judge as `flows.retrain.background_retrain`, split so the simulator can hold the
-    model back until the person has labeled for as long as it trained."""
+    training from scratch (with `retrain.threads`) and judge as `flows.retrain.background_retrain`, split so the
+    simulator can hold the model back until the person has labeled for as long as it trained; a new champion's
+    pre-annotations are then written as the iteration `flywheel serve` starts for them does."""
     if not ws.params.retrain.growth:
         return None
+
+    def train() -> Any:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(ws.params.retrain.threads)  # as `flywheel serve`'s child trains it
+        try:
+            return training.train(ws, training.retrain_snapshot(ws), ws.params.train.architecture, progress=False, background=True)
+        finally:
+            torch.set_num_threads(threads)
 
     def land(trained: Any) -> str:
         promotion = training.register(ws, trained)
@@ -95,15 +104,7 @@ def background_retraining(ws: Workspace) -> Retraining | None:
         return (f"{promotion.candidate.model_version} ({trained.metrics['train_images']:.0f} images, {ws.task.metric_title} "
                 f"{promotion.candidate_score:.3f}{against}) {'promoted' if promotion.promoted else 'not promoted'}")
 
-    def train() -> Any:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(ws.params.retrain.threads)  # as `flywheel serve`'s child trains it
-        try:
-            return training.train(ws, ws.data.latest(), ws.params.train.architecture, progress=False, background=True)
-        finally:
-            torch.set_num_threads(threads)
-
-    return Retraining(due=lambda: training.retrain_due(ws, ws.data.latest()), train=train, land=land)
+    return Retraining(due=lambda: training.retrain_snapshot(ws) is not None, train=train, land=land)
 
 
 def run_simulation(

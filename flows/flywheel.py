@@ -108,7 +108,7 @@ def flywheel_iteration(
                 log.info("Another run is training and refreshing pre-annotations: it does so for %s before it ends.",
                          summary["snapshot"])
     if summary["trained"] and ws.params.retrain.growth:  # `flywheel serve` starts the background retrain
-        summary["retrain_due"] = tasks.retrain_due(ws, ws.data.latest())
+        summary["retrain_due"] = tasks.retrain_snapshot(ws) is not None
     report_when_idle(ws, summary)  # insight
     latest = ws.data.latest()
     summary["cursor"] = latest.cursor if latest is not None else None

@@ -38,23 +38,22 @@ def retrain(params_path: str = "params.yaml") -> dict[str, object]:
 
 @flow(name="flywheel-background-retrain", log_prints=True, on_failure=[report_failure], persist_result=True)
 def background_retrain(params_path: str = "params.yaml", progress: bool = False, trigger: str = "background") -> dict[str, object]:
-    """Train the loop's model from scratch on the latest snapshot when it is due (`tasks.retrain_due`): the fast
-    path's chain of short fine-tunes does not reach what a full training on the same labels does. The judge
-    decides as for any model; a new champion's pre-annotations are written at once."""
+    """Train the loop's model from scratch when it is due (`tasks.retrain_snapshot`): the fast path's chain of
+    short fine-tunes does not reach what a full training on the same labels does. Registered and judged as any
+    model; a new champion's pre-annotations are written by the next iteration (`flywheel serve` starts one when
+    this ends), at the loop's priority, not this process's."""
     ws = connect(params_path)
-    latest = ws.data.latest()
-    if not tasks.retrain_due(ws, latest):
+    snapshot = tasks.retrain_snapshot(ws)
+    if snapshot is None:
         return {"retrained": False}
-    log.info("Retraining %s from scratch on %s in the background...", ws.params.train.architecture, latest.rev)  # type: ignore[union-attr]
-    trained = tasks.train(ws, latest, ws.params.train.architecture, progress, background=True)
+    log.info("Retraining %s from scratch on %s in the background...", ws.params.train.architecture, snapshot.rev)
+    trained = tasks.train(ws, snapshot, ws.params.train.architecture, progress, background=True)
     with one_at_a_time(ws, PUBLISH_LOCK):
         promotion = tasks.register(ws, trained)
-        _, written = tasks.refresh_preannotations(ws, promotion.champion, ws.data.latest()) if promotion.promoted else (None, 0)
     verdict = "now the champion" if promotion.promoted else "the champion stays"
-    log.info("Retrained from scratch on %s (%d training images): %s %.3f, %s.", latest.rev,  # type: ignore[union-attr]
+    log.info("Retrained from scratch on %s (%d training images): %s %.3f, %s.", snapshot.rev,
              int(trained.metrics["train_images"]), ws.task.metric_title, promotion.candidate_score, verdict)
-    return {"retrained": True, "snapshot": latest.rev, "promoted": promotion.promoted,  # type: ignore[union-attr]
-            "score": promotion.candidate_score, "written": written}
+    return {"retrained": True, "snapshot": snapshot.rev, "promoted": promotion.promoted, "score": promotion.candidate_score}
 
 
 if __name__ == "__main__":  # `flywheel serve`'s background retrain (flows.serve.background.Retrainer)

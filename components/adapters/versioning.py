@@ -154,10 +154,14 @@ class DataRegistry:
 
     def latest(self) -> SnapshotVersion | None:
         """The last versioned snapshot (from the committed HEAD), or None before the first one."""
+        return self.at("HEAD")
+
+    def at(self, rev: str) -> SnapshotVersion | None:
+        """The snapshot versioned as `rev` (its tag, e.g. snapshot-0003, or a commit), or None when there is none."""
         if not (self.root / ".git").exists():
             return None
         try:  # one commit for both files: another worker may commit the next snapshot meanwhile
-            commit = _git(self.root, "rev-parse", "HEAD")
+            commit = _git(self.root, "rev-parse", f"{rev}^{{commit}}")
             state = json.loads(_git(self.root, "show", f"{commit}:{STATE}"))
             dvc_file = yaml.safe_load(_git(self.root, "show", f"{commit}:{SNAPSHOT}.dvc"))
         except VersioningError:

@@ -19,6 +19,7 @@ from components.core.errors import AnnotationError, SettingsError
 from components.core.faults import owner
 from components.core.tags import (
     KIND_REPORT,
+    SCHEDULE_BACKGROUND,
     TAG_ARCHITECTURE,
     TAG_CHAMPION,
     TAG_DVC_REV,
@@ -27,6 +28,7 @@ from components.core.tags import (
     TAG_OWNER,
     TAG_PROJECT,
     TAG_RUN_NAME,
+    TAG_SCHEDULE,
 )
 from components.core.conversions import current_annotation, task_from_json
 from components.data.images import ImageError
@@ -55,7 +57,7 @@ def learning_points(ws: Workspace) -> list[LearningPoint]:
     key = f"best_val_{ws.task.metric}"
     for run in sorted(runs, key=lambda r: r.info.start_time):
         m = run.data.metrics
-        if key in m and "train_images" in m:
+        if key in m and "train_images" in m and run.data.tags.get(TAG_SCHEDULE) != SCHEDULE_BACKGROUND:  # the loop's own
             labels = int(m["train_images"] + m.get("val_images", 0))
             points[labels] = LearningPoint(labels, float(m[key]), run.data.tags.get(TAG_DVC_REV, ""))
     return list(points.values())

@@ -115,23 +115,28 @@ def champion_to_tune(ws: Workspace, architecture: str, backbone: Backbone | None
     return champion, model
 
 
-def retrain_due(ws: Workspace, snapshot_version: SnapshotVersion | None) -> bool:
-    """Whether the background retrain should train the loop's model from scratch on this snapshot: it is on
-    (`retrain.growth`), the loop registered a model of the snapshot already (the fast path comes first), and
-    that model saw `growth` times the training images of the newest registered model trained from scratch."""
-    if not ws.params.retrain.growth or snapshot_version is None or snapshot_version.too_few:
-        return False
-    architecture = ws.params.train.architecture
-    latest = ws.models.runs_tagged({TAG_MD5: snapshot_version.md5, TAG_ARCHITECTURE: architecture}, registered=True)
-    if not latest:
-        return False
-    scratch = [
-        run for schedule in (SCHEDULE_SCRATCH, SCHEDULE_BACKGROUND)
-        for run in ws.models.runs_tagged({TAG_ARCHITECTURE: architecture, TAG_SCHEDULE: schedule}, registered=True)
-    ]
-    newest = max(scratch, key=lambda run: run.info.start_time, default=None)
-    seen = int(newest.data.metrics.get("train_images", 0)) if newest is not None else None
-    return ws.params.retrain.due(int(latest[0].data.metrics.get("train_images", 0)), seen)
+def schedule_of(tags: dict[str, str]) -> str:
+    """How a run trained (`flywheel.schedule`); for runs logged before that tag, from `flywheel.fine_tuned_from`."""
+    return tags.get(TAG_SCHEDULE) or (SCHEDULE_FINE_TUNE if TAG_FINE_TUNED_FROM in tags else SCHEDULE_SCRATCH)
+
+
+def retrain_snapshot(ws: Workspace) -> SnapshotVersion | None:
+    """The snapshot the background retrain should train the loop's model on from scratch, or None when none
+    is due: with `retrain.growth` on, the snapshot of the loop's newest registered model (the fast path comes
+    first), when it saw `growth` times the training images of the newest registered model from scratch (in
+    the loop or in the background) of the project's last 100."""
+    if not ws.params.retrain.growth:
+        return None
+    runs = ws.models.runs_tagged(
+        {TAG_ARCHITECTURE: ws.params.train.architecture, TAG_PROJECT: str(ws.project.id)}, registered=True, max_results=100,
+    )
+    runs = sorted((r for r in runs if "train_images" in r.data.metrics), key=lambda r: r.info.start_time, reverse=True)
+    loop = next((r for r in runs if schedule_of(r.data.tags) != SCHEDULE_BACKGROUND), None)
+    full = next((r for r in runs if schedule_of(r.data.tags) != SCHEDULE_FINE_TUNE), None)
+    if loop is None or not ws.params.retrain.due(int(loop.data.metrics["train_images"]),
+                                                 int(full.data.metrics["train_images"]) if full is not None else None):
+        return None
+    return ws.data.at(loop.data.tags[TAG_DVC_REV])
 
 
 def train(

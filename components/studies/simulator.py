@@ -176,7 +176,8 @@ class Retraining:
     After each iteration `due()` says whether one starts; `train()` then trains it at once and its result is
     held back; `land(trained)` registers it, lets the judge decide and writes a new champion's pre-annotations
     (returns a few words on the outcome), once the annotation seconds since (`costs`) cover its training
-    seconds plus those of the iterations meanwhile (the retrain waits while one runs). One at a time.
+    seconds plus those of the iterations meanwhile (the retrain waits while one runs). The person sees the new
+    pre-annotations once the annotation seconds since cover the seconds `land` took too. One at a time.
     """
 
     due: Callable[[], bool]
@@ -228,6 +229,7 @@ def simulate(
     if retraining is not None and costs is None:
         raise ValueError("a background retrain is timed by the annotation seconds: pass `costs`")
     pending: list[Any] | None = None  # a retrain trained and held back: [its result, the annotation seconds it still needs]
+    showing = 0.0  # the annotation seconds until a landed retrain's pre-annotations are written
     task_type = task_type_of(project.config)
     unlabeled = ls.unlabeled_tasks(project.id)
     pool = len(unlabeled)
@@ -258,12 +260,16 @@ def simulate(
                     result = suggestion["result"]  # accepted unchanged
             ls.annotate(task_id, result, parent_prediction=suggestion["id"] if suggestion else None)
             done.add(task_id)
-            if pending is not None and retraining is not None and costs is not None:
-                pending[1] -= image.seconds(costs)
-                if pending[1] <= 0:  # trained meanwhile in the background: the next images see what it changed
-                    events.append(f"retrain landed after {labels + position} labels: {retraining.land(pending[0])}")
-                    pending = None
+            if retraining is not None and costs is not None:
+                seconds = image.seconds(costs)
+                if showing > 0 and (showing := showing - seconds) <= 0:  # its pre-annotations written: the next images see them
                     model_version = ls.shown_model_version(project.id)
+                if pending is not None:
+                    pending[1] -= seconds
+                if pending is not None and pending[1] <= 0:  # trained meanwhile in the background
+                    began = time.perf_counter()
+                    events.append(f"retrain landed after {labels + position} labels: {retraining.land(pending[0])}")
+                    showing, pending = time.perf_counter() - began, None
         labels += len(queue)
         start = time.perf_counter()
         run_iteration()

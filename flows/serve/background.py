@@ -11,6 +11,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from components.core.params import Params
@@ -50,6 +51,7 @@ class Background:
         )
 
     def stop(self) -> None:
+        """Stop the child if it runs."""
         if self.running():
             stop_child(self.process)  # type: ignore[arg-type]
 
@@ -58,8 +60,6 @@ class Pretrainer(Background):
     """Self-supervised pretraining in the background, with `pretrain.threads` torch threads. Started when
     serving starts (it pretrains only if the pool grew, else exits) and whenever the project's task count
     grew by `pretrain.refresh_growth` since the last start."""
-
-    NICE = NICE
 
     def __init__(self, params_path: Path, params: Params):
         super().__init__("flows.pretrain", "pretraining", params_path, params.pretrain.threads)
@@ -80,12 +80,31 @@ class Pretrainer(Background):
 class Retrainer(Background):
     """The loop's model from scratch in the background, with `retrain.threads` torch threads: started when an
     iteration reports it due (`retrain_due` in its summary: the labeled set grew by `retrain.growth` since the
-    newest model from scratch). The child checks again, trains, and lets the judge decide."""
+    newest model from scratch). The child checks again, trains, registers, and lets the judge decide; when it
+    ended well, `finished` says so once (an iteration then writes a new champion's pre-annotations). After a
+    failure, no new start for `BACKOFF_S`."""
+
+    BACKOFF_S = 900.0
 
     def __init__(self, params_path: Path, params: Params):
         super().__init__("flows.retrain", "retrain", params_path, params.retrain.threads)
         self.params = params
+        self.retry_at = 0.0
+        self.ended_told = True
 
     def maybe_start(self) -> None:
-        if self.params.retrain.growth:
-            self.start()
+        """Start the child unless the retrain is off, one runs, or the last one failed less than `BACKOFF_S` ago."""
+        if not self.params.retrain.growth or self.running() or time.monotonic() < self.retry_at:
+            return
+        self.start()
+        self.ended_told = False
+
+    def finished(self) -> bool:
+        """True once after a child ended well; after a failure, False and the back-off starts."""
+        if self.running() or self.process is None or self.ended_told:
+            return False
+        self.ended_told = True
+        if self.process.returncode:
+            self.retry_at = time.monotonic() + self.BACKOFF_S
+            return False
+        return True

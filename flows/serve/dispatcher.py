@@ -18,6 +18,7 @@ from flows.serve.background import Pretrainer, Retrainer
 from flows.serve.processes import HEALTH_S, Worker
 
 SAFETY_NET = "safety-net poll"
+RETRAINED = "background retrain"  # a model from scratch registered: its pre-annotations are written by an iteration
 # What the worker does once the loop is quiet: (its run, what it is called in a message).
 IDLE_WORK = {"pass": ("iteration", "idle pass"), "tidy": ("tidy", "tidy of superseded pre-annotations"), "check": ("check", "label check")}
 
@@ -62,6 +63,8 @@ class Dispatcher:
                 wakeup = Wakeup(Counter({SAFETY_NET: 1}))
             else:
                 polls.info("Safety-net poll: nothing new since %s.", self.watermark)
+        if wakeup is None and self.retrainer is not None and self.retrainer.finished():
+            wakeup = Wakeup(Counter({RETRAINED: 1}))
         if wakeup is not None and self.pretrainer is not None and "TASKS_CREATED" in wakeup.reasons:
             self.pretrainer.maybe_start(self.task_count())
         if wakeup is not None:
@@ -108,7 +111,7 @@ class Dispatcher:
         return True
 
     def iterate(self, wakeup: Wakeup, stopping: threading.Event) -> None:
-        trigger = "webhook" if SAFETY_NET not in wakeup.reasons else "safety-net"
+        trigger = "safety-net" if SAFETY_NET in wakeup.reasons else "retrain" if RETRAINED in wakeup.reasons else "webhook"
         if trigger == "safety-net" and self.watermark is not None:
             log.info("The safety-net poll found label changes no webhook announced.")
         self.watermark = self.newest_change()  # before the run: a change during it is seen by the next
@@ -126,8 +129,8 @@ class Dispatcher:
     def handle(self, summary: dict[str, Any]) -> None:
         """Note what an iteration reported: the cursor, the idle work it calls for, a background retrain."""
         now = time.monotonic()
-        if self.retrainer is not None and summary.get("retrain_due"):
-            self.retrainer.maybe_start()
+        if self.retrainer is not None and summary.get("retrain_due") and not (self.pretrainer and self.pretrainer.running()):
+            self.retrainer.maybe_start()  # not beside the pretraining: on a small machine they would share its cores
         self.cursor = summary.get("cursor") or self.cursor
         self.has_model = self.has_model or bool(summary.get("champion"))
         if summary.get("snapshot") or summary.get("trained"):

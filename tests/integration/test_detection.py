@@ -5,6 +5,7 @@ A person is played through Label Studio's API with the composited demo set's exa
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
@@ -264,7 +265,7 @@ def retrain_params(folder: Path, growth: float) -> Path:
     """The detection demo's small test params with the background retrain on (`retrain.growth`), 30 steps from scratch."""
     params_path = write_detection_params(folder, f"retrain-{uuid.uuid4().hex[:6]}")
     raw = yaml.safe_load(params_path.read_text())
-    raw["retrain"].update({"growth": growth, "steps": 30, "threads": 1})
+    raw["retrain"].update({"growth": growth, "steps": 100, "threads": 1})
     raw["validate"]["min_per_class"] = 1  # a first model from the first block
     params_path.write_text(yaml.safe_dump(raw))
     return params_path
@@ -275,7 +276,7 @@ def test_the_background_retrain_trains_from_scratch_once_the_labeled_set_doubled
     serve` then starts the retrain's child); the retrain trains from scratch, is judged like any model, and
     is not due again until the labeled set grows again."""
     from components.core.tags import SCHEDULE_BACKGROUND, SCHEDULE_FINE_TUNE, SCHEDULE_SCRATCH, TAG_PROMOTED, TAG_SCHEDULE
-    from flows.flywheel import flywheel_iteration
+    from flows.flywheel import flywheel_iteration, version_new_labels
     from flows.retrain import background_retrain
 
     params_path = retrain_params(tmp_path, growth=1.5)
@@ -299,14 +300,17 @@ def test_the_background_retrain_trains_from_scratch_once_the_labeled_set_doubled
     schedules = [r.data.tags.get(TAG_SCHEDULE) for r in ws.models.runs_tagged({}, registered=True, max_results=10)]
     assert schedules == [SCHEDULE_FINE_TUNE, SCHEDULE_SCRATCH]  # newest first: the fast path fine-tuned the first model
 
+    label(unlabeled[50:52])  # labels keep coming: a newer snapshot, versioned and not trained yet, when the retrain starts
+    version_new_labels(ws, {})
+    assert ws.data.latest().rev != second["snapshot"]
     retrained = background_retrain(str(params_path))
-    assert retrained["retrained"] and retrained["snapshot"] == ws.data.latest().rev, retrained
+    assert retrained["retrained"] and retrained["snapshot"] == second["snapshot"], retrained  # the fast path's newest
     (run,) = ws.models.runs_tagged({TAG_SCHEDULE: SCHEDULE_BACKGROUND}, registered=True, max_results=10)
     assert run.data.tags[TAG_PROMOTED] == str(retrained["promoted"]).lower()  # judged, as every model is
     assert run.data.metrics["train_images"] == ws.models.runs_tagged({TAG_SCHEDULE: SCHEDULE_FINE_TUNE}, registered=True)[0].data.metrics["train_images"]
-    if retrained["promoted"]:  # a new champion's pre-annotations are written at once
-        assert ws.label_studio.shown_model_version(ws.project.id) == ws.models.champion().model_version
     assert background_retrain(str(params_path)) == {"retrained": False}  # done for this labeled set
+    flywheel_iteration(str(params_path), progress=False)  # the one `flywheel serve` starts when the retrain ended
+    assert ws.label_studio.shown_model_version(ws.project.id) == ws.models.champion().model_version
 
 
 def test_the_simulated_background_retrain_lands_only_after_the_person_labeled_while_it_trained(label_studio, loop_env, tmp_path):
@@ -332,10 +336,15 @@ def test_the_simulated_background_retrain_lands_only_after_the_person_labeled_wh
         run_iteration=lambda: flywheel_iteration(str(params_path), progress=False), order="random", budget=80, every=20,
         costs=ws.params.strategy.effort_costs("boxes"), retraining=background_retraining(ws), on_step=background_models,
     )
-    started = next(i for i, s in enumerate(outcome.steps) if "retrain started" in s.retrain)
-    assert registered[started] == 0  # held back: the person has not labeled a second since it trained
-    landed = next(i for i, s in enumerate(outcome.steps) if "retrain landed" in s.retrain)
-    assert landed > started and registered[landed] == 1, [s.retrain for s in outcome.steps]
+    events = [s.retrain for s in outcome.steps]
+    started = next((i for i, s in enumerate(outcome.steps) if "retrain started" in s.retrain), None)
+    landed = next((i for i, s in enumerate(outcome.steps) if "retrain landed" in s.retrain), None)
+    assert started is not None and landed is not None and landed > started, events
+    assert (registered[started], registered[landed]) == (0, 1), events  # held back, not registered, until it landed
+    training_s = float(re.search(r"\((\d+) s of training\)", events[started])[1])
+    waited = outcome.steps[started + 1: landed + 1]  # the blocks labeled while it trained, up to the one it landed in
+    assert sum(s.seconds for s in waited) >= training_s - 1  # the person labeled at least as long as it trained
+    assert sum(s.seconds for s in waited[:-1]) < training_s + sum(s.iteration_s for s in waited[:-1]) + 1  # and not a block longer
     with pytest.raises(ValueError, match="pass `costs`"):
         simulate(ws.label_studio, ws.project, {}, None, ws.models, lambda: None, "random", 1, 1,  # type: ignore[arg-type]
                  retraining=background_retraining(ws))

@@ -120,16 +120,18 @@ def test_serve_pretrains_the_backbone_in_the_background_at_low_priority(stack, s
 
 
 def test_serve_retrains_from_scratch_in_the_background_once_the_labeled_set_grew(stack, stack_env, loop_env, label_studio, tmp_path):
+    """An iteration finds the labeled set grown by `retrain.growth` since the first model: serve starts the retrain's
+    child at low priority, it registers a model from scratch, and a new champion's pre-annotations follow."""
     import psutil
     import yaml
 
-    from components.core.tags import SCHEDULE_BACKGROUND, SCHEDULE_SCRATCH, TAG_SCHEDULE
+    from components.core.tags import SCHEDULE_BACKGROUND, SCHEDULE_SCRATCH, TAG_PROMOTED, TAG_SCHEDULE
     from components.loop.workspace import open_workspace
     from tests.integration.test_loop import make_digits_project
 
     params_path, project, truth = make_digits_project(label_studio, tmp_path, "serve-retrain", limit=90)
     raw = yaml.safe_load(params_path.read_text())
-    raw["retrain"].update(growth=1.5, steps=20, threads=1)
+    raw["retrain"].update(growth=1.5, steps=200, threads=1)
     params_path.write_text(yaml.safe_dump(raw))
     ws = open_workspace(loop_env, load_params(params_path))
     tasks = sorted(label_studio.unlabeled_tasks(project.id).items())
@@ -158,13 +160,23 @@ def test_serve_retrains_from_scratch_in_the_background_once_the_labeled_set_grew
     try:
         wait_for("no first model", ws.models.champion, 180)
         label(tasks[30:80])  # the labeled set more than 1.5 times what the first model (from scratch) saw
-        child = wait_for("no background retrain started", lambda: next(
-            (p for p in psutil.Process(serving.pid).children(recursive=True) if _runs(p, "flows.retrain")), None), 240)
-        assert child.nice() >= 10  # below the loop's priority: it never holds up a refresh
+        def retrain_child_nice() -> int | None:
+            for child in psutil.Process(serving.pid).children(recursive=True):
+                try:
+                    if _runs(child, "flows.retrain"):
+                        return child.nice()
+                except psutil.Error:  # it ended meanwhile
+                    pass
+            return None
+
+        assert wait_for("no background retrain started", retrain_child_nice, 240) >= 10  # never holds up a refresh
         run = wait_for("no model retrained from scratch registered", lambda: next(
             iter(ws.models.runs_tagged({TAG_SCHEDULE: SCHEDULE_BACKGROUND}, registered=True)), None), 240)
         assert run.data.metrics["train_images"] >= 1.5 * ws.models.runs_tagged(
             {TAG_SCHEDULE: SCHEDULE_SCRATCH}, registered=True)[0].data.metrics["train_images"]
+        if run.data.tags[TAG_PROMOTED] == "true":  # its pre-annotations come from the iteration serve starts when it ended
+            wait_for("the retrained champion's pre-annotations not shown", lambda: True if label_studio.shown_model_version(
+                project.id) == ws.models.champion().model_version else None, 120)
     finally:
         serving.terminate()
         serving.wait(timeout=30)

@@ -146,7 +146,8 @@ def test_before_the_first_model_one_change_is_enough_and_the_registry_is_asked_o
         (2, 40, 20, True),  # doubled since the last model from scratch
         (2, 80, 40, True),
         (1.5, 59, 40, False),
-        (2, 16, None, True),  # no model from scratch on record (runs from before the schedule tag): one now
+        (1.5, 60, 40, True),
+        (2, 16, None, True),  # no model from scratch among the project's last 100: one now
     ],
 )
 def test_the_background_retrain_is_due_when_the_labeled_set_grew_by_growth(growth, labeled, at_last_scratch, due):
