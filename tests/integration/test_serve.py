@@ -132,6 +132,7 @@ def test_serve_retrains_from_scratch_in_the_background_once_the_labeled_set_grew
     params_path, project, truth = make_digits_project(label_studio, tmp_path, "serve-retrain", limit=90)
     raw = yaml.safe_load(params_path.read_text())
     raw["retrain"].update(growth=1.5, steps=200, threads=1)
+    raw["validate"]["min_per_class"] = 1  # a first model from the first 30 labels
     params_path.write_text(yaml.safe_dump(raw))
     ws = open_workspace(loop_env, load_params(params_path))
     tasks = sorted(label_studio.unlabeled_tasks(project.id).items())
