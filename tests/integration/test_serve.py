@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,18 +25,28 @@ from tests.integration.test_loop import write_params
 pytestmark = pytest.mark.integration
 
 
+@contextmanager
+def served(stack, stack_env: dict[str, str], params_path: Path, log_path: Path) -> Iterator[subprocess.Popen]:  # noqa: ANN001
+    """`flywheel serve --params params_path` against the test stack, its output in `log_path`; stopped afterwards."""
+    env = {**os.environ, **stack_env, "PREFECT_API_URL": stack.prefect_api_url, "MLFLOW_TRACKING_URI": stack.mlflow_tracking_uri,
+           "FLYWHEEL_RECEIVER_PORT": str(free_port())}
+    with open(log_path, "w") as log:
+        serving = subprocess.Popen(
+            [str(Path(sys.executable).parent / "flywheel"), "serve", "--params", str(params_path)],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            yield serving
+        finally:
+            serving.terminate()
+            serving.wait(timeout=30)
+
+
 def test_serve_registers_the_scheduled_retrain_deployment(stack, stack_env, label_studio, tmp_path):
     params_path = write_params(tmp_path, f"serve-{uuid.uuid4().hex[:6]}")
     params = load_params(params_path)
     label_studio.ensure_project(params.project.title, load_labeling_config(params.project.config))
-    env = {**os.environ, **stack_env, "PREFECT_API_URL": stack.prefect_api_url, "MLFLOW_TRACKING_URI": stack.mlflow_tracking_uri,
-           "FLYWHEEL_RECEIVER_PORT": str(free_port())}
-    log = open(tmp_path / "serve.log", "w")
-    serving = subprocess.Popen(
-        [str(Path(sys.executable).parent / "flywheel"), "serve", "--params", str(params_path)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
+    with served(stack, stack_env, params_path, tmp_path / "serve.log") as serving:
         with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}), get_client(sync_client=True) as client:
             deadline = time.monotonic() + 120
             found = {}
@@ -46,10 +58,6 @@ def test_serve_registers_the_scheduled_retrain_deployment(stack, stack_env, labe
             assert set(found) == set(names), (tmp_path / "serve.log").read_text()[-2000:]
             assert found["retrain"].schedules[0].schedule.cron == params.retrain.cron
             assert not [d for d in client.read_deployments() if d.name == "poll"]  # iterations run in the warm worker
-    finally:
-        serving.terminate()
-        serving.wait(timeout=30)
-        log.close()
 
 
 def test_two_loop_runs_never_overlap(stack):
@@ -89,14 +97,7 @@ def test_serve_pretrains_the_backbone_in_the_background_at_low_priority(stack, s
     params = load_params(params_path)
     project = label_studio.ensure_project(params.project.title, load_labeling_config(params.project.config))
     label_studio.import_images(project, [i.path for i in materialize("digits", tmp_path / "datasets", limit=40)])
-    env = {**os.environ, **stack_env, "PREFECT_API_URL": stack.prefect_api_url, "MLFLOW_TRACKING_URI": stack.mlflow_tracking_uri,
-           "FLYWHEEL_RECEIVER_PORT": str(free_port())}
-    log = open(tmp_path / "serve.log", "w")
-    serving = subprocess.Popen(
-        [str(Path(sys.executable).parent / "flywheel"), "serve", "--params", str(params_path)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
+    with served(stack, stack_env, params_path, tmp_path / "serve.log") as serving:
         deadline = time.monotonic() + 60
         child = None
         while child is None and time.monotonic() < deadline:
@@ -113,10 +114,6 @@ def test_serve_pretrains_the_backbone_in_the_background_at_low_priority(stack, s
             time.sleep(1)
         assert run is not None, (tmp_path / "serve.log").read_text()[-2000:]
         assert 35 <= int(run.data.tags[TAG_POOL_SIZE]) <= 40  # a few 8x8 digits are pixel-identical
-    finally:
-        serving.terminate()
-        serving.wait(timeout=30)
-        log.close()
 
 
 def test_serve_retrains_from_scratch_in_the_background_once_the_labeled_set_grew(stack, stack_env, loop_env, label_studio, tmp_path):
@@ -151,14 +148,7 @@ def test_serve_retrains_from_scratch_in_the_background_once_the_labeled_set_grew
         pytest.fail(f"{what} within {seconds} s: {(tmp_path / 'serve.log').read_text()[-2000:]}")
 
     label(tasks[:30])
-    env = {**os.environ, **stack_env, "PREFECT_API_URL": stack.prefect_api_url, "MLFLOW_TRACKING_URI": stack.mlflow_tracking_uri,
-           "FLYWHEEL_RECEIVER_PORT": str(free_port())}
-    log = open(tmp_path / "serve.log", "w")
-    serving = subprocess.Popen(
-        [str(Path(sys.executable).parent / "flywheel"), "serve", "--params", str(params_path)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
+    with served(stack, stack_env, params_path, tmp_path / "serve.log") as serving:
         wait_for("no first model", ws.models.champion, 180)
         label(tasks[30:80])  # the labeled set more than 1.5 times what the first model (from scratch) saw
         def retrain_child_nice() -> int | None:
@@ -178,7 +168,3 @@ def test_serve_retrains_from_scratch_in_the_background_once_the_labeled_set_grew
         if run.data.tags[TAG_PROMOTED] == "true":  # its pre-annotations come from the iteration serve starts when it ended
             wait_for("the retrained champion's pre-annotations not shown", lambda: True if label_studio.shown_model_version(
                 project.id) == ws.models.champion().model_version else None, 120)
-    finally:
-        serving.terminate()
-        serving.wait(timeout=30)
-        log.close()
