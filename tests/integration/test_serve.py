@@ -161,8 +161,9 @@ def test_serve_retrains_from_scratch_in_the_background_once_the_labeled_set_grew
             return None
 
         assert wait_for("no background retrain started", retrain_child_nice, 240) >= 10  # never holds up a refresh
-        run = wait_for("no model retrained from scratch registered", lambda: next(
-            iter(ws.models.runs_tagged({TAG_SCHEDULE: SCHEDULE_BACKGROUND}, registered=True)), None), 240)
+        run = wait_for("no model retrained from scratch registered and judged", lambda: next(  # registered, then judged
+            (r for r in ws.models.runs_tagged({TAG_SCHEDULE: SCHEDULE_BACKGROUND}, registered=True) if TAG_PROMOTED in r.data.tags),
+            None), 240)
         assert run.data.metrics["train_images"] >= 1.5 * ws.models.runs_tagged(
             {TAG_SCHEDULE: SCHEDULE_SCRATCH}, registered=True)[0].data.metrics["train_images"]
         if run.data.tags[TAG_PROMOTED] == "true":  # its pre-annotations come from the iteration serve starts when it ended
