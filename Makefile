@@ -26,10 +26,10 @@ install: .venv/.installed .venv-ls/.installed .venv-docs/.installed
 demo: install
 	.venv/bin/flywheel demo
 
-test: install   # the layer rules (import-linter), the documentation site (strict), then the suite
+test: install   # the layer rules (import-linter), the documentation site (strict), then the suite on two workers
 	.venv/bin/lint-imports
 	NO_MKDOCS_2_WARNING=1 .venv-docs/bin/mkdocs build --strict --quiet --site-dir .flywheel/site
-	.venv/bin/pytest
+	.venv/bin/pytest -n 2 --dist loadfile --no-loadscope-reorder  # a module on one worker; longest first (tests/conftest.py)
 
 docs: install   # the documentation site, served on http://127.0.0.1:8000 while you edit docs/
 	NO_MKDOCS_2_WARNING=1 .venv-docs/bin/mkdocs serve --dev-addr 127.0.0.1:8000

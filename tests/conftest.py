@@ -86,3 +86,18 @@ def loop_env(stack: Settings, stack_env: dict[str, str], monkeypatch_module: pyt
     # Flow logs stay local: the stack stops at the session's end, before a log worker could flush.
     with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url, PREFECT_LOGGING_TO_API_ENABLED: False}):
         yield stack
+
+
+# `make test` runs the suite on two workers (pytest-xdist, `--dist loadfile`: a module's tests and its
+# fixtures stay on one worker, each worker starts its own stack). Modules go out longest first, so the two
+# workers end together: the team profile's (~15 min of the ~37 on one worker), then the other integration
+# modules, then the rest.
+FIRST = ("tests/integration/test_team.py", "tests/integration/", "tests/browser/", "tests/model/", "tests/data/", "tests/unit/")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.path.relative_to(ROOT).as_posix()
+        return next((i for i, prefix in enumerate(FIRST) if path.startswith(prefix)), len(FIRST))
+
+    items.sort(key=rank)  # stable: a module's tests keep their order
