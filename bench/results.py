@@ -310,8 +310,12 @@ def render(sections: dict[str, str], provenance: dict[str, dict[str, Any]], resu
         keys = [k for k in results if entry.owns(k)]
         when = f"`{stamp['commit']}`{'+dirty' if stamp.get('dirty') else ''}, {stamp['date'][:10]}" if stamp else "before provenance"
         seeds = ", ".join(map(str, stamp["seeds"])) if stamp and stamp.get("seeds") else "-"
-        rows.append(f"| {entry.name} | `{entry.command}` | {len(keys)} | {when} | {seeds} |")
-    body = [HEADER, "| benchmark | command | figures | measured on | seeds |", "|---|---|---|---|---|", *rows, ""]
+        ran = stamp.get("command") if stamp else None  # what ran, which may differ from what `bench all` runs
+        command = f"`{ran}`" if ran else "-"
+        if ran != entry.command:
+            command += f" (`bench all` runs `{entry.command}`)"
+        rows.append(f"| {entry.name} | {command} | {len(keys)} | {when} | {seeds} |")
+    body = [HEADER, "| benchmark | measured by | figures | measured on | seeds |", "|---|---|---|---|---|", *rows, ""]
     for entry in CATALOG:
         if entry.name in sections:
             line = _stamp_line(provenance["benchmarks"].get(entry.name))

@@ -75,6 +75,18 @@ def test_record_replaces_a_benchmarks_figures_whole_with_their_provenance(scratc
     assert [s.state for s in results.standings() if s.benchmark.name in ("ddp", "serving")] == ["current", "current"]
 
 
+def test_results_md_names_the_command_that_ran_not_the_default(scratch_results):
+    results.record({"ddp_seconds_1": 60.0}, "ddp", "## DDP", command="flywheel bench ddp")
+    results.record({"photo_det_map50_200": 0.4}, "simulate-photo-boxes", "## photos", seeds=[0],
+                   command="flywheel bench simulate --task detection --dataset photo-boxes --seeds 1")
+    rows = {line.split(" | ")[0].strip("| "): line for line in results.RESULTS_MD.read_text().splitlines() if line.startswith("| ")}
+    assert "`flywheel bench ddp` |" in rows["ddp"] and "bench all" not in rows["ddp"]
+    photos = rows["simulate-photo-boxes"]
+    assert "`flywheel bench simulate --task detection --dataset photo-boxes --seeds 1`" in photos
+    assert f"(`bench all` runs `{results.benchmark('simulate-photo-boxes').command}`)" in photos
+    assert "| 0 |" in photos  # the one seed it ran
+
+
 def test_results_md_keeps_only_benchmark_sections():
     text = "<!-- ddp:start -->\n_Measured by `x` on commit `y`._\n\n## DDP\n<!-- ddp:end -->\n<!-- hand-notes:start -->\nmine\n<!-- hand-notes:end -->"
     assert results.read_sections(text) == {"ddp": "## DDP"}
