@@ -30,6 +30,7 @@ Each figure is the mean over seeds of the per-seed means. Run: `flywheel bench a
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
@@ -96,7 +97,8 @@ def run_set(name: str, seed: int, echo: Callable[[str], None]) -> dict[str, floa
     items = materialize(dataset, DATA / "datasets", limit=POOL + HELD_OUT, seed=seed)
     pool, held = items[:POOL], items[POOL:]
     objects = objects_of(held)
-    grabcut = [pair_iou(grabcut_answer(path, prompt, MAX_PIXELS), truth) for path, prompt, truth in objects]
+    pixels = functools.lru_cache(maxsize=1)(lambda path: assist_pixels(path, MAX_PIXELS))  # an image's objects are in a row
+    grabcut = [pair_iou(grabcut_on(pixels(path), prompt), truth) for path, prompt, truth in objects]
     labeled = first_with_masks(pool, MASKS)
     start = time.perf_counter()
     model = segmenter(labeled, list(config.labels), photos, seed)
@@ -104,7 +106,7 @@ def run_set(name: str, seed: int, echo: Callable[[str], None]) -> dict[str, floa
     model.eval()
     heads = [learned_answer(model, path, prompt, MAX_PIXELS)[0] for path, prompt, _ in objects]
     learned = [pair_iou(head, truth) for head, (_, _, truth) in zip(heads, objects, strict=True)]
-    refined = [pair_iou(grabcut_on(assist_pixels(path, MAX_PIXELS), prompt, start=head), truth)
+    refined = [pair_iou(grabcut_on(pixels(path), prompt, start=head), truth)
                for head, (path, prompt, truth) in zip(heads, objects, strict=True)]
     # the backend's switch-over, on the pool's next images (as on the snapshot's validation masks)
     switch = measure(model, [(i.path, parse_target(i.label)) for i in pool[len(labeled):len(labeled) + VALIDATION]], MAX_PIXELS)

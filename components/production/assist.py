@@ -40,6 +40,7 @@ CLICK_RADIUS = 0.02  # a click marks a disc of this share of the image's shorter
 MARGIN = 0.1  # clicks without a box: the box around them, grown by this share of its size
 SAM_SIDE = 1024  # SAM reads an image at this longer side
 EMBEDDINGS = 8  # images whose SAM embedding is kept
+GRABCUT_SEED = 0  # OpenCV's random generator (one per thread) is seeded with this before each GrabCut
 SAM_DOWNLOAD = "https://github.com/facebookresearch/segment-anything#model-checkpoints"
 
 
@@ -87,6 +88,7 @@ def grabcut(image: np.ndarray, prompt: Prompt, iterations: int = 4, start: np.nd
         return (mask == cv2.GC_PR_FGD) | (mask == cv2.GC_FGD)  # too small to model: the box itself
     background, foreground = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     bgr = np.ascontiguousarray(image[..., ::-1])
+    cv2.setRNGSeed(GRABCUT_SEED)  # its colour models start from k-means: the same prompt always gets the same mask
     try:
         cv2.grabCut(bgr, mask, None, background, foreground, iterations, cv2.GC_INIT_WITH_MASK)
     except cv2.error:  # a box of one colour: nothing to model, the box is the answer

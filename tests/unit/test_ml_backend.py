@@ -105,6 +105,19 @@ def test_grabcut_finds_an_object_from_its_box_and_clicks_fix_it():
     assert grabcut(image, just_clicks)[50, 100]  # a click alone: the object under it
 
 
+def test_grabcut_gives_the_same_mask_for_the_same_box_whatever_ran_before():
+    import cv2
+
+    rng = np.random.default_rng(3)  # patches of colour that GrabCut's k-means start splits differently by its draw
+    image = cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (80, 60), interpolation=cv2.INTER_NEAREST)
+    image = (image + rng.normal(0, 20, image.shape)).clip(0, 255).astype(np.uint8)
+    prompt = Prompt("0", (15, 10, 65, 50), (), (), 80, 60)
+    first = grabcut(image, prompt)
+    for state in range(1, 6):  # whatever else drew from OpenCV's generator in between
+        cv2.setRNGSeed(state)
+        assert np.array_equal(grabcut(image, prompt), first), state
+
+
 def test_a_mask_comes_back_as_a_polygon_in_a_polygon_project():
     from components.data.masks import mask_of_polygon, points_in_pixels
     from components.production.ml_backend import polygon_region
