@@ -253,16 +253,18 @@ def device() -> str:
 
 def readme_block(results: dict[str, Any], provenance: dict[str, dict[str, Any]]) -> str:
     """README's "Figures" table: each `HEADLINE` figure as results.json holds it, with its run."""
-    rows = ["| figure | measures | value | measured on |", "|---|---|---|---|"]
+    rows = ["| figure | measures | value | seeds | measured on |", "|---|---|---|---|---|"]
     for key, what, unit in HEADLINE:
         stamp = provenance["figures"].get(key)
         if key not in results:
-            value, when = "not measured", "-"
+            value, seeds, when = "not measured", "-", "-"
         else:
-            spread = f" ± {results[key + '_sd']:g}" if key + "_sd" in results else ""
+            sd = results.get(key + "_sd")
+            spread = f" ± {sd:g}" if sd is not None else ""  # one seed has no spread
             value = f"**{results[key]:g}**{spread}{(' ' + unit) if unit else ''}"
+            seeds = ", ".join(map(str, stamp["seeds"])) if stamp and stamp.get("seeds") else "-"
             when = f"`{stamp['commit']}`{'+dirty' if stamp.get('dirty') else ''}, {stamp['date'][:10]}" if stamp else "before provenance"
-        rows.append(f"| `{key}` | {what} | {value} | {when} |")
+        rows.append(f"| `{key}` | {what} | {value} | {seeds} | {when} |")
     return "\n".join(rows) + "\n"
 
 

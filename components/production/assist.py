@@ -36,7 +36,9 @@ from components.production.ml_backend import Prompt
 
 ASSIST_SIDE = 512  # GrabCut works on the image scaled to this longer side (a 12 MP photo answers in ~0.2 s)
 MEASURE_OBJECTS = 40  # the learned answer is measured against GrabCut on this many of the snapshot's validation masks
-CLICK_RADIUS = 0.02  # a click marks a disc of this share of the image's shorter side
+CLICK_RADIUS = 0.02  # a click marks a disc of this share of the image's shorter side,
+CLICK_BOX_SHARE = 0.1  # at most this share of the box's shorter side: a wider disc marks the background beside a thin part
+# (a stem, a leg) as certain object too; photo set, 3 seeds x 100 objects: 21.3 s per mask vs 25.3 with the image's share alone
 MARGIN = 0.1  # clicks without a box: the box around them, grown by this share of its size
 SAM_SIDE = 1024  # SAM reads an image at this longer side
 EMBEDDINGS = 8  # images whose SAM embedding is kept
@@ -80,7 +82,7 @@ def grabcut(image: np.ndarray, prompt: Prompt, iterations: int = 4, start: np.nd
     mask[y1:y2, x1:x2] = cv2.GC_PR_FGD
     if start is not None and start.any():
         mask[y1:y2, x1:x2] = np.where(start[y1:y2, x1:x2], cv2.GC_PR_FGD, cv2.GC_PR_BGD)
-    radius = max(1, int(CLICK_RADIUS * min(width, height)))
+    radius = max(1, int(min(CLICK_RADIUS * min(width, height), CLICK_BOX_SHARE * min(x2 - x1, y2 - y1))))
     for points, value in ((prompt.positive, cv2.GC_FGD), (prompt.negative, cv2.GC_BGD)):
         for x, y in points:
             cv2.circle(mask, (int(x), int(y)), radius, int(value), thickness=-1)

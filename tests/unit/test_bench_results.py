@@ -140,8 +140,10 @@ def test_a_benchmarks_run_rewrites_the_readme_figures_it_measured(scratch_result
     results.README.write_text("# x\n\n<!-- figures:start -->\nSTALE\n<!-- figures:end -->\n\nrest\n")
     results.record({"final_accuracy": 0.9, "final_accuracy_sd": 0.01}, "every-image", "## every image", seeds=[0, 1, 2])
     text = results.README.read_text()
-    assert "| `final_accuracy` |" in text and "**0.9** ± 0.01" in text and "STALE" not in text
+    assert "| `final_accuracy` |" in text and "**0.9** ± 0.01 | 0, 1, 2 |" in text and "STALE" not in text
     assert text.startswith("# x\n") and text.endswith("\n\nrest\n")
+    results.record({"photo_det_map50_200": 0.4, "photo_det_map50_200_sd": None}, "simulate-photo-boxes", "## photos", seeds=[0])
+    assert "**0.4** | 0 |" in results.README.read_text()  # one seed: no spread, and the seed it ran
 
 
 def test_a_tree_with_changed_results_only_is_not_dirty(monkeypatch):

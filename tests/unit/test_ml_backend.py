@@ -222,6 +222,20 @@ def test_grabcut_refines_a_mask_it_is_given_with_the_persons_clicks():
     assert found[30, 50] and found[30, 25] and not found[5, 5]
 
 
+def test_a_click_on_a_small_object_marks_a_spot_in_proportion_to_the_object_not_the_image():
+    rng = np.random.default_rng(0)
+    image = (rng.normal(0, 12, (400, 600, 3)) + [40, 160, 60]).clip(0, 255).astype(np.uint8)  # grass
+    image[200:230, 300:320] = (200, 40, 40)  # a small red object, 20 x 30
+    truth = np.zeros((400, 600), bool)
+    truth[200:230, 300:320] = True
+    # a positive click on the grass just beside it (as on a thin part the person saw): 2% of the image's
+    # shorter side would be a disc of radius 8 taking ~200 px of grass; 10% of the box's 20 px, radius 2
+    clicked = Prompt("1", (296.0, 196.0, 324.0, 234.0), ((322.0, 215.0),), (), 600, 400)
+    found = grabcut(image, clicked)
+    assert found[215, 322] and (found & ~truth).sum() <= 20, (found & ~truth).sum()
+    assert (found & truth).sum() >= 0.9 * truth.sum()
+
+
 def test_clicks_refine_a_mask_that_reaches_past_the_box_without_cutting_it_off():
     image = np.zeros((60, 80, 3), np.uint8)
     image[10:50, 10:70] = (200, 40, 40)
