@@ -91,7 +91,8 @@ def loop_env(stack: Settings, stack_env: dict[str, str], monkeypatch_module: pyt
 # `make test` runs the suite on two workers (pytest-xdist, `--dist loadfile`: a module's tests and its
 # fixtures stay on one worker, each worker starts its own stack). Modules go out longest first, so the two
 # workers end together: the team profile's (~15 min of the ~37 on one worker), then the other integration
-# modules, then the rest.
+# modules, then the rest. Three workers on the 2 cores measured slower (2026-12-07: 36.5 min vs 28, the COCO
+# simulation 1,083 s vs 326) and the pool test's label check ran out of its 10 min.
 FIRST = ("tests/integration/test_team.py", "tests/integration/", "tests/browser/", "tests/model/", "tests/data/", "tests/unit/")
 
 

@@ -103,7 +103,7 @@ def test_the_pool_runs_an_iteration_while_the_label_check_trains(team):
             assert client.read_flow_run(check.id).state.is_running()  # still checking: the iteration did not wait for it
             deadline = time.monotonic() + 600
             while not client.read_flow_run(check.id).state.is_final():
-                assert time.monotonic() < deadline
+                assert time.monotonic() < deadline, "the label check did not finish within 10 min"
                 time.sleep(1)
             done = client.read_flow_run(check.id)
         assert done.state.is_completed(), done.state
