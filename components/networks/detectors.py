@@ -95,10 +95,12 @@ class CenterNet(nn.Module):
         head_width: Hidden channels of each prediction head and of the neck.
         size_weight: Weight of the box-size loss (L1 on log size) against the heatmap focal loss.
         offset_weight: Weight of the centre-offset loss (L1, in output cells).
-        backbone: "trunk" (the small trunk above, from nothing or self-supervised) or "resnet18"
-            (`components.networks.pretrained.ResNetTrunk`: ImageNet weights with `pretrained`, or `weights`).
-        pretrained: With backbone resnet18: ImageNet weights through torchvision (needs internet once).
-        weights: With backbone resnet18: a local ResNet-18 state dict instead.
+        backbone: "trunk" (the small trunk above, from nothing or self-supervised), "resnet18" or
+            "mobilenet_v2" (`components.networks.pretrained.ResNetTrunk`, `MobileNetTrunk`: ImageNet weights
+            with `pretrained`, or `weights`).
+        pretrained: With backbone resnet18 or mobilenet_v2: ImageNet weights through torchvision (resnet18
+            needs internet once; mobilenet_v2's also ship in a package, requirements-weights.txt).
+        weights: With backbone resnet18 or mobilenet_v2: a local state dict of that network instead.
     """
 
     stride = 4
@@ -120,15 +122,15 @@ class CenterNet(nn.Module):
         self.head_width = head_width
         self.size_weight = size_weight
         self.offset_weight = offset_weight
-        if backbone == "resnet18":
-            from components.networks.pretrained import ResNetTrunk
+        if backbone in ("resnet18", "mobilenet_v2"):
+            from components.networks.pretrained import MobileNetTrunk, ResNetTrunk
 
-            self.features: nn.Module = ResNetTrunk(pretrained, weights)
+            self.features: nn.Module = {"resnet18": ResNetTrunk, "mobilenet_v2": MobileNetTrunk}[backbone](pretrained, weights)
         elif backbone == "trunk" and not (pretrained or weights):
             self.features = Trunk(width)
         else:
             raise SettingsError(f"architectures.centernet: backbone {backbone!r} with pretrained={pretrained} and weights={weights!r}: "
-                                "use backbone: trunk (no weights), or backbone: resnet18 with pretrained: true or weights: FILE.")
+                                "use backbone: trunk (no weights), or backbone: resnet18 or mobilenet_v2 with pretrained: true or weights: FILE.")
         c4, c8, c16 = self.features.channels
         # Images are normalised by MEAN and this before the trunk: STD, as self-supervised pretraining
         # does; weights from before the trunk was `features` kept their 0.25 (`_load_from_state_dict`).

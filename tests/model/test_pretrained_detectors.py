@@ -82,6 +82,29 @@ def test_centernet_on_an_imagenet_resnet18_reads_torchvisions_file_and_trains(to
     loss = net.loss(outputs, _targets())
     loss.backward()
     assert outputs["heatmap"].shape == (2, 3, SIZE // 4, SIZE // 4) and torch.isfinite(loss)
-    with pytest.raises(SettingsError, match="backbone: resnet18 with pretrained: true or weights"):
+    with pytest.raises(SettingsError, match="backbone: resnet18 or mobilenet_v2 with pretrained: true or weights"):
         build_detector("centernet", 3, {"pretrained": True})  # the small trunk has no published weights
     assert "fasterrcnn_mobilenet" in DETECTORS
+
+
+def test_centernet_on_an_imagenet_mobilenet_v2_reads_the_packaged_weights_offline_and_trains(torch_cache):
+    """torch's cache is empty and there is no internet: the ImageNet weights come from the package that
+    ships torchvision's own file (requirements-weights.txt), checked against the hash in its name."""
+    from torchvision.models import MobileNet_V2_Weights
+
+    from components.networks.pretrained import packaged_copy
+
+    name = Path(MobileNet_V2_Weights.IMAGENET1K_V1.url).name
+    assert not (torch_cache / name).exists() and packaged_copy(name) is not None
+    imagenet = torch.load(packaged_copy(name), map_location="cpu", weights_only=True)
+    net = build_detector("centernet", 3, {"backbone": "mobilenet_v2", "pretrained": True, "head_width": 16})
+    assert torch.equal(net.features.stage8[0].conv[0][0].weight, imagenet["features.4.conv.0.0.weight"])
+    assert net.features.pretrained and not any(p.requires_grad for p in net.features.stage4.parameters())
+    outputs = net(torch.rand(2, 3, SIZE, SIZE))
+    loss = net.loss(outputs, _targets())
+    loss.backward()
+    assert outputs["heatmap"].shape == (2, 3, SIZE // 4, SIZE // 4) and torch.isfinite(loss)
+    assert net.features.stage16[0].conv[0][0].weight.grad is not None  # the deeper blocks train
+    fresh = build_detector("centernet", 3, {"backbone": "mobilenet_v2"})  # the same trunk from nothing trains whole
+    assert not fresh.features.pretrained and all(p.requires_grad for p in fresh.features.parameters())
+    assert packaged_copy("resnet18-f37072fd.pth") is None  # only the files a package ships
