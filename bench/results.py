@@ -53,7 +53,7 @@ class Benchmark:
     name: str  # its RESULTS.md section and provenance name
     args: str  # `flywheel bench <args>`, its defaults for `bench all`
     figures: tuple[str, ...]  # the keys it writes: names or fnmatch patterns
-    minutes: int  # about, on 2 cores
+    minutes: int  # about, on 2 cores (measured runs, 2026-12-07)
 
     def owns(self, key: str) -> bool:
         """Whether `key` is one of this benchmark's figures."""
@@ -74,13 +74,13 @@ CATALOG: tuple[Benchmark, ...] = (
     Benchmark("simulate-digit-boxes", "simulate --task detection --order random --budget 200 --held-out 300 --seeds 3", ("det_*",), 45),
     Benchmark("simulate-digit-masks", "simulate --task segmentation --order random --budget 200 --held-out 500 --seeds 3", ("seg_*",), 90),
     Benchmark("simulate-photo-boxes", "simulate --task detection --dataset photo-boxes --order random --budget 200 --held-out 300 "
-              "--seeds 3", ("photo_det_*",), 60),
+              "--seeds 3", ("photo_det_*",), 195),
     Benchmark("simulate-photo-masks", "simulate --task segmentation --dataset photo-masks --order random --budget 200 "
-              "--held-out 300 --seeds 3", ("photo_seg_*",), 90),
-    Benchmark("strategy", "strategy", ("strategy_report",), 15),
-    Benchmark("assist", "assist", ("assist_*",), 20),
-    Benchmark("label-errors", "errors", ("errors_precision_*", "errors_recall_*"), 12),
-    Benchmark("robustness", "robustness", ("bad_inputs_*", "dead_server_exit_s*", "predictions_per_*"), 12),
+              "--held-out 300 --seeds 3", ("photo_seg_*",), 195),
+    Benchmark("strategy", "strategy", ("strategy_report",), 20),
+    Benchmark("assist", "assist", ("assist_*",), 45),
+    Benchmark("label-errors", "errors", ("errors_precision_*", "errors_recall_*"), 10),
+    Benchmark("robustness", "robustness", ("bad_inputs_*", "dead_server_exit_s*", "predictions_per_*"), 10),
     Benchmark("load", "load", ("load_*", "errors_check_*"), 20),
     Benchmark("ddp", "ddp", ("ddp_*",), 3),
     Benchmark("faults", "faults", ("faults_*",), 35),

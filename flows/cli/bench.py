@@ -134,8 +134,9 @@ def bench_all(
     force: Annotated[bool, typer.Option(help="Rerun every benchmark, also those measured on the code as it is now.")] = False,
     only: Annotated[list[str] | None, typer.Option(help="Only these benchmarks (names as in `flywheel bench status`).")] = None,
 ) -> None:
-    """Every benchmark that writes a figure, each in its own process, on the code as it is now (about 4
-    hours on a 2-core CPU). Those already measured on this code are skipped, so a stopped run resumes."""
+    """Every benchmark that writes a figure, each in its own process, on the code as it is now (about 13
+    hours on a 2-core CPU, the photo simulations' 3 seeds 6.5 of them). Those already measured on this code
+    are skipped, so a stopped run resumes."""
     from bench.results import benchmark, stale
 
     try:
