@@ -186,8 +186,10 @@ def test_a_coco_file_imports_as_tasks_with_its_boxes_as_pre_annotations(cli_env,
     assert code != 0 and "needs a detection or segmentation project" in output and len(output.strip().splitlines()) == 1
 
 
-def test_a_coco_export_with_an_images_folder_and_its_own_classes_imports_and_simulates(cli_env, label_studio, loop_env, tmp_path):
+def test_a_coco_export_with_an_images_folder_and_its_own_classes_imports_and_simulates(cli_env, label_studio, loop_env, tmp_path,
+                                                                                       monkeypatch):
     """A team's export as it is: file_names relative to `images/`, classes that are not the demo's."""
+    from bench import simulate
     from bench.simulate import SimulationConfig, run_simulation
     from components.core.labeling_config import with_labels
     from tests.integration.test_bad_inputs import coco_export, run_cli
@@ -202,6 +204,10 @@ def test_a_coco_export_with_an_images_folder_and_its_own_classes_imports_and_sim
     project = label_studio.ensure_project(title, load_labeling_config(config), create=False)
     assert label_studio.model_versions(project.id) == {"coco:annotations.json": 30}
 
+    demo_params = simulate.scratch_params  # the detection demo's params, with 50 training steps instead of its 400: this
+    # test is about reading a team's export, and the demo's training took 5 of the suite's minutes (2026-12-07)
+    monkeypatch.setattr(simulate, "scratch_params", lambda run, scratch, labels, overrides: demo_params(
+        run, scratch, labels, {**overrides, "train": {**overrides["train"], "min_steps": 50, "max_steps": 50}}))
     simulated = SimulationConfig(dataset=str(coco), orders=("random",), pool=24, held_out=6, budget=20, every=20, task="detection")
     (tmp_path / "sim").mkdir()
     (outcome,) = run_simulation(load_settings(), tmp_path / "sim", simulated, out_dir=tmp_path, echo=lambda line: None)
